@@ -1,0 +1,168 @@
+"""The gateway's parts, wired in one visible list: store, PKI, join service,
+API server, hub, node health and the compactor."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+import edgeproto
+
+from ._api import ApiServer
+from ._health import NodeHealth
+from ._http import Request, serve_http
+from ._hub import Hub, HubConfig
+from ._join import JoinService, TokenStore
+from ._pki import load_or_create_pki, server_ssl_context
+from ._store import AlreadyExists, SqliteBackend, Store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GatewayConfig", "RunningGateway", "load_admin_token", "run_gateway"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    data_dir: Path
+    hub: tuple[str, int] = ("0.0.0.0", 10000)
+    join: tuple[str, int] = ("0.0.0.0", 10002)
+    api: tuple[str, int] = ("127.0.0.1", 8080)
+    advertise: str | None = None  # host agents use for the hub; default: the host they joined by
+    sans: tuple[str, ...] = ()
+    grace: float = 40.0
+    retain_revisions: int = 100_000
+    compact_interval: float = 300.0
+    max_resyncs: int = 32
+    hub_options: HubConfig = field(default_factory=HubConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningGateway:
+    """What ``run_gateway`` hands to ``task_status.started``: its ports and parts."""
+
+    ports: dict[str, int]
+    store: Store
+    hub: Hub
+    api: ApiServer
+    health: NodeHealth
+
+
+def load_admin_token(data_dir: Path) -> str:
+    """The admin bearer token, created (mode 0600) on first start."""
+    path = data_dir / "admin.token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
+def _hub_url_for(config: GatewayConfig, hub_port: int) -> object:
+    def hub_url(request: Request) -> str:
+        host = config.advertise
+        if not host:
+            host_header = request.headers.get("host", "")
+            host = host_header.rsplit(":", 1)[0] if host_header else ""
+            if host_header.startswith("["):
+                host = host_header.split("]")[0] + "]"
+        if not host or host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"wss://{host}:{hub_port}/"
+
+    return hub_url
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    *,
+    task_status: trio.TaskStatus[RunningGateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    admin_token = load_admin_token(data_dir)
+    pki = load_or_create_pki(data_dir, sans=config.sans)
+    backend = SqliteBackend(str(data_dir / "store.db"), node_of=edgeproto.owner_node)
+    store = Store(backend)
+    tokens = TokenStore(data_dir / "tokens.db")
+    health = NodeHealth(store, grace=config.grace)
+    hub = Hub(
+        store,
+        server_ssl_context(pki, require_client_cert=True),
+        health,
+        HubConfig(
+            host=config.hub[0],
+            port=config.hub[1],
+            max_resyncs=config.max_resyncs,
+            max_message=config.hub_options.max_message,
+            idle_timeout=config.hub_options.idle_timeout,
+            progress_interval=config.hub_options.progress_interval,
+        ),
+    )
+    api = ApiServer(store, admin_token=admin_token)
+
+    async def on_joined(node: str) -> None:
+        key = edgeproto.make_key("nodes", "", node)
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": node, "labels": {"node-role.kubernetes.io/edge": ""}},
+            "spec": {},
+        }
+        try:
+            await store.create(key, obj)
+        except AlreadyExists:
+            pass
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(health.run)
+            hub_port = await nursery.start(hub.run)
+            join = JoinService(
+                pki, tokens, hub_url=_hub_url_for(config, hub_port), on_joined=on_joined
+            )  # type: ignore[arg-type]
+            join_port = await nursery.start(
+                lambda task_status: serve_http(
+                    join.handle,
+                    config.join[0],
+                    config.join[1],
+                    ssl_context=server_ssl_context(pki, require_client_cert=False),
+                    max_body=64 * 1024,
+                    task_status=task_status,
+                )
+            )
+            api_port = await nursery.start(api.run, config.api[0], config.api[1])
+            nursery.start_soon(_compactor, store, config)
+            ports = {"hub": hub_port, "join": join_port, "api": api_port}
+            log.info(
+                "cloudgateway ready: api http://%s:%d, join https://%s:%d, hub wss://%s:%d",
+                config.api[0],
+                api_port,
+                config.join[0],
+                join_port,
+                config.hub[0],
+                hub_port,
+            )
+            task_status.started(RunningGateway(ports, store, hub, api, health))
+    finally:
+        tokens.close()
+        backend.close()
+
+
+async def _compactor(store: Store, config: GatewayConfig) -> None:
+    while True:
+        await trio.sleep(config.compact_interval)
+        try:
+            await store.call(store.backend.compact_keep, config.retain_revisions)
+        except Exception:
+            log.exception("compaction failed; will retry")

@@ -1,0 +1,142 @@
+"""``cloudgateway``: serve, token create/list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = "/var/lib/edgeflock/gateway"
+
+log = logging.getLogger("cloudgateway")
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+
+
+def parse_duration(text: str) -> float:
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use 90s, 30m, 1h, 2d)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloudgateway", description="edgeflock cloud gateway")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    s.add_argument(
+        "--hub",
+        type=parse_hostport,
+        default=("0.0.0.0", 10000),
+        help="HOST:PORT for agents (wss, mTLS)",
+    )
+    s.add_argument(
+        "--join",
+        type=parse_hostport,
+        default=("0.0.0.0", 10002),
+        help="HOST:PORT for enrollment (https)",
+    )
+    s.add_argument(
+        "--api",
+        type=parse_hostport,
+        default=("127.0.0.1", 8080),
+        help="HOST:PORT for the admin API (http)",
+    )
+    s.add_argument("--advertise", default=None, help="host name agents use to reach the hub")
+    s.add_argument(
+        "--san", action="append", default=[], help="extra name/IP for the server certificate"
+    )
+    s.add_argument(
+        "--grace",
+        type=parse_duration,
+        default=40.0,
+        help="NotReady after this long without heartbeats",
+    )
+    s.add_argument("--log-level", default="INFO")
+    t = sub.add_parser("token", help="join tokens")
+    tsub = t.add_subparsers(dest="tcmd", required=True)
+    tc = tsub.add_parser("create", help="print a single-use join token for a node")
+    tc.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    tc.add_argument("--node", required=True)
+    tc.add_argument("--ttl", type=parse_duration, default=3600.0)
+    tl = tsub.add_parser("list", help="list join tokens (without secrets)")
+    tl.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from ._errors import GatewayError
+
+    try:
+        if args.cmd == "serve":
+            return _serve(args)
+        if args.tcmd == "create":
+            from ._join import create_join_token
+
+            print(create_join_token(Path(args.data_dir), args.node, args.ttl))
+            return 0
+        from ._join import TokenStore
+
+        ts = TokenStore(Path(args.data_dir) / "tokens.db")
+        try:
+            print(json.dumps(ts.list(), indent=2, default=str))
+        finally:
+            ts.close()
+        return 0
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from ._app import GatewayConfig, run_gateway
+
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = GatewayConfig(
+        data_dir=Path(args.data_dir),
+        hub=args.hub,
+        join=args.join,
+        api=args.api,
+        advertise=args.advertise,
+        sans=tuple(args.san),
+        grace=args.grace,
+    )
+
+    async def main_task() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+                await run_gateway(config)
+
+    trio.run(main_task)
+    return 0
+
+
+async def _stop_on_signal(signals: Any, scope: Any) -> None:
+    async for signum in signals:
+        log.info("signal %d: stopping", signum)
+        scope.cancel()
+        return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

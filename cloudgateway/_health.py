@@ -1,0 +1,165 @@
+"""Node health: Ready as soon as a node connects, NotReady (Unknown) only after a
+grace period without heartbeats. Conditions are written on transitions only, so
+heartbeats cost no store writes and a flaky link does not flap the node."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+import edgeproto
+
+from ._store import NotFound, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NodeHealth"]
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def ready_condition(status: Any) -> dict[str, Any] | None:
+    if isinstance(status, dict):
+        for c in status.get("conditions") or []:
+            if isinstance(c, dict) and c.get("type") == "Ready":
+                return c
+    return None
+
+
+def with_ready(status: Any, ready: str, reason: str, message: str, now: float) -> dict[str, Any]:
+    """``status`` with its Ready condition set (other conditions kept)."""
+    status = dict(status) if isinstance(status, dict) else {}
+    conds = [
+        c
+        for c in status.get("conditions") or []
+        if isinstance(c, dict) and c.get("type") != "Ready"
+    ]
+    old = ready_condition(status)
+    transition = old.get("lastTransitionTime") if old and old.get("status") == ready else None
+    conds.append(
+        {
+            "type": "Ready",
+            "status": ready,
+            "reason": reason,
+            "message": message,
+            "lastHeartbeatTime": _rfc3339(now),
+            "lastTransitionTime": transition or _rfc3339(now),
+        }
+    )
+    status["conditions"] = conds
+    return status
+
+
+class NodeHealth:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        grace: float = 40.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self.grace = grace
+        self._wall = wall
+        self._last_seen: dict[str, float] = {}  # trio time of the last sign of life
+        self._connected: set[str] = set()
+        self.transitions = 0
+
+    def statistics(self) -> dict[str, int]:
+        return {"connected": len(self._connected), "tracked": len(self._last_seen)}
+
+    def is_connected(self, node: str) -> bool:
+        return node in self._connected
+
+    def heartbeat(self, node: str) -> None:
+        self._last_seen[node] = trio.current_time()
+
+    async def connected(self, node: str) -> None:
+        self._connected.add(node)
+        self.heartbeat(node)
+        await self._set_ready(node, "True", "AgentConnected", "edge agent connected")
+
+    def disconnected(self, node: str) -> None:
+        # Not NotReady yet: the grace period starts from the last heartbeat.
+        self._connected.discard(node)
+
+    async def _set_ready(self, node: str, ready: str, reason: str, message: str) -> None:
+        key = edgeproto.make_key("nodes", "", node)
+        try:
+            rec = await self._store.get(key)
+        except NotFound:
+            if ready != "True":
+                return
+            obj = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": node, "labels": {"node-role.kubernetes.io/edge": ""}},
+                "spec": {},
+            }
+            try:
+                rec_ev = await self._store.create(key, obj)
+            except StoreError as exc:
+                log.warning("cannot register node %s: %s", node, exc)
+                return
+            rec = rec_ev.record
+        cond = ready_condition(rec.value.get("status"))
+        if cond is not None and cond.get("status") == ready:
+            return
+        status = with_ready(rec.value.get("status"), ready, reason, message, self._wall())
+        try:
+            await self._store.update_status(key, status, expect_rev=rec.mod_rev)
+        except StoreError as exc:
+            # Lost a race with another writer: the next tick or heartbeat retries.
+            log.debug("node %s Ready=%s not written: %s", node, ready, exc)
+            return
+        self.transitions += 1
+        log.info("node %s Ready=%s (%s)", node, ready, reason)
+
+    async def merge_node_status(self, node: str, reported: dict[str, Any]) -> None:
+        """Store the agent's node status, keeping the gateway-owned Ready condition."""
+        key = edgeproto.make_key("nodes", "", node)
+        rec = await self._store.get(key)
+        status = dict(reported)
+        old_ready = ready_condition(rec.value.get("status"))
+        conds = [
+            c
+            for c in status.get("conditions") or []
+            if isinstance(c, dict) and c.get("type") != "Ready"
+        ]
+        if old_ready is not None:
+            conds.append(old_ready)
+        status["conditions"] = conds
+        await self._store.update_status(key, status)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Nodes the store says are Ready get a full grace period from our start.
+        start = trio.current_time()
+        try:
+            nodes, _ = await self._store.list("nodes/")
+        except StoreError as exc:
+            log.warning("cannot list nodes at start: %s", exc)
+            nodes = []
+        for rec in nodes:
+            cond = ready_condition(rec.value.get("status"))
+            if cond is not None and cond.get("status") == "True":
+                self._last_seen.setdefault(rec.key.rsplit("/", 1)[1], start)
+        task_status.started()
+        while True:
+            await trio.sleep(max(0.05, self.grace / 8))
+            await self.check()
+
+    async def check(self) -> None:
+        now = trio.current_time()
+        for node, seen in list(self._last_seen.items()):
+            if node in self._connected or now - seen < self.grace:
+                continue
+            del self._last_seen[node]
+            await self._set_ready(
+                node, "Unknown", "NodeStatusUnknown", f"no heartbeat for {self.grace:.0f} s"
+            )

@@ -1,0 +1,446 @@
+"""The hub: a TLS WebSocket server that keeps every connected node in sync.
+
+Per connection: mTLS handshake (the client certificate names the node), then
+``hello{node, last_rev}`` → a resync (delta or snapshot) → live changes. The
+session keeps the membership last sent (``key -> spec_rev``); any store event
+that can touch the node's view marks the session dirty, and its sender task
+recomputes the view and sends only the difference. Dirty flags coalesce bursts
+and give backpressure for free: a slow node just gets fewer, larger changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import trio_websocket as tws
+
+import edgeproto
+from edgeproto import Kind, Message, ProtocolError
+
+from ._health import NodeHealth
+from ._pki import PkiError, node_from_peercert
+from ._store import NotFound, Store, StoreError, SubscriptionLost
+from ._view import View, ViewSync, plan_node_sync
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Hub", "HubConfig"]
+
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+CLOSE_REPLACED = 4000
+
+_CONNECTION_ENDED = (
+    tws.ConnectionClosed,
+    trio.BrokenResourceError,
+    tws.HandshakeError,
+    trio.ClosedResourceError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    host: str = "0.0.0.0"
+    port: int = 10000
+    max_message: int = edgeproto.DEFAULT_MAX_MESSAGE
+    hello_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 45.0  # no frame at all for this long → close (agents ping every 10 s)
+    max_resyncs: int = 32  # concurrent resync computations
+    max_waiting: int = 512  # resyncs allowed to queue; the rest are told to come back
+    progress_interval: float = 300.0  # idle nodes get their last_rev advanced this often
+
+
+class _Session:
+    __slots__ = ("dirty", "node", "refs", "sent", "sent_rev", "ws")
+
+    def __init__(self, node: str, ws: tws.WebSocketConnection) -> None:
+        self.node = node
+        self.ws = ws
+        self.sent: dict[str, int] = {}
+        self.sent_rev = 0
+        self.refs: frozenset[str] = frozenset()
+        self.dirty = trio.Event()
+
+    def mark_dirty(self) -> None:
+        self.dirty.set()
+
+
+class Hub:
+    def __init__(
+        self,
+        store: Store,
+        ssl_context: ssl.SSLContext,
+        health: NodeHealth,
+        config: HubConfig = HubConfig(),
+    ) -> None:
+        self._store = store
+        self._ssl = ssl_context
+        self._health = health
+        self.config = config
+        self._sessions: dict[str, _Session] = {}
+        self._watchers: dict[str, set[str]] = {}  # key -> nodes whose view depends on it
+        self._resyncs = trio.CapacityLimiter(config.max_resyncs)
+        self._waiting = 0
+        self._resync_seconds = 0.01  # moving average, for retry_after estimates
+        self.counters: Counter[str] = Counter()
+        self.port = 0
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "sessions": len(self._sessions),
+            "resyncs_running": self._resyncs.borrowed_tokens,
+            "resyncs_waiting": self._waiting,
+            **self.counters,
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._dispatch)
+            listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+            self.port = listeners[0].socket.getsockname()[1]
+            log.info("hub listening on %s:%d", self.config.host, self.port)
+            task_status.started(self.port)
+            await trio.serve_listeners(self._handle_tcp, listeners, handler_nursery=nursery)
+
+    # ---- store events → dirty sessions -------------------------------------------------
+
+    async def _dispatch(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+        while True:
+            with self._store.subscribe() as sub:
+                if not started:
+                    task_status.started()
+                    started = True
+                else:
+                    for s in self._sessions.values():
+                        s.mark_dirty()
+                try:
+                    async for ev in sub:
+                        self._route(ev.key, ev.record.node, ev.prev.node if ev.prev else None)
+                except SubscriptionLost:
+                    self.counters["dispatch_resubscribed"] += 1
+                    log.warning("hub fell behind the store's events; resyncing all sessions")
+
+    def _route(self, key: str, node: str | None, prev_node: str | None) -> None:
+        for n in (node, prev_node):
+            if n is not None and (s := self._sessions.get(n)) is not None:
+                s.mark_dirty()
+        for n in self._watchers.get(key, ()):
+            if (s := self._sessions.get(n)) is not None:
+                s.mark_dirty()
+
+    def _watch(self, session: _Session, view: View) -> None:
+        old, new = session.refs, view.refs
+        for k in old - new:
+            nodes = self._watchers.get(k)
+            if nodes is not None:
+                nodes.discard(session.node)
+                if not nodes:
+                    del self._watchers[k]
+        for k in new - old:
+            self._watchers.setdefault(k, set()).add(session.node)
+        session.refs = new
+
+    # ---- connections ----------------------------------------------------------------
+
+    async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
+        peer = _peer(tcp)
+        stream = trio.SSLStream(tcp, self._ssl, server_side=True)
+        try:
+            with trio.fail_after(self.config.handshake_timeout):
+                await stream.do_handshake()
+            node = node_from_peercert(stream.getpeercert())
+        except (trio.BrokenResourceError, trio.TooSlowError, PkiError, ssl.SSLError) as exc:
+            self.counters["tls_rejected"] += 1
+            log.debug("TLS handshake with %s failed: %s", peer, exc)
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                request = await tws.wrap_server_stream(
+                    nursery, stream, message_queue_size=4, max_message_size=self.config.max_message
+                )
+                ws = await request.accept()
+                try:
+                    await self._serve_node(node, ws, peer)
+                finally:
+                    await ws.aclose()
+                    nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            leaf = edgeproto.first_leaf(exc, skip=(trio.Cancelled,))
+            if not isinstance(leaf, _CONNECTION_ENDED):
+                raise
+            log.debug("node %s (%s) connection ended: %s", node, peer, leaf)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_node(self, node: str, ws: tws.WebSocketConnection, peer: str) -> None:
+        hello = await self._receive_hello(node, ws)
+        if hello is None:
+            return
+        last_rev = hello.body.get("last_rev", 0)
+        if type(last_rev) is not int or last_rev < 0:
+            await self._send_error(ws, "bad-field", "hello.last_rev must be a non-negative int")
+            return
+        if not await self._admit():
+            retry = self._retry_after()
+            self.counters["resyncs_deferred"] += 1
+            await self._send(
+                ws,
+                Message(
+                    Kind.ERROR,
+                    body={"code": "retry", "message": "gateway busy", "retry_after": retry},
+                ),
+            )
+            await ws.aclose(CLOSE_TRY_AGAIN, "busy, retry later")
+            return
+        session = _Session(node, ws)
+        old = self._sessions.get(node)
+        if old is not None:
+            self.counters["sessions_replaced"] += 1
+            log.info("node %s reconnected from %s; closing its previous session", node, peer)
+            await old.ws.aclose(CLOSE_REPLACED, "replaced by a newer connection")
+        self._sessions[node] = session
+        try:
+            try:
+                await self._resync(session, last_rev)
+            finally:
+                self._resyncs.release()
+            await self._health.connected(node)
+            log.info("node %s connected from %s (last_rev %d)", node, peer, last_rev)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender, session)
+                await self._reader(session)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._sessions.get(node) is session:
+                del self._sessions[node]
+                self._health.disconnected(node)
+                self._watch(session, View({}, frozenset()))
+            log.info("node %s disconnected", node)
+
+    async def _receive_hello(self, node: str, ws: tws.WebSocketConnection) -> Message | None:
+        with trio.move_on_after(self.config.hello_timeout) as scope:
+            while True:
+                msg = await self._receive(ws)
+                if msg is None:
+                    continue
+                if msg.kind is not Kind.HELLO:
+                    await self._send_error(
+                        ws, "unexpected", f"expected hello, got {msg.kind.value}"
+                    )
+                    continue
+                claimed = msg.body.get("node")
+                if claimed != node:
+                    self.counters["forbidden"] += 1
+                    log.warning("certificate for node %s said hello as %r", node, claimed)
+                    await self._send_error(
+                        ws, "forbidden", f"this certificate is for node {node!r}"
+                    )
+                    await ws.aclose(CLOSE_POLICY, "node identity mismatch")
+                    return None
+                return msg
+        if scope.cancelled_caught:
+            await ws.aclose(CLOSE_POLICY, "no hello")
+        return None
+
+    async def _admit(self) -> bool:
+        """Take a resync slot, queueing if a few are ahead; False means come back later."""
+        try:
+            self._resyncs.acquire_nowait()
+        except trio.WouldBlock:
+            if self._waiting >= self.config.max_waiting:
+                return False
+            self._waiting += 1
+            try:
+                await self._resyncs.acquire()
+            finally:
+                self._waiting -= 1
+        return True
+
+    def _retry_after(self) -> float:
+        backlog = self._waiting + self._resyncs.borrowed_tokens
+        base = 1.0 + backlog * self._resync_seconds / max(1, self.config.max_resyncs)
+        return round(min(60.0, base * random.uniform(1.0, 2.0)), 2)
+
+    async def _resync(self, session: _Session, last_rev: int) -> None:
+        t0 = trio.current_time()
+        plan = await self._store.call(plan_node_sync, self._store.backend, session.node, last_rev)
+        self._watch(session, plan.view)
+        if plan.mode == "snapshot":
+            msgs = edgeproto.snapshot_messages(
+                plan.rev, plan.upserts, max_size=self.config.max_message
+            )
+        else:
+            msgs = edgeproto.change_messages(
+                plan.rev, plan.upserts, plan.deletes, resync=True, max_size=self.config.max_message
+            )
+        for m in msgs:
+            await self._send(session.ws, m)
+        session.sent = plan.view.membership()
+        session.sent_rev = plan.rev
+        self.counters[f"resyncs_{plan.mode}"] += 1
+        took = trio.current_time() - t0
+        self._resync_seconds = 0.9 * self._resync_seconds + 0.1 * took
+
+    async def _sender(self, session: _Session) -> None:
+        """Send view changes when dirty; when idle, now and then advance the node's
+        last_rev (an empty change) so a later resync stays a delta after compaction."""
+        while True:
+            with trio.move_on_after(
+                self.config.progress_interval * random.uniform(0.8, 1.2)
+            ) as idle:
+                await session.dirty.wait()
+            session.dirty = trio.Event()
+            if idle.cancelled_caught and self._store.current_rev() == session.sent_rev:
+                continue
+            plan: ViewSync = await self._store.call(
+                plan_node_sync, self._store.backend, session.node, None, session.sent
+            )
+            self._watch(session, plan.view)
+            if not plan.upserts and not plan.deletes and not idle.cancelled_caught:
+                continue  # e.g. a status write: nothing the node needs
+            for m in edgeproto.change_messages(
+                plan.rev, plan.upserts, plan.deletes, max_size=self.config.max_message
+            ):
+                await self._send(session.ws, m)
+            session.sent = plan.view.membership()
+            session.sent_rev = plan.rev
+            self.counters["changes_sent"] += 1
+
+    async def _reader(self, session: _Session) -> None:
+        ws = session.ws
+        while True:
+            with trio.move_on_after(self.config.idle_timeout) as scope:
+                msg = await self._receive(ws)
+            if scope.cancelled_caught:
+                self.counters["idle_closed"] += 1
+                log.info(
+                    "node %s silent for %.0f s; closing", session.node, self.config.idle_timeout
+                )
+                await ws.aclose(CLOSE_POLICY, "idle")
+                return
+            self._health.heartbeat(session.node)
+            if msg is None:
+                continue
+            if msg.kind is Kind.PING:
+                await self._send(
+                    ws, Message(Kind.PONG, parent=msg.id, body={"rev": session.sent_rev})
+                )
+            elif msg.kind is Kind.ACK:
+                self.counters["acks"] += 1
+            elif msg.kind is Kind.REPORT:
+                await self._report(session, msg)
+            elif msg.kind is Kind.REQUEST:
+                await self._request(session, msg)
+            elif msg.kind is Kind.ERROR:
+                self.counters["errors_from_nodes"] += 1
+                log.warning("node %s reported an error: %s", session.node, dict(msg.body))
+            else:
+                self.counters["frames_unexpected"] += 1
+                await self._send_error(
+                    ws, "unexpected", f"{msg.kind.value} not expected from a node"
+                )
+
+    # ---- edge → cloud ---------------------------------------------------------------
+
+    def _may_write(self, node: str, key: str, rec_node: str | None) -> bool:
+        resource, _, name = key.split("/", 2)
+        if resource == "nodes":
+            return name == node
+        return resource == "pods" and rec_node == node
+
+    async def _report(self, session: _Session, msg: Message) -> None:
+        key, error = msg.res or "", None
+        status = msg.body.get("status")
+        try:
+            edgeproto.split_key(key)
+            if msg.op != "status" or not isinstance(status, dict):
+                raise ProtocolError("report must be op=status with a status map", code="bad-field")
+            rec = await self._store.get(key)
+            if not self._may_write(session.node, key, rec.node):
+                self.counters["forbidden"] += 1
+                error = {"code": 403, "message": f"node {session.node} may not write {key}"}
+            elif key.startswith("nodes/"):
+                await self._health.merge_node_status(session.node, status)
+            else:
+                await self._store.update_status(key, status)
+        except ProtocolError as exc:
+            self.counters["reports_malformed"] += 1
+            error = {"code": 400, "message": str(exc)}
+        except NotFound:
+            error = {"code": 404, "message": f"{key} not found"}
+        except StoreError as exc:
+            error = {"code": 409, "message": str(exc)}
+        if error is not None:
+            self.counters["reports_rejected"] += 1
+            log.debug("report %s from %s rejected: %s", key, session.node, error)
+        else:
+            self.counters["reports"] += 1
+        await self._send(
+            session.ws, Message(Kind.ACK, parent=msg.id, body={"error": error} if error else {})
+        )
+
+    async def _request(self, session: _Session, msg: Message) -> None:
+        """``request{op: get, res: key}``: a node may read objects in its own view only."""
+        body: dict[str, Any]
+        key = msg.res or ""
+        if msg.op != "get":
+            body = {"error": {"code": 400, "message": f"unsupported request op {msg.op!r}"}}
+        elif key not in session.sent:
+            self.counters["forbidden"] += 1
+            body = {
+                "error": {"code": 403, "message": f"{key} is not in node {session.node}'s view"}
+            }
+        else:
+            try:
+                rec = await self._store.get(key)
+                body = {"object": edgeproto.encode_object(rec.value), "rev": rec.mod_rev}
+            except NotFound:
+                body = {"error": {"code": 404, "message": f"{key} not found"}}
+        await self._send(session.ws, Message(Kind.RESPONSE, parent=msg.id, body=body))
+
+    # ---- framing --------------------------------------------------------------------
+
+    async def _receive(self, ws: tws.WebSocketConnection) -> Message | None:
+        """One message, or None after answering a bad frame with an error."""
+        try:
+            data = await ws.get_message()
+        except tws.ConnectionClosed as exc:
+            if exc.reason is not None and exc.reason.code == 1009:
+                self.counters["frames_oversized"] += 1
+            raise
+        if isinstance(data, str):
+            self.counters["frames_malformed"] += 1
+            await self._send_error(ws, "malformed", "text frames are not part of the protocol")
+            return None
+        try:
+            return edgeproto.decode_message(data, max_size=self.config.max_message)
+        except ProtocolError as exc:
+            self.counters[f"frames_{exc.code}"] += 1
+            log.debug("bad frame: %s", exc)
+            await self._send_error(ws, exc.code, str(exc))
+            return None
+
+    async def _send(self, ws: tws.WebSocketConnection, msg: Message) -> None:
+        await ws.send_message(edgeproto.encode_message(msg, max_size=self.config.max_message))
+
+    async def _send_error(self, ws: tws.WebSocketConnection, code: str, message: str) -> None:
+        await self._send(ws, Message(Kind.ERROR, body={"code": code, "message": message}))
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"

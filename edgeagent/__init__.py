@@ -1,0 +1,1 @@
+"""edgeagent: the edgeflock agent that runs on each board."""

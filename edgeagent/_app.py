@@ -1,0 +1,78 @@
+"""The agent's modules, wired in one visible list, each under a supervisor that
+restarts it with backoff when it fails."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from ._config import AgentConfig
+from ._hub import HubClient
+from ._meta import Meta
+from ._status import NodeStatusReporter, PodStatusReporter
+from ._tls import client_ssl_context
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RestartPolicy", "run_agent", "supervise"]
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    initial: float = 1.0
+    cap: float = 30.0
+    healthy_after: float = 60.0  # a run this long resets the backoff
+
+
+Service = Callable[..., Awaitable[None]]
+
+
+async def supervise(
+    name: str,
+    run: Service,
+    policy: RestartPolicy = RestartPolicy(),
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``run(task_status=...)``; restart it with exponential backoff on failure."""
+    delay = policy.initial
+    first = True
+    while True:
+        started = trio.current_time()
+        try:
+            if first:
+                first = False
+                await run(task_status=task_status)
+            else:
+                await run()
+            log.warning("module %s returned; restarting", name)
+        except Exception:
+            log.exception("module %s failed; restarting in %.1f s", name, delay)
+        if trio.current_time() - started > policy.healthy_after:
+            delay = policy.initial
+        await trio.sleep(delay)
+        delay = min(policy.cap, delay * 2)
+
+
+async def run_agent(config: AgentConfig) -> None:
+    meta = Meta(config.meta_path, outbox_max=config.outbox_max)
+    try:
+        await meta.set_state(pid=os.getpid(), node=config.node, hub=config.hub_url)
+        hub = HubClient(config, meta, lambda: client_ssl_context(config.data_dir))
+        modules: list[tuple[str, Service]] = [
+            ("hub", hub.run),
+            ("nodestatus", NodeStatusReporter(config, meta).run),
+            ("podstatus", PodStatusReporter(config, meta).run),
+        ]
+        async with trio.open_nursery() as nursery:
+            for name, run in modules:
+                await nursery.start(supervise, name, run)
+            log.info("edgeagent running as node %s with %d modules", config.node, len(modules))
+    finally:
+        with trio.CancelScope(shield=True):
+            await meta.set_state(connected=False, pid=0)
+        meta.close()

@@ -1,0 +1,190 @@
+"""``edgeagent``: join, run, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = "/var/lib/edgeflock/agent"
+
+log = logging.getLogger("edgeagent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeagent", description="edgeflock edge agent")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    j = sub.add_parser("join", help="enroll this board with a gateway")
+    j.add_argument("--gateway", required=True, help="https://HOST:JOINPORT")
+    j.add_argument("--token", required=True)
+    j.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    r = sub.add_parser("run", help="run the agent")
+    r.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    r.add_argument("--cri", default=None, help="unix:///path/containerd.sock")
+    r.add_argument("--mqtt", default=None, help="tcp://127.0.0.1:1883")
+    r.add_argument("--heartbeat", type=float, default=None, help="seconds between pings")
+    r.add_argument("--log-level", default="INFO")
+    s = sub.add_parser("status", help="show the agent's state (works when it is stopped)")
+    s.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    s.add_argument("-o", "--output", choices=("json", "text"), default="text")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    data_dir = Path(args.data_dir)
+    if args.cmd == "join":
+        return _join(args.gateway, args.token, data_dir)
+    if args.cmd == "run":
+        return _run(args, data_dir)
+    return _status(data_dir, args.output)
+
+
+def _join(gateway: str, token: str, data_dir: Path) -> int:
+    from ._join import JoinFailed, join
+
+    try:
+        enrollment = join(gateway, token, data_dir)
+    except JoinFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"joined as node {enrollment.node}; hub {enrollment.hub_url}")
+    print(f"next: edgeagent run --data-dir {data_dir}")
+    return 0
+
+
+def _run(args: argparse.Namespace, data_dir: Path) -> int:
+    import trio
+
+    from ._app import run_agent
+    from ._config import load_config
+    from ._errors import AgentError
+
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(data_dir, cri=args.cri, mqtt=args.mqtt, heartbeat=args.heartbeat)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    async def main_task() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+                await run_agent(config)
+                nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main_task)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _stop_on_signal(signals: Any, scope: Any) -> None:
+    async for signum in signals:
+        log.info("signal %d: stopping", signum)
+        scope.cancel()
+        return
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def agent_status(data_dir: Path) -> dict[str, Any]:
+    """The agent's state from its SQLite alone, whether or not it runs."""
+    import json as _json
+
+    import apsw
+
+    from ._meta import open_meta_sync
+
+    path = data_dir / "meta.db"
+    enrollment: dict[str, Any] = {}
+    try:
+        enrollment = _json.loads((data_dir / "enrollment.json").read_text())
+    except (OSError, ValueError):
+        pass
+    if not path.exists():
+        return {
+            "node": enrollment.get("node"),
+            "running": False,
+            "connected": False,
+            "last_rev": 0,
+            "objects": {},
+            "outbox": 0,
+            "last_resync": None,
+        }
+    conn = open_meta_sync(path)
+    try:
+        state: dict[str, Any] = {}
+        for name, value in conn.execute("SELECT name, value FROM state"):
+            try:
+                state[name] = _json.loads(value)
+            except (TypeError, ValueError):
+                state[name] = value
+        counts: dict[str, int] = {}
+        import edgeproto
+
+        for resource, n in conn.execute("SELECT resource, count(*) FROM objects GROUP BY resource"):
+            try:
+                counts[edgeproto.resource_by_name(resource).kind] = n
+            except edgeproto.ProtocolError:
+                counts[resource] = n
+        (outbox,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
+    except apsw.Error as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc}") from exc
+    finally:
+        conn.close()
+    running = _alive(int(state.get("pid") or 0))
+    return {
+        "node": state.get("node") or enrollment.get("node"),
+        "gateway": state.get("hub") or enrollment.get("hub"),
+        "running": running,
+        "connected": bool(state.get("connected")) and running,
+        "last_rev": int(state.get("last_rev") or 0),
+        "objects": counts,
+        "outbox": int(outbox),
+        "outbox_dropped": int(state.get("outbox_dropped") or 0),
+        "last_resync": state.get("last_resync"),
+    }
+
+
+def _status(data_dir: Path, output: str) -> int:
+    st = agent_status(data_dir)
+    if output == "json":
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return 0
+    print(f"node:       {st['node']}")
+    print(f"running:    {st['running']}")
+    print(f"connected:  {st['connected']}")
+    print(f"last_rev:   {st['last_rev']}")
+    objs = ", ".join(f"{k}={v}" for k, v in sorted(st["objects"].items())) or "none"
+    print(f"objects:    {objs}")
+    print(f"outbox:     {st['outbox']}")
+    lr = st.get("last_resync")
+    if lr:
+        print(f"last sync:  {lr['mode']}, {lr['bytes']} bytes, {lr['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Agent configuration: parsed once from the data dir into a frozen dataclass.
+
+``DATA_DIR/enrollment.json`` (written by ``edgeagent join``) names the node and
+the hub; ``DATA_DIR/agent.toml`` (optional) overrides the defaults below;
+command-line flags override both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._errors import AgentError
+
+__all__ = ["AgentConfig", "ConfigError", "load_config"]
+
+
+class ConfigError(AgentError):
+    """A configuration file is missing, unreadable or has a bad value."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    data_dir: Path
+    node: str
+    hub_url: str
+    heartbeat: float = 10.0  # seconds between pings
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    connect_timeout: float = 15.0
+    outbox_max: int = 10_000
+    outbox_window: int = 64  # reports in flight before waiting for acks
+    status_interval: float = 60.0  # node status recomputed this often (sent only on change)
+    max_message: int = 1 << 20
+    cri: str | None = None
+    mqtt: str | None = None
+
+    @property
+    def meta_path(self) -> Path:
+        return self.data_dir / "meta.db"
+
+
+_TUNABLE = {
+    f.name: f.type
+    for f in dataclasses.fields(AgentConfig)
+    if f.name not in ("data_dir", "node", "hub_url")
+}
+
+
+def load_config(data_dir: Path, **overrides: Any) -> AgentConfig:
+    enroll_path = data_dir / "enrollment.json"
+    try:
+        enrollment = json.loads(enroll_path.read_text())
+        node, hub = enrollment["node"], enrollment["hub"]
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{enroll_path} not found: run 'edgeagent join --gateway URL --token T "
+            f"--data-dir {data_dir}' first"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{enroll_path}: unreadable enrollment ({exc})") from exc
+    values: dict[str, Any] = {}
+    toml_path = data_dir / "agent.toml"
+    if toml_path.exists():
+        try:
+            raw = tomllib.loads(toml_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{toml_path}: {exc}") from exc
+        for key, value in raw.items():
+            name = key.replace("-", "_")
+            if name not in _TUNABLE:
+                raise ConfigError(f"{toml_path}: unknown key {key!r}")
+            values[name] = _check(toml_path, key, _TUNABLE[name], value)
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = value
+    cfg = AgentConfig(data_dir=data_dir, node=str(node), hub_url=str(hub), **values)
+    if cfg.heartbeat <= 0 or cfg.backoff_cap < cfg.backoff_base or cfg.outbox_max < 1:
+        raise ConfigError(f"{toml_path}: heartbeat, backoff and outbox_max must be positive")
+    return cfg
+
+
+def _check(path: Path, key: str, typ: Any, value: Any) -> Any:
+    t = str(typ)
+    if t == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if t == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if t.startswith("str") and isinstance(value, str):
+        return value
+    raise ConfigError(f"{path}: {key} must be {t}, not {type(value).__name__}")

@@ -1,0 +1,258 @@
+"""The agent's link to the cloud: a TLS WebSocket client that resyncs on every
+connect, applies changes to the metadata store before acking them, and drains
+the outbox of reports until each is acked.
+
+Reconnects back off exponentially with full jitter (capped), so a gateway
+coming back is not hit by every board at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import cbor2
+import trio
+import trio_websocket as tws
+
+import edgeproto
+from edgeproto import AgentSync, Kind, Message, ProtocolError
+
+from ._config import AgentConfig
+from ._meta import Meta
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HubClient", "full_jitter"]
+
+AGENT_VERSION = "0.1.0"
+
+
+def full_jitter(
+    attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random
+) -> float:
+    """AWS's full-jitter backoff: uniform in [0, min(cap, base * 2**attempt))."""
+    return rng() * min(cap, base * (2 ** min(attempt, 30)))
+
+
+class _Retry(Exception):
+    def __init__(self, after: float) -> None:
+        super().__init__(f"gateway asked to retry in {after} s")
+        self.after = after
+
+
+class HubClient:
+    def __init__(
+        self, config: AgentConfig, meta: Meta, ssl_context: Callable[[], ssl.SSLContext]
+    ) -> None:
+        self._cfg = config
+        self._meta = meta
+        self._ssl_factory = ssl_context
+        self.connected = False
+        self.counters: Counter[str] = Counter()
+        self._ids = 0
+        self._inflight: set[int] = set()
+        self._acked = trio.Event()
+
+    def statistics(self) -> dict[str, int]:
+        return {"connected": int(self.connected), "inflight": len(self._inflight), **self.counters}
+
+    def _next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        attempt = 0
+        await self._meta.set_state(connected=False)
+        while True:
+            delay: float
+            try:
+                synced = await self._session()
+            except _Retry as exc:
+                self.counters["told_to_retry"] += 1
+                delay = exc.after * random.uniform(1.0, 1.5)
+                log.info("%s", exc)
+            except (
+                OSError,
+                ssl.SSLError,
+                tws.HandshakeError,
+                tws.ConnectionClosed,
+                trio.BrokenResourceError,
+                trio.TooSlowError,
+                ProtocolError,
+            ) as exc:
+                self.counters["disconnects"] += 1
+                synced = False
+                delay = full_jitter(attempt, self._cfg.backoff_base, self._cfg.backoff_cap)
+                attempt += 1
+                level = logging.WARNING if attempt <= 1 else logging.DEBUG
+                log.log(
+                    level,
+                    "hub %s: %s; retrying in %.1f s",
+                    self._cfg.hub_url,
+                    _describe(exc),
+                    delay,
+                )
+            else:
+                delay = full_jitter(0, self._cfg.backoff_base, self._cfg.backoff_cap)
+            finally:
+                if self.connected:
+                    self.connected = False
+                    await self._meta.set_state(connected=False)
+            if synced:
+                attempt = 0
+            await trio.sleep(delay)
+
+    async def _session(self) -> bool:
+        """One connection; returns whether a resync completed before it ended."""
+        cfg = self._cfg
+        self._inflight.clear()
+        synced = False
+        async with tws.open_websocket_url(
+            cfg.hub_url,
+            ssl_context=self._ssl_factory(),
+            message_queue_size=4,
+            max_message_size=cfg.max_message,
+            connect_timeout=cfg.connect_timeout,
+            disconnect_timeout=5,
+        ) as ws:
+            last_rev = int(await self._meta.get_state("last_rev", 0))
+            sync = AgentSync(cfg.node, last_rev)
+            await self._send(ws, sync.hello(now=trio.current_time(), agent_version=AGENT_VERSION))
+            log.info("connected to %s as %s (last_rev %d)", cfg.hub_url, cfg.node, last_rev)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pinger, ws)
+                    nursery.start_soon(self._outbox_sender, ws)
+                    while True:
+                        with trio.move_on_after(cfg.heartbeat * 3) as idle:
+                            data = await ws.get_message()
+                        if idle.cancelled_caught:
+                            raise trio.TooSlowError("no message from the gateway for 3 heartbeats")
+                        if await self._handle(ws, sync, data):
+                            synced = True
+            except BaseExceptionGroup as group:
+                exc = edgeproto.first_leaf(group, skip=(trio.Cancelled,))
+                if synced and isinstance(exc, tws.ConnectionClosed):
+                    return True
+                raise exc from None
+            except tws.ConnectionClosed:
+                if synced:
+                    return True
+                raise
+        return synced
+
+    async def _handle(
+        self, ws: tws.WebSocketConnection, sync: AgentSync, data: bytes | str
+    ) -> bool:
+        """Handle one frame; True when it completed a resync."""
+        if isinstance(data, str):
+            self.counters["frames_malformed"] += 1
+            return False
+        try:
+            msg = edgeproto.decode_message(data, max_size=self._cfg.max_message)
+        except ProtocolError as exc:
+            self.counters[f"frames_{exc.code}"] += 1
+            log.warning("bad frame from the gateway: %s", exc)
+            await self._send(ws, Message(Kind.ERROR, body={"code": exc.code, "message": str(exc)}))
+            return False
+        if msg.kind in (Kind.SNAPSHOT, Kind.CHANGE):
+            return await self._sync(ws, sync, msg, len(data))
+        if msg.kind is Kind.ACK and msg.parent is not None:
+            err = msg.body.get("error")
+            if err:
+                self.counters["reports_rejected"] += 1
+                log.warning("gateway rejected report %d: %s", msg.parent, err)
+            self._inflight.discard(msg.parent)
+            await self._meta.outbox_ack([msg.parent])
+            self._acked.set()
+            self._acked = trio.Event()
+        elif msg.kind is Kind.ERROR:
+            if msg.body.get("code") == "retry":
+                after = msg.body.get("retry_after", 5)
+                raise _Retry(float(after) if isinstance(after, int | float) else 5.0)
+            self.counters["errors_from_gateway"] += 1
+            log.warning("gateway error: %s", dict(msg.body))
+        elif msg.kind is Kind.PONG:
+            self.counters["pongs"] += 1
+        else:
+            self.counters["frames_unexpected"] += 1
+        return False
+
+    async def _sync(
+        self, ws: tws.WebSocketConnection, sync: AgentSync, msg: Message, nbytes: int
+    ) -> bool:
+        try:
+            batch = sync.receive(msg, nbytes=nbytes, now=trio.current_time())
+        except ProtocolError as exc:
+            self.counters[f"frames_{exc.code}"] += 1
+            log.warning("bad sync message: %s", exc)
+            await self._send(ws, Message(Kind.ERROR, body={"code": exc.code, "message": str(exc)}))
+            return False
+        if batch is None:
+            return False
+        extra = {}
+        if batch.resync is not None:
+            r = batch.resync
+            extra["last_resync"] = {
+                "mode": r.mode,
+                "bytes": r.bytes,
+                "seconds": round(r.seconds, 4),
+                "objects": r.objects,
+                "at": time.time(),
+            }
+            extra["connected"] = True
+        await self._meta.apply(batch, **extra)
+        if batch.rev is not None:
+            await self._send(ws, sync.persisted(batch.rev))
+        if batch.resync is not None:
+            self.connected = True
+            r = batch.resync
+            log.info(
+                "resync (%s): %d objects, %d bytes in %.3f s", r.mode, r.objects, r.bytes, r.seconds
+            )
+            return True
+        return False
+
+    async def _pinger(self, ws: tws.WebSocketConnection) -> None:
+        while True:
+            await trio.sleep(self._cfg.heartbeat)
+            await self._send(ws, Message(Kind.PING, id=self._next_id()))
+
+    async def _outbox_sender(self, ws: tws.WebSocketConnection) -> None:
+        last_sent = 0
+        while True:
+            room = self._cfg.outbox_window - len(self._inflight)
+            if room <= 0:
+                await self._acked.wait()
+                continue
+            seen_gen = self._meta.outbox_generation
+            items = await self._meta.outbox_after(last_sent, room)
+            for it in items:
+                try:
+                    body = cbor2.loads(it.body)
+                except Exception:  # a corrupt row must not block the queue
+                    log.warning("dropping unreadable outbox entry %s", it.key)
+                    await self._meta.outbox_ack([it.seq])
+                    continue
+                self._inflight.add(it.seq)
+                await self._send(
+                    ws, Message(Kind.REPORT, id=it.seq, res=it.key, op=it.op, body=body)
+                )
+                last_sent = it.seq
+            if not items:
+                await self._meta.wait_outbox(seen_gen)
+
+    async def _send(self, ws: tws.WebSocketConnection, msg: Message) -> None:
+        await ws.send_message(edgeproto.encode_message(msg, max_size=self._cfg.max_message))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, tws.ConnectionClosed) and exc.reason is not None:
+        return f"closed ({exc.reason.code} {exc.reason.reason or ''})".strip()
+    return f"{type(exc).__name__}: {exc}"

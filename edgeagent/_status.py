@@ -1,0 +1,193 @@
+"""Node and pod status reporting through the outbox.
+
+Reports are coalesced per key in the outbox (the latest status of a pod wins)
+and only enqueued when they differ from the last one, so an idle board writes
+nothing. Until edged runs pods, every pod bound to the node is reported
+Pending with a reason that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import time
+from typing import Any
+
+import cbor2
+import trio
+
+import edgeproto
+
+from ._config import AgentConfig
+from ._meta import Meta
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NodeStatusReporter", "PodStatusReporter", "node_status"]
+
+AGENT_VERSION = "v1.30.0-edgeflock.0.1.0"
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm"}
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _os_image() -> str:
+    for line in _read("/etc/os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip('"')
+    return platform.system()
+
+
+def _meminfo_kib() -> int:
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _addresses() -> list[dict[str, str]]:
+    host = socket.gethostname()
+    out = [{"type": "Hostname", "address": host}]
+    try:
+        # The address this host would use to reach the world; no packet is sent.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            out.insert(0, {"type": "InternalIP", "address": s.getsockname()[0]})
+    except OSError:
+        pass
+    return out
+
+
+def node_status(config: AgentConfig) -> dict[str, Any]:
+    """The Node status this agent reports (no timestamps: it is compared for changes)."""
+    cpus = os.cpu_count() or 1
+    mem = _meminfo_kib()
+    capacity = {"cpu": str(cpus), "memory": f"{mem}Ki", "pods": "110"}
+    try:
+        st = os.statvfs(config.data_dir)
+        capacity["ephemeral-storage"] = f"{st.f_blocks * st.f_frsize // 1024}Ki"
+    except OSError:
+        pass
+    machine = platform.machine()
+    return {
+        "capacity": capacity,
+        "allocatable": dict(capacity),
+        "addresses": _addresses(),
+        "nodeInfo": {
+            "architecture": _ARCH.get(machine, machine),
+            "operatingSystem": platform.system().lower(),
+            "osImage": _os_image(),
+            "kernelVersion": platform.release(),
+            "kubeletVersion": AGENT_VERSION,
+            "kubeProxyVersion": "",
+            "containerRuntimeVersion": "",
+            "machineID": _read("/etc/machine-id"),
+            "bootID": _read("/proc/sys/kernel/random/boot_id"),
+            "systemUUID": "",
+        },
+        "conditions": [
+            {"type": t, "status": "False", "reason": r}
+            for t, r in (
+                ("MemoryPressure", "AgentHasSufficientMemory"),
+                ("DiskPressure", "AgentHasNoDiskPressure"),
+                ("PIDPressure", "AgentHasSufficientPID"),
+            )
+        ],
+    }
+
+
+class NodeStatusReporter:
+    def __init__(self, config: AgentConfig, meta: Meta) -> None:
+        self._cfg = config
+        self._meta = meta
+        self._last: dict[str, Any] | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        key = edgeproto.make_key("nodes", "", self._cfg.node)
+        task_status.started()
+        while True:
+            status = node_status(self._cfg)
+            comparable = {**status, "nodeInfo": {**status["nodeInfo"], "bootID": ""}}
+            if comparable != self._last:
+                await self._meta.enqueue([(key, "status", cbor2.dumps({"status": status}), True)])
+                self._last = comparable
+            await trio.sleep(self._cfg.status_interval)
+
+
+def pending_status(pod: dict[str, Any], since: str) -> dict[str, Any]:
+    spec = pod.get("spec") or {}
+    waiting = {
+        "waiting": {
+            "reason": "ContainerRuntimeNotEnabled",
+            "message": "this agent runs without a container runtime (edged is not enabled)",
+        }
+    }
+    return {
+        "phase": "Pending",
+        "reason": "ContainerRuntimeNotEnabled",
+        "message": "edgeflock agent received the pod; no container runtime is enabled on this node",
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": since},
+            {"type": "Initialized", "status": "False", "reason": "ContainerRuntimeNotEnabled"},
+            {"type": "Ready", "status": "False", "reason": "ContainerRuntimeNotEnabled"},
+        ],
+        "containerStatuses": [
+            {
+                "name": c.get("name", ""),
+                "image": c.get("image", ""),
+                "imageID": "",
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
+                "state": waiting,
+            }
+            for c in spec.get("containers") or []
+            if isinstance(c, dict)
+        ],
+        "startTime": since,
+    }
+
+
+class PodStatusReporter:
+    """Reports each pod bound to this node once per (uid, generation)."""
+
+    def __init__(self, config: AgentConfig, meta: Meta) -> None:
+        self._cfg = config
+        self._meta = meta
+        self._reported: dict[str, tuple[Any, Any]] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        gen = -1
+        while True:
+            gen = self._meta.generation
+            await self.report_once()
+            await self._meta.wait_changed(gen)
+
+    async def report_once(self) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        items: list[tuple[str, str, bytes, bool]] = []
+        current: dict[str, tuple[Any, Any]] = {}
+        for key, pod in await self._meta.list_objects("pods"):
+            if (pod.get("spec") or {}).get("nodeName") != self._cfg.node:
+                continue
+            meta = pod.get("metadata") or {}
+            ident = (meta.get("uid"), meta.get("generation"))
+            current[key] = ident
+            if self._reported.get(key) != ident:
+                items.append(
+                    (key, "status", cbor2.dumps({"status": pending_status(pod, now)}), True)
+                )
+        if items:
+            await self._meta.enqueue(items)
+            log.debug("reported %d pod statuses", len(items))
+        self._reported = current

@@ -1,0 +1,177 @@
+"""Resource kinds, store keys and per-node view references.
+
+Pure data and functions over plain dicts (Kubernetes v1 JSON objects): no I/O.
+
+A store key is ``"{resource}/{namespace}/{name}"``; cluster-scoped resources
+have an empty namespace (``"nodes//pi-01"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import ProtocolError
+
+__all__ = [
+    "RESOURCES",
+    "Resource",
+    "key_of",
+    "make_key",
+    "owner_node",
+    "referenced_keys",
+    "resource_by_kind",
+    "resource_by_name",
+    "split_key",
+]
+
+NODE_LABEL = "edgeflock.io/node"
+"""A ConfigMap or Secret carrying this label is sent to the named node even when
+no pod references it (agent-side configuration, mapper settings)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    name: str  # plural, as in URLs: "pods"
+    kind: str  # "Pod"
+    group: str  # "" for the core group
+    version: str  # "v1"
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+RESOURCES: tuple[Resource, ...] = (
+    Resource("nodes", "Node", "", "v1", False, ("node", "no")),
+    Resource("pods", "Pod", "", "v1", True, ("pod", "po")),
+    Resource("configmaps", "ConfigMap", "", "v1", True, ("configmap", "cm")),
+    Resource("secrets", "Secret", "", "v1", True, ("secret",)),
+)
+
+_BY_NAME = {r.name: r for r in RESOURCES}
+_BY_KIND = {r.kind: r for r in RESOURCES}
+
+
+def resource_by_name(name: str) -> Resource:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ProtocolError(f"unknown resource {name!r}") from None
+
+
+def resource_by_kind(kind: str) -> Resource:
+    try:
+        return _BY_KIND[kind]
+    except KeyError:
+        raise ProtocolError(f"unknown kind {kind!r}") from None
+
+
+def make_key(resource: str, namespace: str, name: str) -> str:
+    return f"{resource}/{namespace}/{name}"
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    parts = key.split("/")
+    if len(parts) != 3 or not parts[0] or not parts[2]:
+        raise ProtocolError(f"malformed key {key!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def key_of(obj: Mapping[str, Any]) -> str:
+    """The store key of a Kubernetes object (uses kind and metadata)."""
+    res = resource_by_kind(str(obj.get("kind", "")))
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProtocolError("object has no metadata.name")
+    ns = meta.get("namespace") or ("default" if res.namespaced else "")
+    return make_key(res.name, ns if res.namespaced else "", name)
+
+
+def owner_node(key: str, obj: Mapping[str, Any]) -> str | None:
+    """The node whose view this object belongs to directly, if any.
+
+    Nodes own themselves, pods and devices belong to ``spec.nodeName``,
+    ConfigMaps and Secrets to the node named by the ``edgeflock.io/node`` label.
+    Everything else reaches a node only by reference (see ``referenced_keys``).
+    """
+    resource, _, name = split_key(key)
+    if resource == "nodes":
+        return name
+    spec = obj.get("spec")
+    if isinstance(spec, Mapping):
+        node = spec.get("nodeName")
+        if isinstance(node, str) and node:
+            return node
+    meta = obj.get("metadata")
+    if isinstance(meta, Mapping):
+        labels = meta.get("labels")
+        if isinstance(labels, Mapping):
+            node = labels.get(NODE_LABEL)
+            if isinstance(node, str) and node:
+                return node
+    return None
+
+
+def referenced_keys(key: str, obj: Mapping[str, Any]) -> Iterator[str]:
+    """Keys of the objects a pod needs on its node: ConfigMaps and Secrets from
+    volumes (also projected), env valueFrom, envFrom and imagePullSecrets."""
+    resource, ns, _ = split_key(key)
+    if resource != "pods":
+        return
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        return
+    seen: set[str] = set()
+
+    def emit(res: str, name: Any) -> Iterator[str]:
+        if isinstance(name, str) and name:
+            k = make_key(res, ns, name)
+            if k not in seen:
+                seen.add(k)
+                yield k
+
+    for vol in _dicts(spec.get("volumes")):
+        cm = vol.get("configMap")
+        if isinstance(cm, Mapping):
+            yield from emit("configmaps", cm.get("name"))
+        sec = vol.get("secret")
+        if isinstance(sec, Mapping):
+            yield from emit("secrets", sec.get("secretName"))
+        proj = vol.get("projected")
+        if isinstance(proj, Mapping):
+            for src in _dicts(proj.get("sources")):
+                for field, res in (("configMap", "configmaps"), ("secret", "secrets")):
+                    ref = src.get(field)
+                    if isinstance(ref, Mapping):
+                        yield from emit(res, ref.get("name"))
+    for section in ("initContainers", "containers"):
+        for c in _dicts(spec.get(section)):
+            for env in _dicts(c.get("env")):
+                vf = env.get("valueFrom")
+                if isinstance(vf, Mapping):
+                    for field, res in (
+                        ("configMapKeyRef", "configmaps"),
+                        ("secretKeyRef", "secrets"),
+                    ):
+                        ref = vf.get(field)
+                        if isinstance(ref, Mapping):
+                            yield from emit(res, ref.get("name"))
+            for ef in _dicts(c.get("envFrom")):
+                for field, res in (("configMapRef", "configmaps"), ("secretRef", "secrets")):
+                    ref = ef.get(field)
+                    if isinstance(ref, Mapping):
+                        yield from emit(res, ref.get("name"))
+    for ips in _dicts(spec.get("imagePullSecrets")):
+        yield from emit("secrets", ips.get("name"))
+
+
+def _dicts(value: Any) -> Iterator[Mapping[str, Any]]:
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, Mapping):
+                yield item

@@ -1,0 +1,186 @@
+"""The hub against raw WebSocket clients holding real node certificates."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+import trio
+import trio_websocket as tws
+from edgeagent._tls import client_ssl_context
+
+import edgeproto
+from edgeproto import Kind, Message
+from tests.conftest import Gateway, join_node, wait_for
+from tests.test_sync_e2e import cm, create, pod, secret
+
+
+def hub_url(data_dir: Path) -> str:
+    return str(json.loads((data_dir / "enrollment.json").read_text())["hub"])
+
+
+async def send(ws: tws.WebSocketConnection, msg: Message) -> None:
+    await ws.send_message(edgeproto.encode_message(msg))
+
+
+async def recv(ws: tws.WebSocketConnection, *, skip: tuple[Kind, ...] = ()) -> Message:
+    with trio.fail_after(5):
+        while True:
+            msg = edgeproto.decode_message(await ws.get_message())
+            if msg.kind not in skip:
+                return msg
+
+
+@pytest.fixture
+async def two_nodes(gateway: Gateway, tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "a", tmp_path / "b"
+    await join_node(gateway, "node-a", a)
+    await join_node(gateway, "node-b", b)
+    await create(gateway, "configmaps", cm("b-config"))
+    await create(gateway, "secrets", secret("b-secret"))
+    await create(gateway, "pods", pod("b-pod", "node-b", "b-config", "b-secret"))
+    return a, b
+
+
+async def test_node_cannot_pose_as_another(two_nodes: tuple[Path, Path]) -> None:
+    a, _ = two_nodes
+    async with tws.open_websocket_url(hub_url(a), ssl_context=client_ssl_context(a)) as ws:
+        await send(ws, Message(Kind.HELLO, body={"node": "node-b", "last_rev": 0}))
+        err = await recv(ws)
+        assert err.kind is Kind.ERROR and err.body["code"] == "forbidden"
+        with pytest.raises(tws.ConnectionClosed):
+            await recv(ws)
+
+
+async def test_node_reads_and_writes_only_its_own(
+    gateway: Gateway, two_nodes: tuple[Path, Path]
+) -> None:
+    a, _ = two_nodes
+    async with tws.open_websocket_url(hub_url(a), ssl_context=client_ssl_context(a)) as ws:
+        await send(ws, Message(Kind.HELLO, body={"node": "node-a", "last_rev": 0}))
+        snap = await recv(ws)
+        assert snap.kind is Kind.SNAPSHOT
+        keys = {o["k"] for o in snap.body["objects"]}
+        assert keys == {"nodes//node-a"}  # nothing of node-b's
+        await send(ws, Message(Kind.REQUEST, id=5, op="get", res="secrets/default/b-secret"))
+        resp = await recv(ws, skip=(Kind.CHANGE,))
+        assert resp.kind is Kind.RESPONSE and resp.parent == 5
+        assert resp.body["error"]["code"] == 403
+        await send(ws, Message(Kind.REQUEST, id=6, op="get", res="nodes//node-a"))
+        resp = await recv(ws, skip=(Kind.CHANGE,))
+        assert edgeproto.decode_object(resp.body["object"])["metadata"]["name"] == "node-a"
+        # Writing node-b's pod status is refused, with the sequence number acked so
+        # the agent's outbox does not stall.
+        await send(
+            ws,
+            Message(
+                Kind.REPORT,
+                id=9,
+                res="pods/default/b-pod",
+                op="status",
+                body={"status": {"phase": "Running"}},
+            ),
+        )
+        ack = await recv(ws, skip=(Kind.CHANGE,))
+        assert ack.kind is Kind.ACK and ack.parent == 9 and ack.body["error"]["code"] == 403
+        await send(
+            ws, Message(Kind.REPORT, id=10, res="nodes//node-b", op="status", body={"status": {}})
+        )
+        ack = await recv(ws, skip=(Kind.CHANGE,))
+        assert ack.body["error"]["code"] == 403
+    code, body = await gateway.api("GET", "/api/v1/namespaces/default/pods/b-pod")
+    assert (code == 200 and "status" not in body) or body["status"].get("phase") != "Running"
+
+
+async def test_bad_frames_get_errors_and_the_session_survives(two_nodes: tuple[Path, Path]) -> None:
+    a, _ = two_nodes
+    async with tws.open_websocket_url(hub_url(a), ssl_context=client_ssl_context(a)) as ws:
+        await send(ws, Message(Kind.HELLO, body={"node": "node-a", "last_rev": 0}))
+        assert (await recv(ws)).kind is Kind.SNAPSHOT
+        bad: list[tuple[Any, str]] = [
+            (b"\xff\x00garbage", "malformed"),
+            (cbor2.dumps({"v": 1, "id": 1, "kind": "launch-missiles"}), "unknown-kind"),
+            (cbor2.dumps({"v": 7, "id": 1, "kind": "ping"}), "version"),
+            ("a text frame", "malformed"),
+            (
+                edgeproto.encode_message(
+                    Message(Kind.REPORT, id=3, res="not a key", op="status", body={"status": {}})
+                ),
+                "",
+            ),
+        ]
+        for frame, code in bad:
+            await ws.send_message(frame)
+            reply = await recv(ws, skip=(Kind.CHANGE,))
+            if code:
+                assert reply.kind is Kind.ERROR and reply.body["code"] == code, reply
+            else:
+                assert reply.kind is Kind.ACK and reply.body["error"]["code"] == 400
+        await send(ws, Message(Kind.PING, id=77))
+        pong = await recv(ws, skip=(Kind.CHANGE,))
+        assert pong.kind is Kind.PONG and pong.parent == 77
+
+
+async def test_oversized_frame_closes_with_1009(
+    gateway: Gateway, two_nodes: tuple[Path, Path]
+) -> None:
+    a, _ = two_nodes
+    async with tws.open_websocket_url(hub_url(a), ssl_context=client_ssl_context(a)) as ws:
+        await send(ws, Message(Kind.HELLO, body={"node": "node-a", "last_rev": 0}))
+        await recv(ws)
+        await ws.send_message(b"\x00" * (edgeproto.DEFAULT_MAX_MESSAGE + 10))
+        with pytest.raises(tws.ConnectionClosed) as info:
+            await recv(ws)
+        assert info.value.reason.code == 1009
+    # The gateway still serves others.
+    code, _ = await gateway.api("GET", "/api/v1/nodes")
+    assert code == 200
+
+
+async def test_tls_without_client_certificate_is_refused(two_nodes: tuple[Path, Path]) -> None:
+    a, _ = two_nodes
+    ctx = ssl.create_default_context(cafile=str(a / "ca.crt"))
+    with pytest.raises(
+        (tws.HandshakeError, OSError, trio.BrokenResourceError, tws.ConnectionClosed)
+    ):
+        async with tws.open_websocket_url(hub_url(a), ssl_context=ctx) as ws:
+            await send(ws, Message(Kind.HELLO, body={"node": "node-a", "last_rev": 0}))
+            await recv(ws)
+
+
+async def test_node_becomes_not_ready_only_after_grace(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    from tests.conftest import start_gateway
+
+    gw = await start_gateway(nursery, tmp_path / "gw", grace=1.5)
+    await join_node(gw, "flaky", tmp_path / "a")
+
+    async def ready() -> str:
+        _, body = await gw.api("GET", "/api/v1/nodes/flaky")
+        for c in (body.get("status") or {}).get("conditions", []):
+            if c["type"] == "Ready":
+                return str(c["status"])
+        return ""
+
+    async with tws.open_websocket_url(
+        hub_url(tmp_path / "a"), ssl_context=client_ssl_context(tmp_path / "a")
+    ) as ws:
+        await send(ws, Message(Kind.HELLO, body={"node": "flaky", "last_rev": 0}))
+        await recv(ws)
+        await wait_for(lambda: ready(), timeout=5)
+        assert await ready() == "True"
+    # Disconnected: still Ready within the grace period...
+    await trio.sleep(0.5)
+    assert await ready() == "True"
+    # ...and NotReady (Unknown) after it.
+    await wait_for(lambda: _is(ready, "Unknown"), timeout=5)
+    await gw.stop()
+
+
+async def _is(fn: Any, value: str) -> bool:
+    return bool(await fn() == value)

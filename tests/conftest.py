@@ -1,0 +1,159 @@
+"""Shared fixtures: a real gateway (in this process, real sockets and TLS on
+loopback, port 0) and real agents joined to it."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from cloudgateway._join import create_join_token
+from edgeagent._join import join
+
+from cloudgateway._app import GatewayConfig, RunningGateway, run_gateway
+from cloudgateway._hub import HubConfig
+from edgeagent._app import run_agent
+from edgeagent._cli import agent_status
+from edgeagent._config import AgentConfig, load_config
+
+
+@dataclass
+class Gateway:
+    data_dir: Path
+    running: RunningGateway
+    scope: trio.CancelScope
+    token: str = ""
+    stopped: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return self.running.ports
+
+    @property
+    def store(self) -> Any:
+        return self.running.store
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api']}"
+
+    @property
+    def join_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['join']}"
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.api_url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return await trio.to_thread.run_sync(self.request, method, path, body)
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        await self.stopped.wait()
+
+
+def gateway_config(data_dir: Path, ports: dict[str, int] | None = None, **kw: Any) -> GatewayConfig:
+    ports = ports or {"hub": 0, "join": 0, "api": 0}
+    return GatewayConfig(
+        data_dir=data_dir,
+        hub=("127.0.0.1", ports["hub"]),
+        join=("127.0.0.1", ports["join"]),
+        api=("127.0.0.1", ports["api"]),
+        hub_options=HubConfig(idle_timeout=10.0, progress_interval=300.0),
+        **kw,
+    )
+
+
+async def start_gateway(
+    nursery: trio.Nursery, data_dir: Path, ports: dict[str, int] | None = None, **kw: Any
+) -> Gateway:
+    config = gateway_config(data_dir, ports, **kw)
+    scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def runner(task_status: trio.TaskStatus[RunningGateway]) -> None:
+        try:
+            with scope:
+                await run_gateway(config, task_status=task_status)
+        finally:
+            stopped.set()
+
+    got = await nursery.start(runner)
+    gw = Gateway(data_dir, got, scope, stopped=stopped)
+    gw.token = (data_dir / "admin.token").read_text().strip()
+    return gw
+
+
+@pytest.fixture
+async def gateway(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Gateway]:
+    gw = await start_gateway(nursery, tmp_path / "gateway")
+    yield gw
+    gw.scope.cancel()
+
+
+@dataclass
+class Agent:
+    config: AgentConfig
+    scope: trio.CancelScope
+    stopped: trio.Event
+
+    def status(self) -> dict[str, Any]:
+        return agent_status(self.config.data_dir)
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        await self.stopped.wait()
+
+
+async def join_node(gw: Gateway, node: str, data_dir: Path) -> None:
+    token = create_join_token(gw.data_dir, node, 600.0)
+    await trio.to_thread.run_sync(join, gw.join_url, token, data_dir)
+
+
+async def start_agent(nursery: trio.Nursery, data_dir: Path, **overrides: Any) -> Agent:
+    overrides.setdefault("heartbeat", 1.0)
+    overrides.setdefault("backoff_base", 0.05)
+    overrides.setdefault("backoff_cap", 0.5)
+    overrides.setdefault("status_interval", 5.0)
+    config = load_config(data_dir, **overrides)
+    scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def runner() -> None:
+        try:
+            with scope:
+                await run_agent(config)
+        finally:
+            stopped.set()
+
+    nursery.start_soon(runner)
+    return Agent(config, scope, stopped)
+
+
+async def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``pred`` (sync or async) until truthy; fail with its last value after timeout."""
+    last: Any = None
+    with trio.move_on_after(timeout):
+        while True:
+            last = pred()
+            if hasattr(last, "__await__"):
+                last = await last
+            if last:
+                return last
+            await trio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s (last value {last!r})")

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from edgeagent._meta import Meta, MetaError, _MetaSync
+from edgeproto import Apply, Entry, encode_object
+
+
+def e(key: str, rev: int, **data: str) -> Entry:
+    return Entry(key, rev, encode_object({"metadata": {"name": key}, "data": data}))
+
+
+async def test_apply_commits_objects_and_last_rev(tmp_path: Path) -> None:
+    meta = Meta(tmp_path / "meta.db")
+    await meta.apply(Apply([e("configmaps/d/a", 1), e("pods/d/p", 2)], [], 2))
+    assert await meta.get_state("last_rev") == 2
+    assert await meta.counts() == {"ConfigMap": 1, "Pod": 1}
+    await meta.apply(Apply([e("configmaps/d/a", 3, x="y")], ["pods/d/p"], None))
+    assert await meta.get_state("last_rev") == 2  # intermediate chunk: rev unchanged
+    assert await meta.counts() == {"ConfigMap": 1}
+    obj = await meta.get("configmaps/d/a")
+    assert obj is not None and obj["data"] == {"x": "y"}
+    meta.close()
+
+
+async def test_snapshot_replaces(tmp_path: Path) -> None:
+    meta = Meta(tmp_path / "meta.db")
+    await meta.apply(Apply([e("configmaps/d/a", 1), e("configmaps/d/b", 1)], [], 1))
+    await meta.apply(Apply([e("configmaps/d/b", 1), e("secrets/d/c", 5)], [], 5, replace=True))
+    assert [k for k, _ in await meta.list_objects("configmaps")] == ["configmaps/d/b"]
+    assert await meta.counts() == {"ConfigMap": 1, "Secret": 1}
+    meta.close()
+
+
+async def test_outbox_coalesces_and_acks(tmp_path: Path) -> None:
+    meta = Meta(tmp_path / "meta.db", outbox_max=100)
+    body = cbor2.dumps({"status": {"phase": "Pending"}})
+    await meta.enqueue([("pods/d/p", "status", body, True)])
+    first = await meta.outbox_after(0, 10)
+    await meta.enqueue(
+        [("pods/d/p", "status", cbor2.dumps({"status": {"phase": "Running"}}), True)]
+    )
+    items = await meta.outbox_after(0, 10)
+    assert len(items) == 1 and items[0].seq > first[0].seq
+    assert cbor2.loads(items[0].body)["status"]["phase"] == "Running"
+    # An ack for the superseded sequence number keeps the newer entry.
+    await meta.outbox_ack([first[0].seq])
+    assert await meta.outbox_depth() == 1
+    await meta.outbox_ack([items[0].seq])
+    assert await meta.outbox_depth() == 0
+    meta.close()
+
+
+async def test_outbox_is_bounded_and_drops_events_first(tmp_path: Path) -> None:
+    meta = Meta(tmp_path / "meta.db", outbox_max=10)
+    await meta.enqueue([(f"pods/d/p{i}", "status", b"\xa0", True) for i in range(5)])
+    await meta.enqueue([(f"event/{i}", "event", b"\xa0", False) for i in range(20)])
+    assert await meta.outbox_depth() == 10
+    keys = [it.key for it in await meta.outbox_after(0, 100)]
+    assert all(f"pods/d/p{i}" in keys for i in range(5))  # statuses survive
+    assert await meta.get_state("outbox_dropped") == 15
+    assert meta.counters["outbox_dropped"] == 15
+    meta.close()
+
+
+async def test_sequence_numbers_never_go_back_after_reopen(tmp_path: Path) -> None:
+    meta = Meta(tmp_path / "meta.db")
+    await meta.enqueue([("pods/d/p", "status", b"\xa0", True)])
+    (item,) = await meta.outbox_after(0, 10)
+    await meta.outbox_ack([item.seq])
+    meta.close()
+    meta = Meta(tmp_path / "meta.db")
+    await meta.enqueue([("pods/d/q", "status", b"\xa0", True)])
+    (item2,) = await meta.outbox_after(0, 10)
+    assert item2.seq > item.seq
+    meta.close()
+
+
+def test_unopenable_database_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "notadb"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(MetaError, match="notadb"):
+        _MetaSync(bad, outbox_max=10)
+
+
+async def test_changes_wake_waiters(tmp_path: Path) -> None:
+    import trio
+
+    meta = Meta(tmp_path / "meta.db")
+    gen = meta.generation
+    async with trio.open_nursery() as n:
+        n.start_soon(meta.apply, Apply([e("configmaps/d/a", 1)], [], 1))
+        with trio.fail_after(5):
+            assert await meta.wait_changed(gen) > gen
+    meta.close()
