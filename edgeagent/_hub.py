@@ -8,12 +8,14 @@ coming back is not hit by every board at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import ssl
 import time
+import urllib.parse
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import cbor2
 import trio
@@ -27,7 +29,7 @@ from ._meta import Meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HubClient", "full_jitter"]
+__all__ = ["HubClient", "full_jitter", "open_hub_connection"]
 
 AGENT_VERSION = "0.1.0"
 
@@ -37,6 +39,45 @@ def full_jitter(
 ) -> float:
     """AWS's full-jitter backoff: uniform in [0, min(cap, base * 2**attempt))."""
     return rng() * min(cap, base * (2 ** min(attempt, 30)))
+
+
+@contextlib.asynccontextmanager
+async def open_hub_connection(
+    hub_url: str, ssl_context: ssl.SSLContext, *, timeout: float, max_message: int
+) -> AsyncIterator[tws.WebSocketConnection]:
+    """A WebSocket over TLS to the hub, opened layer by layer (TCP, TLS,
+    WebSocket), each step under ``timeout``; the stream is always closed on
+    exit. Errors inside come out unwrapped from trio's exception groups."""
+    url = urllib.parse.urlsplit(hub_url)
+    if url.scheme != "wss" or not url.hostname:
+        raise ProtocolError(f"hub URL must be wss://HOST:PORT/, got {hub_url!r}")
+    host, port = url.hostname, url.port or 443
+    with trio.fail_after(timeout):
+        tcp = await trio.open_tcp_stream(host, port)
+    stream = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
+    try:
+        with trio.fail_after(timeout):
+            await stream.do_handshake()
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(timeout):
+                ws = await tws.wrap_client_stream(
+                    nursery,
+                    stream,
+                    f"{host}:{port}",
+                    url.path or "/",
+                    message_queue_size=4,
+                    max_message_size=max_message,
+                )
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(2, shield=True):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise edgeproto.first_leaf(group, skip=(trio.Cancelled,)) from None
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 class _Retry(Exception):
@@ -57,6 +98,7 @@ class HubClient:
         self._ids = 0
         self._inflight: set[int] = set()
         self._acked = trio.Event()
+        self._synced = False
 
     def statistics(self) -> dict[str, int]:
         return {"connected": int(self.connected), "inflight": len(self._inflight), **self.counters}
@@ -112,40 +154,37 @@ class HubClient:
         """One connection; returns whether a resync completed before it ended."""
         cfg = self._cfg
         self._inflight.clear()
-        synced = False
-        async with tws.open_websocket_url(
-            cfg.hub_url,
-            ssl_context=self._ssl_factory(),
-            message_queue_size=4,
-            max_message_size=cfg.max_message,
-            connect_timeout=cfg.connect_timeout,
-            disconnect_timeout=5,
-        ) as ws:
-            last_rev = int(await self._meta.get_state("last_rev", 0))
-            sync = AgentSync(cfg.node, last_rev)
-            await self._send(ws, sync.hello(now=trio.current_time(), agent_version=AGENT_VERSION))
-            log.info("connected to %s as %s (last_rev %d)", cfg.hub_url, cfg.node, last_rev)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pinger, ws)
-                    nursery.start_soon(self._outbox_sender, ws)
-                    while True:
-                        with trio.move_on_after(cfg.heartbeat * 3) as idle:
-                            data = await ws.get_message()
-                        if idle.cancelled_caught:
-                            raise trio.TooSlowError("no message from the gateway for 3 heartbeats")
-                        if await self._handle(ws, sync, data):
-                            synced = True
-            except BaseExceptionGroup as group:
-                exc = edgeproto.first_leaf(group, skip=(trio.Cancelled,))
-                if synced and isinstance(exc, tws.ConnectionClosed):
-                    return True
-                raise exc from None
-            except tws.ConnectionClosed:
-                if synced:
-                    return True
-                raise
-        return synced
+        self._synced = False
+        try:
+            async with open_hub_connection(
+                cfg.hub_url,
+                self._ssl_factory(),
+                timeout=cfg.connect_timeout,
+                max_message=cfg.max_message,
+            ) as ws:
+                await self._converse(ws)
+        except (tws.ConnectionClosed, trio.BrokenResourceError):
+            if self._synced:
+                return True
+            raise
+        return self._synced
+
+    async def _converse(self, ws: tws.WebSocketConnection) -> None:
+        cfg = self._cfg
+        last_rev = int(await self._meta.get_state("last_rev", 0))
+        sync = AgentSync(cfg.node, last_rev)
+        await self._send(ws, sync.hello(now=trio.current_time(), agent_version=AGENT_VERSION))
+        log.info("connected to %s as %s (last_rev %d)", cfg.hub_url, cfg.node, last_rev)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pinger, ws)
+            nursery.start_soon(self._outbox_sender, ws)
+            while True:
+                with trio.move_on_after(cfg.heartbeat * 3) as idle:
+                    data = await ws.get_message()
+                if idle.cancelled_caught:
+                    raise trio.TooSlowError("no message from the gateway for 3 heartbeats")
+                if await self._handle(ws, sync, data):
+                    self._synced = True
 
     async def _handle(
         self, ws: tws.WebSocketConnection, sync: AgentSync, data: bytes | str

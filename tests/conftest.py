@@ -57,7 +57,8 @@ class Gateway:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+            with exc:
+                return exc.code, json.loads(exc.read() or b"null")
 
     async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return await trio.to_thread.run_sync(self.request, method, path, body)

@@ -111,7 +111,7 @@ async def test_pod_and_references_reach_the_board(
     # The pod deleted: it and its Secret leave the board.
     code, _ = await gateway.api("DELETE", f"{NS}/pods/web")
     assert code == 200
-    await wait_for(lambda: agent.status()["objects"] == {})
+    await wait_for(lambda: agent.status()["objects"] == {"Node": 1})
 
 
 async def test_offline_restart_then_converge(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ async def test_offline_restart_then_converge(nursery: trio.Nursery, tmp_path: Pa
     agent = await start_agent(nursery, tmp_path / "a")
     await trio.sleep(0.5)
     st = agent.status()
-    assert st["objects"] == {"Pod": 1, "ConfigMap": 1, "Secret": 1}
+    assert st["objects"] == {"Node": 1, "Pod": 1, "ConfigMap": 1, "Secret": 1}
     assert st["connected"] is False and st["running"] is True
 
     # While offline the cloud changes; the gateway returns on the same ports.

@@ -1,0 +1,170 @@
+"""How many idle nodes one gateway process holds, memory per node, and how long
+N nodes connecting (and reconnecting after a gateway kill -9) at once take to
+converge.
+
+    .venv/bin/python bench/gateway_scale.py [--nodes 5000]
+
+Nodes are simulated in this process (one trio task each, real TLS with its own
+node certificate signed by the gateway CA, real WebSocket, the real protocol:
+hello, resync, ack, ping every 10 s, reconnect with full-jitter backoff and the
+gateway's retry hints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import signal
+import ssl
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+import trio_websocket as tws
+from _harness import Gateway, machine, rss_kib
+
+import edgeproto
+from edgeproto import Kind, Message
+
+
+def make_certs(gw_dir: Path, out: Path, n: int) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from cloudgateway._pki import load_or_create_pki, sign_node_csr
+
+    pki = load_or_create_pki(gw_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    (out / "node.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    for i in range(n):
+        (out / f"n{i:05d}.crt").write_bytes(sign_node_csr(pki, csr, f"sim-{i:05d}"))
+    (out / "ca.crt").write_bytes(pki.ca_cert_pem)
+
+
+class Sim:
+    def __init__(self, n: int, url: str, certs: Path) -> None:
+        self.n = n
+        self.url = url
+        self.certs = certs
+        self.synced_at: dict[int, float] = {}
+        self.last_rev: dict[int, int] = {}
+        self.retries = 0
+        self.failures = 0
+        self.resync_modes: dict[str, int] = {}
+
+    def ctx(self, i: int) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(str(self.certs / "ca.crt"))
+        ctx.load_cert_chain(str(self.certs / f"n{i:05d}.crt"), str(self.certs / "node.key"))
+        return ctx
+
+    async def node(self, i: int) -> None:
+        ctx = self.ctx(i)
+        attempt = 0
+        while True:
+            try:
+                async with tws.open_websocket_url(self.url, ssl_context=ctx, message_queue_size=1, connect_timeout=60) as ws:
+                    await ws.send_message(edgeproto.encode_message(
+                        Message(Kind.HELLO, body={"node": f"sim-{i:05d}", "last_rev": self.last_rev.get(i, 0)})
+                    ))
+                    while True:
+                        with trio.move_on_after(10):
+                            msg = edgeproto.decode_message(await ws.get_message())
+                            if msg.kind is Kind.ERROR and msg.body.get("code") == "retry":
+                                self.retries += 1
+                                raise _Retry(float(msg.body.get("retry_after", 1)))
+                            if msg.kind in (Kind.SNAPSHOT, Kind.CHANGE) and not msg.body.get("more"):
+                                assert msg.rev is not None
+                                self.last_rev[i] = msg.rev
+                                await ws.send_message(edgeproto.encode_message(Message(Kind.ACK, rev=msg.rev)))
+                                if i not in self.synced_at:
+                                    mode = "snapshot" if msg.kind is Kind.SNAPSHOT else "delta"
+                                    self.resync_modes[mode] = self.resync_modes.get(mode, 0) + 1
+                                    self.synced_at[i] = trio.current_time()
+                                    attempt = 0
+                            continue
+                        await ws.send_message(edgeproto.encode_message(Message(Kind.PING, id=1)))
+            except _Retry as r:
+                await trio.sleep(r.after * random.uniform(1, 1.5))
+            except (OSError, tws.HandshakeError, tws.ConnectionClosed, trio.BrokenResourceError, ssl.SSLError):
+                self.failures += 1
+                await trio.sleep(random.random() * min(60, 1.0 * 2**attempt))
+                attempt += 1
+
+    async def wait_all(self, timeout: float) -> float:
+        t0 = trio.current_time()
+        with trio.move_on_after(timeout):
+            while len(self.synced_at) < self.n:
+                await trio.sleep(0.05)
+        return trio.current_time() - t0
+
+
+class _Retry(Exception):
+    def __init__(self, after: float) -> None:
+        self.after = after
+
+
+async def run(args: argparse.Namespace, root: Path) -> None:
+    gw = Gateway(root / "gw")
+    certs = root / "certs"
+    certs.mkdir()
+    t = time.monotonic()
+    await trio.to_thread.run_sync(make_certs, gw.data_dir, certs, args.nodes)
+    print(f"signed {args.nodes} node certificates in {time.monotonic() - t:.1f} s")
+    await trio.to_thread.run_sync(gw.start)
+    assert gw.proc is not None
+    await trio.sleep(2)
+    base = rss_kib(gw.proc.pid)
+    sim = Sim(args.nodes, f"wss://127.0.0.1:{gw.ports['hub']}/", certs)
+    async with trio.open_nursery() as nursery:
+        for i in range(args.nodes):
+            nursery.start_soon(sim.node, i)
+        took = await sim.wait_all(600)
+        print(f"connect storm: {len(sim.synced_at)}/{args.nodes} nodes synced in {took:.1f} s "
+              f"(gateway said retry {sim.retries} times, {sim.failures} failed attempts)")
+        await trio.sleep(args.idle)
+        rss = rss_kib(gw.proc.pid)
+        print(f"gateway RSS: {base / 1024:.1f} MiB empty, {rss / 1024:.1f} MiB with {len(sim.synced_at)} idle nodes "
+              f"= {(rss - base) / max(1, len(sim.synced_at)):.1f} KiB per node")
+        # Reconnect storm: kill -9 the gateway and bring it back.
+        gw.stop(signal.SIGKILL)
+        sim.synced_at.clear()
+        sim.resync_modes.clear()
+        sim.retries = sim.failures = 0
+        t0 = trio.current_time()
+        await trio.to_thread.run_sync(gw.start)
+        started = trio.current_time() - t0
+        took = await sim.wait_all(600)
+        print(f"reconnect storm after kill -9: gateway up in {started:.1f} s, {len(sim.synced_at)}/{args.nodes} "
+              f"nodes resynced {took:.1f} s later, modes {sim.resync_modes} "
+              f"(retry answers {sim.retries}, failed attempts {sim.failures})")
+        nursery.cancel_scope.cancel()
+    gw.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nodes", type=int, default=5000)
+    ap.add_argument("--idle", type=float, default=15.0)
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        trio.run(run, args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
