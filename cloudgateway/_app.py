@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def load_admin_token(data_dir: Path) -> str:
     return token
 
 
-def _hub_url_for(config: GatewayConfig, hub_port: int) -> object:
+def _hub_url_for(config: GatewayConfig, hub_port: int) -> Callable[[Request], str]:
     def hub_url(request: Request) -> str:
         host = config.advertise
         if not host:
@@ -130,7 +131,7 @@ async def run_gateway(
             hub_port = await nursery.start(hub.run)
             join = JoinService(
                 pki, tokens, hub_url=_hub_url_for(config, hub_port), on_joined=on_joined
-            )  # type: ignore[arg-type]
+            )
             join_port = await nursery.start(
                 lambda task_status: serve_http(
                     join.handle,

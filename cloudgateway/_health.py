@@ -32,9 +32,9 @@ def ready_condition(status: Any) -> dict[str, Any] | None:
     return None
 
 
-def with_ready(status: Any, ready: str, reason: str, message: str, now: float) -> dict[str, Any]:
+def with_ready(status_in: Any, ready: str, reason: str, message: str, now: float) -> dict[str, Any]:
     """``status`` with its Ready condition set (other conditions kept)."""
-    status = dict(status) if isinstance(status, dict) else {}
+    status: dict[str, Any] = dict(status_in) if isinstance(status_in, dict) else {}
     conds = [
         c
         for c in status.get("conditions") or []

@@ -154,7 +154,7 @@ async def _read_request(
         event = conn.next_event()
         if event is h11.NEED_DATA:
             data = await stream.receive_some(_READ)
-            conn.receive_data(data)
+            conn.receive_data(bytes(data))
             if not data and head is None:
                 return None
             continue

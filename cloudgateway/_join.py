@@ -96,7 +96,7 @@ class TokenStore:
                 raise JoinError("UnknownToken", "unknown token")
             if row[3] is not None:
                 raise JoinError("UsedToken", "token already used")
-            if float(row[2]) <= now:  # type: ignore[arg-type]
+            if float(str(row[2])) <= now:
                 raise JoinError("ExpiredToken", "token expired")
             self._conn.execute(
                 "UPDATE tokens SET used_at=? WHERE id=? AND used_at IS NULL", (now, tid)
@@ -112,7 +112,7 @@ class TokenStore:
                 "id": r[0],
                 "node": r[1],
                 "expires": r[2],
-                "state": "used" if r[3] else ("expired" if float(r[2]) <= now else "valid"),
+                "state": "used" if r[3] else ("expired" if float(str(r[2])) <= now else "valid"),
             }  # type: ignore[arg-type]
             for r in self._conn.execute(
                 "SELECT id, node, expires, used_at FROM tokens ORDER BY created"

@@ -205,7 +205,7 @@ def sign_node_csr(pki: GatewayPki, csr_pem: bytes, node: str, *, days: int = 365
             )
         )
         .issuer_name(ca.subject)
-        .public_key(csr.public_key())  # type: ignore[arg-type]
+        .public_key(csr.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))

@@ -149,7 +149,8 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
                 counts[edgeproto.resource_by_name(resource).kind] = n
             except edgeproto.ProtocolError:
                 counts[resource] = n
-        (outbox,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
+        row = conn.execute("SELECT count(*) FROM outbox").fetchone()
+        outbox = int(row[0]) if row else 0  # type: ignore[arg-type]
     except apsw.Error as exc:
         raise SystemExit(f"error: cannot read {path}: {exc}") from exc
     finally:

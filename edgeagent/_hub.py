@@ -17,6 +17,8 @@ import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
+from typing import Any
+
 import cbor2
 import trio
 import trio_websocket as tws
@@ -38,7 +40,7 @@ def full_jitter(
     attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random
 ) -> float:
     """AWS's full-jitter backoff: uniform in [0, min(cap, base * 2**attempt))."""
-    return rng() * min(cap, base * (2 ** min(attempt, 30)))
+    return float(rng() * min(cap, base * (2 ** min(attempt, 30))))
 
 
 @contextlib.asynccontextmanager
@@ -235,7 +237,7 @@ class HubClient:
             return False
         if batch is None:
             return False
-        extra = {}
+        extra: dict[str, Any] = {}
         if batch.resync is not None:
             r = batch.resync
             extra["last_resync"] = {

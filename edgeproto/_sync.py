@@ -197,9 +197,11 @@ class AgentSync:
         self.last_rev = last_rev
         self._pending: _Pending | None = None
         self._max_snapshot = max_snapshot_objects
+        self._hello_at: float | None = None
 
     def hello(self, *, now: float, agent_version: str = "") -> Message:
         self._pending = None
+        self._hello_at = now
         return Message(
             Kind.HELLO, body={"node": self.node, "last_rev": self.last_rev, "agent": agent_version}
         )
@@ -216,6 +218,12 @@ class AgentSync:
         self.last_rev = rev
         return Message(Kind.ACK, rev=rev)
 
+    def _started(self, now: float) -> float:
+        """A resync's clock starts at hello (it includes the gateway's work)."""
+        started = now if self._hello_at is None else min(self._hello_at, now)
+        self._hello_at = None
+        return started
+
     def _rev(self, msg: Message) -> int:
         if msg.rev is None:
             raise ProtocolError(f"{msg.kind.value} without rev", code="bad-field")
@@ -229,7 +237,7 @@ class AgentSync:
         entries = [Entry.from_wire(o) for o in objects]
         p = self._pending
         if p is None or p.mode != "snapshot":
-            p = self._pending = _Pending("snapshot", now)
+            p = self._pending = _Pending("snapshot", self._started(now))
         p.nbytes += nbytes
         p.snapshot.extend(entries)
         p.objects += len(entries)
@@ -256,7 +264,7 @@ class AgentSync:
         if msg.body.get("resync"):
             p = self._pending
             if p is None or p.mode != "delta":
-                p = self._pending = _Pending("delta", now)
+                p = self._pending = _Pending("delta", self._started(now))
             p.nbytes += nbytes
             p.objects += len(entries) + len(dels)
             if not more:

@@ -115,3 +115,12 @@ def test_hello_carries_last_rev() -> None:
     assert (
         hello.kind is Kind.HELLO and hello.body["node"] == "pi-01" and hello.body["last_rev"] == 42
     )
+
+
+def test_resync_duration_counts_from_hello() -> None:
+    sync = AgentSync("n", 0)
+    sync.hello(now=10.0)
+    msgs = snapshot_messages(5, [entry(1)])
+    batch = sync.receive(msgs[0], nbytes=50, now=12.5)
+    assert batch is not None and batch.resync is not None
+    assert batch.resync.seconds == 2.5 and batch.resync.bytes == 50
