@@ -1,0 +1,1110 @@
+"""The revisioned store: real SQLite files in tmp_path, the async facade under trio."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+import trio
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import edgeproto
+from cloudgateway._errors import GatewayError
+from cloudgateway._store import (
+    AlreadyExists,
+    Compacted,
+    Conflict,
+    Event,
+    FutureRevision,
+    NotFound,
+    Record,
+    SqliteBackend,
+    Store,
+    StoreError,
+    SubscriptionLost,
+)
+
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+def open_backend(path: Path) -> SqliteBackend:
+    return SqliteBackend(str(path / "store.db"), node_of=edgeproto.owner_node)
+
+
+@pytest.fixture
+def backend(tmp_path: Path):
+    b = open_backend(tmp_path)
+    yield b
+    b.close()
+
+
+def pod(name: str, node: str | None = None, ns: str = "default", **spec: Any) -> dict[str, Any]:
+    if node is not None:
+        spec["nodeName"] = node
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], **spec},
+    }
+
+
+def cm(name: str, data: dict[str, str], ns: str = "default") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns},
+        "data": data,
+    }
+
+
+def keys(records: list[Record]) -> list[str]:
+    return [r.key for r in records]
+
+
+# ---- basic writes and reads -----------------------------------------------------------
+
+
+def test_create_get_update_delete(backend: SqliteBackend) -> None:
+    assert backend.current_rev() == 0
+    value = pod("a", "pi-01")
+    ev = backend.create("pods/default/a", value)
+    assert value == pod("a", "pi-01"), "input must not be mutated"
+    assert ev.type == "ADDED" and ev.rev == 1 and ev.key == "pods/default/a" and ev.prev is None
+    rec = ev.record
+    assert (rec.mod_rev, rec.create_rev, rec.spec_rev, rec.node) == (1, 1, 1, "pi-01")
+    meta = rec.value["metadata"]
+    assert meta["resourceVersion"] == "1"
+    assert meta["generation"] == 1
+    assert re.fullmatch(r"[0-9a-f-]{36}", meta["uid"])
+    assert RFC3339.match(meta["creationTimestamp"])
+    assert backend.get("pods/default/a") == rec
+    assert backend.current_rev() == 1
+
+    changed = pod("a", "pi-01", restartPolicy="Never")
+    ev2 = backend.update("pods/default/a", changed)
+    assert changed == pod("a", "pi-01", restartPolicy="Never")
+    assert ev2.type == "MODIFIED" and ev2.rev == 2 and ev2.prev == rec
+    assert ev2.record.value["spec"]["restartPolicy"] == "Never"
+    assert ev2.record.value["metadata"]["resourceVersion"] == "2"
+    assert ev2.record.value["metadata"]["generation"] == 2
+    assert ev2.record.value["metadata"]["uid"] == meta["uid"]
+    assert ev2.record.value["metadata"]["creationTimestamp"] == meta["creationTimestamp"]
+    assert (ev2.record.create_rev, ev2.record.spec_rev) == (1, 2)
+    assert backend.get("pods/default/a") == ev2.record
+
+    ev3 = backend.delete("pods/default/a")
+    assert ev3.type == "DELETED" and ev3.rev == 3 and ev3.prev == ev2.record
+    assert ev3.record.mod_rev == 3
+    assert ev3.record.value["metadata"]["resourceVersion"] == "3"
+    assert ev3.record.value["spec"] == ev2.record.value["spec"]
+    with pytest.raises(NotFound) as info:
+        backend.get("pods/default/a")
+    assert info.value.key == "pods/default/a"
+    assert backend.current_rev() == 3
+
+
+def test_each_write_bumps_the_revision_by_one(backend: SqliteBackend) -> None:
+    revs = [
+        backend.create("pods/default/a", pod("a")).rev,
+        backend.create("configmaps/default/c", cm("c", {"k": "v"})).rev,
+        backend.update("pods/default/a", pod("a", "pi-01")).rev,
+        backend.update_status("pods/default/a", {"phase": "Running"}).rev,
+        backend.delete("configmaps/default/c").rev,
+        backend.create("configmaps/default/c", cm("c", {"k": "w"})).rev,
+    ]
+    assert revs == [1, 2, 3, 4, 5, 6]
+    assert backend.current_rev() == 6
+
+
+def test_store_keeps_given_uid_and_timestamp_on_create(backend: SqliteBackend) -> None:
+    value = pod("a")
+    value["metadata"].update(
+        uid="1234", creationTimestamp="2020-01-01T00:00:00Z", resourceVersion="77", generation=9
+    )
+    rec = backend.create("pods/default/a", value).record
+    assert rec.value["metadata"]["uid"] == "1234"
+    assert rec.value["metadata"]["creationTimestamp"] == "2020-01-01T00:00:00Z"
+    assert rec.value["metadata"]["resourceVersion"] == "1"
+    assert rec.value["metadata"]["generation"] == 1
+
+
+def test_value_is_stored_as_compact_json_readable_by_sqlite(
+    backend: SqliteBackend, tmp_path: Path
+) -> None:
+    backend.create("configmaps/default/c", cm("c", {"k": "vä"}))
+    other = apsw.Connection(str(tmp_path / "store.db"))
+    try:
+        (text,) = other.execute(
+            "SELECT value FROM kv WHERE key = 'configmaps/default/c'"
+        ).fetchone()
+    finally:
+        other.close()
+    assert '"data":{"k":"vä"}' in text
+    assert " " not in text
+    assert "resourceVersion" not in text
+
+
+def test_already_exists_and_not_found(backend: SqliteBackend) -> None:
+    backend.create("pods/default/a", pod("a"))
+    with pytest.raises(AlreadyExists) as info:
+        backend.create("pods/default/a", pod("a"))
+    assert info.value.key == "pods/default/a"
+    for op in (
+        lambda: backend.get("pods/default/zz"),
+        lambda: backend.update("pods/default/zz", pod("zz")),
+        lambda: backend.update_status("pods/default/zz", {}),
+        lambda: backend.delete("pods/default/zz"),
+    ):
+        with pytest.raises(NotFound) as nf:
+            op()
+        assert nf.value.key == "pods/default/zz"
+        assert isinstance(nf.value, StoreError) and isinstance(nf.value, GatewayError)
+    assert backend.current_rev() == 1
+    # A deleted key can be created again, with a new create_rev and uid.
+    first = backend.get("pods/default/a")
+    backend.delete("pods/default/a")
+    with pytest.raises(NotFound):
+        backend.delete("pods/default/a")
+    again = backend.create("pods/default/a", pod("a")).record
+    assert again.create_rev == 3
+    assert again.value["metadata"]["uid"] != first.value["metadata"]["uid"]
+
+
+def test_optimistic_concurrency(backend: SqliteBackend) -> None:
+    rec = backend.create("pods/default/a", pod("a")).record
+    rec2 = backend.update("pods/default/a", pod("a", "pi-01"), expect_rev=rec.mod_rev).record
+    for op in (
+        lambda: backend.update("pods/default/a", pod("a", "pi-02"), expect_rev=rec.mod_rev),
+        lambda: backend.update_status("pods/default/a", {"x": 1}, expect_rev=rec.mod_rev),
+        lambda: backend.delete("pods/default/a", expect_rev=rec.mod_rev),
+    ):
+        with pytest.raises(Conflict) as info:
+            op()
+        assert info.value.key == "pods/default/a"
+    assert backend.get("pods/default/a") == rec2
+    assert backend.current_rev() == 2
+    backend.update_status("pods/default/a", {"x": 1}, expect_rev=2)
+    backend.delete("pods/default/a", expect_rev=3)
+    assert backend.current_rev() == 4
+
+
+def test_update_with_another_uid_conflicts(backend: SqliteBackend) -> None:
+    backend.create("pods/default/a", pod("a"))
+    stale = pod("a", "pi-01")
+    stale["metadata"]["uid"] = "of-an-earlier-incarnation"
+    with pytest.raises(Conflict):
+        backend.update("pods/default/a", stale)
+    assert backend.current_rev() == 1
+
+
+def test_status_writes_keep_spec_rev_and_generation(backend: SqliteBackend) -> None:
+    backend.create("pods/default/a", pod("a", "pi-01"))
+    ev = backend.update_status("pods/default/a", {"phase": "Running"})
+    assert ev.record.spec_rev == 1 and ev.record.mod_rev == 2
+    assert ev.record.value["status"] == {"phase": "Running"}
+    assert ev.record.value["metadata"]["generation"] == 1
+    assert ev.record.value["spec"] == pod("a", "pi-01")["spec"]
+    # A full update that changes only .status (and a stale resourceVersion) keeps it too.
+    value = dict(ev.record.value)
+    value["status"] = {"phase": "Failed"}
+    ev2 = backend.update("pods/default/a", value)
+    assert ev2.record.spec_rev == 1 and ev2.record.value["metadata"]["generation"] == 1
+    # None removes .status, still a status-only write.
+    ev3 = backend.update_status("pods/default/a", None)
+    assert "status" not in ev3.record.value and ev3.record.spec_rev == 1
+    # A label is not status: spec_rev and generation move.
+    labelled = pod("a", "pi-01")
+    labelled["metadata"]["labels"] = {"app": "x"}
+    ev4 = backend.update("pods/default/a", labelled)
+    assert ev4.record.spec_rev == 5 and ev4.record.value["metadata"]["generation"] == 2
+    assert backend.get("pods/default/a", rev=3).spec_rev == 1
+
+
+# ---- history --------------------------------------------------------------------------
+
+
+def test_reads_at_old_revisions(backend: SqliteBackend) -> None:
+    backend.create("pods/default/a", pod("a", "pi-01"))  # 1
+    backend.create("pods/default/b", pod("b", "pi-01"))  # 2
+    backend.update("pods/default/a", pod("a", "pi-02"))  # 3
+    backend.delete("pods/default/b")  # 4
+    backend.create("pods/default/b", pod("b", "pi-03"))  # 5
+    backend.delete("pods/default/a")  # 6
+
+    assert backend.get("pods/default/a", rev=1).node == "pi-01"
+    assert backend.get("pods/default/a", rev=2).value["metadata"]["resourceVersion"] == "1"
+    assert backend.get("pods/default/a", rev=5).node == "pi-02"
+    with pytest.raises(NotFound):
+        backend.get("pods/default/a", rev=6)
+    with pytest.raises(NotFound):
+        backend.get("pods/default/b", rev=4)
+    assert backend.get("pods/default/b", rev=3).node == "pi-01"
+    assert backend.get("pods/default/b", rev=5).create_rev == 5
+    with pytest.raises(NotFound):
+        backend.get("pods/default/a", rev=0)
+
+    assert backend.list("pods/", rev=0) == ([], 0)
+    recs, at = backend.list("pods/", rev=3)
+    assert at == 3 and keys(recs) == ["pods/default/a", "pods/default/b"]
+    assert [r.mod_rev for r in recs] == [3, 2]
+    assert keys(backend.list("pods/", rev=4)[0]) == ["pods/default/a"]
+    assert keys(backend.list("pods/", rev=5)[0]) == ["pods/default/a", "pods/default/b"]
+    recs, at = backend.list("pods/")
+    assert at == 6 and keys(recs) == ["pods/default/b"]
+    assert backend.list("pods/", rev=6) == (recs, 6)
+
+    got = backend.get_many(["pods/default/b", "pods/default/zz", "pods/default/a"], rev=3)
+    assert keys(got) == ["pods/default/b", "pods/default/a"]
+    assert keys(backend.get_many(["pods/default/a", "pods/default/b", "pods/default/b"])) == [
+        "pods/default/b"
+    ]
+
+    with pytest.raises(FutureRevision):
+        backend.get("pods/default/b", rev=7)
+    with pytest.raises(FutureRevision):
+        backend.list("pods/", rev=7)
+    with pytest.raises(FutureRevision):
+        backend.get_many(["pods/default/b"], rev=99)
+
+
+def test_list_prefix_ranges(backend: SqliteBackend) -> None:
+    for key in (
+        "pods/default/a",
+        "pods/default2/b",
+        "pods/defaulz/c",
+        "pods/kube/d",
+        "configmaps/default/e",
+        "nodes//pi-01",
+    ):
+        backend.create(key, {"metadata": {"name": key.rsplit("/", 1)[1]}})
+    assert keys(backend.list("pods/default/")[0]) == ["pods/default/a"]
+    assert keys(backend.list("pods/default")[0]) == ["pods/default/a", "pods/default2/b"]
+    assert keys(backend.list("pods/")[0]) == [
+        "pods/default/a",
+        "pods/default2/b",
+        "pods/defaulz/c",
+        "pods/kube/d",
+    ]
+    assert len(backend.list("")[0]) == 6
+    assert keys(backend.list("", rev=3)[0]) == [
+        "pods/default/a",
+        "pods/default2/b",
+        "pods/defaulz/c",
+    ]
+    assert backend.list("secrets/")[0] == []
+    top = "pods/\U0010ffff"
+    backend.create(top + "/x", {"metadata": {"name": "x"}})
+    assert keys(backend.list(top)[0]) == [top + "/x"]
+    assert keys(backend.list("pods/\ud7ff")[0]) == []
+
+
+def test_list_by_node_follows_a_pod_moving_between_nodes(backend: SqliteBackend) -> None:
+    backend.create("nodes//pi-01", {"metadata": {"name": "pi-01"}})  # 1
+    backend.create("pods/default/a", pod("a", "pi-01"))  # 2
+    backend.create("pods/default/b", pod("b", "pi-02"))  # 3
+    labelled = cm("c", {"k": "v"})
+    labelled["metadata"]["labels"] = {"edgeflock.io/node": "pi-01"}
+    backend.create("configmaps/default/c", labelled)  # 4
+    backend.update("pods/default/a", pod("a", "pi-02"))  # 5: moves
+    backend.update_status("pods/default/a", {"phase": "Running"})  # 6
+    backend.update("pods/default/a", pod("a", "pi-01"))  # 7: moves back
+    backend.delete("pods/default/b")  # 8
+    backend.create("pods/default/b", pod("b", "pi-01"))  # 9
+
+    def on(node: str, rev: int | None = None, prefix: str = "pods/") -> list[str]:
+        return keys(backend.list_by_node(prefix, node, rev=rev))
+
+    assert on("pi-01", 2) == ["pods/default/a"]
+    assert on("pi-02", 2) == []
+    assert on("pi-02", 3) == ["pods/default/b"]
+    assert on("pi-01", 5) == []
+    assert on("pi-02", 5) == ["pods/default/a", "pods/default/b"]
+    assert on("pi-02", 6) == ["pods/default/a", "pods/default/b"]
+    assert on("pi-01", 7) == ["pods/default/a"]
+    assert on("pi-02", 7) == ["pods/default/b"]
+    assert on("pi-02", 8) == []
+    assert on("pi-01") == ["pods/default/a", "pods/default/b"]
+    assert on("pi-01", 9) == on("pi-01")
+    assert on("pi-02") == []
+    assert on("pi-01", prefix="") == [
+        "configmaps/default/c",
+        "nodes//pi-01",
+        "pods/default/a",
+        "pods/default/b",
+    ]
+    assert on("pi-01", 4, prefix="configmaps/") == ["configmaps/default/c"]
+    assert on("pi-03") == []
+    recs = backend.list_by_node("pods/", "pi-02", rev=6)
+    assert recs[0].value["status"] == {"phase": "Running"} and recs[0].mod_rev == 6
+
+
+def test_list_by_node_reads_the_index_not_the_prefix(backend: SqliteBackend) -> None:
+    """10,000 creates (one transaction each), then list_by_node for a node with a
+    handful of pods must touch a handful of rows, at the head and in history."""
+    for i in range(10_000):
+        node = "small" if i % 1000 == 0 else "big"
+        backend.create(f"pods/default/p{i:05d}", pod(f"p{i:05d}", node))
+    assert backend.current_rev() == 10_000
+    backend.update("pods/default/p00001", pod("p00001", "small"))  # 10001
+    backend.update_status("pods/default/p00000", {"phase": "Running"})  # 10002
+    backend.delete("pods/default/p01000")  # 10003
+
+    steps: list[int] = []
+
+    def trace(event: dict[str, Any]) -> None:
+        steps.append(event["stmt_status"]["SQLITE_STMTSTATUS_VM_STEP"])
+
+    def cost(fn: Any) -> tuple[Any, int]:
+        steps.clear()
+        backend._conn.trace_v2(apsw.SQLITE_TRACE_PROFILE, trace)
+        try:
+            result = fn()
+        finally:
+            backend._conn.trace_v2(0, None)
+        return result, sum(steps)
+
+    now, now_cost = cost(lambda: backend.list_by_node("pods/", "small"))
+    then, then_cost = cost(lambda: backend.list_by_node("pods/", "small", rev=10_000))
+    _, list_cost = cost(lambda: backend.list("pods/"))
+    assert len(now) == 10 and "pods/default/p00001" in keys(now)
+    assert "pods/default/p01000" not in keys(now)
+    assert len(then) == 10 and "pods/default/p01000" in keys(then)
+    assert "pods/default/p00001" not in keys(then)
+    assert list_cost > 10_000  # the measure sees a prefix scan...
+    assert now_cost < 1_000 and then_cost < 1_000  # ...and these are not one
+
+
+# ---- compaction -----------------------------------------------------------------------
+
+
+def _history(backend: SqliteBackend) -> None:
+    backend.create("pods/default/a", pod("a", "pi-01"))  # 1
+    backend.create("pods/default/b", pod("b", "pi-01"))  # 2
+    backend.update("pods/default/a", pod("a", "pi-02"))  # 3
+    backend.delete("pods/default/b")  # 4
+    backend.update_status("pods/default/a", {"phase": "Running"})  # 5
+    backend.create("configmaps/default/c", cm("c", {"k": "1"}))  # 6
+    backend.delete("configmaps/default/c")  # 7
+    backend.create("pods/default/b", pod("b", "pi-02"))  # 8
+    backend.update("pods/default/a", pod("a", "pi-01"))  # 9
+    backend.delete("pods/default/a")  # 10
+    backend.create("pods/default/d", pod("d", "pi-01"))  # 11
+
+
+def _snapshot(backend: SqliteBackend, rev: int) -> Any:
+    def fetch(fn: Any) -> Any:
+        try:
+            return fn()
+        except NotFound:
+            return None
+
+    names = ["pods/default/a", "pods/default/b", "configmaps/default/c", "pods/default/d"]
+    return (
+        backend.list("", rev=rev),
+        [fetch(lambda k=k: backend.get(k, rev=rev)) for k in names],
+        backend.get_many(names, rev=rev),
+        backend.list_by_node("pods/", "pi-01", rev=rev),
+        backend.list_by_node("", "pi-02", rev=rev),
+        backend.changes_since("", rev),
+        backend.changes_since("pods/", rev, limit=2),
+    )
+
+
+def _rows(tmp_path: Path) -> list[tuple[str, int, int]]:
+    other = apsw.Connection(str(tmp_path / "store.db"))
+    try:
+        return other.execute(
+            "SELECT key, mod_rev, deleted FROM kv ORDER BY key, mod_rev"
+        ).fetchall()
+    finally:
+        other.close()
+
+
+def test_compaction_keeps_reads_at_and_after_the_horizon(
+    backend: SqliteBackend, tmp_path: Path
+) -> None:
+    _history(backend)
+    before = {rev: _snapshot(backend, rev) for rev in range(0, 12)}
+    for horizon in (3, 7):  # 4 is a delete, right after the first horizon
+        backend.compact(horizon)
+        assert backend.compact_rev() == horizon
+        for rev in range(horizon, 12):
+            assert _snapshot(backend, rev) == before[rev], (horizon, rev)
+    for rev in range(0, 7):
+        with pytest.raises(Compacted):
+            backend.get("pods/default/a", rev=rev)
+        with pytest.raises(Compacted):
+            backend.list("pods/", rev=rev)
+        with pytest.raises(Compacted):
+            backend.list_by_node("pods/", "pi-01", rev=rev)
+        with pytest.raises(Compacted):
+            backend.get_many(["pods/default/a"], rev=rev)
+        with pytest.raises(Compacted):
+            backend.changes_since("pods/", rev)
+    # Superseded rows and tombstones at or before 7 are gone; the rest stays.
+    assert _rows(tmp_path) == [
+        ("pods/default/a", 5, 0),
+        ("pods/default/a", 9, 0),
+        ("pods/default/a", 10, 1),
+        ("pods/default/b", 8, 0),
+        ("pods/default/d", 11, 0),
+    ]
+    # Compacting again further, to the head, and no-ops.
+    backend.compact(3)
+    backend.compact(7)
+    assert backend.compact_rev() == 7
+    backend.compact(11)
+    assert _snapshot(backend, 11) == before[11]
+    assert _rows(tmp_path) == [("pods/default/b", 8, 0), ("pods/default/d", 11, 0)]
+    with pytest.raises(FutureRevision):
+        backend.compact(12)
+    assert backend.current_rev() == 11 and backend.compact_rev() == 11
+
+
+def test_compact_keep(backend: SqliteBackend) -> None:
+    _history(backend)
+    backend.compact_keep(4)
+    assert backend.compact_rev() == 7
+    backend.compact_keep(6)  # 11 - 6 = 5 <= 7: no-op
+    assert backend.compact_rev() == 7
+    backend.compact_keep(100)
+    assert backend.compact_rev() == 7
+    backend.compact_keep(0)
+    assert backend.compact_rev() == 11
+    assert keys(backend.list("")[0]) == ["pods/default/b", "pods/default/d"]
+    assert backend.create("pods/default/a", pod("a")).rev == 12
+
+
+# ---- changes_since --------------------------------------------------------------------
+
+
+def test_changes_since(backend: SqliteBackend) -> None:
+    _history(backend)
+    evs = backend.changes_since("pods/", 0)
+    assert [(e.type, e.rev, e.key) for e in evs] == [
+        ("ADDED", 1, "pods/default/a"),
+        ("ADDED", 2, "pods/default/b"),
+        ("MODIFIED", 3, "pods/default/a"),
+        ("DELETED", 4, "pods/default/b"),
+        ("MODIFIED", 5, "pods/default/a"),
+        ("ADDED", 8, "pods/default/b"),
+        ("MODIFIED", 9, "pods/default/a"),
+        ("DELETED", 10, "pods/default/a"),
+        ("ADDED", 11, "pods/default/d"),
+    ]
+    assert evs[0].prev is None and evs[5].prev is None
+    assert evs[2].prev == evs[0].record and evs[4].prev == evs[2].record
+    deleted = evs[7]
+    assert deleted.prev == evs[6].record
+    assert deleted.record.mod_rev == 10 and deleted.record.node == "pi-01"
+    assert deleted.record.value["metadata"]["resourceVersion"] == "10"
+    assert deleted.record.value["spec"] == evs[6].record.value["spec"]
+    assert evs[4].record.spec_rev == 3 and evs[4].record.value["status"] == {"phase": "Running"}
+
+    assert [e.rev for e in backend.changes_since("", 5)] == [6, 7, 8, 9, 10, 11]
+    assert [e.rev for e in backend.changes_since("configmaps/", 0)] == [6, 7]
+    assert [e.rev for e in backend.changes_since("pods/", 2, limit=3)] == [3, 4, 5]
+    assert backend.changes_since("pods/", 11) == []
+    with pytest.raises(FutureRevision):
+        backend.changes_since("pods/", 12)
+
+    # The events match what the writes returned.
+    b2_events = [e for e in backend.changes_since("", 0) if e.key == "pods/default/b"]
+    assert b2_events[-1].record == backend.get("pods/default/b")
+
+    backend.compact(8)
+    with pytest.raises(Compacted):
+        backend.changes_since("pods/", 7)
+    after = backend.changes_since("pods/", 8)
+    assert after == evs[6:]
+    assert after[0].prev is not None and after[0].prev.mod_rev == 5
+
+
+def test_write_events_equal_history_events(backend: SqliteBackend) -> None:
+    made = [
+        backend.create("pods/default/a", pod("a", "pi-01")),
+        backend.update_status("pods/default/a", {"phase": "Pending"}),
+        backend.update("pods/default/a", pod("a", "pi-02")),
+        backend.delete("pods/default/a"),
+        backend.create("pods/default/a", pod("a")),
+    ]
+    assert backend.changes_since("pods/", 0) == made
+
+
+# ---- read snapshots -------------------------------------------------------------------
+
+
+def test_read_sees_one_snapshot(backend: SqliteBackend, tmp_path: Path) -> None:
+    backend.create("pods/default/a", pod("a", "pi-01"))
+    writer = open_backend(tmp_path)  # a second connection to the same file
+    try:
+
+        def run(b: SqliteBackend) -> Any:
+            first = b.current_rev()
+            # A write through another connection, from another thread, commits
+            # while this read transaction is open (WAL).
+            t = threading.Thread(target=lambda: writer.create("pods/default/b", pod("b", "pi-01")))
+            t.start()
+            t.join(10)
+            assert not t.is_alive()
+            nested = b.read(lambda b2: b2.list("pods/"))
+            return (
+                first,
+                b.current_rev(),
+                b.list("pods/"),
+                nested,
+                b.list_by_node("pods/", "pi-01"),
+                b.get_many(["pods/default/b"]),
+            )
+
+        first, second, listed, nested, by_node, many = backend.read(run)
+        assert first == second == 1
+        assert listed == nested == ([backend.get("pods/default/a")], 1)
+        assert keys(by_node) == ["pods/default/a"]
+        assert many == []
+        assert writer.current_rev() == 2
+        assert backend.current_rev() == 2
+        assert keys(backend.list("pods/")[0]) == ["pods/default/a", "pods/default/b"]
+        # A write through the first backend continues from the other's revision.
+        assert backend.create("pods/default/c", pod("c")).rev == 3
+    finally:
+        writer.close()
+
+
+def test_read_refuses_writes_and_survives_errors(backend: SqliteBackend) -> None:
+    backend.create("pods/default/a", pod("a"))
+    with pytest.raises(StoreError, match="inside read"):
+        backend.read(lambda b: b.create("pods/default/b", pod("b")))
+    with pytest.raises(NotFound):
+        backend.read(lambda b: b.get("pods/default/zz"))
+    with pytest.raises(ZeroDivisionError):
+        backend.read(lambda b: 1 / 0)
+    # The backend is usable afterwards: no transaction was left open.
+    assert backend.create("pods/default/b", pod("b")).rev == 2
+    assert backend.read(lambda b: b.current_rev()) == 2
+
+
+# ---- persistence and bad input --------------------------------------------------------
+
+
+def test_reopen_continues_revisions(tmp_path: Path) -> None:
+    b = open_backend(tmp_path)
+    _history(b)
+    b.compact(4)
+    before = _snapshot(b, 11)
+    b.close()
+    b.close()  # idempotent
+    with pytest.raises(StoreError):
+        b.get("pods/default/b")
+    b = open_backend(tmp_path)
+    try:
+        assert b.current_rev() == 11 and b.compact_rev() == 4
+        assert _snapshot(b, 11) == before
+        assert b.create("pods/default/x", pod("x")).rev == 12
+        assert b.update("pods/default/b", pod("b", "pi-09")).record.create_rev == 8
+    finally:
+        b.close()
+
+
+def test_node_of_failure_writes_nothing(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def node_of(key: str, obj: dict[str, Any]) -> str | None:
+        calls.append(key)
+        if obj.get("spec", {}).get("boom"):
+            raise ValueError("no node for this")
+        return edgeproto.owner_node(key, obj)
+
+    b = SqliteBackend(str(tmp_path / "s.db"), node_of=node_of)
+    try:
+        b.create("pods/default/a", pod("a", "pi-01"))
+        with pytest.raises(StoreError, match="no node for this") as info:
+            b.create("pods/default/b", pod("b", boom=True))
+        assert info.value.key == "pods/default/b"
+        with pytest.raises(StoreError):
+            b.update("pods/default/a", pod("a", "pi-02", boom=True))
+        assert b.current_rev() == 1
+        assert keys(b.list("")[0]) == ["pods/default/a"]
+        assert b.get("pods/default/a").node == "pi-01"
+        assert keys(b.list_by_node("", "pi-01")) == ["pods/default/a"]
+        assert calls.count("pods/default/b") == 1
+    finally:
+        b.close()
+    # The real owner_node rejects malformed keys the same way.
+    real = open_backend(tmp_path)
+    try:
+        with pytest.raises(StoreError, match="malformed key"):
+            real.create("not-a-key", {"metadata": {}})
+        assert real.current_rev() == 0
+    finally:
+        real.close()
+
+
+def test_node_of_returning_a_non_string(tmp_path: Path) -> None:
+    b = SqliteBackend(str(tmp_path / "s.db"), node_of=lambda k, o: 42)  # type: ignore[arg-type,return-value]
+    try:
+        with pytest.raises(StoreError, match="not a string"):
+            b.create("pods/default/a", pod("a"))
+        assert b.current_rev() == 0
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([1, 2], "must be an object"),
+        (None, "must be an object"),
+        ({"metadata": []}, "metadata must be an object"),
+        ({"metadata": {}, "x": {1, 2}}, "not storable as JSON"),
+        ({"metadata": {}, "x": float("nan")}, "not storable as JSON"),
+        ({"metadata": {}, "x": object()}, "not storable as JSON"),
+    ],
+)
+def test_bad_values_are_refused(backend: SqliteBackend, value: Any, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        backend.create("pods/default/a", value)
+    backend.create("pods/default/b", pod("b"))
+    with pytest.raises(StoreError, match=message):
+        backend.update("pods/default/b", value)
+    assert backend.current_rev() == 1
+
+
+def test_bad_arguments_are_refused(backend: SqliteBackend) -> None:
+    backend.create("pods/default/a", pod("a"))
+    cases = [
+        lambda: backend.create("", pod("a")),
+        lambda: backend.create(7, pod("a")),  # type: ignore[arg-type]
+        lambda: backend.create("pods/default/\x00", pod("a")),
+        lambda: backend.create("pods/default/\ud800", pod("a")),
+        lambda: backend.get("pods/default/a", rev=-1),
+        lambda: backend.get("pods/default/a", rev="1"),  # type: ignore[arg-type]
+        lambda: backend.list("pods/", rev=True),
+        lambda: backend.list(None),  # type: ignore[arg-type]
+        lambda: backend.list_by_node("pods/", ""),
+        lambda: backend.get_many(["pods/default/a", 3]),  # type: ignore[list-item]
+        lambda: backend.update("pods/default/a", pod("a"), expect_rev=-3),
+        lambda: backend.update_status("pods/default/a", {"t": float("inf")}),
+        lambda: backend.update_status("pods/default/a", {"t": b"bytes"}),
+        lambda: backend.delete("pods/default/a", expect_rev="1"),  # type: ignore[arg-type]
+        lambda: backend.changes_since("pods/", 0, limit=0),
+        lambda: backend.changes_since("pods/", -1),
+        lambda: backend.compact(-1),
+        lambda: backend.compact_keep(-1),
+    ]
+    for case in cases:
+        with pytest.raises(StoreError):
+            case()
+    assert backend.current_rev() == 1 and backend.compact_rev() == 0
+    assert backend.get("pods/default/a").mod_rev == 1
+
+
+def test_opening_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open store"):
+        SqliteBackend(str(tmp_path / "missing" / "s.db"), node_of=edgeproto.owner_node)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open store"):
+        SqliteBackend(str(junk), node_of=edgeproto.owner_node)
+    newer = tmp_path / "newer.db"
+    conn = apsw.Connection(str(newer))
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        SqliteBackend(str(newer), node_of=edgeproto.owner_node)
+
+
+def test_older_files_get_the_head_table(tmp_path: Path) -> None:
+    """A file from before ``cur`` existed (kv and meta only) opens with its heads."""
+    path = tmp_path / "old.db"
+    conn = apsw.Connection(str(path))
+    conn.execute(
+        "CREATE TABLE kv(key TEXT NOT NULL, mod_rev INTEGER NOT NULL, create_rev INTEGER NOT NULL,"
+        " spec_rev INTEGER NOT NULL, node TEXT, deleted INTEGER NOT NULL DEFAULT 0, value TEXT,"
+        " PRIMARY KEY (key, mod_rev)) WITHOUT ROWID;"
+        "CREATE TABLE meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO meta VALUES ('rev', 3), ('compact_rev', 0);"
+        """INSERT INTO kv VALUES ('pods/default/a', 1, 1, 1, 'n1', 0, '{"metadata":{"name":"a"}}');"""
+        """INSERT INTO kv VALUES ('pods/default/b', 2, 2, 2, 'n1', 0, '{"metadata":{"name":"b"}}');"""
+        "INSERT INTO kv VALUES ('pods/default/b', 3, 2, 2, 'n1', 1, NULL);"
+    )
+    conn.close()
+    b = SqliteBackend(str(path), node_of=edgeproto.owner_node)
+    try:
+        assert keys(b.list("pods/")[0]) == ["pods/default/a"]
+        assert keys(b.list_by_node("pods/", "n1")) == ["pods/default/a"]
+        assert b.create("pods/default/b", pod("b")).rev == 4
+    finally:
+        b.close()
+
+
+# ---- a model-based test ---------------------------------------------------------------
+
+MODEL_KEYS = (
+    "pods/default/a",
+    "pods/default/b",
+    "pods/kube/c",
+    "configmaps/default/d",
+    "nodes//n1",
+)
+MODEL_NODES = ("n1", "n2")
+
+
+def model_value(key: str, node: str | None, data: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {"n": data}
+    if node is not None:
+        spec["nodeName"] = node
+    return {"metadata": {"name": key.rsplit("/", 1)[1]}, "spec": spec}
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """The store against a dict of per-key histories kept in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="store-model-")
+        self.b = open_backend(Path(self.dir))
+        self.rev = 0
+        self.compacted = 0
+        self.hist: dict[str, list[tuple[int, Record | None]]] = {k: [] for k in MODEL_KEYS}
+        self.events: list[Event] = []
+
+    def teardown(self) -> None:
+        self.b.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # model helpers
+    def at(self, key: str, rev: int) -> Record | None:
+        state = None
+        for r, rec in self.hist[key]:
+            if r <= rev:
+                state = rec
+        return state
+
+    def head(self, key: str) -> Record | None:
+        return self.at(key, self.rev)
+
+    def pick_rev(self, n: int) -> int:
+        return self.compacted + n % (self.rev - self.compacted + 1)
+
+    def record(self, ev: Event) -> None:
+        assert ev.rev == self.rev + 1
+        self.rev = ev.rev
+        self.hist[ev.key].append((ev.rev, None if ev.type == "DELETED" else ev.record))
+        self.events.append(ev)
+
+    def check_write(self, ev: Event, prev: Record | None) -> None:
+        rec = ev.record
+        assert ev.prev == prev
+        assert rec.key == ev.key and rec.mod_rev == ev.rev == self.rev + 1
+        assert rec.value["metadata"]["resourceVersion"] == str(ev.rev)
+        if ev.type != "DELETED":
+            assert rec.node == edgeproto.owner_node(ev.key, rec.value)
+
+    # writes
+    @rule(
+        key=st.sampled_from(MODEL_KEYS),
+        node=st.sampled_from((None, *MODEL_NODES)),
+        n=st.integers(0, 3),
+    )
+    def create(self, key: str, node: str | None, n: int) -> None:
+        prev = self.head(key)
+        if prev is not None:
+            try:
+                self.b.create(key, model_value(key, node, n))
+            except AlreadyExists:
+                return
+            raise AssertionError("create of an existing key")
+        ev = self.b.create(key, model_value(key, node, n))
+        assert ev.type == "ADDED"
+        self.check_write(ev, None)
+        assert ev.record.create_rev == ev.record.spec_rev == ev.rev
+        assert ev.record.value["metadata"]["generation"] == 1
+        assert ev.record.value["spec"]["n"] == n
+        self.record(ev)
+
+    @rule(
+        key=st.sampled_from(MODEL_KEYS),
+        node=st.sampled_from((None, *MODEL_NODES)),
+        n=st.integers(0, 3),
+        expect=st.sampled_from(("none", "right", "stale")),
+    )
+    def update(self, key: str, node: str | None, n: int, expect: str) -> None:
+        prev = self.head(key)
+        if prev is None:
+            try:
+                self.b.update(key, model_value(key, node, n))
+            except NotFound:
+                return
+            raise AssertionError("update of a missing key")
+        if expect == "stale":
+            try:
+                self.b.update(key, model_value(key, node, n), expect_rev=prev.mod_rev - 1)
+            except Conflict:
+                return
+            raise AssertionError("stale update accepted")
+        ev = self.b.update(
+            key, model_value(key, node, n), expect_rev=prev.mod_rev if expect == "right" else None
+        )
+        assert ev.type == "MODIFIED"
+        self.check_write(ev, prev)
+        spec_changed = ev.record.value["spec"] != prev.value["spec"]
+        assert ev.record.spec_rev == (ev.rev if spec_changed else prev.spec_rev)
+        gen = prev.value["metadata"]["generation"]
+        assert ev.record.value["metadata"]["generation"] == gen + spec_changed
+        assert ev.record.create_rev == prev.create_rev
+        assert "status" not in ev.record.value
+        self.record(ev)
+
+    @rule(key=st.sampled_from(MODEL_KEYS), status=st.one_of(st.none(), st.integers(0, 2)))
+    def update_status(self, key: str, status: int | None) -> None:
+        prev = self.head(key)
+        if prev is None:
+            try:
+                self.b.update_status(key, status)
+            except NotFound:
+                return
+            raise AssertionError("update_status of a missing key")
+        ev = self.b.update_status(key, status)
+        self.check_write(ev, prev)
+        assert ev.record.spec_rev == prev.spec_rev
+        assert ev.record.value.get("status") == status
+        assert ev.record.value["spec"] == prev.value["spec"]
+        self.record(ev)
+
+    @rule(key=st.sampled_from(MODEL_KEYS))
+    def delete(self, key: str) -> None:
+        prev = self.head(key)
+        if prev is None:
+            try:
+                self.b.delete(key)
+            except NotFound:
+                return
+            raise AssertionError("delete of a missing key")
+        ev = self.b.delete(key)
+        assert ev.type == "DELETED"
+        self.check_write(ev, prev)
+        assert ev.record.value["spec"] == prev.value["spec"]
+        self.record(ev)
+
+    @rule(n=st.integers(0, 1000))
+    def compact(self, n: int) -> None:
+        target = self.pick_rev(n)
+        self.b.compact(target)
+        self.compacted = max(self.compacted, target)
+
+    @rule()
+    def reopen(self) -> None:
+        self.b.close()
+        self.b = open_backend(Path(self.dir))
+
+    # reads
+    @rule(key=st.sampled_from(MODEL_KEYS), n=st.integers(0, 1000))
+    def get(self, key: str, n: int) -> None:
+        rev = self.pick_rev(n)
+        want = self.at(key, rev)
+        try:
+            got: Record | None = self.b.get(key, rev=rev)
+        except NotFound:
+            got = None
+        assert got == want
+
+    @rule(
+        prefix=st.sampled_from(("", "pods/", "pods/default/", "configmaps/", "nodes/")),
+        n=st.integers(0, 1000),
+    )
+    def list_at(self, prefix: str, n: int) -> None:
+        rev = self.pick_rev(n)
+        want = [r for k in sorted(MODEL_KEYS) if k.startswith(prefix) and (r := self.at(k, rev))]
+        assert self.b.list(prefix, rev=rev) == (want, rev)
+        present = [r for k in reversed(MODEL_KEYS) if (r := self.at(k, rev))]
+        assert self.b.get_many(reversed(MODEL_KEYS), rev=rev) == present
+
+    @rule(node=st.sampled_from(MODEL_NODES), n=st.integers(0, 1000), current=st.booleans())
+    def list_by_node_at(self, node: str, n: int, current: bool) -> None:
+        rev = self.rev if current else self.pick_rev(n)
+        want = [r for k in sorted(MODEL_KEYS) if (r := self.at(k, rev)) and r.node == node]
+        assert self.b.list_by_node("", node, rev=None if current else rev) == want
+        assert self.b.list_by_node("pods/", node, rev=rev) == [
+            r for r in want if r.key.startswith("pods/")
+        ]
+
+    @rule(n=st.integers(0, 1000), limit=st.integers(1, 5))
+    def changes_since(self, n: int, limit: int) -> None:
+        rev = self.pick_rev(n)
+        assert self.b.changes_since("", rev) == [e for e in self.events if e.rev > rev]
+        want = [e for e in self.events if e.rev > rev and e.key.startswith("pods/")][:limit]
+        assert self.b.changes_since("pods/", rev, limit=limit) == want
+
+    @rule(n=st.integers(1, 5))
+    def out_of_range(self, n: int) -> None:
+        try:
+            self.b.get(MODEL_KEYS[0], rev=self.rev + n)
+        except FutureRevision:
+            pass
+        else:
+            raise AssertionError("read in the future")
+        if self.compacted - n >= 0:
+            try:
+                self.b.list("", rev=self.compacted - n)
+            except Compacted:
+                pass
+            else:
+                raise AssertionError("read before the horizon")
+
+    @invariant()
+    def revisions(self) -> None:
+        assert self.b.current_rev() == self.rev
+        assert self.b.compact_rev() == self.compacted
+
+    @precondition(lambda self: self.rev > 0)
+    @invariant()
+    def heads(self) -> None:
+        want = [r for k in sorted(MODEL_KEYS) if (r := self.head(k))]
+        assert self.b.list("") == (want, self.rev)
+
+
+TestStoreModel = StoreMachine.TestCase
+TestStoreModel.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+# ---- the async facade -----------------------------------------------------------------
+
+
+@pytest.fixture
+def store(backend: SqliteBackend) -> Store:
+    return Store(backend, subscriber_buffer=64)
+
+
+async def test_facade_reads_and_writes(store: Store) -> None:
+    assert store.current_rev() == 0
+    ev = await store.create("pods/default/a", pod("a", "pi-01"))
+    assert store.current_rev() == 1
+    assert await store.get("pods/default/a") == ev.record
+    await store.update("pods/default/a", pod("a", "pi-02"), expect_rev=1)
+    await store.update_status("pods/default/a", {"phase": "Running"}, expect_rev=2)
+    await store.create("pods/default/b", pod("b", "pi-02"))
+    await store.delete("pods/default/b", expect_rev=4)
+    assert store.current_rev() == 5
+    records, rev = await store.list("pods/")
+    assert rev == 5 and keys(records) == ["pods/default/a"]
+    assert keys(await store.list_by_node("pods/", "pi-01", rev=1)) == ["pods/default/a"]
+    assert keys(await store.list_by_node("pods/", "pi-02")) == ["pods/default/a"]
+    assert keys(await store.get_many(k for k in ["pods/default/b", "pods/default/a"])) == [
+        "pods/default/a"
+    ]
+    assert [e.rev for e in await store.changes_since("pods/", 2, limit=2)] == [3, 4]
+    with pytest.raises(Conflict):
+        await store.update("pods/default/a", pod("a"), expect_rev=1)
+    with pytest.raises(NotFound):
+        await store.delete("pods/default/b")
+    assert store.current_rev() == 5
+    await store.compact(4)
+    await store.compact_keep(0)
+    assert store.backend.compact_rev() == 5
+    assert store.call is not None and await store.call(store.backend.current_rev) == 5
+    with pytest.raises(StoreError):
+        Store(store.backend, subscriber_buffer=0)
+
+
+async def test_facade_starts_at_the_backend_revision(tmp_path: Path) -> None:
+    b = open_backend(tmp_path)
+    try:
+        b.create("pods/default/a", pod("a"))
+        b.create("pods/default/b", pod("b"))
+        store = Store(b)
+        assert store.current_rev() == 2
+        assert (await store.create("pods/default/c", pod("c"))).rev == 3
+        assert store.current_rev() == 3
+    finally:
+        b.close()
+
+
+async def test_subscribers_get_every_write_in_order(store: Store) -> None:
+    with store.subscribe() as sub, store.subscribe(buffer=1000) as big:
+
+        async def writer(i: int) -> None:
+            key = f"pods/default/p{i}"
+            await store.create(key, pod(f"p{i}"))
+            for n in range(5):
+                await store.update(key, pod(f"p{i}", restartPolicy=str(n)))
+            await store.update_status(key, {"phase": "Running"})
+            await store.delete(key)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(writer, i)
+            got: list[Event] = []
+            with trio.fail_after(10):
+                while len(got) < 8 * 8:
+                    got.append(await sub.receive())
+        assert [e.rev for e in got] == list(range(1, 65))
+        assert got == await store.changes_since("", 0)
+        per_key: dict[str, list[str]] = {}
+        for e in got:
+            per_key.setdefault(e.key, []).append(e.type)
+        assert all(t == ["ADDED", *["MODIFIED"] * 6, "DELETED"] for t in per_key.values()), per_key
+        stats = sub.statistics()
+        assert stats == {"capacity": 64, "buffered": 0, "delivered": 64, "lost": 0}
+        assert big.statistics()["buffered"] == 64
+        seen = []
+        async for ev in big:
+            seen.append(ev)
+            if len(seen) == 64:
+                break
+        assert seen == got
+    assert store.statistics() == {
+        "rev": 64,
+        "subscribers": 0,
+        "subscribers_lost": 0,
+        "events_published": 64,
+    }
+
+
+async def test_slow_subscriber_is_cut_off_not_waited_for(store: Store) -> None:
+    with store.subscribe(buffer=2) as slow, store.subscribe(buffer=10) as fast:
+        with trio.fail_after(10):
+            for i in range(5):
+                await store.create(f"pods/default/p{i}", pod(f"p{i}"))
+        assert store.current_rev() == 5
+        assert slow.lost and not fast.lost
+        assert slow.statistics()["lost"] == 1
+        with pytest.raises(SubscriptionLost):
+            await slow.receive()
+        with pytest.raises(SubscriptionLost):
+            async for _ in slow:
+                raise AssertionError("a lost subscription yields nothing")
+        assert [(await fast.receive()).rev for _ in range(5)] == [1, 2, 3, 4, 5]
+        assert store.statistics()["subscribers_lost"] == 1
+        assert store.statistics()["subscribers"] == 1
+        # Re-subscribing works: the new subscription gets the next writes.
+        with store.subscribe(buffer=2) as again:
+            await store.delete("pods/default/p0")
+            ev = await again.receive()
+            assert ev.type == "DELETED" and ev.rev == 6
+    with pytest.raises(SubscriptionLost, match="closed"):
+        await again.receive()
+
+
+async def test_failed_writes_publish_nothing(store: Store) -> None:
+    with store.subscribe() as sub:
+        await store.create("pods/default/a", pod("a"))
+        with pytest.raises(AlreadyExists):
+            await store.create("pods/default/a", pod("a"))
+        with pytest.raises(StoreError):
+            await store.create("pods/default/b", {"metadata": "nope"})
+        with pytest.raises(Conflict):
+            await store.delete("pods/default/a", expect_rev=9)
+        await store.delete("pods/default/a")
+        assert [(await sub.receive()).rev for _ in range(2)] == [1, 2]
+        assert sub.statistics()["buffered"] == 0
+    assert store.statistics()["events_published"] == 2
