@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 import trio_websocket as tws
-from _harness import Gateway, machine, rss_kib
+from _harness import Gateway, cpu_seconds, machine, rss_kib
 
 import edgeproto
 from edgeproto import Kind, Message
@@ -128,12 +128,21 @@ async def run(args: argparse.Namespace, root: Path) -> None:
     await trio.sleep(2)
     base = rss_kib(gw.proc.pid)
     sim = Sim(args.nodes, f"wss://127.0.0.1:{gw.ports['hub']}/", certs)
+    cpu0 = cpu_seconds(gw.proc.pid)
+    import os
+    import subprocess
+
+    prof = None
+    if os.environ.get("PROFILE_GATEWAY"):
+        prof = subprocess.Popen(["py-spy", "record", "-r", "200", "-d", "8", "-f", "raw", "-o", os.environ["PROFILE_GATEWAY"], "-p", str(gw.proc.pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     async with trio.open_nursery() as nursery:
         for i in range(args.nodes):
             nursery.start_soon(sim.node, i)
         took = await sim.wait_all(600)
         print(f"connect storm: {len(sim.synced_at)}/{args.nodes} nodes synced in {took:.1f} s "
-              f"(gateway said retry {sim.retries} times, {sim.failures} failed attempts)")
+              f"(gateway said retry {sim.retries} times, {sim.failures} failed attempts; "
+              f"gateway CPU {cpu_seconds(gw.proc.pid) - cpu0:.1f} s)")
         await trio.sleep(args.idle)
         rss = rss_kib(gw.proc.pid)
         print(f"gateway RSS: {base / 1024:.1f} MiB empty, {rss / 1024:.1f} MiB with {len(sim.synced_at)} idle nodes "
@@ -145,11 +154,13 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         sim.retries = sim.failures = 0
         t0 = trio.current_time()
         await trio.to_thread.run_sync(gw.start)
+        cpu0 = cpu_seconds(gw.proc.pid)
         started = trio.current_time() - t0
         took = await sim.wait_all(600)
         print(f"reconnect storm after kill -9: gateway up in {started:.1f} s, {len(sim.synced_at)}/{args.nodes} "
               f"nodes resynced {took:.1f} s later, modes {sim.resync_modes} "
-              f"(retry answers {sim.retries}, failed attempts {sim.failures})")
+              f"(retry answers {sim.retries}, failed attempts {sim.failures}; "
+              f"gateway CPU {cpu_seconds(gw.proc.pid) - cpu0:.1f} s)")
         nursery.cancel_scope.cancel()
     gw.stop()
 

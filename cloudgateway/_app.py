@@ -97,9 +97,11 @@ async def run_gateway(
     store = Store(backend)
     tokens = TokenStore(data_dir / "tokens.db")
     health = NodeHealth(store, grace=config.grace)
+    hub_ssl = server_ssl_context(pki, require_client_cert=True)
+    hub_ssl.num_tickets = 0  # agents reconnect with a full handshake; tickets cost CPU and memory
     hub = Hub(
         store,
-        server_ssl_context(pki, require_client_cert=True),
+        hub_ssl,
         health,
         HubConfig(
             host=config.hub[0],

@@ -52,8 +52,9 @@ class HubConfig:
     hello_timeout: float = 10.0
     handshake_timeout: float = 10.0
     idle_timeout: float = 45.0  # no frame at all for this long → close (agents ping every 10 s)
+    max_handshakes: int = 64  # concurrent TLS handshakes; more wait, already accepted
     max_resyncs: int = 32  # concurrent resync computations
-    max_waiting: int = 512  # resyncs allowed to queue; the rest are told to come back
+    max_waiting: int = 4096  # resyncs allowed to queue; the rest are told to come back
     progress_interval: float = 300.0  # idle nodes get their last_rev advanced this often
 
 
@@ -87,6 +88,7 @@ class Hub:
         self._sessions: dict[str, _Session] = {}
         self._watchers: dict[str, set[str]] = {}  # key -> nodes whose view depends on it
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)
+        self._handshakes = trio.CapacityLimiter(config.max_handshakes)
         self._waiting = 0
         self._resync_seconds = 0.01  # moving average, for retry_after estimates
         self.counters: Counter[str] = Counter()
@@ -156,8 +158,11 @@ class Hub:
         peer = _peer(tcp)
         stream = trio.SSLStream(tcp, self._ssl, server_side=True)
         try:
-            with trio.fail_after(self.config.handshake_timeout):
-                await stream.do_handshake()
+            # A connect storm queues here (cheap) instead of running thousands
+            # of handshakes at once, each slower than its client's patience.
+            async with self._handshakes:
+                with trio.fail_after(self.config.handshake_timeout):
+                    await stream.do_handshake()
             node = node_from_peercert(stream.getpeercert())
         except (trio.BrokenResourceError, trio.TooSlowError, PkiError, ssl.SSLError) as exc:
             self.counters["tls_rejected"] += 1

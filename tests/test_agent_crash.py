@@ -16,20 +16,9 @@ from tests.test_sync_e2e import NS, cm
 
 
 def spawn_agent(data_dir: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgeagent._cli",
-            "run",
-            "--data-dir",
-            str(data_dir),
-            "--heartbeat",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(data_dir / "agent.log", "ab"),
-    )
+    args = [sys.executable, "-m", "edgeagent._cli", "run", "--data-dir", str(data_dir), "--heartbeat", "1"]
+    with open(data_dir / "agent.log", "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
 
 
 async def test_kill_9_mid_stream_loses_nothing(gateway: Gateway, tmp_path: Path) -> None:
