@@ -53,14 +53,25 @@ class Gateway:
 
     def start(self) -> None:
         args = [
-            PY, "-m", "cloudgateway._cli", "serve", "--data-dir", str(self.data_dir),
-            "--hub", f"127.0.0.1:{self.ports['hub']}", "--join", f"127.0.0.1:{self.ports['join']}",
-            "--api", f"127.0.0.1:{self.ports['api']}", "--log-level", "WARNING",
+            PY,
+            "-m",
+            "cloudgateway._cli",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--hub",
+            f"127.0.0.1:{self.ports['hub']}",
+            "--join",
+            f"127.0.0.1:{self.ports['join']}",
+            "--api",
+            f"127.0.0.1:{self.ports['api']}",
+            "--log-level",
+            "WARNING",
         ]
         for k, v in self.extra.items():
             args += [f"--{k}", v]
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "gateway.log", "ab")  # noqa: SIM115
+        log = open(self.data_dir / "gateway.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -89,12 +100,32 @@ class Gateway:
 
     def join(self, node: str, data_dir: Path) -> None:
         token = subprocess.check_output(
-            [PY, "-m", "cloudgateway._cli", "token", "create", "--data-dir", str(self.data_dir), "--node", node],
+            [
+                PY,
+                "-m",
+                "cloudgateway._cli",
+                "token",
+                "create",
+                "--data-dir",
+                str(self.data_dir),
+                "--node",
+                node,
+            ],
             text=True,
         ).strip()
         subprocess.check_call(
-            [PY, "-m", "edgeagent._cli", "join", "--gateway", f"https://127.0.0.1:{self.ports['join']}",
-             "--token", token, "--data-dir", str(data_dir)],
+            [
+                PY,
+                "-m",
+                "edgeagent._cli",
+                "join",
+                "--gateway",
+                f"https://127.0.0.1:{self.ports['join']}",
+                "--token",
+                token,
+                "--data-dir",
+                str(data_dir),
+            ],
             stdout=subprocess.DEVNULL,
         )
 
@@ -109,10 +140,21 @@ class Gateway:
 
 
 def start_agent(data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    log = open(data_dir / "agent.log", "ab")  # noqa: SIM115
+    log = open(data_dir / "agent.log", "ab")
     return subprocess.Popen(
-        [PY, "-m", "edgeagent._cli", "run", "--data-dir", str(data_dir), "--log-level", "WARNING", *extra],
-        stdout=log, stderr=log,
+        [
+            PY,
+            "-m",
+            "edgeagent._cli",
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "WARNING",
+            *extra,
+        ],
+        stdout=log,
+        stderr=log,
     )
 
 

@@ -1,6 +1,6 @@
 """Agent RSS and CPU when idle and connected, and resync bytes: delta vs snapshot.
 
-    .venv/bin/python bench/agent_idle.py [--configmaps 1000] [--changed 10] [--idle 30]
+.venv/bin/python bench/agent_idle.py [--configmaps 1000] [--changed 10] [--idle 30]
 """
 
 from __future__ import annotations
@@ -27,13 +27,27 @@ def main() -> None:
         try:
             gw.join("bench-pi", agent_dir)
             for i in range(args.configmaps):
-                gw.api("POST", "/api/v1/namespaces/default/configmaps", {
-                    "apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": f"cm-{i:05d}", "labels": {"edgeflock.io/node": "bench-pi"}},
-                    "data": {"config.yaml": f"sensor: {i}\nperiod_ms: 1000\nthreshold: 42.5\n" * 2},
-                })
+                gw.api(
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps",
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "metadata": {
+                            "name": f"cm-{i:05d}",
+                            "labels": {"edgeflock.io/node": "bench-pi"},
+                        },
+                        "data": {
+                            "config.yaml": f"sensor: {i}\nperiod_ms: 1000\nthreshold: 42.5\n" * 2
+                        },
+                    },
+                )
             agent = start_agent(agent_dir)
-            wait(lambda: agent_status(agent_dir)["objects"].get("ConfigMap") == args.configmaps, 60, "sync")
+            wait(
+                lambda: agent_status(agent_dir)["objects"].get("ConfigMap") == args.configmaps,
+                60,
+                "sync",
+            )
             snap = agent_status(agent_dir)["last_resync"]
             time.sleep(3)
             cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
@@ -48,7 +62,11 @@ def main() -> None:
                 obj["data"]["config.yaml"] += "changed: true\n"
                 gw.api("PUT", f"/api/v1/namespaces/default/configmaps/{name}", obj)
             agent = start_agent(agent_dir)
-            wait(lambda: (agent_status(agent_dir)["last_resync"] or {}).get("at", 0) > snap["at"], 30, "resync")
+            wait(
+                lambda: (agent_status(agent_dir)["last_resync"] or {}).get("at", 0) > snap["at"],
+                30,
+                "resync",
+            )
             delta = agent_status(agent_dir)["last_resync"]
             agent.terminate()
             agent.wait()
@@ -58,8 +76,10 @@ def main() -> None:
     print(f"agent RSS idle, connected, {args.configmaps} objects: {rss / 1024:.1f} MiB")
     print(f"agent CPU idle over {args.idle:.0f} s: {cpu * 100:.2f} % of one core")
     print(f"snapshot resync: {snap['objects']} objects, {snap['bytes']} bytes, {snap['seconds']} s")
-    print(f"delta resync after {args.changed} changes: {delta['objects']} objects, {delta['bytes']} bytes, "
-          f"{delta['seconds']} s = {100 * delta['bytes'] / snap['bytes']:.2f} % of the snapshot")
+    print(
+        f"delta resync after {args.changed} changes: {delta['objects']} objects, {delta['bytes']} bytes, "
+        f"{delta['seconds']} s = {100 * delta['bytes'] / snap['bytes']:.2f} % of the snapshot"
+    )
 
 
 if __name__ == "__main__":

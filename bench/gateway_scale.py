@@ -40,7 +40,11 @@ def make_certs(gw_dir: Path, out: Path, n: int) -> None:
     pki = load_or_create_pki(gw_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     (out / "node.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -75,20 +79,31 @@ class Sim:
         attempt = 0
         while True:
             try:
-                async with tws.open_websocket_url(self.url, ssl_context=ctx, message_queue_size=1, connect_timeout=60) as ws:
-                    await ws.send_message(edgeproto.encode_message(
-                        Message(Kind.HELLO, body={"node": f"sim-{i:05d}", "last_rev": self.last_rev.get(i, 0)})
-                    ))
+                async with tws.open_websocket_url(
+                    self.url, ssl_context=ctx, message_queue_size=1, connect_timeout=60
+                ) as ws:
+                    await ws.send_message(
+                        edgeproto.encode_message(
+                            Message(
+                                Kind.HELLO,
+                                body={"node": f"sim-{i:05d}", "last_rev": self.last_rev.get(i, 0)},
+                            )
+                        )
+                    )
                     while True:
                         with trio.move_on_after(10):
                             msg = edgeproto.decode_message(await ws.get_message())
                             if msg.kind is Kind.ERROR and msg.body.get("code") == "retry":
                                 self.retries += 1
                                 raise _Retry(float(msg.body.get("retry_after", 1)))
-                            if msg.kind in (Kind.SNAPSHOT, Kind.CHANGE) and not msg.body.get("more"):
+                            if msg.kind in (Kind.SNAPSHOT, Kind.CHANGE) and not msg.body.get(
+                                "more"
+                            ):
                                 assert msg.rev is not None
                                 self.last_rev[i] = msg.rev
-                                await ws.send_message(edgeproto.encode_message(Message(Kind.ACK, rev=msg.rev)))
+                                await ws.send_message(
+                                    edgeproto.encode_message(Message(Kind.ACK, rev=msg.rev))
+                                )
                                 if i not in self.synced_at:
                                     mode = "snapshot" if msg.kind is Kind.SNAPSHOT else "delta"
                                     self.resync_modes[mode] = self.resync_modes.get(mode, 0) + 1
@@ -98,7 +113,13 @@ class Sim:
                         await ws.send_message(edgeproto.encode_message(Message(Kind.PING, id=1)))
             except _Retry as r:
                 await trio.sleep(r.after * random.uniform(1, 1.5))
-            except (OSError, tws.HandshakeError, tws.ConnectionClosed, trio.BrokenResourceError, ssl.SSLError):
+            except (
+                OSError,
+                tws.HandshakeError,
+                tws.ConnectionClosed,
+                trio.BrokenResourceError,
+                ssl.SSLError,
+            ):
                 self.failures += 1
                 await trio.sleep(random.random() * min(60, 1.0 * 2**attempt))
                 attempt += 1
@@ -132,21 +153,40 @@ async def run(args: argparse.Namespace, root: Path) -> None:
     import os
     import subprocess
 
-    prof = None
     if os.environ.get("PROFILE_GATEWAY"):
-        prof = subprocess.Popen(["py-spy", "record", "-r", "200", "-d", "8", "-f", "raw", "-o", os.environ["PROFILE_GATEWAY"], "-p", str(gw.proc.pid)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "-r",
+                "200",
+                "-d",
+                "8",
+                "-f",
+                "raw",
+                "-o",
+                os.environ["PROFILE_GATEWAY"],
+                "-p",
+                str(gw.proc.pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     async with trio.open_nursery() as nursery:
         for i in range(args.nodes):
             nursery.start_soon(sim.node, i)
         took = await sim.wait_all(600)
-        print(f"connect storm: {len(sim.synced_at)}/{args.nodes} nodes synced in {took:.1f} s "
-              f"(gateway said retry {sim.retries} times, {sim.failures} failed attempts; "
-              f"gateway CPU {cpu_seconds(gw.proc.pid) - cpu0:.1f} s)")
+        print(
+            f"connect storm: {len(sim.synced_at)}/{args.nodes} nodes synced in {took:.1f} s "
+            f"(gateway said retry {sim.retries} times, {sim.failures} failed attempts; "
+            f"gateway CPU {cpu_seconds(gw.proc.pid) - cpu0:.1f} s)"
+        )
         await trio.sleep(args.idle)
         rss = rss_kib(gw.proc.pid)
-        print(f"gateway RSS: {base / 1024:.1f} MiB empty, {rss / 1024:.1f} MiB with {len(sim.synced_at)} idle nodes "
-              f"= {(rss - base) / max(1, len(sim.synced_at)):.1f} KiB per node")
+        print(
+            f"gateway RSS: {base / 1024:.1f} MiB empty, {rss / 1024:.1f} MiB with {len(sim.synced_at)} idle nodes "
+            f"= {(rss - base) / max(1, len(sim.synced_at)):.1f} KiB per node"
+        )
         # Reconnect storm: kill -9 the gateway and bring it back.
         gw.stop(signal.SIGKILL)
         sim.synced_at.clear()
@@ -157,10 +197,12 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         cpu0 = cpu_seconds(gw.proc.pid)
         started = trio.current_time() - t0
         took = await sim.wait_all(600)
-        print(f"reconnect storm after kill -9: gateway up in {started:.1f} s, {len(sim.synced_at)}/{args.nodes} "
-              f"nodes resynced {took:.1f} s later, modes {sim.resync_modes} "
-              f"(retry answers {sim.retries}, failed attempts {sim.failures}; "
-              f"gateway CPU {cpu_seconds(gw.proc.pid) - cpu0:.1f} s)")
+        print(
+            f"reconnect storm after kill -9: gateway up in {started:.1f} s, {len(sim.synced_at)}/{args.nodes} "
+            f"nodes resynced {took:.1f} s later, modes {sim.resync_modes} "
+            f"(retry answers {sim.retries}, failed attempts {sim.failures}; "
+            f"gateway CPU {cpu_seconds(gw.proc.pid) - cpu0:.1f} s)"
+        )
         nursery.cancel_scope.cancel()
     gw.stop()
 
@@ -170,7 +212,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=5000)
     ap.add_argument("--idle", type=float, default=15.0)
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -524,15 +524,15 @@ class ApiServer:
         return Response(
             200,
             headers=[("content-type", "application/json")],
-            stream=self._watch_stream(prefix, rv, timeout, match),
+            stream=self._watch_stream(prefix, rv, match, limit_s=timeout),
         )
 
     async def _watch_stream(
-        self, prefix: str, rv: int, timeout: float, match: Selector
+        self, prefix: str, rv: int, match: Selector, *, limit_s: float
     ) -> AsyncIterator[bytes]:
         self.watches += 1
         try:
-            with self._store.subscribe() as sub, trio.move_on_after(timeout):
+            with self._store.subscribe() as sub, trio.move_on_after(limit_s):
                 last = rv
                 try:
                     if rv <= 0:

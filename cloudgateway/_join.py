@@ -56,8 +56,9 @@ class TokenStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             with self._conn:
                 self._conn.execute(
-                    "CREATE TABLE IF NOT EXISTS tokens(id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, "
-                    "node TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, used_at REAL)"
+                    "CREATE TABLE IF NOT EXISTS tokens(id TEXT PRIMARY KEY, "
+                    "secret_hash TEXT NOT NULL, node TEXT NOT NULL, created REAL NOT NULL, "
+                    "expires REAL NOT NULL, used_at REAL)"
                 )
         except apsw.Error as exc:
             raise JoinError("BadRequest", f"cannot open token store {path}: {exc}", 500) from exc
@@ -103,7 +104,8 @@ class TokenStore:
             )
             if self._conn.changes() != 1:
                 raise JoinError("UsedToken", "token already used")
-            return str(row[1])
+            node = str(row[1])
+        return node
 
     def list(self) -> list[dict[str, Any]]:
         now = time.time()
@@ -113,7 +115,7 @@ class TokenStore:
                 "node": r[1],
                 "expires": r[2],
                 "state": "used" if r[3] else ("expired" if float(str(r[2])) <= now else "valid"),
-            }  # type: ignore[arg-type]
+            }
             for r in self._conn.execute(
                 "SELECT id, node, expires, used_at FROM tokens ORDER BY created"
             )

@@ -150,7 +150,7 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
             except edgeproto.ProtocolError:
                 counts[resource] = n
         row = conn.execute("SELECT count(*) FROM outbox").fetchone()
-        outbox = int(row[0]) if row else 0  # type: ignore[arg-type]
+        outbox = int(str(row[0])) if row else 0
     except apsw.Error as exc:
         raise SystemExit(f"error: cannot read {path}: {exc}") from exc
     finally:

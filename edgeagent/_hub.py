@@ -16,7 +16,6 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-
 from typing import Any
 
 import cbor2
@@ -45,23 +44,23 @@ def full_jitter(
 
 @contextlib.asynccontextmanager
 async def open_hub_connection(
-    hub_url: str, ssl_context: ssl.SSLContext, *, timeout: float, max_message: int
+    hub_url: str, ssl_context: ssl.SSLContext, *, connect_timeout: float, max_message: int
 ) -> AsyncIterator[tws.WebSocketConnection]:
     """A WebSocket over TLS to the hub, opened layer by layer (TCP, TLS,
-    WebSocket), each step under ``timeout``; the stream is always closed on
+    WebSocket), each step under ``connect_timeout``; the stream is always closed on
     exit. Errors inside come out unwrapped from trio's exception groups."""
     url = urllib.parse.urlsplit(hub_url)
     if url.scheme != "wss" or not url.hostname:
         raise ProtocolError(f"hub URL must be wss://HOST:PORT/, got {hub_url!r}")
     host, port = url.hostname, url.port or 443
-    with trio.fail_after(timeout):
+    with trio.fail_after(connect_timeout):
         tcp = await trio.open_tcp_stream(host, port)
     stream = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(connect_timeout):
             await stream.do_handshake()
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(timeout):
+            with trio.fail_after(connect_timeout):
                 ws = await tws.wrap_client_stream(
                     nursery,
                     stream,
@@ -161,7 +160,7 @@ class HubClient:
             async with open_hub_connection(
                 cfg.hub_url,
                 self._ssl_factory(),
-                timeout=cfg.connect_timeout,
+                connect_timeout=cfg.connect_timeout,
                 max_message=cfg.max_message,
             ) as ws:
                 await self._converse(ws)

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 import trio
-from cloudgateway._join import create_join_token
-from edgeagent._join import join
 
 from cloudgateway._app import GatewayConfig, RunningGateway, run_gateway
 from cloudgateway._hub import HubConfig
+from cloudgateway._join import create_join_token
 from edgeagent._app import run_agent
 from edgeagent._cli import agent_status
 from edgeagent._config import AgentConfig, load_config
+from edgeagent._join import join
 
 
 @dataclass

@@ -16,7 +16,16 @@ from tests.test_sync_e2e import NS, cm
 
 
 def spawn_agent(data_dir: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "edgeagent._cli", "run", "--data-dir", str(data_dir), "--heartbeat", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "edgeagent._cli",
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--heartbeat",
+        "1",
+    ]
     with open(data_dir / "agent.log", "ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
 

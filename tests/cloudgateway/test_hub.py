@@ -11,10 +11,10 @@ import cbor2
 import pytest
 import trio
 import trio_websocket as tws
-from edgeagent._hub import open_hub_connection
-from edgeagent._tls import client_ssl_context
 
 import edgeproto
+from edgeagent._hub import open_hub_connection
+from edgeagent._tls import client_ssl_context
 from edgeproto import Kind, Message
 from tests.conftest import Gateway, join_node, wait_for
 from tests.test_sync_e2e import cm, create, pod, secret
@@ -26,7 +26,10 @@ def hub_url(data_dir: Path) -> str:
 
 def connect(data_dir: Path, ctx: ssl.SSLContext | None = None) -> Any:
     return open_hub_connection(
-        hub_url(data_dir), ctx or client_ssl_context(data_dir), timeout=5, max_message=edgeproto.DEFAULT_MAX_MESSAGE * 2
+        hub_url(data_dir),
+        ctx or client_ssl_context(data_dir),
+        connect_timeout=5,
+        max_message=edgeproto.DEFAULT_MAX_MESSAGE * 2,
     )
 
 
@@ -154,7 +157,13 @@ async def test_tls_without_client_certificate_is_refused(two_nodes: tuple[Path, 
     # With TLS 1.3 the client finishes its side before the server checks the
     # certificate; the server then drops the connection, and the WebSocket
     # handshake never completes (trio-websocket waits for it: our timeout ends it).
-    refused = (tws.HandshakeError, OSError, trio.BrokenResourceError, tws.ConnectionClosed, trio.TooSlowError)
+    refused = (
+        tws.HandshakeError,
+        OSError,
+        trio.BrokenResourceError,
+        tws.ConnectionClosed,
+        trio.TooSlowError,
+    )
     with pytest.raises(refused):
         async with connect(a, ctx) as ws:
             await send(ws, Message(Kind.HELLO, body={"node": "node-a", "last_rev": 0}))
@@ -193,11 +202,18 @@ async def _is(fn: Any, value: str) -> bool:
     return bool(await fn() == value)
 
 
-async def test_admission_bounds_concurrent_resyncs(two_nodes: tuple[Path, Path], gateway: Gateway) -> None:
+async def test_admission_bounds_concurrent_resyncs(
+    two_nodes: tuple[Path, Path], gateway: Gateway
+) -> None:
     """With one resync slot and a queue of one, a third node is told when to come back."""
     from cloudgateway._hub import Hub, HubConfig
 
-    hub = Hub(gateway.store, ssl.create_default_context(), gateway.running.health, HubConfig(max_resyncs=1, max_waiting=1))
+    hub = Hub(
+        gateway.store,
+        ssl.create_default_context(),
+        gateway.running.health,
+        HubConfig(max_resyncs=1, max_waiting=1),
+    )
     release = [trio.Event(), trio.Event()]
     results: list[bool] = []
 
