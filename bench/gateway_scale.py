@@ -80,7 +80,7 @@ class Sim:
         while True:
             try:
                 async with tws.open_websocket_url(
-                    self.url, ssl_context=ctx, message_queue_size=1, connect_timeout=60
+                    self.url, ssl_context=ctx, message_queue_size=1, connect_timeout=15
                 ) as ws:
                     await ws.send_message(
                         edgeproto.encode_message(
@@ -150,28 +150,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
     base = rss_kib(gw.proc.pid)
     sim = Sim(args.nodes, f"wss://127.0.0.1:{gw.ports['hub']}/", certs)
     cpu0 = cpu_seconds(gw.proc.pid)
-    import os
-    import subprocess
 
-    if os.environ.get("PROFILE_GATEWAY"):
-        subprocess.Popen(
-            [
-                "py-spy",
-                "record",
-                "-r",
-                "200",
-                "-d",
-                "8",
-                "-f",
-                "raw",
-                "-o",
-                os.environ["PROFILE_GATEWAY"],
-                "-p",
-                str(gw.proc.pid),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
     async with trio.open_nursery() as nursery:
         for i in range(args.nodes):
             nursery.start_soon(sim.node, i)

@@ -53,6 +53,7 @@ class HubConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 45.0  # no frame at all for this long → close (agents ping every 10 s)
     max_handshakes: int = 64  # concurrent TLS handshakes; more wait, already accepted
+    max_handshake_queue: int = 512  # beyond this a new connection is closed at once
     max_resyncs: int = 32  # concurrent resync computations
     max_waiting: int = 4096  # resyncs allowed to queue; the rest are told to come back
     progress_interval: float = 300.0  # idle nodes get their last_rev advanced this often
@@ -156,6 +157,12 @@ class Hub:
 
     async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
         peer = _peer(tcp)
+        if self._handshakes.statistics().tasks_waiting >= self.config.max_handshake_queue:
+            # Shed load before spending a handshake: the agent backs off with
+            # full jitter, which spreads the storm out.
+            self.counters["connections_shed"] += 1
+            await trio.aclose_forcefully(tcp)
+            return
         stream = trio.SSLStream(tcp, self._ssl, server_side=True)
         try:
             # A connect storm queues here (cheap) instead of running thousands

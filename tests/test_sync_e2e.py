@@ -132,6 +132,8 @@ async def test_offline_restart_then_converge(nursery: trio.Nursery, tmp_path: Pa
     st = agent.status()
     assert st["objects"] == {"Node": 1, "Pod": 1, "ConfigMap": 1, "Secret": 1}
     assert st["connected"] is False and st["running"] is True
+    # Reports made while offline wait in the outbox (node status at least).
+    await wait_for(lambda: agent.status()["outbox"] >= 1)
 
     # While offline the cloud changes; the gateway returns on the same ports.
     gw = await start_gateway(nursery, tmp_path / "gw", ports)
@@ -145,6 +147,10 @@ async def test_offline_restart_then_converge(nursery: trio.Nursery, tmp_path: Pa
         timeout=15,
     )
     assert agent.status()["last_resync"]["mode"] == "delta"
+    # ...and are delivered once the gateway is back.
+    await wait_for(lambda: agent.status()["outbox"] == 0)
+    code, node = await gw.api("GET", "/api/v1/nodes/pi-02")
+    assert code == 200 and node["status"]["nodeInfo"]["kubeletVersion"]
     await agent.stop()
     await gw.stop()
 
