@@ -1,14 +1,20 @@
-"""The HTTP API, shaped like Kubernetes': discovery, CRUD, merge patch, status
-subresource, list with selectors and watch, errors as ``Status`` objects."""
+"""The HTTP API, shaped like Kubernetes': discovery, CRUD, merge patch, the status
+subresource, lists with label and field selectors, watches, and errors as
+``Status`` objects. Resources come from ``edgeproto.RESOURCES``: a kind added
+there (core or under ``/apis/GROUP/VERSION``) is served without changes here."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 import math
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+import re
+import secrets
+import ssl
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +23,8 @@ import trio
 import edgeproto
 from edgeproto import Resource
 
-from ._http import Request, Response, json_response, serve_http
+from ._errors import GatewayError
+from ._http import Request, Response, json_response, serve_http, status_body
 from ._store import (
     AlreadyExists,
     Compacted,
@@ -28,13 +35,22 @@ from ._store import (
     Record,
     Store,
     StoreError,
+    Subscription,
     SubscriptionLost,
 )
-from ._validate import Invalid, validate
+from ._validate import MAX_DEPTH, Cause, Invalid, is_label_value, is_qualified_name, validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ApiError", "ApiServer", "merge_patch", "parse_label_selector"]
+__all__ = [
+    "VERSION_INFO",
+    "ApiError",
+    "ApiServer",
+    "merge_patch",
+    "parse_field_selector",
+    "parse_label_selector",
+    "status_body",
+]
 
 VERSION_INFO = {
     "major": "1",
@@ -43,37 +59,48 @@ VERSION_INFO = {
     "platform": "linux/amd64",
 }
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+_STATUS_VERBS = ["get", "patch", "update"]
+_PATCH_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+_REPLAY_BATCH = 1000  # history events read per store call while replaying a watch
+_CHUNK_LINES = 500  # watch lines per chunk while replaying
+_WRITE_RETRIES = 8  # read-modify-write attempts when another writer gets in between
 
 
-class ApiError(Exception):
+class ApiError(GatewayError):
+    """An error answered as a Kubernetes ``Status`` with HTTP status ``code``."""
+
     def __init__(
-        self, code: int, reason: str, message: str, details: dict[str, Any] | None = None
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        name: str | None = None,
+        kind: str | None = None,
+        causes: list[dict[str, str]] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
-        self.details = details
+        self.details: dict[str, Any] = {}
+        if name is not None:
+            self.details["name"] = name
+        if kind is not None:
+            self.details["kind"] = kind
+        if causes is not None:
+            self.details["causes"] = causes
+
+    def status(self) -> dict[str, Any]:
+        return status_body(self.code, self.reason, str(self), self.details)
 
 
-def status_body(
-    code: int, reason: str, message: str, details: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-    if details:
-        body["details"] = details
-    return body
+def _not_found_path(path: str) -> ApiError:
+    return ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
+    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` deletes,
+    anything else replaces."""
     if not isinstance(patch, dict):
         return patch
     out = dict(target) if isinstance(target, dict) else {}
@@ -85,106 +112,283 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+# ---- selectors ----------------------------------------------------------------------
+
 Selector = Callable[[Mapping[str, Any]], bool]
+
+_NAME = r"[^\s=!(),]+"
+_EXISTS = re.compile(rf"\s*(!?)\s*({_NAME})\s*")
+_EQUALITY = re.compile(rf"\s*({_NAME})\s*(==|=|!=)\s*([^\s=!(),]*)\s*")
+_SET = re.compile(rf"\s*({_NAME})\s+(in|notin)\s*\(([^()]*)\)\s*")
+
+
+def _split_requirements(text: str) -> list[str]:
+    """Split on commas that are not inside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p for p in parts if p.strip()]
 
 
 def parse_label_selector(text: str) -> Selector:
-    reqs: list[tuple[str, str, str | None]] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if "!=" in part:
-            k, v = part.split("!=", 1)
-            reqs.append((k.strip(), "!=", v.strip()))
-        elif "==" in part:
-            k, v = part.split("==", 1)
-            reqs.append((k.strip(), "=", v.strip()))
-        elif "=" in part:
-            k, v = part.split("=", 1)
-            reqs.append((k.strip(), "=", v.strip()))
-        elif part.startswith("!"):
-            reqs.append((part[1:].strip(), "!", None))
+    """``a=b``, ``a==b``, ``a!=b``, ``a`` (exists), ``!a``, ``a in (x,y)``,
+    ``a notin (x,y)``, joined by commas (all must hold). Bad syntax: ApiError 400."""
+    reqs: list[tuple[str, str, frozenset[str]]] = []
+
+    def fail(why: str) -> ApiError:
+        return ApiError(400, "BadRequest", f"unable to parse label selector {text!r}: {why}")
+
+    for part in _split_requirements(text):
+        if m := _SET.fullmatch(part):
+            key, op = m.group(1), m.group(2)
+            values = frozenset(v.strip() for v in m.group(3).split(","))
+        elif m := _EQUALITY.fullmatch(part):
+            key, op, values = (
+                m.group(1),
+                ("!=" if m.group(2) == "!=" else "="),
+                frozenset([m.group(3)]),
+            )
+        elif m := _EXISTS.fullmatch(part):
+            key, op, values = m.group(2), ("!" if m.group(1) else "exists"), frozenset()
         else:
-            reqs.append((part, "exists", None))
-        if not reqs[-1][0]:
-            raise ApiError(400, "BadRequest", f"invalid label selector {text!r}")
+            raise fail(f"cannot understand {part.strip()!r}")
+        if not is_qualified_name(key):
+            raise fail(f"invalid label key {key!r}")
+        for v in values:
+            if not is_label_value(v):
+                raise fail(f"invalid label value {v!r}")
+        reqs.append((key, op, values))
 
     def match(obj: Mapping[str, Any]) -> bool:
-        labels = (obj.get("metadata") or {}).get("labels") or {}
-        for k, op, v in reqs:
-            if op == "=" and labels.get(k) != v:
-                return False
-            if op == "!=" and labels.get(k) == v:
-                return False
-            if op == "exists" and k not in labels:
-                return False
-            if op == "!" and k in labels:
+        meta = obj.get("metadata")
+        labels = meta.get("labels") if isinstance(meta, Mapping) else None
+        if not isinstance(labels, Mapping):
+            labels = {}
+        for key, op, values in reqs:
+            present = key in labels
+            value = labels.get(key)
+            if op in ("=", "in"):
+                ok = present and value in values
+            elif op in ("!=", "notin"):
+                ok = not present or value not in values
+            elif op == "exists":
+                ok = present
+            else:
+                ok = not present
+            if not ok:
                 return False
         return True
 
     return match
 
 
-_FIELDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "metadata.name": lambda o: (o.get("metadata") or {}).get("name"),
-    "metadata.namespace": lambda o: (o.get("metadata") or {}).get("namespace"),
-    "spec.nodeName": lambda o: (o.get("spec") or {}).get("nodeName"),
-    "status.phase": lambda o: (o.get("status") or {}).get("phase"),
+def _path_getter(*path: str) -> Callable[[Mapping[str, Any]], str]:
+    def get(obj: Mapping[str, Any]) -> str:
+        cur: Any = obj
+        for p in path:
+            if not isinstance(cur, Mapping):
+                return ""
+            cur = cur.get(p)
+        return cur if isinstance(cur, str) else ""
+
+    return get
+
+
+_FIELDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "metadata.name": _path_getter("metadata", "name"),
+    "metadata.namespace": _path_getter("metadata", "namespace"),
+    "spec.nodeName": _path_getter("spec", "nodeName"),
+    "status.phase": _path_getter("status", "phase"),
+    "type": _path_getter("type"),
 }
 
 
 def parse_field_selector(text: str) -> Selector:
-    reqs: list[tuple[Callable[[Mapping[str, Any]], Any], bool, str]] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        neg = "!=" in part
-        k, v = (
-            part.split("!=" if neg else ("==" if "==" in part else "="), 1)
-            if ("=" in part)
-            else (part, "")
-        )
-        getter = _FIELDS.get(k.strip())
+    """``field=value``, ``field==value`` and ``field!=value`` over ``metadata.name``,
+    ``metadata.namespace``, ``spec.nodeName``, ``status.phase`` and ``type``;
+    a missing field reads as ``""``. Anything else: ApiError 400."""
+    reqs: list[tuple[Callable[[Mapping[str, Any]], str], bool, str]] = []
+    for part in _split_requirements(text):
+        m = _EQUALITY.fullmatch(part)
+        if m is None:
+            raise ApiError(
+                400, "BadRequest", f"invalid field selector {text!r}: cannot understand {part!r}"
+            )
+        getter = _FIELDS.get(m.group(1))
         if getter is None:
-            raise ApiError(400, "BadRequest", f"field label not supported: {k.strip()}")
-        reqs.append((getter, neg, v.strip()))
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"field label not supported: {m.group(1)} (supported: {', '.join(_FIELDS)})",
+            )
+        reqs.append((getter, m.group(2) == "!=", m.group(3)))
 
     def match(obj: Mapping[str, Any]) -> bool:
-        for getter, neg, v in reqs:
-            got = getter(obj) or ""
-            if (got == v) == neg:
-                return False
-        return True
+        return all((getter(obj) == v) != negate for getter, negate, v in reqs)
 
     return match
 
 
+# ---- routing ------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
-class _Route:
+class _Target:
     resource: Resource
-    namespace: str | None  # None: all namespaces (lists) or cluster-scoped
-    name: str | None
-    subresource: str | None
+    namespace: str | None  # from the URL; None: cluster-scoped, or all namespaces
+    name: str | None  # None: the collection
+    subresource: str | None  # "status" or None
+
+    @property
+    def key(self) -> str:
+        assert self.name is not None
+        return edgeproto.make_key(self.resource.name, self.namespace or "", self.name)
+
+    @property
+    def prefix(self) -> str:
+        if self.resource.namespaced and self.namespace is not None:
+            return f"{self.resource.name}/{self.namespace}/"
+        return f"{self.resource.name}/"
+
+    def key_for(self, name: str) -> str:
+        return edgeproto.make_key(self.resource.name, self.namespace or "", name)
+
+
+def _param(req: Request, name: str) -> str | None:
+    vals = req.query.get(name)
+    return vals[-1] if vals else None
+
+
+def _flag(req: Request, name: str) -> bool:
+    return (_param(req, name) or "").lower() in ("1", "true")
+
+
+def _parse_json(body: bytes, what: str = "request body") -> Any:
+    if not body.strip():
+        raise ApiError(400, "BadRequest", f"{what} is empty; expected JSON")
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not allowed in JSON")
+
+    try:
+        obj = json.loads(body, parse_constant=no_constants)
+        json.dumps(obj, ensure_ascii=False).encode()  # lone surrogates cannot be stored
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "BadRequest", f"{what} is not valid JSON: {exc}") from None
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise ApiError(400, "BadRequest", f"{what} is nested deeper than {MAX_DEPTH}")
+            stack.extend(
+                (c, depth + 1) for c in (value.values() if isinstance(value, dict) else value)
+            )
+    return obj
+
+
+def _resource_version(obj: Any, where: str) -> int | None:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    if rv is None or rv == "":
+        return None
+    if isinstance(rv, str) and rv.isdigit() and rv.isascii():
+        return int(rv)
+    raise ApiError(400, "BadRequest", f"{where}: invalid resourceVersion {rv!r}")
+
+
+def _translate(ev: Event, match: Selector) -> tuple[str, dict[str, Any]] | None:
+    """The watch event a client filtering with ``match`` sees for ``ev``: objects
+    entering the selection are ADDED, those leaving it DELETED."""
+    if ev.type == "DELETED":
+        return ("DELETED", ev.record.value) if match(ev.record.value) else None
+    now = match(ev.record.value)
+    if ev.prev is None:
+        before = now and ev.type == "MODIFIED"
+    else:
+        before = match(ev.prev.value)
+    if now:
+        return ("MODIFIED" if before else "ADDED", ev.record.value)
+    return ("DELETED", ev.record.value) if before else None
+
+
+def _line(kind: str, obj: Any) -> bytes:
+    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
 
 class ApiServer:
-    def __init__(self, store: Store, *, admin_token: str) -> None:
+    """The admin API over ``store``; ``handle`` is an ``_http.Handler``.
+
+    ``node_names``, if given, returns the names of the nodes connected to the
+    hub right now; ``statistics()`` reports how many there are."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        admin_token: str,
+        node_names: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        if not admin_token or not admin_token.strip():
+            raise GatewayError("the admin token must not be empty")
         self._store = store
-        self._token = admin_token
-        self.counters: Counter[str] = Counter()
-        self.watches = 0
+        self._token = admin_token.strip().encode()
+        self._node_names = node_names
+        self._requests = 0
+        self._errors: Counter[int] = Counter()
+        self._watches_open = 0
+        self._watches_lost = 0
+        self._by_path = {(r.group, r.version, r.name): r for r in edgeproto.RESOURCES}
 
     def statistics(self) -> dict[str, int]:
-        return {"watches": self.watches, **self.counters}
+        """Requests served, errors by HTTP status (``errors_404``...), watches."""
+        stats = {
+            "requests": self._requests,
+            "errors": sum(self._errors.values()),
+            "watches_open": self._watches_open,
+            "watches_lost": self._watches_lost,
+        }
+        stats.update({f"errors_{code}": n for code, n in sorted(self._errors.items())})
+        if self._node_names is not None:
+            try:
+                stats["nodes_connected"] = len(set(self._node_names()))
+            except Exception:
+                log.exception("node_names() failed")
+        return stats
 
     async def run(
-        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        await serve_http(self.handle, host, port, task_status=task_status)
+        """Serve the API (HTTPS with ``ssl_context``: kubectl sends bearer
+        tokens only over TLS) until cancelled."""
+        await serve_http(self.handle, host, port, ssl_context=ssl_context, task_status=task_status)
 
     async def handle(self, request: Request) -> Response:
-        self.counters["requests"] += 1
+        self._requests += 1
         try:
-            return await self._dispatch(request)
+            resp = await self._dispatch(request)
         except ApiError as exc:
-            self.counters[f"errors_{exc.code}"] += 1
-            return json_response(exc.code, status_body(exc.code, exc.reason, str(exc), exc.details))
+            resp = json_response(exc.code, exc.status())
+        except Exception:
+            log.exception(
+                "API request %s %s from %s failed", request.method, request.path, request.peer
+            )
+            resp = json_response(500, status_body(500, "InternalError", "internal error"))
+        if resp.status >= 400:
+            self._errors[resp.status] += 1
+        return resp
 
     # ---- routing -------------------------------------------------------------------
 
@@ -196,84 +400,81 @@ class ApiServer:
             return json_response(200, VERSION_INFO)
         self._authorize(req)
         if path == "/metrics":
-            lines = [f"edgeflock_api_{k} {v}" for k, v in sorted(self.statistics().items())]
+            lines = [f"edgeflock_api_{k} {v}" for k, v in self.statistics().items()]
             return Response(
-                200, ("\n".join(lines) + "\n").encode(), [("content-type", "text/plain")]
+                200, "\n".join(lines).encode() + b"\n", [("content-type", "text/plain")]
             )
-        if path == "/api":
-            return json_response(
-                200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
-            )
-        if path == "/apis":
-            return json_response(200, self._group_list())
         parts = path.strip("/").split("/")
+        if parts == ["api"]:
+            return self._discovery(req, {"kind": "APIVersions", "versions": ["v1"]})
+        if parts == ["apis"]:
+            return self._discovery(req, self._group_list())
         if parts[0] == "api" and len(parts) >= 2:
             group, version, rest = "", parts[1], parts[2:]
+        elif parts[0] == "apis" and len(parts) == 2:
+            return self._discovery(req, self._group(parts[1], path))
         elif parts[0] == "apis" and len(parts) >= 3:
             group, version, rest = parts[1], parts[2], parts[3:]
         else:
-            raise ApiError(
-                404, "NotFound", f"the server could not find the requested resource ({path})"
-            )
+            raise _not_found_path(path)
         if not rest:
-            return json_response(200, self._resource_list(group, version))
-        route = self._route(group, version, rest, path)
-        return await self._serve(req, route)
+            return self._discovery(req, self._resource_list(group, version, path))
+        target = self._route(group, version, rest, path)
+        return await self._serve(req, target)
 
     def _authorize(self, req: Request) -> None:
-        auth = req.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
+        scheme, _, token = req.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self._token.encode()
+            token.strip().encode(errors="replace"), self._token
         ):
-            raise ApiError(
-                401, "Unauthorized", "Unauthorized: a valid admin bearer token is required"
-            )
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+
+    def _discovery(self, req: Request, body: dict[str, Any]) -> Response:
+        if req.method not in ("GET", "HEAD"):
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}")
+        return json_response(200, body)
 
     def _group_list(self) -> dict[str, Any]:
-        groups: dict[str, set[str]] = {}
+        groups: dict[str, list[str]] = {}
         for r in edgeproto.RESOURCES:
-            if r.group:
-                groups.setdefault(r.group, set()).add(r.version)
+            if r.group and r.version not in groups.setdefault(r.group, []):
+                groups[r.group].append(r.version)
         return {
             "kind": "APIGroupList",
             "apiVersion": "v1",
-            "groups": [
-                {
-                    "name": g,
-                    "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in sorted(vs)],
-                    "preferredVersion": {
-                        "groupVersion": f"{g}/{sorted(vs)[-1]}",
-                        "version": sorted(vs)[-1],
-                    },
-                }
-                for g, vs in sorted(groups.items())
-            ],
+            "groups": [_group_body(g, vs) for g, vs in sorted(groups.items())],
         }
 
-    def _resource_list(self, group: str, version: str) -> dict[str, Any]:
+    def _group(self, group: str, path: str) -> dict[str, Any]:
+        versions = [r.version for r in edgeproto.RESOURCES if r.group == group]
+        if not group or not versions:
+            raise _not_found_path(path)
+        return {"kind": "APIGroup", "apiVersion": "v1", **_group_body(group, versions)}
+
+    def _resource_list(self, group: str, version: str, path: str) -> dict[str, Any]:
         rs = [r for r in edgeproto.RESOURCES if r.group == group and r.version == version]
         if not rs:
-            raise ApiError(404, "NotFound", f"no API {group}/{version}")
-        items = []
+            raise _not_found_path(path)
+        items: list[dict[str, Any]] = []
         for r in rs:
-            items.append(
-                {
-                    "name": r.name,
-                    "singularName": r.kind.lower(),
-                    "namespaced": r.namespaced,
-                    "kind": r.kind,
-                    "verbs": _VERBS,
-                    "shortNames": [s for s in r.short_names if s != r.kind.lower()],
-                }
-            )
+            entry: dict[str, Any] = {
+                "name": r.name,
+                "singularName": r.kind.lower(),
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": _VERBS,
+            }
+            shorts = [s for s in r.short_names if s not in (r.kind.lower(), r.name)]
+            if shorts:
+                entry["shortNames"] = shorts
+            items.append(entry)
             items.append(
                 {
                     "name": f"{r.name}/status",
                     "singularName": "",
                     "namespaced": r.namespaced,
                     "kind": r.kind,
-                    "verbs": ["get", "patch", "update"],
+                    "verbs": _STATUS_VERBS,
                 }
             )
         return {
@@ -283,302 +484,416 @@ class ApiServer:
             "resources": items,
         }
 
-    def _route(self, group: str, version: str, rest: list[str], path: str) -> _Route:
+    def _route(self, group: str, version: str, rest: list[str], path: str) -> _Target:
+        if any(not p for p in rest):
+            raise _not_found_path(path)
         namespace: str | None = None
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
-        res = next(
-            (
-                r
-                for r in edgeproto.RESOURCES
-                if r.group == group and r.version == version and r.name == rest[0]
-            ),
-            None,
-        )
+        res = self._by_path.get((group, version, rest[0]))
         if res is None or len(rest) > 3 or (len(rest) == 3 and rest[2] != "status"):
-            raise ApiError(
-                404, "NotFound", f"the server could not find the requested resource ({path})"
-            )
-        if not res.namespaced and namespace is not None:
-            raise ApiError(404, "NotFound", f"{res.name} is not namespaced")
+            raise _not_found_path(path)
         name = rest[1] if len(rest) >= 2 else None
-        if res.namespaced and name is not None and namespace is None:
-            raise ApiError(
-                404, "NotFound", f"{res.name} are namespaced: use /namespaces/NS/{res.name}/NAME"
+        if namespace is not None and not res.namespaced:
+            raise _not_found_path(path)
+        if name is not None and res.namespaced and namespace is None:
+            raise _not_found_path(path)
+        return _Target(res, namespace, name, rest[2] if len(rest) == 3 else None)
+
+    async def _serve(self, req: Request, t: _Target) -> Response:
+        m = req.method
+        if "dryRun" in req.query and m in ("POST", "PUT", "PATCH", "DELETE"):
+            raise ApiError(400, "BadRequest", "dryRun is not supported by this server")
+        if t.name is None:
+            if m in ("GET", "HEAD"):
+                if m == "GET" and _flag(req, "watch"):
+                    return self._watch(req, t)
+                return await self._list(req, t)
+            if m == "POST":
+                if t.resource.namespaced and t.namespace is None:
+                    raise ApiError(
+                        405,
+                        "MethodNotAllowed",
+                        f"create {t.resource.name} under /namespaces/NAMESPACE/{t.resource.name}",
+                    )
+                return await self._create(req, t)
+            raise ApiError(405, "MethodNotAllowed", f"{m} is not allowed on a collection")
+        if m in ("GET", "HEAD"):
+            return json_response(200, (await self._get(t)).value)
+        if m == "PUT":
+            if t.subresource == "status":
+                return await self._replace_status(req, t)
+            return await self._replace(req, t)
+        if m == "PATCH":
+            return await self._patch(req, t)
+        if m == "DELETE" and t.subresource is None:
+            return await self._delete(req, t)
+        raise ApiError(405, "MethodNotAllowed", f"{m} is not allowed on {req.path}")
+
+    # ---- errors --------------------------------------------------------------------
+
+    def _not_found(self, t: _Target, name: str) -> ApiError:
+        kind = t.resource.name
+        return ApiError(404, "NotFound", f'{kind} "{name}" not found', name=name, kind=kind)
+
+    def _conflict(self, t: _Target, name: str) -> ApiError:
+        kind = t.resource.name
+        return ApiError(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on {kind} "{name}": the object has been modified; '
+            "please apply your changes to the latest version and try again",
+            name=name,
+            kind=kind,
+        )
+
+    def _store_error(self, t: _Target, name: str, exc: StoreError) -> ApiError:
+        kind = t.resource.name
+        if isinstance(exc, NotFound):
+            return self._not_found(t, name)
+        if isinstance(exc, AlreadyExists):
+            return ApiError(
+                409, "AlreadyExists", f'{kind} "{name}" already exists', name=name, kind=kind
             )
-        return _Route(res, namespace, name, rest[2] if len(rest) == 3 else None)
+        if isinstance(exc, Conflict):
+            return self._conflict(t, name)
+        log.warning("store error on %s %s: %s", kind, name, exc)
+        return ApiError(500, "InternalError", f"store error: {exc}", name=name, kind=kind)
+
+    def _invalid(self, exc: Invalid) -> ApiError:
+        return ApiError(
+            422,
+            "Invalid",
+            str(exc),
+            name=exc.name,
+            kind=exc.kind,
+            causes=[
+                {"reason": c.reason, "field": c.field, "message": c.message} for c in exc.causes
+            ],
+        )
+
+    def _validate(self, t: _Target, obj: Any, name: str | None) -> dict[str, Any]:
+        try:
+            return validate(t.resource, obj, namespace=t.namespace, name=name)
+        except Invalid as exc:
+            raise self._invalid(exc) from None
 
     # ---- verbs ---------------------------------------------------------------------
 
-    def _key(self, route: _Route, name: str | None = None) -> str:
-        return edgeproto.make_key(
-            route.resource.name, route.namespace or "", name or route.name or ""
-        )
-
-    def _prefix(self, route: _Route) -> str:
-        return (
-            f"{route.resource.name}/{route.namespace}/"
-            if route.namespace
-            else f"{route.resource.name}/"
-        )
-
-    async def _serve(self, req: Request, route: _Route) -> Response:
-        m = req.method
-        if route.name is None:
-            if m == "GET":
-                if _flag(req, "watch"):
-                    return self._watch(req, route)
-                return await self._list(req, route)
-            if m == "POST":
-                return await self._create(req, route)
-            raise ApiError(405, "MethodNotAllowed", f"{m} is not supported on a collection")
-        if m == "GET":
-            return json_response(200, (await self._get(route)).value)
-        if m == "PUT":
-            return await self._replace(req, route)
-        if m == "PATCH":
-            return await self._patch(req, route)
-        if m == "DELETE":
-            return await self._delete(route)
-        raise ApiError(405, "MethodNotAllowed", f"{m} is not supported")
-
-    def _not_found(self, route: _Route) -> ApiError:
-        return ApiError(
-            404,
-            "NotFound",
-            f'{route.resource.name} "{route.name}" not found',
-            {"name": route.name, "kind": route.resource.name},
-        )
-
-    async def _get(self, route: _Route) -> Record:
+    async def _get(self, t: _Target) -> Record:
+        assert t.name is not None
         try:
-            return await self._store.get(self._key(route))
-        except NotFound:
-            raise self._not_found(route) from None
+            return await self._store.get(t.key)
+        except StoreError as exc:
+            raise self._store_error(t, t.name, exc) from None
 
-    def _body(self, req: Request) -> Any:
-        try:
-            return json.loads(req.body)
-        except ValueError as exc:
-            raise ApiError(400, "BadRequest", f"request body is not valid JSON: {exc}") from None
-
-    def _validate(self, route: _Route, obj: Any, name: str | None) -> dict[str, Any]:
-        try:
-            return validate(route.resource, obj, namespace=route.namespace, name=name)
-        except Invalid as exc:
-            raise ApiError(
-                422,
-                "Invalid",
-                str(exc),
-                {
-                    "name": exc.name,
-                    "kind": exc.kind,
-                    "causes": [
-                        {"reason": c.reason, "field": c.field, "message": c.message}
-                        for c in exc.causes
-                    ],
-                },
-            ) from None
-
-    def _store_error(self, route: _Route, name: str, exc: StoreError) -> ApiError:
-        kind = route.resource.name
-        if isinstance(exc, AlreadyExists):
-            return ApiError(
-                409,
-                "AlreadyExists",
-                f'{kind} "{name}" already exists',
-                {"name": name, "kind": kind},
-            )
-        if isinstance(exc, Conflict):
-            return ApiError(
-                409,
-                "Conflict",
-                f'Operation cannot be fulfilled on {kind} "{name}": the object has been modified; '
-                "please apply your changes to the latest version and try again",
-                {"name": name, "kind": kind},
-            )
-        if isinstance(exc, NotFound):
-            return ApiError(
-                404, "NotFound", f'{kind} "{name}" not found', {"name": name, "kind": kind}
-            )
-        log.warning("store error on %s %s: %s", kind, name, exc)
-        return ApiError(500, "InternalError", f"store error: {exc}")
-
-    async def _create(self, req: Request, route: _Route) -> Response:
-        obj = self._validate(route, self._body(req), None)
+    async def _create(self, req: Request, t: _Target) -> Response:
+        body = _parse_json(req.body)
+        if isinstance(body, dict):
+            meta = body.get("metadata")
+            if isinstance(meta, dict) and not meta.get("name"):
+                gen = meta.get("generateName")
+                if isinstance(gen, str) and gen:
+                    suffix = "".join(
+                        secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5)
+                    )
+                    body = {**body, "metadata": {**meta, "name": gen + suffix}}
+        obj = self._validate(t, body, None)
         name = obj["metadata"]["name"]
         obj["metadata"].pop("resourceVersion", None)
         try:
-            ev = await self._store.create(self._key(route, name), obj)
+            ev = await self._store.create(t.key_for(name), obj)
         except StoreError as exc:
-            raise self._store_error(route, name, exc) from None
+            raise self._store_error(t, name, exc) from None
         return json_response(201, ev.record.value)
 
-    def _expect(self, obj: dict[str, Any]) -> int | None:
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
-        if rv in (None, ""):
-            return None
-        try:
-            return int(rv)
-        except (TypeError, ValueError):
-            raise ApiError(400, "BadRequest", f"invalid resourceVersion {rv!r}") from None
+    async def _replace(self, req: Request, t: _Target) -> Response:
+        """PUT: replace everything but ``.status``, which only the status
+        subresource writes (as Kubernetes does)."""
+        assert t.name is not None
+        body = _parse_json(req.body)
+        obj = self._validate(t, body, t.name)
+        expect = _resource_version(obj, "metadata.resourceVersion")
 
-    async def _replace(self, req: Request, route: _Route) -> Response:
-        assert route.name is not None
-        body = self._body(req)
-        key = self._key(route)
-        try:
-            if route.subresource == "status":
-                if not isinstance(body, dict):
-                    raise ApiError(400, "BadRequest", "body must be an object")
-                expect = self._expect(body)
-                ev = await self._store.update_status(key, body.get("status"), expect_rev=expect)
+        def edit(cur: Record) -> dict[str, Any]:
+            new = dict(obj)
+            if "status" in cur.value:
+                new["status"] = cur.value["status"]
             else:
-                obj = self._validate(route, body, route.name)
-                expect = self._expect(obj)
-                ev = await self._store.update(key, obj, expect_rev=expect)
+                new.pop("status", None)
+            return new
+
+        return await self._read_modify_write(t, expect, edit)
+
+    async def _read_modify_write(
+        self, t: _Target, expect: int | None, edit: Callable[[Record], dict[str, Any]]
+    ) -> Response:
+        """Write ``edit(current)``; with ``expect`` (the client's resourceVersion)
+        a concurrent write is a Conflict, without it the edit is re-applied."""
+        assert t.name is not None
+        for _ in range(_WRITE_RETRIES):
+            cur = await self._get(t)
+            if expect is not None and expect != cur.mod_rev:
+                raise self._conflict(t, t.name)
+            new = edit(cur)
+            try:
+                ev = await self._store.update(t.key, new, expect_rev=cur.mod_rev)
+            except Conflict:
+                if expect is not None:
+                    raise self._conflict(t, t.name) from None
+                continue  # another writer got in between: re-read, re-apply
+            except StoreError as exc:
+                raise self._store_error(t, t.name, exc) from None
+            return json_response(200, ev.record.value)
+        raise self._conflict(t, t.name)
+
+    async def _replace_status(self, req: Request, t: _Target) -> Response:
+        assert t.name is not None
+        body = _parse_json(req.body)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "the body must be a JSON object")
+        meta = body.get("metadata")
+        if isinstance(meta, dict) and meta.get("name") not in (None, t.name):
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the name of the object ({meta.get('name')}) does not match the name "
+                f"on the URL ({t.name})",
+            )
+        status = body.get("status")
+        self._check_status(t, status)
+        expect = _resource_version(body, "metadata.resourceVersion")
+        try:
+            ev = await self._store.update_status(t.key, status, expect_rev=expect)
         except StoreError as exc:
-            raise self._store_error(route, route.name, exc) from None
+            raise self._store_error(t, t.name, exc) from None
         return json_response(200, ev.record.value)
 
-    async def _patch(self, req: Request, route: _Route) -> Response:
-        assert route.name is not None
-        ctype = req.headers.get("content-type", "").split(";")[0].strip()
-        if ctype not in (
-            "application/merge-patch+json",
-            "application/strategic-merge-patch+json",
-            "application/json",
-        ):
+    def _check_status(self, t: _Target, status: Any) -> None:
+        if status is not None and not isinstance(status, dict):
+            raise self._invalid(
+                Invalid(
+                    t.resource.kind,
+                    t.name or "",
+                    [Cause("status", "FieldValueInvalid", "must be an object")],
+                )
+            )
+
+    async def _patch(self, req: Request, t: _Target) -> Response:
+        assert t.name is not None
+        ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in _PATCH_TYPES:
             raise ApiError(
                 415,
                 "UnsupportedMediaType",
-                f"patch type {ctype!r} is not supported; use merge-patch+json",
+                f"the body of the request was in an unknown format ({ctype or 'none'}); "
+                f"accepted: {', '.join(_PATCH_TYPES)}",
             )
-        patch = self._body(req)
-        for _ in range(5):
-            rec = await self._get(route)
-            merged = merge_patch(rec.value, patch)
-            key = self._key(route)
-            try:
-                if route.subresource == "status":
-                    ev = await self._store.update_status(
-                        key, merged.get("status"), expect_rev=rec.mod_rev
-                    )
-                else:
-                    obj = self._validate(route, merged, route.name)
-                    want = (
-                        self._expect(patch.get("metadata") or {})
-                        if isinstance(patch, dict)
-                        else None
-                    )
-                    ev = await self._store.update(key, obj, expect_rev=want or rec.mod_rev)
+        patch = _parse_json(req.body, "patch")
+        if not isinstance(patch, dict):
+            raise ApiError(400, "BadRequest", "a merge patch must be a JSON object")
+        expect = _resource_version(patch, "patch metadata.resourceVersion")
+        name = t.name
+        if t.subresource == "status":
+            for _ in range(_WRITE_RETRIES):
+                cur = await self._get(t)
+                if expect is not None and expect != cur.mod_rev:
+                    raise self._conflict(t, name)
+                status = merge_patch(cur.value, patch).get("status")
+                self._check_status(t, status)
+                try:
+                    ev = await self._store.update_status(t.key, status, expect_rev=cur.mod_rev)
+                except Conflict:
+                    if expect is not None:
+                        raise self._conflict(t, name) from None
+                    continue
+                except StoreError as exc:
+                    raise self._store_error(t, name, exc) from None
                 return json_response(200, ev.record.value)
-            except Conflict as exc:
-                if isinstance(patch, dict) and (patch.get("metadata") or {}).get("resourceVersion"):
-                    raise self._store_error(route, route.name, exc) from None
-                continue  # someone wrote in between: re-read and re-apply
-            except StoreError as exc:
-                raise self._store_error(route, route.name, exc) from None
-        raise ApiError(409, "Conflict", "too many concurrent writers; try again")
+            raise self._conflict(t, name)
 
-    async def _delete(self, route: _Route) -> Response:
-        assert route.name is not None
+        def edit(cur: Record) -> dict[str, Any]:
+            merged = merge_patch(cur.value, patch)
+            obj = self._validate(t, merged, name)
+            if "status" in cur.value:
+                obj["status"] = cur.value["status"]
+            else:
+                obj.pop("status", None)
+            return obj
+
+        return await self._read_modify_write(t, expect, edit)
+
+    async def _delete(self, req: Request, t: _Target) -> Response:
+        assert t.name is not None
+        expect: int | None = None
+        uid: Any = None
+        if req.body.strip():
+            opts = _parse_json(req.body, "DeleteOptions")
+            pre = opts.get("preconditions") if isinstance(opts, dict) else None
+            if isinstance(pre, dict):
+                expect = _resource_version({"metadata": pre}, "preconditions")
+                uid = pre.get("uid")
+        if uid is not None:
+            cur = await self._get(t)
+            if cur.value["metadata"].get("uid") != uid:
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                    f"{cur.value['metadata'].get('uid')}",
+                    name=t.name,
+                    kind=t.resource.name,
+                )
+            expect = cur.mod_rev if expect is None else expect
         try:
-            ev = await self._store.delete(self._key(route))
+            ev = await self._store.delete(t.key, expect_rev=expect)
         except StoreError as exc:
-            raise self._store_error(route, route.name, exc) from None
+            raise self._store_error(t, t.name, exc) from None
         return json_response(200, ev.record.value)
 
-    def _selectors(self, req: Request) -> Selector:
-        ls = parse_label_selector(_q(req, "labelSelector") or "")
-        fs = parse_field_selector(_q(req, "fieldSelector") or "")
-        return lambda o: ls(o) and fs(o)
+    # ---- list and watch ------------------------------------------------------------
 
-    async def _list(self, req: Request, route: _Route) -> Response:
-        match = self._selectors(req)
-        records, rev = await self._store.list(self._prefix(route))
-        items = [r.value for r in records if match(r.value)]
+    def _selector(self, req: Request) -> Selector:
+        labels = parse_label_selector(_param(req, "labelSelector") or "")
+        fields = parse_field_selector(_param(req, "fieldSelector") or "")
+        return lambda o: labels(o) and fields(o)
+
+    async def _list(self, req: Request, t: _Target) -> Response:
+        match = self._selector(req)
+        records, rev = await self._store.list(t.prefix)
         return json_response(
             200,
             {
-                "kind": f"{route.resource.kind}List",
-                "apiVersion": route.resource.api_version,
+                "kind": f"{t.resource.kind}List",
+                "apiVersion": t.resource.api_version,
                 "metadata": {"resourceVersion": str(rev)},
-                "items": items,
+                "items": [r.value for r in records if match(r.value)],
             },
         )
 
-    def _watch(self, req: Request, route: _Route) -> Response:
-        match = self._selectors(req)
-        rv_text = _q(req, "resourceVersion") or "0"
+    def _watch(self, req: Request, t: _Target) -> Response:
+        match = self._selector(req)
+        text = _param(req, "resourceVersion") or "0"
+        if not (text.isascii() and text.isdigit()):
+            raise ApiError(400, "BadRequest", f"invalid resourceVersion {text!r}")
+        seconds = _param(req, "timeoutSeconds")
         try:
-            rv = int(rv_text)
+            limit = float(seconds) if seconds else math.inf
         except ValueError:
-            raise ApiError(400, "BadRequest", f"invalid resourceVersion {rv_text!r}") from None
-        t = _q(req, "timeoutSeconds")
-        try:
-            timeout = float(t) if t else math.inf
-        except ValueError:
-            raise ApiError(400, "BadRequest", f"invalid timeoutSeconds {t!r}") from None
-        prefix = self._prefix(route)
-        return Response(
-            200,
-            headers=[("content-type", "application/json")],
-            stream=self._watch_stream(prefix, rv, match, limit_s=timeout),
-        )
+            limit = math.nan
+        if math.isnan(limit) or limit < 0:
+            raise ApiError(400, "BadRequest", f"invalid timeoutSeconds {seconds!r}")
+        stream = _WatchStream(self, t.prefix, int(text), match, trio.current_time() + limit)
+        return Response(200, headers=[("content-type", "application/json")], stream=stream)
 
-    async def _watch_stream(
-        self, prefix: str, rv: int, match: Selector, *, limit_s: float
-    ) -> AsyncIterator[bytes]:
-        self.watches += 1
-        try:
-            with self._store.subscribe() as sub, trio.move_on_after(limit_s):
-                last = rv
+
+def _group_body(group: str, versions: list[str]) -> dict[str, Any]:
+    return {
+        "name": group,
+        "versions": [{"groupVersion": f"{group}/{v}", "version": v} for v in versions],
+        "preferredVersion": {"groupVersion": f"{group}/{versions[0]}", "version": versions[0]},
+    }
+
+
+class _WatchStream:
+    """The body of a watch: history (or the current objects) first, then live
+    events, as newline-delimited JSON chunks. Subscribed on creation, before any
+    history is read, so no write falls between the two."""
+
+    def __init__(
+        self, api: ApiServer, prefix: str, rv: int, match: Selector, deadline: float
+    ) -> None:
+        self._api = api
+        self._store = api._store
+        self._prefix = prefix
+        self._rv = rv
+        self._match = match
+        self._deadline = deadline
+        self._exit = contextlib.ExitStack()
+        self._sub: Subscription = self._exit.enter_context(self._store.subscribe())
+        self._pending: deque[bytes] = deque()
+        self._last = rv
+        self._replayed = False
+        self._done = False
+        self._closed = False
+        api._watches_open += 1
+
+    def __aiter__(self) -> _WatchStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._replayed:
+            self._replayed = True
+            await self._replay()
+        if self._pending:
+            return self._take()
+        while not self._done:
+            with trio.move_on_at(self._deadline):
                 try:
-                    if rv <= 0:
-                        records, last = await self._store.list(prefix)
-                        for r in records:
-                            if match(r.value):
-                                yield _line("ADDED", r.value)
-                    else:
-                        while True:
-                            events = await self._store.changes_since(prefix, last)
-                            for ev in events:
-                                if match(ev.record.value):
-                                    yield _line(ev.type, ev.record.value)
-                                last = ev.rev
-                            if len(events) < 10000:
-                                break
-                except (Compacted, FutureRevision) as exc:
-                    yield _line(
-                        "ERROR",
-                        status_body(410, "Expired", f"too old resource version: {rv} ({exc})"),
-                    )
-                    return
-                try:
-                    async for ev in sub:
-                        if ev.rev <= last or not ev.key.startswith(prefix):
-                            continue
-                        if match(ev.record.value) or (ev.prev is not None and match(ev.prev.value)):
-                            yield _line(ev.type, ev.record.value)
+                    ev = await self._sub.receive()
                 except SubscriptionLost:
-                    self.counters["watches_lost"] += 1
-        finally:
-            self.watches -= 1
+                    self._api._watches_lost += 1
+                    log.info("watch on %s fell behind; the client must re-list", self._prefix)
+                    break
+                if ev.rev <= self._last or not ev.key.startswith(self._prefix):
+                    continue
+                out = _translate(ev, self._match)
+                if out is not None:
+                    return _line(*out)
+                continue
+            break  # deadline
+        await self.aclose()
+        raise StopAsyncIteration
 
+    def _take(self) -> bytes:
+        lines = [self._pending.popleft() for _ in range(min(_CHUNK_LINES, len(self._pending)))]
+        return b"".join(lines)
 
-def _line(kind: str, obj: Any) -> bytes:
-    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+    async def _replay(self) -> None:
+        if self._rv == 0:
+            records, self._last = await self._store.list(self._prefix)
+            self._pending.extend(_line("ADDED", r.value) for r in records if self._match(r.value))
+            return
+        try:
+            while True:
+                events = await self._store.changes_since(
+                    self._prefix, self._last, limit=_REPLAY_BATCH
+                )
+                for ev in events:
+                    out = _translate(ev, self._match)
+                    if out is not None:
+                        self._pending.append(_line(*out))
+                    self._last = ev.rev
+                if len(events) < _REPLAY_BATCH:
+                    break
+        except Compacted as exc:
+            self._pending.append(
+                _line(
+                    "ERROR",
+                    status_body(410, "Expired", f"too old resource version: {self._rv} ({exc})"),
+                )
+            )
+            self._done = True
+        except FutureRevision:
+            self._pending.append(
+                _line(
+                    "ERROR",
+                    status_body(
+                        504,
+                        "Timeout",
+                        f"Too large resource version: {self._rv}, "
+                        f"current: {self._store.current_rev()}",
+                    ),
+                )
+            )
+            self._done = True
 
-
-def _q(req: Request, name: str) -> str | None:
-    vals = req.query.get(name)
-    return vals[-1] if vals else None
-
-
-def _flag(req: Request, name: str) -> bool:
-    return (_q(req, name) or "").lower() in ("1", "true", "yes")
-
-
-def event_matches(ev: Event, prefix: str) -> bool:
-    return ev.key.startswith(prefix)
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._exit.close()
+            self._api._watches_open -= 1
+        self._done = True
+        self._replayed = True
+        self._pending.clear()
+        await trio.lowlevel.checkpoint()

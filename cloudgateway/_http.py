@@ -1,7 +1,8 @@
 """A small HTTP/1.1 server on h11 and trio, for the API and the join endpoint.
 
 Keep-alive, bounded bodies and header sizes, chunked streaming responses (for
-watches), optional TLS. A handler that raises becomes a 500; the server goes on.
+watches), optional TLS. A handler that raises becomes a 500; a connection that
+misbehaves is closed; nothing a client sends stops the server.
 """
 
 from __future__ import annotations
@@ -19,19 +20,30 @@ import trio
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Handler", "Request", "Response", "json_response", "serve_http"]
+__all__ = ["Handler", "Request", "Response", "json_response", "serve_http", "status_body"]
 
 _READ = 65536
+_MAX_HEAD = 64 * 1024  # request line plus headers
+_LINGER_SECONDS = 2.0  # after an error answer, read what the client still sends...
+_LINGER_BYTES = 8 * 1024 * 1024  # ...up to this much, so that it sees the answer
+_REASONS = {
+    400: "BadRequest",
+    408: "Timeout",
+    413: "RequestEntityTooLarge",
+    414: "RequestURITooLong",
+    431: "RequestHeaderFieldsTooLarge",
+    501: "NotImplemented",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    method: str
-    path: str
+    method: str  # "GET"
+    path: str  # "/api/v1/nodes" (percent-decoded, no query)
     query: dict[str, list[str]]
-    headers: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
     body: bytes
-    peer: str
+    peer: str  # "127.0.0.1:54321"
 
 
 @dataclass(slots=True)
@@ -39,6 +51,8 @@ class Response:
     status: int
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # If set: chunked transfer, ``body`` ignored; closed (``aclose``) when the
+    # client goes away or the stream ends. The connection closes afterwards.
     stream: AsyncIterator[bytes] | None = None
 
 
@@ -51,6 +65,26 @@ def json_response(status: int, obj: Any) -> Response:
         json.dumps(obj, separators=(",", ":")).encode(),
         [("content-type", "application/json")],
     )
+
+
+def status_body(
+    code: int, reason: str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A Kubernetes ``Status`` object describing a failure."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details or {},
+        "code": code,
+    }
+
+
+def _status(status: int, reason: str, message: str) -> Response:
+    return json_response(status, status_body(status, reason, message))
 
 
 class _TooLarge(Exception):
@@ -68,30 +102,37 @@ async def serve_http(
     header_timeout: float = 30.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve ``handler`` on ``host:port`` until cancelled; reports the bound port
+    (useful with port 0) through ``task_status``. ``header_timeout`` bounds the
+    TLS handshake and the reading of each request."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     slots = trio.CapacityLimiter(max_connections)
 
     async def on_conn(tcp: trio.SocketStream) -> None:
+        peer = _peer(tcp)
         try:
             slots.acquire_nowait()
         except trio.WouldBlock:
+            log.debug("refusing %s: %d connections open", peer, max_connections)
             await trio.aclose_forcefully(tcp)
             return
         try:
-            peer = _peer(tcp)
             stream: trio.abc.Stream = tcp
             if ssl_context is not None:
-                sstream = trio.SSLStream(tcp, ssl_context, server_side=True)
+                tls = trio.SSLStream(tcp, ssl_context, server_side=True)
                 try:
                     with trio.fail_after(header_timeout):
-                        await sstream.do_handshake()
+                        await tls.do_handshake()
                 except (trio.BrokenResourceError, trio.TooSlowError) as exc:
-                    log.debug("TLS handshake with %s failed: %s", peer, exc)
-                    await trio.aclose_forcefully(sstream)
+                    log.debug("TLS handshake with %s failed: %r", peer, exc.__cause__ or exc)
+                    await trio.aclose_forcefully(tls)
                     return
-                stream = sstream
-            await _serve_connection(handler, stream, peer, max_body, header_timeout)
+                stream = tls
+            await _Connection(handler, stream, peer, max_body, header_timeout).serve()
+        except Exception:
+            log.exception("connection from %s failed", peer)
+            await trio.aclose_forcefully(tcp)
         finally:
             slots.release()
 
@@ -99,146 +140,221 @@ async def serve_http(
     await trio.serve_listeners(on_conn, listeners)
 
 
-async def _serve_connection(
-    handler: Handler, stream: trio.abc.Stream, peer: str, max_body: int, header_timeout: float
-) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
-    try:
-        while True:
-            try:
-                with trio.fail_after(header_timeout):
-                    req = await _read_request(conn, stream, peer, max_body)
-            except _TooLarge:
-                await _send_simple(conn, stream, 413, "request body too large")
-                return
-            except h11.RemoteProtocolError as exc:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    await _send_simple(conn, stream, 400, f"malformed request: {exc}")
-                return
-            if req is None:
-                return
-            try:
-                resp = await handler(req)
-            except Exception:
-                log.exception("handler failed for %s %s from %s", req.method, req.path, peer)
-                resp = json_response(
-                    500,
-                    {
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "status": "Failure",
-                        "message": "internal error",
-                        "reason": "InternalError",
-                        "code": 500,
-                    },
-                )
-            await _send_response(conn, stream, resp)
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                return
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)
+class _Connection:
+    def __init__(
+        self,
+        handler: Handler,
+        stream: trio.abc.Stream,
+        peer: str,
+        max_body: int,
+        header_timeout: float,
+    ) -> None:
+        self._handler = handler
+        self._stream = stream
+        self._peer = peer
+        self._max_body = max_body
+        self._timeout = header_timeout
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
 
+    async def serve(self) -> None:
+        try:
+            while await self._one_exchange():
+                self._conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("connection from %s broke: %r", self._peer, exc)
+        finally:
+            await trio.aclose_forcefully(self._stream)
 
-async def _read_request(
-    conn: h11.Connection, stream: trio.abc.Stream, peer: str, max_body: int
-) -> Request | None:
-    head: h11.Request | None = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(_READ)
-            conn.receive_data(bytes(data))
-            if not data and head is None:
-                return None
-            continue
-        if isinstance(event, h11.ConnectionClosed):
-            return None
-        if isinstance(event, h11.Request):
-            head = event
-            length = dict(event.headers).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > max_body:
-                raise _TooLarge
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > max_body:
-                raise _TooLarge
-        elif isinstance(event, h11.EndOfMessage):
-            assert head is not None
-            target = head.target.decode("latin-1")
-            path, _, qs = target.partition("?")
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
-            return Request(
-                head.method.decode("ascii"),
-                urllib.parse.unquote(path),
-                urllib.parse.parse_qs(qs, keep_blank_values=True),
-                headers,
-                bytes(body),
-                peer,
+    async def _one_exchange(self) -> bool:
+        """Read one request and answer it; True to keep the connection open."""
+        conn = self._conn
+        try:
+            with trio.fail_after(self._timeout):
+                req = await self._read_request()
+        except trio.TooSlowError:
+            log.debug("%s: request not received within %.0f s", self._peer, self._timeout)
+            started = conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
+            if started and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self._send_error(408, "Timeout", "request not received in time")
+            return False
+        except _TooLarge:
+            await self._send_error(
+                413, "RequestEntityTooLarge", f"request body over {self._max_body} bytes"
             )
+            return False
+        except h11.RemoteProtocolError as exc:
+            log.debug("%s: malformed HTTP: %s", self._peer, exc)
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                status = exc.error_status_hint
+                reason = _REASONS.get(status, "BadRequest")
+                await self._send_error(status, reason, f"malformed request: {exc}")
+            return False
+        if req is None:
+            return False
+        try:
+            resp = await self._handler(req)
+            if not isinstance(resp, Response):
+                raise TypeError(f"handler returned {type(resp).__name__}, not Response")
+        except Exception:
+            log.exception("handler failed for %s %s from %s", req.method, req.path, self._peer)
+            resp = _status(500, "InternalError", "internal error")
+        if resp.stream is not None:
+            if req.method != "HEAD":
+                await self._send_stream(resp)
+                return False
+            await _aclose(resp.stream, self._peer)
+            resp.stream = None
+        await self._send_plain(resp, head_only=req.method == "HEAD")
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def _read_request(self) -> Request | None:
+        conn = self._conn
+        head: h11.Request | None = None
+        body = bytearray()
+        fed = len(conn.trailing_data[0])  # bytes of this request h11 has been given
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                data = await self._stream.receive_some(_READ)
+                conn.receive_data(bytes(data))
+                fed += len(data)
+                continue
+            if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+                return None
+            if isinstance(event, h11.Request):
+                # h11 caps only an incomplete head; one that arrived whole is
+                # held to the same limit here.
+                if fed - len(conn.trailing_data[0]) > _MAX_HEAD:
+                    raise h11.RemoteProtocolError("request head too large", 431)
+                head = event
+                length = dict(event.headers).get(b"content-length")
+                if length is not None and int(length) > self._max_body:
+                    raise _TooLarge
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self._max_body:
+                    raise _TooLarge
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None
+                return _request(head, bytes(body), self._peer)
+
+    async def _send(self, event: Any) -> None:
+        data = self._conn.send(event)
+        if data:
+            await self._stream.send_all(data)
+
+    async def _send_error(self, status: int, reason: str, message: str) -> None:
+        """Answer and close gracefully: the client may still be sending (a body
+        we refused), and closing with unread data would reset the connection
+        before it reads the answer."""
+        resp = _status(status, reason, message)
+        resp.headers.append(("connection", "close"))
+        try:
+            await self._send_plain(resp, head_only=False)
+            if isinstance(self._stream, trio.SocketStream):
+                await self._stream.send_eof()
+                with trio.move_on_after(_LINGER_SECONDS):
+                    drained = 0
+                    while drained < _LINGER_BYTES:
+                        data = await self._stream.receive_some(_READ)
+                        if not data:
+                            break
+                        drained += len(data)
+        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _head(self, resp: Response, framing: tuple[bytes, bytes]) -> h11.Response:
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
+        headers = [h for h in headers if h[0].lower() not in (b"content-length", framing[0])]
+        headers.append(framing)
+        return h11.Response(status_code=resp.status, headers=headers)
+
+    async def _send_plain(self, resp: Response, *, head_only: bool) -> None:
+        try:
+            head = self._head(resp, (b"content-length", str(len(resp.body)).encode()))
+        except (UnicodeEncodeError, h11.LocalProtocolError) as exc:
+            log.error("bad response headers for %s: %s", self._peer, exc)
+            resp = _status(500, "InternalError", "internal error: bad response headers")
+            head = self._head(resp, (b"content-length", str(len(resp.body)).encode()))
+        await self._send(head)
+        if resp.body and not head_only:
+            await self._send(h11.Data(data=resp.body))
+        await self._send(h11.EndOfMessage())
+
+    async def _send_stream(self, resp: Response) -> None:
+        """Send ``resp.stream`` chunk by chunk until it ends or the client goes away."""
+        it = resp.stream
+        assert it is not None
+        try:
+            resp.headers.append(("connection", "close"))
+            await self._send(self._head(resp, (b"transfer-encoding", b"chunked")))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._wait_client_gone, nursery.cancel_scope)
+                try:
+                    async for chunk in it:
+                        if chunk:
+                            await self._send(h11.Data(data=chunk))
+                    await self._send(h11.EndOfMessage())
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    log.debug("%s went away during a stream", self._peer)
+                except Exception:
+                    log.exception("response stream for %s failed", self._peer)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            await _aclose(it, self._peer)
+
+    async def _wait_client_gone(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` once the client closes its side (it sends nothing
+        more during a streamed response; anything it does send is dropped)."""
+        try:
+            while await self._stream.receive_some(_READ):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
 
 
-async def _send(conn: h11.Connection, stream: trio.abc.Stream, event: Any) -> None:
-    data = conn.send(event)
-    if data:
-        await stream.send_all(data)
-
-
-async def _send_simple(
-    conn: h11.Connection, stream: trio.abc.Stream, status: int, message: str
-) -> None:
-    reason = {400: "BadRequest", 413: "RequestEntityTooLarge"}.get(status, "BadRequest")
-    resp = json_response(
-        status,
-        {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": status,
-        },
-    )
-    resp.headers.append(("connection", "close"))
-    try:
-        await _send_response(conn, stream, resp)
-    except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
-async def _send_response(conn: h11.Connection, stream: trio.abc.Stream, resp: Response) -> None:
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
-    if resp.stream is None:
-        headers.append((b"content-length", str(len(resp.body)).encode()))
-        await _send(conn, stream, h11.Response(status_code=resp.status, headers=headers))
-        if resp.body:
-            await _send(conn, stream, h11.Data(data=resp.body))
-        await _send(conn, stream, h11.EndOfMessage())
+async def _aclose(it: AsyncIterator[bytes], peer: str) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is None:
         return
-    headers.append((b"transfer-encoding", b"chunked"))
-    await _send(conn, stream, h11.Response(status_code=resp.status, headers=headers))
-    it = resp.stream
-    try:
-        async for chunk in it:
-            if chunk:
-                await _send(conn, stream, h11.Data(data=chunk))
-        await _send(conn, stream, h11.EndOfMessage())
-    finally:
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            with trio.CancelScope(shield=True):
-                await aclose()
+    with trio.CancelScope(shield=True):
+        try:
+            await aclose()
+        except Exception:
+            log.exception("closing the response stream for %s failed", peer)
+
+
+def _request(head: h11.Request, body: bytes, peer: str) -> Request:
+    target = head.target.decode("latin-1")
+    if target.startswith(("http://", "https://")):  # absolute form
+        parts = urllib.parse.urlsplit(target)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    path, _, qs = target.partition("?")
+    headers: dict[str, str] = {}
+    for k, v in head.headers:
+        name = k.decode("latin-1").lower()
+        value = v.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return Request(
+        head.method.decode("ascii", "replace"),
+        urllib.parse.unquote(path),
+        urllib.parse.parse_qs(qs, keep_blank_values=True),
+        headers,
+        body,
+        peer,
+    )
 
 
 def _peer(stream: trio.SocketStream) -> str:
     try:
-        host, port = stream.socket.getpeername()[:2]
-        return f"{host}:{port}"
+        addr = stream.socket.getpeername()
     except OSError:
         return "?"
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(addr)

@@ -53,7 +53,8 @@ class HubConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 45.0  # no frame at all for this long → close (agents ping every 10 s)
     max_handshakes: int = 64  # concurrent TLS handshakes; more wait, already accepted
-    max_handshake_queue: int = 512  # beyond this a new connection is closed at once
+    # ~ agent connect timeout (15 s) x handshake rate; beyond it: closed at once
+    max_handshake_queue: int = 2048
     max_resyncs: int = 32  # concurrent resync computations
     max_waiting: int = 4096  # resyncs allowed to queue; the rest are told to come back
     progress_interval: float = 300.0  # idle nodes get their last_rev advanced this often

@@ -1,4 +1,10 @@
-"""Validation of Kubernetes objects written through the API. Pure functions."""
+"""Validation of Kubernetes objects written through the API. Pure: no I/O.
+
+``validate`` returns a normalized copy (apiVersion/kind defaulted, namespace set
+for namespaced kinds, a Secret's ``stringData`` folded into ``data``) or raises
+``Invalid`` listing every problem found, each with the field path Kubernetes
+would name (``spec.containers[0].image``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import binascii
 import copy
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,240 +21,375 @@ import edgeproto
 
 from ._errors import GatewayError
 
-__all__ = ["Cause", "Invalid", "validate"]
+__all__ = ["MAX_DEPTH", "MAX_OBJECT_BYTES", "Cause", "Invalid", "validate"]
 
-MAX_OBJECT_BYTES = 1 << 20
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+MAX_OBJECT_BYTES = 1 << 20  # etcd's default request limit is 1.5 MiB; stay under it
+MAX_DEPTH = 64  # nesting of objects and arrays; real manifests stay far below this
+
+REQUIRED = "FieldValueRequired"
+INVALID = "FieldValueInvalid"
+DUPLICATE = "FieldValueDuplicate"
+NOT_SUPPORTED = "FieldValueNotSupported"
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+_LABEL = re.compile(_DNS_LABEL)
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_RESTART_POLICIES = ("Always", "OnFailure", "Never")
+_PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
 @dataclass(frozen=True, slots=True)
 class Cause:
-    field: str
-    reason: str  # FieldValueRequired | FieldValueInvalid | FieldValueDuplicate
+    field: str  # "spec.containers[0].image"; "" for the object as a whole
+    reason: str  # FieldValueRequired | FieldValueInvalid | FieldValueDuplicate | ...
     message: str
 
 
 class Invalid(GatewayError):
+    """The object failed validation; ``causes`` says where and why."""
+
     def __init__(self, kind: str, name: str, causes: list[Cause]) -> None:
-        detail = "; ".join(f"{c.field}: {c.message}" for c in causes)
+        detail = "; ".join(f"{c.field or '<object>'}: {c.message}" for c in causes)
         super().__init__(f'{kind} "{name}" is invalid: {detail}')
         self.kind = kind
         self.name = name
         self.causes = causes
 
 
-def _subdomain(v: Any) -> bool:
-    return isinstance(v, str) and 0 < len(v) <= 253 and bool(_SUBDOMAIN.match(v))
+class _Causes:
+    def __init__(self) -> None:
+        self.items: list[Cause] = []
+
+    def bad(self, field: str, message: str, reason: str = INVALID) -> None:
+        self.items.append(Cause(field, reason, message))
+
+    def required(self, field: str, message: str = "Required value") -> None:
+        self.bad(field, message, REQUIRED)
 
 
-def _label_key(k: Any) -> bool:
+def is_subdomain(v: Any) -> bool:
+    """A DNS-1123 subdomain: object names, node names."""
+    return isinstance(v, str) and 0 < len(v) <= 253 and _SUBDOMAIN.fullmatch(v) is not None
+
+
+def is_dns_label(v: Any) -> bool:
+    """A DNS-1123 label: namespaces, container names."""
+    return isinstance(v, str) and 0 < len(v) <= 63 and _LABEL.fullmatch(v) is not None
+
+
+def is_qualified_name(k: Any) -> bool:
+    """A label or annotation key: ``[prefix/]name``, prefix a DNS subdomain."""
     if not isinstance(k, str) or not k:
         return False
-    prefix, _, name = k.rpartition("/")
-    if prefix and not _subdomain(prefix):
+    prefix, slash, name = k.rpartition("/")
+    if slash and not is_subdomain(prefix):
         return False
-    return len(name) <= 63 and bool(_LABEL_NAME.match(name))
+    return 0 < len(name) <= 63 and _QUALIFIED_NAME.fullmatch(name) is not None
+
+
+def is_label_value(v: Any) -> bool:
+    return isinstance(v, str) and (
+        v == "" or (len(v) <= 63 and _QUALIFIED_NAME.fullmatch(v) is not None)
+    )
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((c, depth + 1) for c in children)
+    return False
 
 
 def validate(
     resource: edgeproto.Resource, obj: Any, *, namespace: str | None, name: str | None
 ) -> dict[str, Any]:
+    """A normalized copy of ``obj`` as a ``resource`` object, or ``Invalid``.
+
+    ``namespace`` and ``name`` are the ones in the request URL (None when the
+    URL has none); the object's own must agree with them."""
     kind = resource.kind
     if not isinstance(obj, dict):
-        raise Invalid(
-            kind, name or "", [Cause("", "FieldValueInvalid", "object must be a JSON object")]
-        )
+        raise Invalid(kind, name or "", [Cause("", INVALID, "the object must be a JSON object")])
+    if _too_deep(obj, MAX_DEPTH):
+        raise Invalid(kind, name or "", [Cause("", INVALID, f"nested deeper than {MAX_DEPTH}")])
     out = copy.deepcopy(obj)
-    causes: list[Cause] = []
-
-    def bad(field: str, message: str, reason: str = "FieldValueInvalid") -> None:
-        causes.append(Cause(field, reason, message))
+    causes = _Causes()
 
     out.setdefault("apiVersion", resource.api_version)
     out.setdefault("kind", kind)
     if out["apiVersion"] != resource.api_version:
-        bad("apiVersion", f"must be {resource.api_version!r} for {resource.name}")
+        causes.bad("apiVersion", f"must be {resource.api_version!r} for {resource.name}")
     if out["kind"] != kind:
-        bad("kind", f"must be {kind!r} for {resource.name}")
+        causes.bad("kind", f"must be {kind!r} for {resource.name}")
     meta = out.get("metadata")
     if meta is None:
         meta = out["metadata"] = {}
     if not isinstance(meta, dict):
-        raise Invalid(
-            kind, name or "", [Cause("metadata", "FieldValueInvalid", "must be an object")]
-        )
+        raise Invalid(kind, name or "", [Cause("metadata", INVALID, "must be an object")])
     oname = meta.get("name")
     if oname is None and name:
         oname = meta["name"] = name
-    if oname is None:
-        bad("metadata.name", "name is required", "FieldValueRequired")
-    elif not _subdomain(oname):
-        bad("metadata.name", f"{oname!r} must be a lowercase DNS-1123 subdomain")
+    if oname is None or oname == "":
+        causes.required("metadata.name", "name is required")
+    elif not is_subdomain(oname):
+        causes.bad(
+            "metadata.name",
+            f"{oname!r}: must be a lowercase DNS-1123 subdomain (a-z, 0-9, '-', '.'; "
+            "at most 253 characters, starting and ending with an alphanumeric)",
+        )
     elif name is not None and oname != name:
-        bad("metadata.name", f"{oname!r} does not match the name in the URL ({name!r})")
+        causes.bad("metadata.name", f"{oname!r} does not match the name in the URL ({name!r})")
+    _check_metadata(meta, causes)
     if resource.namespaced:
         ns = meta.get("namespace")
-        if ns is None:
+        if ns is None or ns == "":
             meta["namespace"] = ns = namespace or "default"
-        if not isinstance(ns, str) or not _LABEL.match(ns) or len(ns) > 63:
-            bad("metadata.namespace", f"{ns!r} is not a valid namespace")
+        if not is_dns_label(ns):
+            causes.bad("metadata.namespace", f"{ns!r} is not a valid namespace (a DNS-1123 label)")
         elif namespace is not None and ns != namespace:
-            bad(
+            causes.bad(
                 "metadata.namespace",
                 f"{ns!r} does not match the namespace in the URL ({namespace!r})",
             )
     else:
         meta.pop("namespace", None)
+    status = out.get("status")
+    if status is not None and not isinstance(status, dict):
+        causes.bad("status", "must be an object")
+    check = _CHECKS.get(kind)
+    if check is not None:
+        check(out, causes)
+    try:
+        text = json.dumps(out, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(text.encode())
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        causes.bad("", f"not representable as JSON: {exc}")
+    else:
+        if size > MAX_OBJECT_BYTES:
+            causes.bad("", f"the object is {size} bytes; the limit is {MAX_OBJECT_BYTES}")
+    if causes.items:
+        raise Invalid(kind, oname if isinstance(oname, str) else (name or ""), causes.items)
+    return out
+
+
+def _check_metadata(meta: dict[str, Any], causes: _Causes) -> None:
     for section in ("labels", "annotations"):
         m = meta.get(section)
         if m is None:
             continue
         if not isinstance(m, dict):
-            bad(f"metadata.{section}", "must be a map of strings")
+            causes.bad(f"metadata.{section}", "must be a map of string keys to string values")
             continue
         for k, v in m.items():
-            if not _label_key(k):
-                bad(f"metadata.{section}", f"invalid key {k!r}")
+            if not is_qualified_name(k):
+                causes.bad(
+                    f"metadata.{section}",
+                    f"{k!r}: keys are [prefix/]name, name at most 63 characters of "
+                    "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric",
+                )
             elif not isinstance(v, str):
-                bad(f"metadata.{section}.{k}", "value must be a string")
-            elif section == "labels" and (len(v) > 63 or not _LABEL_VALUE.match(v)):
-                bad(f"metadata.labels.{k}", f"invalid label value {v!r}")
-    check = _CHECKS.get(kind)
-    if check is not None:
-        check(out, bad)
-    if not causes:
-        try:
-            size = len(json.dumps(out))
-        except (TypeError, ValueError) as exc:
-            size = 0
-            bad("", f"not serializable: {exc}")
-        if size > MAX_OBJECT_BYTES:
-            bad("", f"object is {size} bytes, limit {MAX_OBJECT_BYTES}")
-    if causes:
-        raise Invalid(kind, str(oname or name or ""), causes)
-    return out
+                causes.bad(f"metadata.{section}.{k}", "value must be a string")
+            elif section == "labels" and not is_label_value(v):
+                causes.bad(
+                    f"metadata.labels.{k}",
+                    f"{v!r}: a label value is at most 63 characters of alphanumerics, "
+                    "'-', '_' or '.', starting and ending with an alphanumeric",
+                )
+    for f in ("resourceVersion", "uid", "creationTimestamp", "generateName"):
+        v = meta.get(f)
+        if v is not None and not isinstance(v, str):
+            causes.bad(f"metadata.{f}", "must be a string")
 
 
-def _check_pod(obj: dict[str, Any], bad: Any) -> None:
+def _string_list(c: dict[str, Any], key: str, field: str, causes: _Causes) -> None:
+    v = c.get(key)
+    if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+        causes.bad(field, "must be a list of strings")
+
+
+def _check_container(c: Any, f: str, names: set[str], causes: _Causes) -> None:
+    if not isinstance(c, dict):
+        causes.bad(f, "must be an object")
+        return
+    n = c.get("name")
+    if n is None:
+        causes.required(f"{f}.name")
+    elif not is_dns_label(n):
+        causes.bad(f"{f}.name", f"{n!r}: must be a DNS-1123 label")
+    elif n in names:
+        causes.bad(f"{f}.name", f"duplicate container name {n!r}", DUPLICATE)
+    else:
+        names.add(n)
+    image = c.get("image")
+    if image is None or (isinstance(image, str) and not image.strip()):
+        causes.required(f"{f}.image", "image is required")
+    elif not isinstance(image, str):
+        causes.bad(f"{f}.image", "must be a string")
+    _string_list(c, "command", f"{f}.command", causes)
+    _string_list(c, "args", f"{f}.args", causes)
+    env = c.get("env")
+    if env is not None:
+        if not isinstance(env, list):
+            causes.bad(f"{f}.env", "must be a list")
+        else:
+            for j, e in enumerate(env):
+                ef = f"{f}.env[{j}]"
+                if not isinstance(e, dict):
+                    causes.bad(ef, "must be an object")
+                    continue
+                en = e.get("name")
+                if not isinstance(en, str) or not en:
+                    causes.required(f"{ef}.name", "name is required")
+                elif "=" in en:
+                    causes.bad(f"{ef}.name", f"{en!r}: must not contain '='")
+                if "value" in e and not isinstance(e["value"], str):
+                    causes.bad(f"{ef}.value", "must be a string")
+                if "valueFrom" in e and not isinstance(e["valueFrom"], dict):
+                    causes.bad(f"{ef}.valueFrom", "must be an object")
+    ports = c.get("ports")
+    if ports is not None:
+        if not isinstance(ports, list):
+            causes.bad(f"{f}.ports", "must be a list")
+        else:
+            for j, p in enumerate(ports):
+                pf = f"{f}.ports[{j}]"
+                if not isinstance(p, dict):
+                    causes.bad(pf, "must be an object")
+                    continue
+                cp = p.get("containerPort")
+                if cp is None:
+                    causes.required(f"{pf}.containerPort")
+                elif not _is_port(cp):
+                    causes.bad(f"{pf}.containerPort", f"{cp!r}: must be between 1 and 65535")
+                hp = p.get("hostPort")
+                if hp is not None and not _is_port(hp):
+                    causes.bad(f"{pf}.hostPort", f"{hp!r}: must be between 1 and 65535")
+                proto = p.get("protocol")
+                if proto is not None and proto not in _PROTOCOLS:
+                    causes.bad(
+                        f"{pf}.protocol", f"{proto!r}: must be one of {_PROTOCOLS}", NOT_SUPPORTED
+                    )
+
+
+def _is_port(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536
+
+
+def _check_pod(obj: dict[str, Any], causes: _Causes) -> None:
     spec = obj.get("spec")
+    if spec is None:
+        causes.required("spec", "spec is required")
+        return
     if not isinstance(spec, dict):
-        bad("spec", "spec is required", "FieldValueRequired")
+        causes.bad("spec", "must be an object")
         return
     node = spec.get("nodeName")
-    if node is not None and not _subdomain(node):
-        bad("spec.nodeName", f"{node!r} is not a valid node name")
-    for section in ("initContainers", "containers"):
+    if node is not None and node != "" and not is_subdomain(node):
+        causes.bad("spec.nodeName", f"{node!r} is not a valid node name")
+    policy = spec.get("restartPolicy")
+    if policy is not None and policy not in _RESTART_POLICIES:
+        causes.bad(
+            "spec.restartPolicy", f"{policy!r}: must be one of {_RESTART_POLICIES}", NOT_SUPPORTED
+        )
+    names: set[str] = set()
+    for section in ("containers", "initContainers"):
         cs = spec.get(section)
         if cs is None and section == "initContainers":
             continue
-        if not isinstance(cs, list) or (section == "containers" and not cs):
-            bad(f"spec.{section}", "must be a non-empty list", "FieldValueRequired")
+        if cs is None or cs == []:
+            causes.required(f"spec.{section}", "at least one container is required")
             continue
-        names: set[str] = set()
+        if not isinstance(cs, list):
+            causes.bad(f"spec.{section}", "must be a list")
+            continue
         for i, c in enumerate(cs):
-            f = f"spec.{section}[{i}]"
-            if not isinstance(c, dict):
-                bad(f, "must be an object")
-                continue
-            n = c.get("name")
-            if not isinstance(n, str) or not _LABEL.match(n) or len(n) > 63:
-                bad(
-                    f"{f}.name",
-                    f"{n!r} must be a DNS-1123 label",
-                    "FieldValueRequired" if n is None else "FieldValueInvalid",
-                )
-            elif n in names:
-                bad(f"{f}.name", f"duplicate container name {n!r}", "FieldValueDuplicate")
-            else:
-                names.add(n)
-            image = c.get("image")
-            if not isinstance(image, str) or not image.strip():
-                bad(f"{f}.image", "image is required", "FieldValueRequired")
-            for lf in ("command", "args"):
-                v = c.get(lf)
-                if v is not None and not (
-                    isinstance(v, list) and all(isinstance(x, str) for x in v)
-                ):
-                    bad(f"{f}.{lf}", "must be a list of strings")
-            env = c.get("env")
-            if env is not None:
-                if not isinstance(env, list):
-                    bad(f"{f}.env", "must be a list")
-                else:
-                    for j, e in enumerate(env):
-                        if (
-                            not isinstance(e, dict)
-                            or not isinstance(e.get("name"), str)
-                            or not e["name"]
-                        ):
-                            bad(f"{f}.env[{j}].name", "name is required", "FieldValueRequired")
-            ports = c.get("ports")
-            if ports is not None:
-                if not isinstance(ports, list):
-                    bad(f"{f}.ports", "must be a list")
-                else:
-                    for j, p in enumerate(ports):
-                        cp = p.get("containerPort") if isinstance(p, dict) else None
-                        if not isinstance(cp, int) or isinstance(cp, bool) or not 0 < cp < 65536:
-                            bad(f"{f}.ports[{j}].containerPort", "must be a port number 1-65535")
+            _check_container(c, f"spec.{section}[{i}]", names, causes)
     vols = spec.get("volumes")
     if vols is not None:
         if not isinstance(vols, list):
-            bad("spec.volumes", "must be a list")
+            causes.bad("spec.volumes", "must be a list")
         else:
+            vnames: set[str] = set()
             for i, v in enumerate(vols):
-                if not isinstance(v, dict) or not isinstance(v.get("name"), str):
-                    bad(f"spec.volumes[{i}].name", "name is required", "FieldValueRequired")
+                vn = v.get("name") if isinstance(v, dict) else None
+                if not isinstance(v, dict):
+                    causes.bad(f"spec.volumes[{i}]", "must be an object")
+                elif vn is None:
+                    causes.required(f"spec.volumes[{i}].name")
+                elif not is_dns_label(vn):
+                    causes.bad(f"spec.volumes[{i}].name", f"{vn!r}: must be a DNS-1123 label")
+                elif vn in vnames:
+                    causes.bad(f"spec.volumes[{i}].name", f"duplicate volume {vn!r}", DUPLICATE)
+                else:
+                    vnames.add(vn)
 
 
-def _check_data(field: str, data: Any, bad: Any, *, b64: bool) -> None:
+def _check_data(field: str, data: Any, causes: _Causes, *, b64: bool) -> None:
     if data is None:
         return
     if not isinstance(data, dict):
-        bad(field, "must be a map of strings")
+        causes.bad(field, "must be a map of string keys to string values")
         return
     for k, v in data.items():
-        if not isinstance(k, str) or not _DATA_KEY.match(k) or len(k) > 253:
-            bad(field, f"invalid key {k!r}")
+        if not isinstance(k, str) or len(k) > 253 or _DATA_KEY.fullmatch(k) is None:
+            causes.bad(
+                field, f"{k!r}: a key is at most 253 characters of alphanumerics, '-', '_' or '.'"
+            )
         elif not isinstance(v, str):
-            bad(f"{field}[{k}]", "value must be a string")
+            causes.bad(f"{field}[{k}]", "value must be a string")
         elif b64:
             try:
                 base64.b64decode(v, validate=True)
             except (binascii.Error, ValueError):
-                bad(f"{field}[{k}]", "value must be base64")
+                causes.bad(f"{field}[{k}]", "value must be valid base64")
 
 
-def _check_configmap(obj: dict[str, Any], bad: Any) -> None:
-    _check_data("data", obj.get("data"), bad, b64=False)
-    _check_data("binaryData", obj.get("binaryData"), bad, b64=True)
+def _check_configmap(obj: dict[str, Any], causes: _Causes) -> None:
+    data, binary = obj.get("data"), obj.get("binaryData")
+    _check_data("data", data, causes, b64=False)
+    _check_data("binaryData", binary, causes, b64=True)
+    if isinstance(data, dict) and isinstance(binary, dict):
+        for k in sorted(set(data) & set(binary)):
+            causes.bad(f"binaryData[{k}]", "duplicate of a key in data", DUPLICATE)
 
 
-def _check_secret(obj: dict[str, Any], bad: Any) -> None:
+def _check_secret(obj: dict[str, Any], causes: _Causes) -> None:
     string_data = obj.pop("stringData", None)
-    _check_data("stringData", string_data, bad, b64=False)
-    _check_data("data", obj.get("data"), bad, b64=True)
-    if isinstance(string_data, dict) and all(isinstance(v, str) for v in string_data.values()):
+    before = len(causes.items)
+    _check_data("stringData", string_data, causes, b64=False)
+    _check_data("data", obj.get("data"), causes, b64=True)
+    if len(causes.items) == before and isinstance(string_data, dict):
         data = obj.get("data")
-        if not isinstance(data, dict):
-            data = {}
+        merged: dict[str, Any] = dict(data) if isinstance(data, dict) else {}
         for k, v in string_data.items():
-            data[k] = base64.b64encode(v.encode()).decode()
-        obj["data"] = data
-    obj.setdefault("type", "Opaque")
+            try:
+                merged[k] = base64.b64encode(v.encode()).decode("ascii")
+            except UnicodeEncodeError:
+                causes.bad(f"stringData[{k}]", "value is not valid Unicode text")
+        obj["data"] = merged
+    t = obj.setdefault("type", "Opaque")
+    if not isinstance(t, str) or not t:
+        causes.bad("type", "must be a non-empty string")
 
 
-def _check_node(obj: dict[str, Any], bad: Any) -> None:
+def _check_node(obj: dict[str, Any], causes: _Causes) -> None:
     spec = obj.get("spec")
     if spec is not None and not isinstance(spec, dict):
-        bad("spec", "must be an object")
+        causes.bad("spec", "must be an object")
+    elif isinstance(spec, dict):
+        u = spec.get("unschedulable")
+        if u is not None and not isinstance(u, bool):
+            causes.bad("spec.unschedulable", "must be a boolean")
 
 
-_CHECKS = {
+_CHECKS: dict[str, Callable[[dict[str, Any], _Causes], None]] = {
     "Pod": _check_pod,
     "ConfigMap": _check_configmap,
     "Secret": _check_secret,

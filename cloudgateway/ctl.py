@@ -1,12 +1,17 @@
 """``edgectl``: the admin CLI, shaped like kubectl (apply, get, delete).
 
-Synchronous and standard-library only (plus PyYAML for manifests): it runs on
-a laptop with nothing of the gateway loaded.
+Synchronous, standard library plus PyYAML for manifests: it runs on a laptop
+with nothing of the gateway loaded. ``main(argv)`` returns the exit status:
+0 success, 1 an error (from the server, the network or a manifest), 2 usage.
+
+Kinds come from ``edgeproto.RESOURCES``; a kind added there is usable here at
+once, with ``NAME AGE`` columns until it gets an entry in ``TABLES``.
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import os
 import sys
@@ -17,511 +22,792 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import edgeproto
 from edgeproto import Resource
 
-__all__ = ["main"]
+from ._errors import GatewayError
+
+__all__ = ["TABLES", "CtlError", "Table", "entry", "main", "resolve_kind"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
-DEFAULT_TOKEN_FILES = ("/var/lib/edgeflock/gateway/admin.token",)
+DEFAULT_GATEWAY_DIR = "/var/lib/edgeflock/gateway"
 
 
-class CtlError(Exception):
-    """A failure to report on stderr; ``code`` is the exit status."""
+class CtlError(GatewayError):
+    """A failure reported on stderr; ``code`` is the exit status."""
 
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
 
 
-# ---- kinds and tables -------------------------------------------------------------
+# ---- kinds and tables ---------------------------------------------------------------
 
 
-def _age(obj: dict[str, Any], now: float) -> str:
-    ts = (obj.get("metadata") or {}).get("creationTimestamp")
+def _get(o: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(o, dict):
+            return None
+        o = o.get(p)
+    return o
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's AGE format: 45s, 3m20s, 2h5m, 3d4h, 400d, 2y30d."""
+    s = int(seconds)
+    if s < 0:
+        return "0s"
+    if s < 120:
+        return f"{s}s"
+    m = s // 60
+    if m < 10:
+        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
+    if m < 180:
+        return f"{m}m"
+    h = m // 60
+    if h < 8:
+        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
+    if h < 48:
+        return f"{h}h"
+    d = h // 24
+    if h < 24 * 8:
+        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
+    if d < 365 * 2:
+        return f"{d}d"
+    y = d // 365
+    if d < 365 * 8:
+        return f"{y}y{d % 365}d" if d % 365 else f"{y}y"
+    return f"{y}y"
+
+
+def _age(o: dict[str, Any], now: float) -> str:
+    ts = _get(o, "metadata", "creationTimestamp")
     try:
-        t = time.mktime(time.strptime(str(ts), "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        t = calendar.timegm(time.strptime(str(ts), "%Y-%m-%dT%H:%M:%SZ"))
     except (ValueError, OverflowError):
         return "<unknown>"
-    s = max(0, int(now - t))
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n * 2 or (unit == "m" and s >= 60):
-            return f"{s // n}{unit}"
-    return f"{s}s"
+    return human_duration(now - t)
 
 
-def _node_status(o: dict[str, Any]) -> str:
-    for c in (o.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return {"True": "Ready", "False": "NotReady"}.get(c.get("status"), "NotReady")
-    return "Unknown"
+def _name(o: dict[str, Any], _now: float) -> str:
+    return str(_get(o, "metadata", "name") or "")
 
 
-def _pod_ready(o: dict[str, Any]) -> str:
-    cs = (o.get("status") or {}).get("containerStatuses") or []
-    total = len((o.get("spec") or {}).get("containers") or [])
-    return f"{sum(1 for c in cs if c.get('ready'))}/{total}"
+def _node_status(o: dict[str, Any], _now: float) -> str:
+    status = "Unknown"
+    for c in _get(o, "status", "conditions") or []:
+        if isinstance(c, dict) and c.get("type") == "Ready":
+            status = {"True": "Ready", "False": "NotReady"}.get(str(c.get("status")), "Unknown")
+    if _get(o, "spec", "unschedulable") is True:
+        status += ",SchedulingDisabled"
+    return status
 
 
-def _pod_status(o: dict[str, Any]) -> str:
-    st = o.get("status") or {}
-    for c in st.get("containerStatuses") or []:
-        waiting = (c.get("state") or {}).get("waiting")
-        if waiting and waiting.get("reason") and st.get("phase") != "Running":
-            return str(waiting["reason"])
-    return str(st.get("reason") or st.get("phase") or "Pending")
+def _node_roles(o: dict[str, Any], _now: float) -> str:
+    labels = _get(o, "metadata", "labels") or {}
+    roles = sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))
+    if labels.get("kubernetes.io/role"):
+        roles.append(str(labels["kubernetes.io/role"]))
+    return ",".join(r for r in roles if r) or "<none>"
 
 
-def _address(o: dict[str, Any], kind: str) -> str:
-    for a in (o.get("status") or {}).get("addresses") or []:
-        if a.get("type") == kind:
+def _node_info(field: str) -> Callable[[dict[str, Any], float], str]:
+    return lambda o, _now: str(_get(o, "status", "nodeInfo", field) or "<unknown>")
+
+
+def _node_ip(o: dict[str, Any], _now: float) -> str:
+    for a in _get(o, "status", "addresses") or []:
+        if isinstance(a, dict) and a.get("type") == "InternalIP":
             return str(a.get("address"))
     return "<none>"
+
+
+def _container_statuses(o: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in _get(o, "status", "containerStatuses") or [] if isinstance(c, dict)]
+
+
+def _pod_ready(o: dict[str, Any], _now: float) -> str:
+    ready = sum(1 for c in _container_statuses(o) if c.get("ready") is True)
+    return f"{ready}/{len(_get(o, 'spec', 'containers') or [])}"
+
+
+def _pod_status(o: dict[str, Any], _now: float) -> str:
+    if _get(o, "metadata", "deletionTimestamp"):
+        return "Terminating"
+    reason = str(_get(o, "status", "reason") or _get(o, "status", "phase") or "Pending")
+    for c in _container_statuses(o):
+        for key in ("waiting", "terminated"):
+            detail = _get(c, "state", key)
+            if isinstance(detail, dict) and detail.get("reason") and not c.get("ready"):
+                reason = str(detail["reason"])
+    return reason
+
+
+def _pod_restarts(o: dict[str, Any], _now: float) -> str:
+    total = 0
+    for c in _container_statuses(o):
+        n = c.get("restartCount")
+        total += n if isinstance(n, int) else 0
+    return str(total)
 
 
 Column = tuple[str, Callable[[dict[str, Any], float], str]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Table:
     columns: tuple[Column, ...]
     wide: tuple[Column, ...] = ()
-
-
-def _name(o: dict[str, Any], _: float) -> str:
-    return str((o.get("metadata") or {}).get("name", ""))
 
 
 TABLES: dict[str, Table] = {
     "nodes": Table(
         (
             ("NAME", _name),
-            ("STATUS", lambda o, _: _node_status(o)),
-            (
-                "ROLES",
-                lambda o, _: (
-                    ",".join(
-                        k.split("/", 1)[1]
-                        for k in ((o.get("metadata") or {}).get("labels") or {})
-                        if k.startswith("node-role.kubernetes.io/")
-                    )
-                    or "<none>"
-                ),
-            ),
+            ("STATUS", _node_status),
+            ("ROLES", _node_roles),
             ("AGE", _age),
-            (
-                "VERSION",
-                lambda o, _: str(
-                    ((o.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")
-                ),
-            ),
+            ("VERSION", _node_info("kubeletVersion")),
         ),
         (
-            ("INTERNAL-IP", lambda o, _: _address(o, "InternalIP")),
-            (
-                "OS-IMAGE",
-                lambda o, _: str(
-                    ((o.get("status") or {}).get("nodeInfo") or {}).get("osImage", "")
-                ),
-            ),
-            (
-                "KERNEL-VERSION",
-                lambda o, _: str(
-                    ((o.get("status") or {}).get("nodeInfo") or {}).get("kernelVersion", "")
-                ),
-            ),
-            (
-                "ARCH",
-                lambda o, _: str(
-                    ((o.get("status") or {}).get("nodeInfo") or {}).get("architecture", "")
-                ),
-            ),
+            ("INTERNAL-IP", _node_ip),
+            ("OS-IMAGE", _node_info("osImage")),
+            ("KERNEL-VERSION", _node_info("kernelVersion")),
+            ("ARCH", _node_info("architecture")),
         ),
     ),
     "pods": Table(
         (
             ("NAME", _name),
-            ("READY", lambda o, _: _pod_ready(o)),
-            ("STATUS", lambda o, _: _pod_status(o)),
-            (
-                "RESTARTS",
-                lambda o, _: str(
-                    sum(
-                        int(c.get("restartCount") or 0)
-                        for c in (o.get("status") or {}).get("containerStatuses") or []
-                    )
-                ),
-            ),
+            ("READY", _pod_ready),
+            ("STATUS", _pod_status),
+            ("RESTARTS", _pod_restarts),
             ("AGE", _age),
         ),
         (
-            ("IP", lambda o, _: str((o.get("status") or {}).get("podIP") or "<none>")),
-            ("NODE", lambda o, _: str((o.get("spec") or {}).get("nodeName") or "<none>")),
+            ("IP", lambda o, _now: str(_get(o, "status", "podIP") or "<none>")),
+            ("NODE", lambda o, _now: str(_get(o, "spec", "nodeName") or "<none>")),
         ),
     ),
     "configmaps": Table(
         (
             ("NAME", _name),
-            ("DATA", lambda o, _: str(len(o.get("data") or {}) + len(o.get("binaryData") or {}))),
+            (
+                "DATA",
+                lambda o, _now: str(len(o.get("data") or {}) + len(o.get("binaryData") or {})),
+            ),
             ("AGE", _age),
         )
     ),
     "secrets": Table(
         (
             ("NAME", _name),
-            ("TYPE", lambda o, _: str(o.get("type", "Opaque"))),
-            ("DATA", lambda o, _: str(len(o.get("data") or {}))),
+            ("TYPE", lambda o, _now: str(o.get("type") or "Opaque")),
+            ("DATA", lambda o, _now: str(len(o.get("data") or {}))),
             ("AGE", _age),
         )
     ),
 }
+_DEFAULT_TABLE = Table((("NAME", _name), ("AGE", _age)))
 
 
 def resolve_kind(text: str) -> Resource:
-    t = text.lower()
+    """A resource by plural, singular, short name or Kind (``pods``, ``pod``,
+    ``po``, ``Pod``), optionally qualified by group (``devices.devices.kubeedge.io``)."""
+    t = text.strip().lower()
     for r in edgeproto.RESOURCES:
-        names = {r.name, r.kind.lower(), *r.short_names, r.name.split(".")[0]}
+        names = {r.name, r.kind.lower(), *r.short_names}
+        if r.group:
+            names |= {f"{n}.{r.group}" for n in (r.name, r.kind.lower())}
         if t in names:
             return r
-    known = ", ".join(r.name for r in edgeproto.RESOURCES)
-    raise CtlError(f'error: the server doesn\'t have a resource type "{text}" (known: {known})')
+    raise CtlError(f'error: the server doesn\'t have a resource type "{text}"')
 
 
-# ---- HTTP -------------------------------------------------------------------------
+# ---- HTTP ---------------------------------------------------------------------------
 
 
 class Client:
-    def __init__(self, server: str, token: str | None) -> None:
+    def __init__(self, server: str, token: str | None, timeout: float | None) -> None:
         self.server = server.rstrip("/")
         self.token = token
+        self.timeout = timeout
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def _request(self, method: str, path: str, body: Any) -> urllib.request.Request:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        return req
+
+    def _unreachable(self, exc: BaseException) -> CtlError:
+        reason = getattr(exc, "reason", None) or exc
+        if isinstance(reason, TimeoutError):
+            return CtlError(f"error: the gateway at {self.server} did not answer in time")
+        return CtlError(f"error: cannot reach the gateway at {self.server}: {reason}")
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """(HTTP status, decoded JSON body); errors answered by the server are
+        returned, not raised."""
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
+            with urllib.request.urlopen(
+                self._request(method, path, body), timeout=self.timeout or 60
+            ) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                status, raw = exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            if status >= 400:
+                text = raw.decode(errors="replace").strip()
+                return status, {"reason": f"HTTP {status}", "message": text[:500]}
+            raise CtlError(f"error: the gateway answered {path} with invalid JSON") from None
+
+    def stream(self, path: str) -> Iterator[dict[str, Any]]:
+        """Watch events, one per line, until the server ends the stream."""
+        try:
+            resp = urllib.request.urlopen(self._request("GET", path, None), timeout=None)
         except urllib.error.HTTPError as exc:
             with exc:
                 raw = exc.read()
             try:
-                return exc.code, json.loads(raw or b"null")
+                body = json.loads(raw)
             except ValueError:
-                return exc.code, {"message": raw.decode(errors="replace"), "reason": "Unknown"}
+                body = {"message": raw.decode(errors="replace")}
+            raise CtlError(server_error(exc.code, body)) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise CtlError(f"error: cannot reach the gateway at {self.server}: {reason}") from None
-        except ValueError as exc:
-            raise CtlError(f"error: the gateway answered with invalid JSON: {exc}") from None
-
-    def stream(self, path: str) -> Iterator[dict[str, Any]]:
-        req = urllib.request.Request(self.server + path)
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req) as resp:
+            raise self._unreachable(exc) from None
+        with resp:
+            try:
                 for line in resp:
                     if line.strip():
-                        yield json.loads(line)
-        except urllib.error.HTTPError as exc:
-            with exc:
-                raise CtlError(_server_error(exc.code, json.loads(exc.read() or b"{}"))) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise CtlError(f"error: cannot reach the gateway at {self.server}: {exc}") from None
+                        ev = json.loads(line)
+                        if not isinstance(ev, dict):
+                            raise ValueError("a watch event must be an object")
+                        yield ev
+            except ValueError as exc:
+                raise CtlError(f"error: malformed watch event from the gateway: {exc}") from None
+            except OSError as exc:
+                raise CtlError(f"error: the watch stream broke: {exc}") from None
 
 
-def _server_error(code: int, body: Any) -> str:
+def server_error(code: int, body: Any) -> str:
     if isinstance(body, dict):
         return f"Error from server ({body.get('reason') or code}): {body.get('message') or body}"
     return f"Error from server ({code}): {body}"
 
 
-def _path(r: Resource, namespace: str | None, name: str | None = None) -> str:
-    base = f"/api/{r.version}" if not r.group else f"/apis/{r.group}/{r.version}"
+def api_path(r: Resource, namespace: str | None, name: str | None = None) -> str:
+    base = f"/apis/{r.group}/{r.version}" if r.group else f"/api/{r.version}"
     if r.namespaced and namespace is not None:
-        base += f"/namespaces/{urllib.parse.quote(namespace)}"
+        base += f"/namespaces/{urllib.parse.quote(namespace, safe='')}"
     base += f"/{r.name}"
-    if name:
-        base += f"/{urllib.parse.quote(name)}"
+    if name is not None:
+        base += f"/{urllib.parse.quote(name, safe='')}"
     return base
 
 
-# ---- commands ---------------------------------------------------------------------
+# ---- manifests ----------------------------------------------------------------------
 
 
-def _load_documents(path: str, stdin: TextIO) -> list[tuple[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class _Doc:
+    where: str  # 'FILE document N' (and 'item M' inside a List)
+    source: str  # the file name, as kubectl quotes it
+    body: Any
+
+
+def _load_documents(path: str, stdin: TextIO) -> list[_Doc]:
     import yaml
 
+    name = "STDIN" if path == "-" else path
     try:
         text = stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as exc:
-        raise CtlError(f"error: cannot read {path}: {exc}") from None
-    try:
-        if path.endswith(".json"):
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CtlError(f"error: cannot read {name}: {exc}") from None
+    docs: list[Any] = []
+    if text.lstrip().startswith(("{", "[")):
+        try:
             docs = [json.loads(text)]
-        else:
-            docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except (ValueError, yaml.YAMLError) as exc:
-        raise CtlError(f"error: {path} is not valid YAML or JSON: {exc}") from None
-    out: list[tuple[str, Any]] = []
+        except ValueError as exc:
+            raise CtlError(f"error: {name} document 1: invalid JSON: {exc}") from None
+    else:
+        loader = yaml.safe_load_all(text)
+        while True:
+            try:
+                doc = next(loader)
+            except StopIteration:
+                break
+            except yaml.YAMLError as exc:
+                where = f"{name} document {len(docs) + 1}"
+                raise CtlError(f"error: {where}: invalid YAML: {exc}") from None
+            docs.append(doc)
+    out: list[_Doc] = []
     for i, d in enumerate(docs, 1):
-        if isinstance(d, dict) and d.get("kind") == "List":
-            out.extend(
-                (f"{path} document {i} item {j}", it)
-                for j, it in enumerate(d.get("items") or [], 1)
-            )
+        if d is None:
+            continue
+        if isinstance(d, dict) and d.get("kind") == "List" and isinstance(d.get("items"), list):
+            for j, item in enumerate(d["items"], 1):
+                out.append(_Doc(f"{name} document {i} item {j}", name, item))
         else:
-            out.append((f"{path} document {i}", d))
+            out.append(_Doc(f"{name} document {i}", name, d))
     return out
 
 
-_COMPARED = ("spec", "data", "binaryData", "stringData", "type")
+@dataclass(frozen=True, slots=True)
+class _Object:
+    resource: Resource
+    namespace: str | None
+    name: str
+    body: dict[str, Any]
 
 
-def _same(current: dict[str, Any], desired: dict[str, Any]) -> bool:
-    for k in _COMPARED:
-        if k in desired and desired[k] != current.get(k):
-            return False
-    for k in ("labels", "annotations"):
-        want = (desired.get("metadata") or {}).get(k)
-        if want is not None and want != (current.get("metadata") or {}).get(k):
+def _check_manifest(doc: _Doc, namespace: str | None) -> _Object:
+    """The object a document describes, or CtlError naming the document."""
+    d = doc.body
+    if not isinstance(d, dict):
+        raise CtlError(f"error: {doc.where}: not an object (found {type(d).__name__})")
+    kind = d.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise CtlError(f"error: {doc.where}: 'kind' is required")
+    try:
+        r = edgeproto.resource_by_kind(kind)
+    except edgeproto.ProtocolError:
+        raise CtlError(f'error: {doc.where}: no kind "{kind}" is known to edgectl') from None
+    api_version = d.get("apiVersion")
+    if api_version is not None and api_version != r.api_version:
+        raise CtlError(
+            f'error: {doc.where}: no kind "{kind}" in version "{api_version}" '
+            f"(expected {r.api_version!r})"
+        )
+    meta = d.get("metadata")
+    if not isinstance(meta, dict):
+        raise CtlError(f"error: {doc.where}: 'metadata' is required")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise CtlError(f"error: {doc.where}: metadata.name is required")
+    ns: str | None = None
+    if r.namespaced:
+        own = meta.get("namespace")
+        if own is not None and not isinstance(own, str):
+            raise CtlError(f"error: {doc.where}: metadata.namespace must be a string")
+        if own and namespace and own != namespace:
+            raise CtlError(
+                f'error: {doc.where}: the namespace from the provided object "{own}" does not '
+                f"match the namespace \"{namespace}\". You must pass '--namespace={own}' to "
+                "perform this operation."
+            )
+        ns = own or namespace or "default"
+        d = {**d, "metadata": {**meta, "namespace": ns}}
+    return _Object(r, ns, name, d)
+
+
+def _comparable(r: Resource, obj: dict[str, Any]) -> dict[str, Any]:
+    """What apply compares: top-level content and labels/annotations, with a
+    Secret's stringData folded into data as the server does."""
+    import base64
+
+    out = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+    if r.kind == "Secret":
+        string_data = out.pop("stringData", None)
+        if isinstance(string_data, dict):
+            data = dict(out.get("data") or {})
+            for k, v in string_data.items():
+                data[k] = base64.b64encode(str(v).encode()).decode()
+            out["data"] = data
+        out.setdefault("type", "Opaque")
+    return out
+
+
+def _unchanged(r: Resource, current: Any, desired: dict[str, Any]) -> bool:
+    if not isinstance(current, dict):
+        return False
+    want = _comparable(r, desired)
+    have = _comparable(r, current)
+    if any(have.get(k) != v for k, v in want.items()):
+        return False
+    for section in ("labels", "annotations"):
+        w = _get(desired, "metadata", section)
+        if w is not None and w != (_get(current, "metadata", section) or {}):
             return False
     return True
 
 
-def cmd_apply(
-    client: Client, args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO
-) -> int:
+# ---- commands -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Ctx:
+    client: Client
+    args: argparse.Namespace
+    out: TextIO
+    err: TextIO
+    stdin: TextIO
+
+    @property
+    def namespace(self) -> str | None:
+        """The namespace given with -n, if any."""
+        ns = getattr(self.args, "namespace", None)
+        return str(ns) if ns else None
+
+
+def _apply_one(ctx: _Ctx, obj: _Object, doc: _Doc) -> str:
+    r, ns, name = obj.resource, obj.namespace, obj.name
+    label = f"{r.kind.lower()}/{name}"
+    code, current = ctx.client.request("GET", api_path(r, ns, name))
+    if code == 404:
+        code, body = ctx.client.request("POST", api_path(r, ns), obj.body)
+        if code == 201:
+            return f"{label} created"
+        verb = "creating"
+    elif code == 200:
+        if _unchanged(r, current, obj.body):
+            return f"{label} unchanged"
+        desired = dict(obj.body)
+        rv = _get(current, "metadata", "resourceVersion")
+        desired["metadata"] = {**desired["metadata"], "resourceVersion": rv}
+        code, body = ctx.client.request("PUT", api_path(r, ns, name), desired)
+        if code == 200:
+            return f"{label} configured"
+        verb = "applying"
+    else:
+        body, verb = current, "retrieving current configuration of"
+    reason, message = (
+        (body.get("reason") or code, body.get("message") or body)
+        if isinstance(body, dict)
+        else (code, body)
+    )
+    raise CtlError(
+        f'Error from server ({reason}): error when {verb} "{doc.source}" '
+        f"({doc.where.removeprefix(doc.source + ' ')}): {message}"
+    )
+
+
+def cmd_apply(ctx: _Ctx) -> int:
     failed = 0
-    for f in args.filename:
-        for where, doc in _load_documents(f, stdin):
-            if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str):
-                err.write(f"error: {where}: not a Kubernetes object (no kind)\n")
-                failed += 1
-                continue
+    for f in ctx.args.filename:
+        try:
+            docs = _load_documents(f, ctx.stdin)
+        except CtlError as exc:
+            ctx.err.write(f"{exc}\n")
+            failed += 1
+            continue
+        for doc in docs:
             try:
-                r = resolve_kind(doc["kind"])
+                obj = _check_manifest(doc, ctx.namespace)
+                ctx.out.write(_apply_one(ctx, obj, doc) + "\n")
             except CtlError as exc:
-                err.write(f"{where}: {exc}\n")
-                failed += 1
-                continue
-            raw_meta = doc.get("metadata")
-            meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
-            name = meta.get("name")
-            if not isinstance(name, str) or not name:
-                err.write(f"error: {where}: metadata.name is required\n")
-                failed += 1
-                continue
-            ns = (meta.get("namespace") or args.namespace or "default") if r.namespaced else None
-            if r.namespaced:
-                doc = {**doc, "metadata": {**meta, "namespace": ns}}
-            code, current = client.request("GET", _path(r, ns, name))
-            if code == 404:
-                code, body = client.request("POST", _path(r, ns), doc)
-                verb = "created"
-            elif code == 200:
-                if "stringData" not in doc and _same(current, doc):
-                    out.write(f"{r.kind.lower()}/{name} unchanged\n")
-                    continue
-                merged = dict(doc)
-                merged["metadata"] = {
-                    **meta,
-                    "resourceVersion": current["metadata"]["resourceVersion"],
-                }
-                if r.namespaced:
-                    merged["metadata"]["namespace"] = ns
-                if "status" in current and "status" not in doc:
-                    merged["status"] = current["status"]
-                code, body = client.request("PUT", _path(r, ns, name), merged)
-                verb = "configured"
-            else:
-                body = current
-            if code in (200, 201):
-                out.write(f"{r.kind.lower()}/{name} {verb}\n")
-            else:
-                err.write(f"{_server_error(code, body)} ({where})\n")
+                if exc.code != 1:
+                    raise
+                ctx.err.write(f"{exc}\n")
                 failed += 1
     return 1 if failed else 0
 
 
-def _print_objects(
-    objs: list[dict[str, Any]], r: Resource, args: argparse.Namespace, out: TextIO, single: bool
-) -> None:
-    fmt = args.output or ""
-    if fmt in ("json", "yaml"):
-        data: Any = (
-            objs[0]
-            if single
-            else {"apiVersion": "v1", "kind": "List", "items": objs, "metadata": {}}
-        )
-        if fmt == "json":
-            out.write(json.dumps(data, indent=4) + "\n")
-        else:
-            import yaml
+def _names(kind: str, names: list[str]) -> tuple[str, list[str]]:
+    """``KIND NAME...`` or ``KIND/NAME``."""
+    if "/" in kind:
+        kind, _, first = kind.partition("/")
+        if not first or names:
+            raise CtlError(
+                "error: there is no need to specify a resource type as a separate argument "
+                "when passing arguments in resource/name form",
+                2,
+            )
+        names = [first]
+    return kind, names
 
-            out.write(yaml.safe_dump(data, sort_keys=False))
-        return
-    if fmt == "name":
-        for o in objs:
-            out.write(f"{r.kind.lower()}/{o['metadata']['name']}\n")
-        return
-    if not objs:
-        where = (
-            f" in {args.namespace} namespace" if r.namespaced and not args.all_namespaces else ""
-        )
-        out.write(f"No resources found{where}.\n")
-        return
-    table = TABLES.get(r.name, Table((("NAME", _name), ("AGE", _age))))
-    cols = list(table.columns) + (list(table.wide) if fmt == "wide" else [])
+
+def _rows(objs: list[dict[str, Any]], cols: list[Column], now: float) -> list[list[str]]:
+    out = []
+    for o in objs:
+        row = []
+        for _, f in cols:
+            try:
+                row.append(f(o, now))
+            except Exception:  # a malformed object must not stop the listing
+                row.append("<error>")
+        out.append(row)
+    return out
+
+
+def _columns(r: Resource, args: argparse.Namespace) -> list[Column]:
+    table = TABLES.get(r.name, _DEFAULT_TABLE)
+    cols = list(table.columns) + (list(table.wide) if args.output == "wide" else [])
     if r.namespaced and args.all_namespaces:
-        cols.insert(
-            0, ("NAMESPACE", lambda o, _: str((o.get("metadata") or {}).get("namespace", "")))
-        )
-    now = time.time()
-    rows = [[h for h, _ in cols]] + [[f(o, now) for _, f in cols] for o in objs]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+        cols.insert(0, ("NAMESPACE", lambda o, _now: str(_get(o, "metadata", "namespace") or "")))
+    return cols
+
+
+def _print_table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
-def cmd_get(
-    client: Client, args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO
-) -> int:
-    r = resolve_kind(args.kind)
-    ns = None if (args.all_namespaces or not r.namespaced) else args.namespace
+def _dump(data: Any, fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        out.write(json.dumps(data, indent=4) + "\n")
+    else:
+        import yaml
+
+        out.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def _print_objects(
+    ctx: _Ctx, r: Resource, objs: list[dict[str, Any]], single: bool, ns: str | None
+) -> None:
+    fmt = ctx.args.output or ""
+    if fmt in ("json", "yaml"):
+        data: Any = (
+            objs[0]
+            if single
+            else {"apiVersion": "v1", "kind": "List", "metadata": {}, "items": objs}
+        )
+        _dump(data, fmt, ctx.out)
+        return
+    if fmt == "name":
+        for o in objs:
+            ctx.out.write(f"{r.kind.lower()}/{_name(o, 0)}\n")
+        return
+    if not objs:
+        where = f" in {ns} namespace" if ns is not None else ""
+        ctx.err.write(f"No resources found{where}.\n")
+        return
+    cols = _columns(r, ctx.args)
+    _print_table([[h for h, _ in cols], *_rows(objs, cols, time.time())], ctx.out)
+
+
+def _query(args: argparse.Namespace, **extra: str) -> str:
+    params = dict(extra)
+    if args.selector:
+        params["labelSelector"] = args.selector
+    if args.field_selector:
+        params["fieldSelector"] = args.field_selector
+    return "?" + urllib.parse.urlencode(params) if params else ""
+
+
+def cmd_get(ctx: _Ctx) -> int:
+    args = ctx.args
+    kind, names = _names(args.kind, list(args.name))
+    r = resolve_kind(kind)
+    if names and args.all_namespaces:
+        raise CtlError("error: a resource cannot be retrieved by name across all namespaces")
+    ns = None if (args.all_namespaces or not r.namespaced) else (ctx.namespace or "default")
     if args.watch:
-        q = "?watch=1"
-        if args.selector:
-            q += "&labelSelector=" + urllib.parse.quote(args.selector)
-        for ev in client.stream(_path(r, ns) + q):
-            obj = ev.get("object") or {}
-            if args.name and obj.get("metadata", {}).get("name") not in args.name:
-                continue
-            out.write(f"{ev.get('type')}\t{r.kind.lower()}/{obj.get('metadata', {}).get('name')}\n")
-            out.flush()
-        return 0
-    if args.name:
-        objs = []
-        rc = 0
-        for name in args.name:
-            code, body = client.request("GET", _path(r, ns, name))
-            if code == 200:
+        return _watch(ctx, r, ns, names)
+    if names:
+        objs, rc = [], 0
+        for name in names:
+            code, body = ctx.client.request("GET", api_path(r, ns, name))
+            if code == 200 and isinstance(body, dict):
                 objs.append(body)
             else:
-                err.write(_server_error(code, body) + "\n")
+                ctx.err.write(server_error(code, body) + "\n")
                 rc = 1
         if objs:
-            _print_objects(objs, r, args, out, single=len(args.name) == 1)
+            _print_objects(ctx, r, objs, len(names) == 1, ns)
         return rc
-    q = ""
-    if args.selector:
-        q = "?labelSelector=" + urllib.parse.quote(args.selector)
-    code, body = client.request("GET", _path(r, ns) + q)
-    if code != 200:
-        err.write(_server_error(code, body) + "\n")
+    code, body = ctx.client.request("GET", api_path(r, ns) + _query(args))
+    if code != 200 or not isinstance(body, dict):
+        ctx.err.write(server_error(code, body) + "\n")
         return 1
-    _print_objects(list(body.get("items") or []), r, args, out, single=False)
+    _print_objects(ctx, r, list(body.get("items") or []), False, ns)
     return 0
 
 
-def cmd_delete(
-    client: Client, args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO
-) -> int:
-    targets: list[tuple[Resource, str | None, str]] = []
-    if args.filename:
-        for f in args.filename:
-            for where, doc in _load_documents(f, stdin):
-                if not isinstance(doc, dict):
-                    err.write(f"error: {where}: not an object\n")
-                    return 1
-                r = resolve_kind(str(doc.get("kind", "")))
-                meta = doc.get("metadata") or {}
-                targets.append(
-                    (
-                        r,
-                        (meta.get("namespace") or args.namespace) if r.namespaced else None,
-                        str(meta.get("name")),
-                    )
-                )
-    else:
-        if not args.kind or not args.name:
-            raise CtlError("error: delete needs KIND NAME... or -f FILE", 2)
-        r = resolve_kind(args.kind)
-        targets = [(r, args.namespace if r.namespaced else None, n) for n in args.name]
-    rc = 0
-    for r, ns, name in targets:
-        code, body = client.request("DELETE", _path(r, ns, name))
-        if code == 200:
-            out.write(f'{r.kind.lower()} "{name}" deleted\n')
+def _watch(ctx: _Ctx, r: Resource, ns: str | None, names: list[str]) -> int:
+    args = ctx.args
+    extra = {"watch": "1"}
+    if args.request_timeout:
+        extra["timeoutSeconds"] = str(max(1, int(args.request_timeout)))
+    if len(names) == 1:
+        sel = f"metadata.name={names[0]}"
+        args.field_selector = f"{args.field_selector},{sel}" if args.field_selector else sel
+    fmt = args.output or ""
+    cols = _columns(r, args)
+    header = [h for h, _ in cols]
+    widths = [len(h) + 3 for h in header]
+    if fmt in ("", "wide"):
+        ctx.out.write("".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+        ctx.out.write("\n")
+    for ev in ctx.client.stream(api_path(r, ns) + _query(args, **extra)):
+        obj = ev.get("object")
+        if not isinstance(obj, dict):
+            continue
+        if ev.get("type") == "ERROR":
+            ctx.err.write(server_error(int(obj.get("code") or 500), obj) + "\n")
+            return 1
+        if names and _name(obj, 0) not in names:
+            continue
+        if fmt in ("json", "yaml"):
+            _dump(obj, fmt, ctx.out)
+        elif fmt == "name":
+            ctx.out.write(f"{r.kind.lower()}/{_name(obj, 0)}\n")
         else:
-            err.write(_server_error(code, body) + "\n")
+            row = _rows([obj], cols, time.time())[0]
+            cells = [c.ljust(max(w, len(c) + 3)) for c, w in zip(row, widths, strict=True)]
+            ctx.out.write("".join(cells).rstrip() + "\n")
+        ctx.out.flush()
+    return 0
+
+
+def cmd_delete(ctx: _Ctx) -> int:
+    args = ctx.args
+    targets: list[tuple[Resource, str | None, str]] = []
+    rc = 0
+    if args.filename:
+        if args.kind:
+            raise CtlError("error: give either KIND NAME... or -f FILE, not both", 2)
+        for f in args.filename:
+            try:
+                docs = _load_documents(f, ctx.stdin)
+            except CtlError as exc:
+                ctx.err.write(f"{exc}\n")
+                rc = 1
+                continue
+            for doc in docs:
+                try:
+                    obj = _check_manifest(doc, ctx.namespace)
+                except CtlError as exc:
+                    ctx.err.write(f"{exc}\n")
+                    rc = 1
+                    continue
+                targets.append((obj.resource, obj.namespace, obj.name))
+    else:
+        if not args.kind:
+            raise CtlError("error: delete needs KIND NAME... or -f FILE", 2)
+        kind, names = _names(args.kind, list(args.name))
+        if not names:
+            raise CtlError(f"error: delete {kind} needs at least one NAME", 2)
+        r = resolve_kind(kind)
+        ns = (ctx.namespace or "default") if r.namespaced else None
+        targets = [(r, ns, n) for n in names]
+    for r, ns, name in targets:
+        code, body = ctx.client.request("DELETE", api_path(r, ns, name))
+        if code == 200:
+            ctx.out.write(f'{r.kind.lower()} "{name}" deleted\n')
+        elif code == 404 and args.ignore_not_found:
+            continue
+        else:
+            ctx.err.write(server_error(code, body) + "\n")
             rc = 1
     return rc
 
 
-def _common(p: argparse.ArgumentParser, top: bool) -> None:
-    kw: dict[str, Any] = {"default": argparse.SUPPRESS} if not top else {}
-    p.add_argument("--server", "-s", help="gateway API URL (env EDGECTL_SERVER)", **kw)
-    p.add_argument("--token", help="admin bearer token (env EDGECTL_TOKEN)", **kw)
+COMMANDS: dict[str, Callable[[_Ctx], int]] = {
+    "apply": cmd_apply,
+    "get": cmd_get,
+    "delete": cmd_delete,
+}
+
+
+# ---- arguments ----------------------------------------------------------------------
+
+
+def _global_flags(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """Flags accepted before and after the subcommand."""
+    kw: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     p.add_argument(
-        "--token-file", help="file holding the admin token (env EDGECTL_TOKEN_FILE)", **kw
+        "--server", "-s", metavar="URL", help="gateway API URL (env EDGECTL_SERVER)", **kw
     )
-    p.add_argument("-n", "--namespace", help="namespace (default: default)", **kw)
+    tok = p.add_mutually_exclusive_group()
+    tok.add_argument("--token", metavar="T", help="admin bearer token (env EDGECTL_TOKEN)", **kw)
+    tok.add_argument("--token-file", metavar="FILE", help="file holding the admin token", **kw)
+    p.add_argument("-n", "--namespace", metavar="NS", help="namespace (default: default)", **kw)
+    p.add_argument(
+        "--request-timeout",
+        metavar="SECONDS",
+        type=float,
+        help="give up on a request after this long (a watch ends after it)",
+        **kw,
+    )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgectl", description="edgeflock admin CLI")
-    _common(p, True)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("apply", help="create or update objects from files")
-    _common(a, False)
-    a.add_argument("-f", "--filename", action="append", required=True, help="FILE, or - for stdin")
+def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
+    class Parser(argparse.ArgumentParser):
+        def _print_message(self, message: str, file: Any = None) -> None:
+            if message:
+                (err if file is sys.stderr else out).write(message)
+
+        def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+            if message:
+                err.write(message)
+            raise _Exit(status)
+
+    p = Parser(prog="edgectl", description="edgeflock admin CLI (kubectl-shaped)")
+    _global_flags(p, top=True)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    a = sub.add_parser("apply", help="create or update objects from manifests")
+    _global_flags(a, top=False)
+    a.add_argument(
+        "-f", "--filename", action="append", required=True, help="YAML/JSON file, or - for stdin"
+    )
     g = sub.add_parser("get", help="show objects")
-    _common(g, False)
-    g.add_argument("kind")
-    g.add_argument("name", nargs="*")
+    _global_flags(g, top=False)
+    g.add_argument("kind", metavar="KIND", help="pods, po, pod, Pod, nodes, no, cm, secrets...")
+    g.add_argument("name", metavar="NAME", nargs="*")
     g.add_argument("-o", "--output", choices=("json", "yaml", "wide", "name"))
     g.add_argument("-A", "--all-namespaces", action="store_true")
-    g.add_argument("-l", "--selector")
-    g.add_argument("-w", "--watch", action="store_true")
+    g.add_argument("-l", "--selector", metavar="SELECTOR", help="label selector (a=b,c!=d,e)")
+    g.add_argument("--field-selector", metavar="SELECTOR", help="e.g. spec.nodeName=pi-01")
+    g.add_argument("-w", "--watch", action="store_true", help="follow changes")
     d = sub.add_parser("delete", help="delete objects")
-    _common(d, False)
-    d.add_argument("kind", nargs="?")
-    d.add_argument("name", nargs="*")
-    d.add_argument("-f", "--filename", action="append")
+    _global_flags(d, top=False)
+    d.add_argument("kind", metavar="KIND", nargs="?")
+    d.add_argument("name", metavar="NAME", nargs="*")
+    d.add_argument("-f", "--filename", action="append", help="YAML/JSON file, or - for stdin")
+    d.add_argument("--ignore-not-found", action="store_true")
     return p
 
 
+class _Exit(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CtlError(f"error: cannot read token file {path}: {exc}") from None
+    if not token:
+        raise CtlError(f"error: token file {path} is empty")
+    return token
+
+
 def _token(args: argparse.Namespace) -> str | None:
+    """--token, --token-file, $EDGECTL_TOKEN, then the gateway's admin.token
+    ($EDGEFLOCK_GATEWAY_DIR or /var/lib/edgeflock/gateway) if readable."""
     if getattr(args, "token", None):
         return str(args.token)
-    path = getattr(args, "token_file", None) or os.environ.get("EDGECTL_TOKEN_FILE")
-    if path:
-        try:
-            return Path(path).read_text().strip()
-        except OSError as exc:
-            raise CtlError(f"error: cannot read token file {path}: {exc}") from None
+    if getattr(args, "token_file", None):
+        return _read_token_file(str(args.token_file))
     if os.environ.get("EDGECTL_TOKEN"):
-        return os.environ["EDGECTL_TOKEN"]
-    candidates = []
-    if os.environ.get("EDGEFLOCK_GATEWAY_DIR"):
-        candidates.append(str(Path(os.environ["EDGEFLOCK_GATEWAY_DIR"]) / "admin.token"))
-    candidates.extend(DEFAULT_TOKEN_FILES)
-    for c in candidates:
-        try:
-            return Path(c).read_text().strip()
-        except OSError:
-            continue
-    return None
+        return os.environ["EDGECTL_TOKEN"].strip()
+    gateway_dir = os.environ.get("EDGEFLOCK_GATEWAY_DIR") or DEFAULT_GATEWAY_DIR
+    try:
+        return (Path(gateway_dir) / "admin.token").read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
-COMMANDS = {"apply": cmd_apply, "get": cmd_get, "delete": cmd_delete}
+def _server(args: argparse.Namespace) -> str:
+    server = getattr(args, "server", None) or os.environ.get("EDGECTL_SERVER") or DEFAULT_SERVER
+    parts = urllib.parse.urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CtlError(f"error: --server must be an http:// or https:// URL, not {server!r}", 2)
+    return server
 
 
 def main(
@@ -531,16 +817,19 @@ def main(
     stderr: TextIO | None = None,
     stdin: TextIO | None = None,
 ) -> int:
-    out, err, inp = stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin
+    """Run edgectl with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    args.namespace = getattr(args, "namespace", None) or "default"
-    server = getattr(args, "server", None) or os.environ.get("EDGECTL_SERVER") or DEFAULT_SERVER
+        args = _parser(out, err).parse_args(argv)
+    except _Exit as exc:
+        return exc.status
     try:
-        client = Client(server, _token(args))
-        return COMMANDS[args.cmd](client, args, out, err, inp)
+        timeout = getattr(args, "request_timeout", None)
+        if timeout is not None and timeout < 0:
+            raise CtlError("error: --request-timeout must not be negative", 2)
+        client = Client(_server(args), _token(args), timeout or None)
+        ctx = _Ctx(client, args, out, err, stdin or sys.stdin)
+        return COMMANDS[args.cmd](ctx)
     except CtlError as exc:
         err.write(f"{exc}\n")
         return exc.code
@@ -549,6 +838,7 @@ def main(
 
 
 def entry() -> None:
+    """Console-script entry point."""
     sys.exit(main())
 
 
