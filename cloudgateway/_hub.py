@@ -10,6 +10,7 @@ and give backpressure for free: a slow node just gets fewer, larger changes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import ssl
@@ -25,7 +26,7 @@ from edgeproto import Kind, Message, ProtocolError
 
 from ._health import NodeHealth
 from ._pki import PkiError, node_from_peercert
-from ._store import NotFound, Store, StoreError, SubscriptionLost
+from ._store import Conflict, NotFound, Store, StoreError, SubscriptionLost
 from ._view import View, ViewSync, plan_node_sync
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ __all__ = ["Hub", "HubConfig"]
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
 CLOSE_REPLACED = 4000
+# Besides its own Node, a node writes the status of these objects when bound to it.
+_NODE_WRITABLE = frozenset({"pods", "devices"})
 
 _CONNECTION_ENDED = (
     tws.ConnectionClosed,
@@ -367,22 +370,44 @@ class Hub:
     # ---- edge → cloud ---------------------------------------------------------------
 
     def _may_write(self, node: str, key: str, rec_node: str | None) -> bool:
+        """A node writes its own Node, and the status of pods and devices bound to it."""
         resource, _, name = key.split("/", 2)
         if resource == "nodes":
             return name == node
-        return resource == "pods" and rec_node == node
+        return resource in _NODE_WRITABLE and rec_node == node
 
     async def _report(self, session: _Session, msg: Message) -> None:
-        key, error = msg.res or "", None
-        status = msg.body.get("status")
+        # An outbox row may carry a "#suffix" so that two reports about one object
+        # (a device's status and its edge-set desired values) coalesce separately.
+        key, error = (msg.res or "").partition("#")[0], None
+        status: dict[str, Any] = {}
+        desired: dict[str, str] = {}
         try:
             edgeproto.split_key(key)
-            if msg.op != "status" or not isinstance(status, dict):
-                raise ProtocolError("report must be op=status with a status map", code="bad-field")
+            if msg.op == "status":
+                got = msg.body.get("status")
+                if not isinstance(got, dict):
+                    raise ProtocolError("a status report needs a status map", code="bad-field")
+                status = got
+            elif msg.op == "desired" and key.startswith("devices/"):
+                want = msg.body.get("desired")
+                if not isinstance(want, dict) or not want:
+                    raise ProtocolError("desired must be a non-empty map", code="bad-field")
+                desired = {
+                    k: v for k, v in want.items() if isinstance(k, str) and isinstance(v, str)
+                }
+                if len(desired) != len(want):
+                    raise ProtocolError(
+                        "desired must map property names to strings", code="bad-field"
+                    )
+            else:
+                raise ProtocolError(f"unsupported report op {msg.op!r} for {key}", code="bad-field")
             rec = await self._store.get(key)
             if not self._may_write(session.node, key, rec.node):
                 self.counters["forbidden"] += 1
                 error = {"code": 403, "message": f"node {session.node} may not write {key}"}
+            elif msg.op == "desired":
+                await self._set_desired(key, desired)
             elif key.startswith("nodes/"):
                 await self._health.merge_node_status(session.node, status)
             else:
@@ -402,6 +427,28 @@ class Hub:
         await self._send(
             session.ws, Message(Kind.ACK, parent=msg.id, body={"error": error} if error else {})
         )
+
+    async def _set_desired(self, key: str, desired: dict[str, str]) -> None:
+        """A desired value set at the edge becomes the device's spec desired value."""
+        for _ in range(5):
+            rec = await self._store.get(key)
+            obj = copy.deepcopy(rec.value)
+            props = (obj.get("spec") or {}).get("properties")
+            known = {p.get("name"): p for p in props or [] if isinstance(p, dict)}
+            unknown = sorted(set(desired) - set(known))
+            if unknown:
+                raise ProtocolError(f"{key} has no properties {unknown}", code="bad-field")
+            for name, value in desired.items():
+                d = known[name].get("desired")
+                d = d if isinstance(d, dict) else {}
+                d["value"] = value
+                known[name]["desired"] = d
+            try:
+                await self._store.update(key, obj, expect_rev=rec.mod_rev)
+                return
+            except Conflict:
+                continue
+        raise StoreError(f"{key}: kept changing while setting desired values")
 
     async def _request(self, session: _Session, msg: Message) -> None:
         """``request{op: get, res: key}``: a node may read objects in its own view only."""

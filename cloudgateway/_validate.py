@@ -389,9 +389,128 @@ def _check_node(obj: dict[str, Any], causes: _Causes) -> None:
             causes.bad("spec.unschedulable", "must be a boolean")
 
 
+# ---- devices.kubeedge.io/v1beta1 -------------------------------------------------------
+
+_PROPERTY_TYPES = ("int", "float", "double", "string", "boolean", "bytes", "stream")
+_ACCESS_MODES = ("ReadWrite", "ReadOnly")
+_MAX_TWIN_VALUE = 4096  # a desired value travels in every twin message; keep it small
+
+
+def _obj_list(obj: dict[str, Any], key: str, field: str, causes: _Causes) -> list[Any]:
+    v = obj.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        causes.bad(field, "must be a list")
+        return []
+    return v
+
+
+def _unique_name(item: Any, field: str, names: set[str], causes: _Causes) -> dict[str, Any] | None:
+    if not isinstance(item, dict):
+        causes.bad(field, "must be an object")
+        return None
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        causes.required(f"{field}.name", "name is required")
+    elif len(name) > 128 or "/" in name or "#" in name or "+" in name:
+        causes.bad(f"{field}.name", f"{name!r}: at most 128 characters, no '/', '#' or '+'")
+    elif name in names:
+        causes.bad(f"{field}.name", f"{name!r}: duplicate property", DUPLICATE)
+    else:
+        names.add(name)
+    return item
+
+
+def _check_cycle(prop: dict[str, Any], key: str, field: str, causes: _Causes) -> None:
+    v = prop.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        causes.bad(f"{field}.{key}", f"{v!r}: milliseconds, a whole number >= 0")
+
+
+def _check_devicemodel(obj: dict[str, Any], causes: _Causes) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        causes.required("spec", "spec is required")
+        return
+    names: set[str] = set()
+    for i, item in enumerate(_obj_list(spec, "properties", "spec.properties", causes)):
+        f = f"spec.properties[{i}]"
+        prop = _unique_name(item, f, names, causes)
+        if prop is None:
+            continue
+        t = prop.get("type")
+        if t is not None and (not isinstance(t, str) or t.lower() not in _PROPERTY_TYPES):
+            causes.bad(f"{f}.type", f"{t!r}: one of {', '.join(_PROPERTY_TYPES)}", NOT_SUPPORTED)
+        mode = prop.get("accessMode")
+        if mode is not None and mode not in _ACCESS_MODES:
+            causes.bad(f"{f}.accessMode", f"{mode!r}: ReadWrite or ReadOnly", NOT_SUPPORTED)
+        for bound in ("minimum", "maximum"):
+            b = prop.get(bound)
+            if b is not None and not isinstance(b, str | int | float):
+                causes.bad(f"{f}.{bound}", "must be a number or a numeric string")
+    protocol = spec.get("protocol")
+    if protocol is not None and not isinstance(protocol, str):
+        causes.bad("spec.protocol", "must be a string (the protocol name)")
+
+
+def _check_device(obj: dict[str, Any], causes: _Causes) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        causes.required("spec", "spec is required")
+        return
+    ref = spec.get("deviceModelRef")
+    if not isinstance(ref, dict) or not isinstance(ref.get("name"), str) or not ref["name"]:
+        causes.required("spec.deviceModelRef.name", "the DeviceModel's name is required")
+    node = spec.get("nodeName")
+    if node is not None and not is_subdomain(node):
+        causes.bad("spec.nodeName", f"{node!r}: must be a node name (DNS-1123 subdomain)")
+    protocol = spec.get("protocol")
+    if protocol is not None:
+        if not isinstance(protocol, dict):
+            causes.bad("spec.protocol", "must be an object")
+        else:
+            pn = protocol.get("protocolName")
+            if pn is not None and not isinstance(pn, str):
+                causes.bad("spec.protocol.protocolName", "must be a string")
+            cd = protocol.get("configData")
+            if cd is not None and not isinstance(cd, dict):
+                causes.bad("spec.protocol.configData", "must be an object")
+    names: set[str] = set()
+    for i, item in enumerate(_obj_list(spec, "properties", "spec.properties", causes)):
+        f = f"spec.properties[{i}]"
+        prop = _unique_name(item, f, names, causes)
+        if prop is None:
+            continue
+        desired = prop.get("desired")
+        if desired is not None:
+            if not isinstance(desired, dict):
+                causes.bad(f"{f}.desired", "must be an object with a value")
+            else:
+                v = desired.get("value")
+                if v is not None and not isinstance(v, str):
+                    causes.bad(f"{f}.desired.value", "twin values are strings (quote numbers)")
+                elif isinstance(v, str) and len(v) > _MAX_TWIN_VALUE:
+                    causes.bad(f"{f}.desired.value", f"longer than {_MAX_TWIN_VALUE} characters")
+        visitors = prop.get("visitors")
+        if visitors is not None and not isinstance(visitors, dict):
+            causes.bad(f"{f}.visitors", "must be an object")
+        elif isinstance(visitors, dict):
+            cd = visitors.get("configData")
+            if cd is not None and not isinstance(cd, dict):
+                causes.bad(f"{f}.visitors.configData", "must be an object")
+        _check_cycle(prop, "collectCycle", f, causes)
+        _check_cycle(prop, "reportCycle", f, causes)
+        rtc = prop.get("reportToCloud")
+        if rtc is not None and not isinstance(rtc, bool):
+            causes.bad(f"{f}.reportToCloud", "must be a boolean")
+
+
 _CHECKS: dict[str, Callable[[dict[str, Any], _Causes], None]] = {
     "Pod": _check_pod,
     "ConfigMap": _check_configmap,
     "Secret": _check_secret,
     "Node": _check_node,
+    "Device": _check_device,
+    "DeviceModel": _check_devicemodel,
 }

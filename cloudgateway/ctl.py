@@ -153,6 +153,26 @@ def _pod_restarts(o: dict[str, Any], _now: float) -> str:
     return str(total)
 
 
+def _device_properties(o: dict[str, Any], _now: float) -> str:
+    """``temp=21.5/22`` per property: reported value, then desired when one is set."""
+    reported: dict[str, str] = {}
+    for t in _get(o, "status", "twins") or []:
+        if isinstance(t, dict) and isinstance(t.get("propertyName"), str):
+            value = _get(t, "reported", "value")
+            reported[t["propertyName"]] = "<none>" if value is None else str(value)
+    parts = []
+    for p in _get(o, "spec", "properties") or []:
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            continue
+        text = f"{p['name']}={reported.pop(p['name'], '<none>')}"
+        desired = _get(p, "desired", "value")
+        if desired not in (None, ""):
+            text += f"/{desired}"
+        parts.append(text)
+    parts.extend(f"{k}={v}" for k, v in sorted(reported.items()))
+    return ",".join(parts) or "<none>"
+
+
 Column = tuple[str, Callable[[dict[str, Any], float], str]]
 
 
@@ -210,6 +230,25 @@ TABLES: dict[str, Table] = {
         )
     ),
 }
+TABLES["devices"] = Table(
+    (
+        ("NAME", _name),
+        ("MODEL", lambda o, _now: str(_get(o, "spec", "deviceModelRef", "name") or "<none>")),
+        ("NODE", lambda o, _now: str(_get(o, "spec", "nodeName") or "<none>")),
+        ("STATE", lambda o, _now: str(_get(o, "status", "state") or "<unknown>")),
+        ("PROPERTIES (REPORTED/DESIRED)", _device_properties),
+        ("AGE", _age),
+    ),
+    (("LAST-ONLINE", lambda o, _now: str(_get(o, "status", "lastOnlineTime") or "<never>")),),
+)
+TABLES["devicemodels"] = Table(
+    (
+        ("NAME", _name),
+        ("PROTOCOL", lambda o, _now: str(_get(o, "spec", "protocol") or "<none>")),
+        ("PROPERTIES", lambda o, _now: str(len(_get(o, "spec", "properties") or []))),
+        ("AGE", _age),
+    )
+)
 _DEFAULT_TABLE = Table((("NAME", _name), ("AGE", _age)))
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "split_key",
 ]
 
+DEVICES_GROUP = "devices.kubeedge.io"
+
 NODE_LABEL = "edgeflock.io/node"
 """A ConfigMap or Secret carrying this label is sent to the named node even when
 no pod references it (agent-side configuration, mapper settings)."""
@@ -50,6 +52,9 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("pods", "Pod", "", "v1", True, ("pod", "po")),
     Resource("configmaps", "ConfigMap", "", "v1", True, ("configmap", "cm")),
     Resource("secrets", "Secret", "", "v1", True, ("secret",)),
+    # KubeEdge's device API, so existing Device/DeviceModel manifests apply unchanged.
+    Resource("devices", "Device", DEVICES_GROUP, "v1beta1", True, ("device", "dev")),
+    Resource("devicemodels", "DeviceModel", DEVICES_GROUP, "v1beta1", True, ("devicemodel", "dm")),
 )
 
 _BY_NAME = {r.name: r for r in RESOURCES}
@@ -118,13 +123,19 @@ def owner_node(key: str, obj: Mapping[str, Any]) -> str | None:
 
 
 def referenced_keys(key: str, obj: Mapping[str, Any]) -> Iterator[str]:
-    """Keys of the objects a pod needs on its node: ConfigMaps and Secrets from
-    volumes (also projected), env valueFrom, envFrom and imagePullSecrets."""
+    """Keys of the objects an object needs on its node: for a pod, ConfigMaps and
+    Secrets from volumes (also projected), env valueFrom, envFrom and
+    imagePullSecrets; for a device, its DeviceModel."""
     resource, ns, _ = split_key(key)
-    if resource != "pods":
-        return
     spec = obj.get("spec")
     if not isinstance(spec, Mapping):
+        return
+    if resource == "devices":
+        ref = spec.get("deviceModelRef")
+        if isinstance(ref, Mapping) and isinstance(ref.get("name"), str) and ref["name"]:
+            yield make_key("devicemodels", ns, ref["name"])
+        return
+    if resource != "pods":
         return
     seen: set[str] = set()
 

@@ -220,14 +220,22 @@ async def test_discovery(api: Api) -> None:
     status, body = await api.call("GET", "/api")
     assert status == 200 and body["kind"] == "APIVersions" and body["versions"] == ["v1"]
     status, body = await api.call("GET", "/apis")
-    assert status == 200 and body["kind"] == "APIGroupList" and body["groups"] == []
+    assert status == 200 and body["kind"] == "APIGroupList"
+    assert [g["name"] for g in body["groups"]] == ["devices.kubeedge.io"]
+    assert body["groups"][0]["preferredVersion"]["groupVersion"] == "devices.kubeedge.io/v1beta1"
+    status, body = await api.call("GET", "/apis/devices.kubeedge.io/v1beta1")
+    assert status == 200 and body["kind"] == "APIResourceList"
+    assert {r["name"] for r in body["resources"]} == {
+        "devices",
+        "devices/status",
+        "devicemodels",
+        "devicemodels/status",
+    }
     status, body = await api.call("GET", "/api/v1/")
     assert status == 200 and body["kind"] == "APIResourceList" and body["groupVersion"] == "v1"
     by_name = {r["name"]: r for r in body["resources"]}
-    assert set(by_name) == {
-        *(r.name for r in edgeproto.RESOURCES),
-        *(f"{r.name}/status" for r in edgeproto.RESOURCES),
-    }
+    core = [r for r in edgeproto.RESOURCES if not r.group]
+    assert set(by_name) == {*(r.name for r in core), *(f"{r.name}/status" for r in core)}
     assert by_name["pods"] == {
         "name": "pods",
         "singularName": "pod",
@@ -240,7 +248,13 @@ async def test_discovery(api: Api) -> None:
     assert by_name["configmaps"]["shortNames"] == ["cm"]
     assert "shortNames" not in by_name["secrets"]
     assert by_name["pods/status"]["verbs"] == ["get", "patch", "update"]
-    for path in ("/api/v2", "/apis/devices.kubeedge.io", "/apis/x/v1", "/nope", "/api/v1/widgets"):
+    for path in (
+        "/api/v2",
+        "/apis/devices.kubeedge.io/v1",
+        "/apis/x/v1",
+        "/nope",
+        "/api/v1/widgets",
+    ):
         status, body = await api.call("GET", path)
         assert status == 404, path
         assert_status(body, 404, "NotFound")
@@ -993,6 +1007,20 @@ def near_valid(draw: st.DrawFn) -> tuple[edgeproto.Resource, Any]:
         "Node": node("n"),
         "ConfigMap": cm("c"),
         "Secret": {"kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "YQ=="}},
+        "Device": {
+            "kind": "Device",
+            "metadata": {"name": "d"},
+            "spec": {
+                "deviceModelRef": {"name": "m"},
+                "nodeName": "pi",
+                "properties": [{"name": "t", "desired": {"value": "1"}, "collectCycle": 5}],
+            },
+        },
+        "DeviceModel": {
+            "kind": "DeviceModel",
+            "metadata": {"name": "m"},
+            "spec": {"properties": [{"name": "t", "type": "INT", "accessMode": "ReadWrite"}]},
+        },
     }[resource.kind]
     obj = json.loads(json.dumps(base))
     for _ in range(draw(st.integers(1, 3))):
