@@ -25,6 +25,7 @@ from edgeproto import Resource
 
 from ._errors import GatewayError
 from ._http import Request, Response, json_response, serve_http, status_body
+from ._podstream import StreamOpener, exec_in_pod, pod_logs
 from ._store import (
     AlreadyExists,
     Compacted,
@@ -38,6 +39,7 @@ from ._store import (
     Subscription,
     SubscriptionLost,
 )
+from ._streams import StreamError
 from ._validate import MAX_DEPTH, Cause, Invalid, is_label_value, is_qualified_name, validate
 
 log = logging.getLogger(__name__)
@@ -239,6 +241,9 @@ def parse_field_selector(text: str) -> Selector:
 # ---- routing ------------------------------------------------------------------------
 
 
+_POD_STREAMS = ("log", "exec")  # pod subresources served by the pod's node
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     resource: Resource
@@ -335,12 +340,14 @@ class ApiServer:
         *,
         admin_token: str,
         node_names: Callable[[], Iterable[str]] | None = None,
+        streams: StreamOpener | None = None,
     ) -> None:
         if not admin_token or not admin_token.strip():
             raise GatewayError("the admin token must not be empty")
         self._store = store
         self._token = admin_token.strip().encode()
         self._node_names = node_names
+        self._streams = streams
         self._requests = 0
         self._errors: Counter[int] = Counter()
         self._watches_open = 0
@@ -381,6 +388,8 @@ class ApiServer:
             resp = await self._dispatch(request)
         except ApiError as exc:
             resp = json_response(exc.code, exc.status())
+        except StreamError as exc:
+            resp = json_response(exc.code, status_body(exc.code, exc.reason, str(exc)))
         except Exception:
             log.exception(
                 "API request %s %s from %s failed", request.method, request.path, request.peer
@@ -491,7 +500,9 @@ class ApiServer:
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
         res = self._by_path.get((group, version, rest[0]))
-        if res is None or len(rest) > 3 or (len(rest) == 3 and rest[2] != "status"):
+        pods = res is not None and res.name == "pods"
+        allowed = (*_POD_STREAMS, "status") if pods else ("status",)
+        if res is None or len(rest) > 3 or (len(rest) == 3 and rest[2] not in allowed):
             raise _not_found_path(path)
         name = rest[1] if len(rest) >= 2 else None
         if namespace is not None and not res.namespaced:
@@ -518,6 +529,8 @@ class ApiServer:
                     )
                 return await self._create(req, t)
             raise ApiError(405, "MethodNotAllowed", f"{m} is not allowed on a collection")
+        if t.subresource in _POD_STREAMS:
+            return await self._pod_stream(req, t)
         if m in ("GET", "HEAD"):
             return json_response(200, (await self._get(t)).value)
         if m == "PUT":
@@ -529,6 +542,17 @@ class ApiServer:
         if m == "DELETE" and t.subresource is None:
             return await self._delete(req, t)
         raise ApiError(405, "MethodNotAllowed", f"{m} is not allowed on {req.path}")
+
+    async def _pod_stream(self, req: Request, t: _Target) -> Response:
+        allowed = ("GET",) if t.subresource == "log" else ("GET", "POST")
+        if req.method not in allowed:
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}")
+        if self._streams is None:
+            raise ApiError(501, "NotImplemented", "this server does not reach nodes")
+        pod = (await self._get(t)).value
+        if t.subresource == "log":
+            return await pod_logs(self._streams, req, pod, t.key)
+        return await exec_in_pod(self._streams, req, pod, t.key)
 
     # ---- errors --------------------------------------------------------------------
 

@@ -112,7 +112,7 @@ async def run_gateway(
             progress_interval=config.hub_options.progress_interval,
         ),
     )
-    api = ApiServer(store, admin_token=admin_token)
+    api = ApiServer(store, admin_token=admin_token, node_names=hub.connected_nodes, streams=hub)
 
     async def on_joined(node: str) -> None:
         key = edgeproto.make_key("nodes", "", node)

@@ -10,11 +10,13 @@ and give backpressure for free: a slow node just gets fewer, larger changes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
 import ssl
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ from edgeproto import Kind, Message, ProtocolError
 from ._health import NodeHealth
 from ._pki import PkiError, node_from_peercert
 from ._store import Conflict, NotFound, Store, StoreError, SubscriptionLost
+from ._streams import NodeStream, StreamError
 from ._view import View, ViewSync, plan_node_sync
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,7 @@ class HubConfig:
 
 
 class _Session:
-    __slots__ = ("dirty", "node", "refs", "sent", "sent_rev", "ws")
+    __slots__ = ("dirty", "node", "refs", "sent", "sent_rev", "streams", "ws")
 
     def __init__(self, node: str, ws: tws.WebSocketConnection) -> None:
         self.node = node
@@ -73,6 +76,7 @@ class _Session:
         self.sent_rev = 0
         self.refs: frozenset[str] = frozenset()
         self.dirty = trio.Event()
+        self.streams: dict[int, NodeStream] | None = None  # made on first use: most have none
 
     def mark_dirty(self) -> None:
         self.dirty.set()
@@ -96,6 +100,7 @@ class Hub:
         self._handshakes = trio.CapacityLimiter(config.max_handshakes)
         self._waiting = 0
         self._resync_seconds = 0.01  # moving average, for retry_after estimates
+        self._stream_ids = 0
         self.counters: Counter[str] = Counter()
         self.port = 0
 
@@ -238,6 +243,8 @@ class Hub:
                 await self._reader(session)
                 nursery.cancel_scope.cancel()
         finally:
+            for stream in (session.streams or {}).values():
+                stream.abort(502, "BadGateway", f"node {node} disconnected")
             if self._sessions.get(node) is session:
                 del self._sessions[node]
                 self._health.disconnected(node)
@@ -358,6 +365,8 @@ class Hub:
                 await self._report(session, msg)
             elif msg.kind is Kind.REQUEST:
                 await self._request(session, msg)
+            elif msg.kind in (Kind.STREAM_DATA, Kind.STREAM_END):
+                self._stream_message(session, msg)
             elif msg.kind is Kind.ERROR:
                 self.counters["errors_from_nodes"] += 1
                 log.warning("node %s reported an error: %s", session.node, dict(msg.body))
@@ -366,6 +375,55 @@ class Hub:
                 await self._send_error(
                     ws, "unexpected", f"{msg.kind.value} not expected from a node"
                 )
+
+    # ---- streams (logs, exec) --------------------------------------------------------
+
+    def connected_nodes(self) -> list[str]:
+        return list(self._sessions)
+
+    @contextlib.asynccontextmanager
+    async def open_stream(
+        self, node: str, key: str, op: str, params: dict[str, Any]
+    ) -> AsyncIterator[NodeStream]:
+        """Open a stream on ``node`` about the object ``key``; it is ended (and
+        the node told) when the block exits."""
+        session = self._sessions.get(node)
+        if session is None:
+            raise StreamError(
+                503, "ServiceUnavailable", f"node {node} is not connected to this gateway"
+            )
+        self._stream_ids += 1
+        sid = self._stream_ids
+        ws = session.ws
+
+        async def send(msg: Message) -> None:
+            await self._send(ws, msg)
+
+        stream = NodeStream(sid, send)
+        if session.streams is None:
+            session.streams = {}
+        session.streams[sid] = stream
+        self.counters["streams_opened"] += 1
+        try:
+            try:
+                await send(Message(Kind.STREAM_OPEN, id=sid, res=key, op=op, body=params))
+            except _CONNECTION_ENDED as exc:
+                raise StreamError(503, "ServiceUnavailable", f"node {node} went away") from exc
+            yield stream
+        finally:
+            session.streams.pop(sid, None)
+            if not stream.ended:
+                with trio.move_on_after(1, shield=True):
+                    with contextlib.suppress(*_CONNECTION_ENDED):
+                        await send(Message(Kind.STREAM_END, parent=sid, body={}))
+
+    def _stream_message(self, session: _Session, msg: Message) -> None:
+        stream = (session.streams or {}).get(msg.parent or 0)
+        if stream is None:
+            self.counters["stream_frames_unknown"] += 1  # e.g. output after we ended it
+            return
+        if not stream.deliver(msg):
+            self.counters["stream_frames_bad"] += 1
 
     # ---- edge → cloud ---------------------------------------------------------------
 

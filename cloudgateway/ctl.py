@@ -11,6 +11,7 @@ once, with ``NAME AGE`` columns until it gets an entry in ``TABLES``.
 from __future__ import annotations
 
 import argparse
+import base64
 import calendar
 import json
 import os
@@ -337,6 +338,29 @@ class Client:
                 raise CtlError(f"error: malformed watch event from the gateway: {exc}") from None
             except OSError as exc:
                 raise CtlError(f"error: the watch stream broke: {exc}") from None
+
+    def read_stream(self, method: str, path: str, body: Any = None) -> Iterator[bytes]:
+        """The raw body of a (chunked) answer, piece by piece as it arrives;
+        an error answer raises ``CtlError`` with the server's message."""
+        req = self._request(method, path, body)
+        try:
+            resp = urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raw = exc.read()
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                answer = {"message": raw.decode(errors="replace")}
+            raise CtlError(server_error(exc.code, answer)) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        with resp:
+            try:
+                while chunk := resp.read1(65536):
+                    yield chunk
+            except OSError as exc:
+                raise CtlError(f"error: the stream from the gateway broke: {exc}") from None
 
 
 def server_error(code: int, body: Any) -> str:
@@ -743,10 +767,69 @@ def cmd_delete(ctx: _Ctx) -> int:
     return rc
 
 
+def _write_bytes(stream: TextIO, data: bytes) -> None:
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        buffer.write(data)
+        buffer.flush()
+    else:
+        stream.write(data.decode(errors="replace"))
+        stream.flush()
+
+
+def _pod_path(ctx: _Ctx, pod: str, sub: str, query: list[tuple[str, str]]) -> str:
+    base = api_path(resolve_kind("pods"), ctx.namespace or "default", pod)
+    qs = urllib.parse.urlencode(query)
+    return f"{base}/{sub}" + (f"?{qs}" if qs else "")
+
+
+def cmd_logs(ctx: _Ctx) -> int:
+    args = ctx.args
+    query: list[tuple[str, str]] = []
+    if args.container:
+        query.append(("container", args.container))
+    if args.tail is not None and args.tail >= 0:
+        query.append(("tailLines", str(args.tail)))
+    if args.follow:
+        query.append(("follow", "true"))
+    for chunk in ctx.client.read_stream("GET", _pod_path(ctx, args.pod, "log", query)):
+        _write_bytes(ctx.out, chunk)
+    return 0
+
+
+def cmd_exec(ctx: _Ctx) -> int:
+    """Runs the command without a terminal; exits with the command's exit code."""
+    args = ctx.args
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CtlError("error: exec needs a command after --, e.g. edgectl exec POD -- ls /", 2)
+    body: dict[str, Any] = {"command": command, "timeoutSeconds": args.timeout}
+    if args.container:
+        body["container"] = args.container
+    code, answer = ctx.client.request("POST", _pod_path(ctx, args.pod, "exec", []), body)
+    if code != 200 or not isinstance(answer, dict):
+        raise CtlError(server_error(code, answer))
+    try:
+        out = base64.b64decode(answer.get("stdout") or "")
+        err = base64.b64decode(answer.get("stderr") or "")
+    except (ValueError, TypeError):
+        raise CtlError("error: the gateway sent undecodable exec output") from None
+    _write_bytes(ctx.out, out)
+    _write_bytes(ctx.err, err)
+    if answer.get("truncated"):
+        ctx.err.write("edgectl: output was truncated by the gateway\n")
+    exit_code = answer.get("exitCode")
+    return exit_code if isinstance(exit_code, int) and 0 <= exit_code < 256 else 1
+
+
 COMMANDS: dict[str, Callable[[_Ctx], int]] = {
     "apply": cmd_apply,
     "get": cmd_get,
     "delete": cmd_delete,
+    "logs": cmd_logs,
+    "exec": cmd_exec,
 }
 
 
@@ -806,6 +889,18 @@ def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     d.add_argument("name", metavar="NAME", nargs="*")
     d.add_argument("-f", "--filename", action="append", help="YAML/JSON file, or - for stdin")
     d.add_argument("--ignore-not-found", action="store_true")
+    lg = sub.add_parser("logs", help="print a container's logs (through its node)")
+    _global_flags(lg, top=False)
+    lg.add_argument("pod", metavar="POD")
+    lg.add_argument("-c", "--container", metavar="C")
+    lg.add_argument("--tail", type=int, default=None, metavar="N", help="last N lines")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    ex = sub.add_parser("exec", help="run a command in a container (no terminal)")
+    _global_flags(ex, top=False)
+    ex.add_argument("pod", metavar="POD")
+    ex.add_argument("-c", "--container", metavar="C")
+    ex.add_argument("--timeout", type=int, default=60, metavar="SECONDS")
+    ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
     return p
 
 

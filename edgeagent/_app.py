@@ -14,6 +14,7 @@ from ._config import AgentConfig
 from ._hub import HubClient
 from ._meta import Meta
 from ._status import NodeStatusReporter, PodStatusReporter
+from ._streams import PodStreams
 from ._tls import client_ssl_context
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,23 @@ async def supervise(
         delay = min(policy.cap, delay * 2)
 
 
-async def run_agent(config: AgentConfig) -> None:
+async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = None) -> None:
+    """Run the agent until cancelled. ``pod_streams`` serves the cloud's logs and
+    exec requests when edged does not (edged takes over when ``config.cri`` is set)."""
     meta = Meta(config.meta_path, outbox_max=config.outbox_max)
     try:
         await meta.set_state(pid=os.getpid(), node=config.node, hub=config.hub_url)
         hub = HubClient(config, meta, lambda: client_ssl_context(config.data_dir))
+        hub.pod_streams = pod_streams
         modules: list[tuple[str, Service]] = [
             ("hub", hub.run),
             ("nodestatus", NodeStatusReporter(config, meta).run),
             ("podstatus", PodStatusReporter(config, meta).run),
         ]
+        if config.mqtt:
+            from ._twin import edge_bus_modules  # paho is imported only with an edge bus
+
+            modules += edge_bus_modules(config, meta)
         async with trio.open_nursery() as nursery:
             for name, run in modules:
                 await nursery.start(supervise, name, run)

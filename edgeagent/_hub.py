@@ -27,12 +27,14 @@ from edgeproto import AgentSync, Kind, Message, ProtocolError
 
 from ._config import AgentConfig
 from ._meta import Meta
+from ._streams import PodStreams, StreamServer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HubClient", "full_jitter", "open_hub_connection"]
 
 AGENT_VERSION = "0.1.0"
+_STREAM_KINDS = (Kind.STREAM_OPEN, Kind.STREAM_ACK, Kind.STREAM_END)
 
 
 def full_jitter(
@@ -100,6 +102,9 @@ class HubClient:
         self._inflight: set[int] = set()
         self._acked = trio.Event()
         self._synced = False
+        # Set by the app when edged runs: serves the cloud's logs/exec streams.
+        self.pod_streams: PodStreams | None = None
+        self._stream_server: StreamServer | None = None
 
     def statistics(self) -> dict[str, int]:
         return {"connected": int(self.connected), "inflight": len(self._inflight), **self.counters}
@@ -176,7 +181,14 @@ class HubClient:
         sync = AgentSync(cfg.node, last_rev)
         await self._send(ws, sync.hello(now=trio.current_time(), agent_version=AGENT_VERSION))
         log.info("connected to %s as %s (last_rev %d)", cfg.hub_url, cfg.node, last_rev)
+
+        async def send(msg: Message) -> None:
+            await self._send(ws, msg)
+
         async with trio.open_nursery() as nursery:
+            self._stream_server = StreamServer(
+                cfg.node, self._meta, self.pod_streams, send, nursery
+            )
             nursery.start_soon(self._pinger, ws)
             nursery.start_soon(self._outbox_sender, ws)
             while True:
@@ -220,6 +232,8 @@ class HubClient:
             log.warning("gateway error: %s", dict(msg.body))
         elif msg.kind is Kind.PONG:
             self.counters["pongs"] += 1
+        elif msg.kind in _STREAM_KINDS and self._stream_server is not None:
+            self._stream_server.handle(msg)
         else:
             self.counters["frames_unexpected"] += 1
         return False

@@ -40,6 +40,15 @@ class Kind(enum.StrEnum):
     REQUEST = "request"
     RESPONSE = "response"
     ERROR = "error"
+    # Streams the cloud opens on a node (pod logs, exec): ``stream-open`` (id =
+    # stream id, res = pod key, op = "logs" | "exec") from the gateway; then
+    # ``stream-data`` (parent = stream id, body {fd, data}) from the node, each
+    # returned by a ``stream-ack`` (flow control: a bounded window of unacked
+    # chunks); ``stream-end`` (parent = stream id) from either side ends it.
+    STREAM_OPEN = "stream-open"
+    STREAM_DATA = "stream-data"
+    STREAM_ACK = "stream-ack"
+    STREAM_END = "stream-end"
 
 
 _KINDS = {k.value: k for k in Kind}

@@ -131,6 +131,7 @@ async def start_agent(nursery: trio.Nursery, data_dir: Path, **overrides: Any) -
     overrides.setdefault("backoff_base", 0.05)
     overrides.setdefault("backoff_cap", 0.5)
     overrides.setdefault("status_interval", 5.0)
+    pod_streams = overrides.pop("pod_streams", None)
     config = load_config(data_dir, **overrides)
     scope = trio.CancelScope()
     stopped = trio.Event()
@@ -138,7 +139,7 @@ async def start_agent(nursery: trio.Nursery, data_dir: Path, **overrides: Any) -
     async def runner() -> None:
         try:
             with scope:
-                await run_agent(config)
+                await run_agent(config, pod_streams=pod_streams)
         finally:
             stopped.set()
 
