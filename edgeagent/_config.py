@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,8 @@ def load_config(data_dir: Path, **overrides: Any) -> AgentConfig:
     values: dict[str, Any] = {}
     toml_path = data_dir / "agent.toml"
     if toml_path.exists():
+        import tomllib  # only boards with a config file pay for the parser (and datetime)
+
         try:
             raw = tomllib.loads(toml_path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -16,16 +16,16 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 import trio
-import trio_websocket as tws
 
 import edgeproto
 from edgeproto import AgentSync, Kind, Message, ProtocolError
 
 from ._config import AgentConfig
+from ._lean import import_trio_websocket, trim_heap
 from ._meta import Meta
 from ._streams import PodStreams, StreamServer
 
@@ -35,6 +35,11 @@ __all__ = ["HubClient", "full_jitter", "open_hub_connection"]
 
 AGENT_VERSION = "0.1.0"
 _STREAM_KINDS = (Kind.STREAM_OPEN, Kind.STREAM_ACK, Kind.STREAM_END)
+
+if TYPE_CHECKING:
+    import trio_websocket as tws
+else:
+    tws = import_trio_websocket()
 
 
 def full_jitter(
@@ -270,6 +275,7 @@ class HubClient:
             log.info(
                 "resync (%s): %d objects, %d bytes in %.3f s", r.mode, r.objects, r.bytes, r.seconds
             )
+            trim_heap()  # a snapshot's decoding garbage would otherwise stay resident
             return True
         return False
 
