@@ -326,19 +326,26 @@ class Hub:
             session.dirty = trio.Event()
             if idle.cancelled_caught and self._store.current_rev() == session.sent_rev:
                 continue
-            plan: ViewSync = await self._store.call(
-                plan_node_sync, self._store.backend, session.node, None, session.sent
-            )
-            self._watch(session, plan.view)
-            if not plan.upserts and not plan.deletes and not idle.cancelled_caught:
-                continue  # e.g. a status write: nothing the node needs
-            for m in edgeproto.change_messages(
-                plan.rev, plan.upserts, plan.deletes, max_size=self.config.max_message
-            ):
-                await self._send(session.ws, m)
-            session.sent = plan.view.membership()
-            session.sent_rev = plan.rev
-            self.counters["changes_sent"] += 1
+            if await self._send_changes(session, progress=idle.cancelled_caught):
+                self.counters["changes_sent"] += 1
+
+    async def _send_changes(self, session: _Session, *, progress: bool) -> bool:
+        """One live step. A function of its own so that the view (every record of
+        the node's objects) is garbage as soon as it returns, not kept alive by a
+        loop variable while the session idles."""
+        plan: ViewSync = await self._store.call(
+            plan_node_sync, self._store.backend, session.node, None, session.sent
+        )
+        self._watch(session, plan.view)
+        if not plan.upserts and not plan.deletes and not progress:
+            return False  # e.g. a status write: nothing the node needs
+        for m in edgeproto.change_messages(
+            plan.rev, plan.upserts, plan.deletes, max_size=self.config.max_message
+        ):
+            await self._send(session.ws, m)
+        session.sent = plan.view.membership()
+        session.sent_rev = plan.rev
+        return True
 
     async def _reader(self, session: _Session) -> None:
         ws = session.ws
