@@ -3,6 +3,7 @@ API server, hub, node health and the compactor."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -39,6 +40,7 @@ class GatewayConfig:
     retain_revisions: int = 100_000
     compact_interval: float = 300.0
     max_resyncs: int = 32
+    api_tls: bool = False  # serve the API over HTTPS (kubectl sends tokens only over TLS)
     hub_options: HubConfig = field(default_factory=HubConfig)
 
 
@@ -144,11 +146,15 @@ async def run_gateway(
                     task_status=task_status,
                 )
             )
-            api_port = await nursery.start(api.run, config.api[0], config.api[1])
+            api_ssl = server_ssl_context(pki, require_client_cert=False) if config.api_tls else None
+            api_port = await nursery.start(
+                functools.partial(api.run, config.api[0], config.api[1], ssl_context=api_ssl)
+            )
             nursery.start_soon(_compactor, store, config)
             ports = {"hub": hub_port, "join": join_port, "api": api_port}
             log.info(
-                "cloudgateway ready: api http://%s:%d, join https://%s:%d, hub wss://%s:%d",
+                "cloudgateway ready: api %s://%s:%d, join https://%s:%d, hub wss://%s:%d",
+                "https" if config.api_tls else "http",
                 config.api[0],
                 api_port,
                 config.join[0],

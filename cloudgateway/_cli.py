@@ -53,7 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         "--api",
         type=parse_hostport,
         default=("127.0.0.1", 8080),
-        help="HOST:PORT for the admin API (http)",
+        help="HOST:PORT for the admin API (http, or https with --api-tls)",
+    )
+    s.add_argument(
+        "--api-tls",
+        action="store_true",
+        help="serve the API over HTTPS with the gateway's certificate (needed by kubectl)",
     )
     s.add_argument("--advertise", default=None, help="host name agents use to reach the hub")
     s.add_argument(
@@ -74,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     tc.add_argument("--ttl", type=parse_duration, default=3600.0)
     tl = tsub.add_parser("list", help="list join tokens (without secrets)")
     tl.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    k = sub.add_parser(
+        "kubeconfig", help="print a kubeconfig for kubectl (the API must run with --api-tls)"
+    )
+    k.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    k.add_argument("--server", default="https://127.0.0.1:8080", help="the API's https:// URL")
     return p
 
 
@@ -84,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "serve":
             return _serve(args)
+        if args.cmd == "kubeconfig":
+            print(json.dumps(kubeconfig(Path(args.data_dir), args.server), indent=2))
+            return 0
         if args.tcmd == "create":
             from ._join import create_join_token
 
@@ -100,6 +113,43 @@ def main(argv: list[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def kubeconfig(data_dir: Path, server: str) -> dict[str, Any]:
+    """A kubeconfig (JSON is YAML) trusting the gateway's CA, with the admin token."""
+    import base64
+
+    from ._errors import GatewayError
+
+    if not server.startswith("https://"):
+        raise GatewayError(
+            f"kubectl sends tokens only over TLS: --server must be https://, not {server}"
+        )
+    try:
+        ca = (data_dir / "ca.crt").read_bytes()
+        token = (data_dir / "admin.token").read_text().strip()
+    except OSError as exc:
+        raise GatewayError(
+            f"{data_dir} is not a gateway data dir (start the gateway once): {exc}"
+        ) from exc
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "edgeflock",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca).decode(),
+                },
+            }
+        ],
+        "users": [{"name": "edgeflock-admin", "user": {"token": token}}],
+        "contexts": [
+            {"name": "edgeflock", "context": {"cluster": "edgeflock", "user": "edgeflock-admin"}}
+        ],
+        "current-context": "edgeflock",
+    }
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -119,6 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         sans=tuple(args.san),
         grace=args.grace,
+        api_tls=args.api_tls,
     )
 
     async def main_task() -> None:

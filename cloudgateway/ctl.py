@@ -15,6 +15,7 @@ import base64
 import calendar
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -270,10 +271,17 @@ def resolve_kind(text: str) -> Resource:
 
 
 class Client:
-    def __init__(self, server: str, token: str | None, timeout: float | None) -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        timeout: float | None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.server = server.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.ssl_context = ssl_context
 
     def _request(self, method: str, path: str, body: Any) -> urllib.request.Request:
         data = None if body is None else json.dumps(body).encode()
@@ -296,7 +304,9 @@ class Client:
         returned, not raised."""
         try:
             with urllib.request.urlopen(
-                self._request(method, path, body), timeout=self.timeout or 60
+                self._request(method, path, body),
+                timeout=self.timeout or 60,
+                context=self.ssl_context,
             ) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
@@ -315,7 +325,9 @@ class Client:
     def stream(self, path: str) -> Iterator[dict[str, Any]]:
         """Watch events, one per line, until the server ends the stream."""
         try:
-            resp = urllib.request.urlopen(self._request("GET", path, None), timeout=None)
+            resp = urllib.request.urlopen(
+                self._request("GET", path, None), timeout=None, context=self.ssl_context
+            )
         except urllib.error.HTTPError as exc:
             with exc:
                 raw = exc.read()
@@ -344,7 +356,7 @@ class Client:
         an error answer raises ``CtlError`` with the server's message."""
         req = self._request(method, path, body)
         try:
-            resp = urllib.request.urlopen(req, timeout=self.timeout)
+            resp = urllib.request.urlopen(req, timeout=self.timeout, context=self.ssl_context)
         except urllib.error.HTTPError as exc:
             with exc:
                 raw = exc.read()
@@ -847,6 +859,12 @@ def _global_flags(p: argparse.ArgumentParser, *, top: bool) -> None:
     tok.add_argument("--token-file", metavar="FILE", help="file holding the admin token", **kw)
     p.add_argument("-n", "--namespace", metavar="NS", help="namespace (default: default)", **kw)
     p.add_argument(
+        "--certificate-authority",
+        metavar="FILE",
+        help="CA for an https:// server (default: ca.crt in the gateway's data dir)",
+        **kw,
+    )
+    p.add_argument(
         "--request-timeout",
         metavar="SECONDS",
         type=float,
@@ -936,6 +954,22 @@ def _token(args: argparse.Namespace) -> str | None:
         return None
 
 
+def _ssl_context(server: str, args: argparse.Namespace) -> ssl.SSLContext | None:
+    """For https://: trust --certificate-authority, else the gateway's own CA
+    ($EDGEFLOCK_GATEWAY_DIR/ca.crt) when readable, else the system's CAs."""
+    if not server.startswith("https://"):
+        return None
+    ca = getattr(args, "certificate_authority", None)
+    if ca is None:
+        gateway_dir = os.environ.get("EDGEFLOCK_GATEWAY_DIR") or DEFAULT_GATEWAY_DIR
+        own = Path(gateway_dir) / "ca.crt"
+        ca = str(own) if own.is_file() else None
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise CtlError(f"error: cannot load the certificate authority {ca}: {exc}") from None
+
+
 def _server(args: argparse.Namespace) -> str:
     server = getattr(args, "server", None) or os.environ.get("EDGECTL_SERVER") or DEFAULT_SERVER
     parts = urllib.parse.urlsplit(server)
@@ -961,7 +995,8 @@ def main(
         timeout = getattr(args, "request_timeout", None)
         if timeout is not None and timeout < 0:
             raise CtlError("error: --request-timeout must not be negative", 2)
-        client = Client(_server(args), _token(args), timeout or None)
+        server = _server(args)
+        client = Client(server, _token(args), timeout or None, _ssl_context(server, args))
         ctx = _Ctx(client, args, out, err, stdin or sys.stdin)
         return COMMANDS[args.cmd](ctx)
     except CtlError as exc:
