@@ -13,6 +13,7 @@ import math
 import re
 import secrets
 import ssl
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from ._store import (
     SubscriptionLost,
 )
 from ._streams import StreamError
+from ._tables import table_of
 from ._validate import MAX_DEPTH, Cause, Invalid, is_label_value, is_qualified_name, validate
 
 log = logging.getLogger(__name__)
@@ -269,6 +271,15 @@ class _Target:
 def _param(req: Request, name: str) -> str | None:
     vals = req.query.get(name)
     return vals[-1] if vals else None
+
+
+def _wants_table(req: Request) -> bool:
+    """kubectl get asks ``Accept: application/json;as=Table;v=v1;g=meta.k8s.io, ...``."""
+    accept = req.headers.get("accept", "")
+    return any(
+        "as=Table" in part and "g=meta.k8s.io" in part and "v=v1" in part
+        for part in accept.split(",")
+    )
 
 
 def _flag(req: Request, name: str) -> bool:
@@ -532,7 +543,11 @@ class ApiServer:
         if t.subresource in _POD_STREAMS:
             return await self._pod_stream(req, t)
         if m in ("GET", "HEAD"):
-            return json_response(200, (await self._get(t)).value)
+            rec = await self._get(t)
+            if _wants_table(req) and t.subresource is None:
+                table = table_of(t.resource.name, [rec.value], time.time(), str(rec.mod_rev))
+                return json_response(200, table)
+            return json_response(200, rec.value)
         if m == "PUT":
             if t.subresource == "status":
                 return await self._replace_status(req, t)
@@ -785,6 +800,9 @@ class ApiServer:
     async def _list(self, req: Request, t: _Target) -> Response:
         match = self._selector(req)
         records, rev = await self._store.list(t.prefix)
+        if _wants_table(req):
+            objs = [r.value for r in records if match(r.value)]
+            return json_response(200, table_of(t.resource.name, objs, time.time(), str(rev)))
         return json_response(
             200,
             {

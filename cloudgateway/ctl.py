@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import calendar
 import json
 import os
 import ssl
@@ -30,6 +29,9 @@ import edgeproto
 from edgeproto import Resource
 
 from ._errors import GatewayError
+from ._tables import DEFAULT_TABLE, TABLES, Column, Table
+from ._tables import get_path as _get
+from ._tables import object_name as _name
 
 __all__ = ["TABLES", "CtlError", "Table", "entry", "main", "resolve_kind"]
 
@@ -46,212 +48,6 @@ class CtlError(GatewayError):
 
 
 # ---- kinds and tables ---------------------------------------------------------------
-
-
-def _get(o: Any, *path: str) -> Any:
-    for p in path:
-        if not isinstance(o, dict):
-            return None
-        o = o.get(p)
-    return o
-
-
-def human_duration(seconds: float) -> str:
-    """kubectl's AGE format: 45s, 3m20s, 2h5m, 3d4h, 400d, 2y30d."""
-    s = int(seconds)
-    if s < 0:
-        return "0s"
-    if s < 120:
-        return f"{s}s"
-    m = s // 60
-    if m < 10:
-        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
-    if m < 180:
-        return f"{m}m"
-    h = m // 60
-    if h < 8:
-        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
-    if h < 48:
-        return f"{h}h"
-    d = h // 24
-    if h < 24 * 8:
-        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
-    if d < 365 * 2:
-        return f"{d}d"
-    y = d // 365
-    if d < 365 * 8:
-        return f"{y}y{d % 365}d" if d % 365 else f"{y}y"
-    return f"{y}y"
-
-
-def _age(o: dict[str, Any], now: float) -> str:
-    ts = _get(o, "metadata", "creationTimestamp")
-    try:
-        t = calendar.timegm(time.strptime(str(ts), "%Y-%m-%dT%H:%M:%SZ"))
-    except (ValueError, OverflowError):
-        return "<unknown>"
-    return human_duration(now - t)
-
-
-def _name(o: dict[str, Any], _now: float) -> str:
-    return str(_get(o, "metadata", "name") or "")
-
-
-def _node_status(o: dict[str, Any], _now: float) -> str:
-    status = "Unknown"
-    for c in _get(o, "status", "conditions") or []:
-        if isinstance(c, dict) and c.get("type") == "Ready":
-            status = {"True": "Ready", "False": "NotReady"}.get(str(c.get("status")), "Unknown")
-    if _get(o, "spec", "unschedulable") is True:
-        status += ",SchedulingDisabled"
-    return status
-
-
-def _node_roles(o: dict[str, Any], _now: float) -> str:
-    labels = _get(o, "metadata", "labels") or {}
-    roles = sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))
-    if labels.get("kubernetes.io/role"):
-        roles.append(str(labels["kubernetes.io/role"]))
-    return ",".join(r for r in roles if r) or "<none>"
-
-
-def _node_info(field: str) -> Callable[[dict[str, Any], float], str]:
-    return lambda o, _now: str(_get(o, "status", "nodeInfo", field) or "<unknown>")
-
-
-def _node_ip(o: dict[str, Any], _now: float) -> str:
-    for a in _get(o, "status", "addresses") or []:
-        if isinstance(a, dict) and a.get("type") == "InternalIP":
-            return str(a.get("address"))
-    return "<none>"
-
-
-def _container_statuses(o: dict[str, Any]) -> list[dict[str, Any]]:
-    return [c for c in _get(o, "status", "containerStatuses") or [] if isinstance(c, dict)]
-
-
-def _pod_ready(o: dict[str, Any], _now: float) -> str:
-    ready = sum(1 for c in _container_statuses(o) if c.get("ready") is True)
-    return f"{ready}/{len(_get(o, 'spec', 'containers') or [])}"
-
-
-def _pod_status(o: dict[str, Any], _now: float) -> str:
-    if _get(o, "metadata", "deletionTimestamp"):
-        return "Terminating"
-    reason = str(_get(o, "status", "reason") or _get(o, "status", "phase") or "Pending")
-    for c in _container_statuses(o):
-        for key in ("waiting", "terminated"):
-            detail = _get(c, "state", key)
-            if isinstance(detail, dict) and detail.get("reason") and not c.get("ready"):
-                reason = str(detail["reason"])
-    return reason
-
-
-def _pod_restarts(o: dict[str, Any], _now: float) -> str:
-    total = 0
-    for c in _container_statuses(o):
-        n = c.get("restartCount")
-        total += n if isinstance(n, int) else 0
-    return str(total)
-
-
-def _device_properties(o: dict[str, Any], _now: float) -> str:
-    """``temp=21.5/22`` per property: reported value, then desired when one is set."""
-    reported: dict[str, str] = {}
-    for t in _get(o, "status", "twins") or []:
-        if isinstance(t, dict) and isinstance(t.get("propertyName"), str):
-            value = _get(t, "reported", "value")
-            reported[t["propertyName"]] = "<none>" if value is None else str(value)
-    parts = []
-    for p in _get(o, "spec", "properties") or []:
-        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
-            continue
-        text = f"{p['name']}={reported.pop(p['name'], '<none>')}"
-        desired = _get(p, "desired", "value")
-        if desired not in (None, ""):
-            text += f"/{desired}"
-        parts.append(text)
-    parts.extend(f"{k}={v}" for k, v in sorted(reported.items()))
-    return ",".join(parts) or "<none>"
-
-
-Column = tuple[str, Callable[[dict[str, Any], float], str]]
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    columns: tuple[Column, ...]
-    wide: tuple[Column, ...] = ()
-
-
-TABLES: dict[str, Table] = {
-    "nodes": Table(
-        (
-            ("NAME", _name),
-            ("STATUS", _node_status),
-            ("ROLES", _node_roles),
-            ("AGE", _age),
-            ("VERSION", _node_info("kubeletVersion")),
-        ),
-        (
-            ("INTERNAL-IP", _node_ip),
-            ("OS-IMAGE", _node_info("osImage")),
-            ("KERNEL-VERSION", _node_info("kernelVersion")),
-            ("ARCH", _node_info("architecture")),
-        ),
-    ),
-    "pods": Table(
-        (
-            ("NAME", _name),
-            ("READY", _pod_ready),
-            ("STATUS", _pod_status),
-            ("RESTARTS", _pod_restarts),
-            ("AGE", _age),
-        ),
-        (
-            ("IP", lambda o, _now: str(_get(o, "status", "podIP") or "<none>")),
-            ("NODE", lambda o, _now: str(_get(o, "spec", "nodeName") or "<none>")),
-        ),
-    ),
-    "configmaps": Table(
-        (
-            ("NAME", _name),
-            (
-                "DATA",
-                lambda o, _now: str(len(o.get("data") or {}) + len(o.get("binaryData") or {})),
-            ),
-            ("AGE", _age),
-        )
-    ),
-    "secrets": Table(
-        (
-            ("NAME", _name),
-            ("TYPE", lambda o, _now: str(o.get("type") or "Opaque")),
-            ("DATA", lambda o, _now: str(len(o.get("data") or {}))),
-            ("AGE", _age),
-        )
-    ),
-}
-TABLES["devices"] = Table(
-    (
-        ("NAME", _name),
-        ("MODEL", lambda o, _now: str(_get(o, "spec", "deviceModelRef", "name") or "<none>")),
-        ("NODE", lambda o, _now: str(_get(o, "spec", "nodeName") or "<none>")),
-        ("STATE", lambda o, _now: str(_get(o, "status", "state") or "<unknown>")),
-        ("PROPERTIES (REPORTED/DESIRED)", _device_properties),
-        ("AGE", _age),
-    ),
-    (("LAST-ONLINE", lambda o, _now: str(_get(o, "status", "lastOnlineTime") or "<never>")),),
-)
-TABLES["devicemodels"] = Table(
-    (
-        ("NAME", _name),
-        ("PROTOCOL", lambda o, _now: str(_get(o, "spec", "protocol") or "<none>")),
-        ("PROPERTIES", lambda o, _now: str(len(_get(o, "spec", "properties") or []))),
-        ("AGE", _age),
-    )
-)
-_DEFAULT_TABLE = Table((("NAME", _name), ("AGE", _age)))
 
 
 def resolve_kind(text: str) -> Resource:
@@ -616,7 +412,7 @@ def _rows(objs: list[dict[str, Any]], cols: list[Column], now: float) -> list[li
 
 
 def _columns(r: Resource, args: argparse.Namespace) -> list[Column]:
-    table = TABLES.get(r.name, _DEFAULT_TABLE)
+    table = TABLES.get(r.name, DEFAULT_TABLE)
     cols = list(table.columns) + (list(table.wide) if args.output == "wide" else [])
     if r.namespaced and args.all_namespaces:
         cols.insert(0, ("NAMESPACE", lambda o, _now: str(_get(o, "metadata", "namespace") or "")))

@@ -89,9 +89,10 @@ class Api:
         token: str | None = TOKEN,
         ctype: str | None = None,
         raw: bytes | None = None,
+        accept: str | None = None,
     ) -> tuple[int, Any]:
         data = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
-        headers = []
+        headers = [("accept", accept)] if accept else []
         if token is not None:
             headers.append(("authorization", f"Bearer {token}"))
         if data or ctype:
@@ -1095,3 +1096,36 @@ def test_validate_mutated_objects_raise_only_invalid(case: tuple[edgeproto.Resou
         assert out["metadata"]["name"]
         json.dumps(out, allow_nan=False)  # always storable
     assert json.dumps(obj, sort_keys=True) == before  # never mutated
+
+
+KUBECTL_ACCEPT = (
+    "application/json;as=Table;v=v1;g=meta.k8s.io,"
+    "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+)
+
+
+async def test_kubectl_gets_tables(api: Api) -> None:
+    await api.create(f"{NS}/pods", pod("web", node="pi-01"))
+    status, table = await api.call("GET", f"{NS}/pods", accept=KUBECTL_ACCEPT)
+    assert status == 200 and table["kind"] == "Table"
+    assert table["apiVersion"] == "meta.k8s.io/v1"
+    cols = [(c["name"], c["priority"]) for c in table["columnDefinitions"]]
+    assert cols == [
+        ("Name", 0),
+        ("Ready", 0),
+        ("Status", 0),
+        ("Restarts", 0),
+        ("Age", 0),
+        ("Ip", 1),
+        ("Node", 1),
+    ]
+    [row] = table["rows"]
+    assert row["cells"][:4] == ["web", "0/1", "Pending", "0"]
+    assert row["cells"][-1] == "pi-01"
+    assert row["object"]["metadata"]["name"] == "web"
+    assert row["object"]["kind"] == "PartialObjectMetadata"
+    status, one = await api.call("GET", f"{NS}/pods/web", accept=KUBECTL_ACCEPT)
+    assert status == 200 and one["kind"] == "Table" and len(one["rows"]) == 1
+    # Plain JSON clients still get objects.
+    status, obj = await api.call("GET", f"{NS}/pods/web")
+    assert status == 200 and obj["kind"] == "Pod"

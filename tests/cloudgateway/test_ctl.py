@@ -15,7 +15,8 @@ import pytest
 import trio
 import yaml
 
-from cloudgateway import ctl
+from cloudgateway import _tables, ctl
+from cloudgateway._tables import human_duration
 from tests.cloudgateway.test_api import NS, TOKEN, Api, cm, node, pod, start_api
 
 
@@ -456,7 +457,7 @@ def test_kinds_and_durations() -> None:
         -5: "0s",
     }
     for seconds, want in cases.items():
-        assert ctl.human_duration(seconds) == want, seconds
+        assert human_duration(seconds) == want, seconds
     ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3 * 3600 - 65))
-    assert ctl._age({"metadata": {"creationTimestamp": ts}}, time.time()) == "3h1m"
-    assert ctl._age({"metadata": {"creationTimestamp": "garbage"}}, time.time()) == "<unknown>"
+    assert _tables._age({"metadata": {"creationTimestamp": ts}}, time.time()) == "3h1m"
+    assert _tables._age({"metadata": {"creationTimestamp": "garbage"}}, time.time()) == "<unknown>"
