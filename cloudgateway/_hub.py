@@ -3,9 +3,11 @@
 Per connection: mTLS handshake (the client certificate names the node), then
 ``hello{node, last_rev}`` → a resync (delta or snapshot) → live changes. The
 session keeps the membership last sent (``key -> spec_rev``); any store event
-that can touch the node's view marks the session dirty, and its sender task
-recomputes the view and sends only the difference. Dirty flags coalesce bursts
-and give backpressure for free: a slow node just gets fewer, larger changes.
+that can touch the node's view marks the session dirty and queues it for one of
+a few shared sender tasks, which recomputes the view and sends only the
+difference. Dirty flags coalesce bursts and give backpressure for free: a slow
+node just gets fewer, larger changes. Idle sessions cost no task of their own
+(most of a gateway's thousands of nodes are idle at any moment).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import copy
 import logging
 import random
 import ssl
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -64,10 +66,24 @@ class HubConfig:
     max_resyncs: int = 32  # concurrent resync computations
     max_waiting: int = 4096  # resyncs allowed to queue; the rest are told to come back
     progress_interval: float = 300.0  # idle nodes get their last_rev advanced this often
+    senders: int = 16  # tasks sending live changes, shared by all sessions
+    send_timeout: float = 30.0  # a node taking longer to take a change is disconnected
 
 
 class _Session:
-    __slots__ = ("dirty", "node", "refs", "sent", "sent_rev", "streams", "ws")
+    __slots__ = (
+        "dirty",
+        "live",
+        "node",
+        "progress",
+        "progress_at",
+        "queued",
+        "refs",
+        "sent",
+        "sent_rev",
+        "streams",
+        "ws",
+    )
 
     def __init__(self, node: str, ws: tws.WebSocketConnection) -> None:
         self.node = node
@@ -75,11 +91,12 @@ class _Session:
         self.sent: dict[str, int] = {}
         self.sent_rev = 0
         self.refs: frozenset[str] = frozenset()
-        self.dirty = trio.Event()
+        self.dirty = False  # the view may have changed since it was last sent
+        self.live = False  # resynced, not yet disconnected: live changes may flow
+        self.queued = False  # waiting for, or held by, a sender task
+        self.progress = False  # send an empty change to advance the node's last_rev
+        self.progress_at = 0.0  # when last_rev was last advanced
         self.streams: dict[int, NodeStream] | None = None  # made on first use: most have none
-
-    def mark_dirty(self) -> None:
-        self.dirty.set()
 
 
 class Hub:
@@ -101,6 +118,8 @@ class Hub:
         self._waiting = 0
         self._resync_seconds = 0.01  # moving average, for retry_after estimates
         self._stream_ids = 0
+        self._ready: deque[_Session] = deque()  # dirty sessions, each at most once
+        self._ready_lot = trio.lowlevel.ParkingLot()
         self.counters: Counter[str] = Counter()
         self.port = 0
 
@@ -115,6 +134,9 @@ class Hub:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._dispatch)
+            for _ in range(self.config.senders):
+                nursery.start_soon(self._sender)
+            nursery.start_soon(self._progress_ticker)
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
             self.port = listeners[0].socket.getsockname()[1]
             log.info("hub listening on %s:%d", self.config.host, self.port)
@@ -134,7 +156,7 @@ class Hub:
                     started = True
                 else:
                     for s in self._sessions.values():
-                        s.mark_dirty()
+                        self._mark_dirty(s)
                 try:
                     async for ev in sub:
                         self._route(ev.key, ev.record.node, ev.prev.node if ev.prev else None)
@@ -145,10 +167,17 @@ class Hub:
     def _route(self, key: str, node: str | None, prev_node: str | None) -> None:
         for n in (node, prev_node):
             if n is not None and (s := self._sessions.get(n)) is not None:
-                s.mark_dirty()
+                self._mark_dirty(s)
         for n in self._watchers.get(key, ()):
             if (s := self._sessions.get(n)) is not None:
-                s.mark_dirty()
+                self._mark_dirty(s)
+
+    def _mark_dirty(self, session: _Session) -> None:
+        session.dirty = True
+        if session.live and not session.queued:
+            session.queued = True
+            self._ready.append(session)
+            self._ready_lot.unpark()
 
     def _watch(self, session: _Session, view: View) -> None:
         old, new = session.refs, view.refs
@@ -238,11 +267,16 @@ class Hub:
                 self._resyncs.release()
             await self._health.connected(node)
             log.info("node %s connected from %s (last_rev %d)", node, peer, last_rev)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sender, session)
-                await self._reader(session)
-                nursery.cancel_scope.cancel()
+            session.live = True
+            session.progress_at = trio.current_time() - random.uniform(0, 0.2) * (
+                self.config.progress_interval
+            )
+            if session.dirty:  # something changed while the resync was under way
+                session.dirty = False
+                self._mark_dirty(session)
+            await self._reader(session)
         finally:
+            session.live = False
             for stream in (session.streams or {}).values():
                 stream.abort(502, "BadGateway", f"node {node} disconnected")
             if self._sessions.get(node) is session:
@@ -315,19 +349,58 @@ class Hub:
         took = trio.current_time() - t0
         self._resync_seconds = 0.9 * self._resync_seconds + 0.1 * took
 
-    async def _sender(self, session: _Session) -> None:
-        """Send view changes when dirty; when idle, now and then advance the node's
-        last_rev (an empty change) so a later resync stays a delta after compaction."""
+    async def _sender(self) -> None:
+        """One of the shared senders: take a dirty session, send what changed."""
         while True:
-            with trio.move_on_after(
-                self.config.progress_interval * random.uniform(0.8, 1.2)
-            ) as idle:
-                await session.dirty.wait()
-            session.dirty = trio.Event()
-            if idle.cancelled_caught and self._store.current_rev() == session.sent_rev:
-                continue
-            if await self._send_changes(session, progress=idle.cancelled_caught):
-                self.counters["changes_sent"] += 1
+            while not self._ready:
+                await self._ready_lot.park()
+            session = self._ready.popleft()
+            progress, session.progress = session.progress, False
+            session.dirty = False
+            try:
+                if session.live:
+                    await self._send_live(session, progress)
+            finally:
+                session.queued = False
+                if session.dirty and session.live:
+                    session.dirty = False
+                    self._mark_dirty(session)
+
+    async def _send_live(self, session: _Session, progress: bool) -> None:
+        with trio.move_on_after(self.config.send_timeout) as scope:
+            try:
+                if await self._send_changes(session, progress=progress):
+                    self.counters["changes_sent"] += 1
+            except _CONNECTION_ENDED:
+                return  # its reader sees the same and ends the session
+            except Exception:
+                self.counters["send_errors"] += 1
+                log.exception("sending changes to node %s failed", session.node)
+                scope.cancel()  # fall through to closing: its view is unknown now
+        if scope.cancelled_caught:
+            self.counters["sessions_too_slow"] += 1
+            log.warning(
+                "node %s took more than %.0f s to take a change; closing",
+                session.node,
+                self.config.send_timeout,
+            )
+            with trio.move_on_after(1, shield=True):
+                with contextlib.suppress(*_CONNECTION_ENDED):
+                    await session.ws.aclose(CLOSE_TRY_AGAIN, "too slow")
+
+    async def _progress_ticker(self) -> None:
+        """Now and then advance idle nodes' last_rev (an empty change) so a later
+        resync stays a delta after compaction."""
+        interval = self.config.progress_interval
+        while True:
+            await trio.sleep(interval / 10)
+            now, rev = trio.current_time(), self._store.current_rev()
+            for session in list(self._sessions.values()):
+                if session.live and now - session.progress_at >= interval:
+                    session.progress_at = now
+                    if rev != session.sent_rev:
+                        session.progress = True
+                        self._mark_dirty(session)
 
     async def _send_changes(self, session: _Session, *, progress: bool) -> bool:
         """One live step. A function of its own so that the view (every record of
@@ -345,6 +418,7 @@ class Hub:
             await self._send(session.ws, m)
         session.sent = plan.view.membership()
         session.sent_rev = plan.rev
+        session.progress_at = trio.current_time()
         return True
 
     async def _reader(self, session: _Session) -> None:

@@ -75,8 +75,7 @@ def gateway_config(data_dir: Path, ports: dict[str, int] | None = None, **kw: An
         hub=("127.0.0.1", ports["hub"]),
         join=("127.0.0.1", ports["join"]),
         api=("127.0.0.1", ports["api"]),
-        hub_options=HubConfig(idle_timeout=10.0, progress_interval=300.0),
-        **kw,
+        **{"hub_options": HubConfig(idle_timeout=10.0, progress_interval=300.0), **kw},
     )
 
 

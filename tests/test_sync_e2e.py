@@ -183,3 +183,39 @@ async def test_resync_after_small_change_is_small(
     assert second["objects"] == 10
     assert second["bytes"] <= 0.05 * first["bytes"], (second, first)
     await agent.stop()
+
+
+async def test_idle_nodes_follow_the_store_revision(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Writes outside a node's view still advance its last_rev now and then, so
+    its next resync is a delta even after compaction; and idle sessions hold no
+    sender task of their own."""
+    from cloudgateway._hub import HubConfig
+
+    gw = await start_gateway(
+        nursery, tmp_path / "gw", hub_options=HubConfig(idle_timeout=10.0, progress_interval=0.5)
+    )
+    await join_node(gw, "pi-01", tmp_path / "a")
+    agent = await start_agent(nursery, tmp_path / "a")
+    await wait_for(lambda: agent.status()["connected"], timeout=10)
+    start = agent.status()["last_rev"]
+    for i in range(3):
+        await create(gw, "configmaps", cm(f"elsewhere-{i}", node="pi-99"))
+    rev = gw.store.current_rev()
+    assert rev > start
+    await wait_for(lambda: agent.status()["last_rev"] >= rev, timeout=5)
+    assert agent.status()["objects"].get("ConfigMap", 0) == 0
+    # A second node connects: still the same fixed pool of sender tasks.
+    await join_node(gw, "pi-02", tmp_path / "b")
+    other = await start_agent(nursery, tmp_path / "b")
+    await wait_for(lambda: other.status()["connected"], timeout=10)
+
+    def tasks_named(suffix: str) -> int:
+        count, todo = 0, [trio.lowlevel.current_root_task()]
+        while todo:
+            task = todo.pop()
+            count += task.name.endswith(suffix)
+            todo.extend(t for n in task.child_nurseries for t in n.child_tasks)
+        return count
+
+    assert tasks_named("Hub._sender") == gw.running.hub.config.senders
+    gw.scope.cancel()
