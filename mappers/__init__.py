@@ -1,4 +1,5 @@
 """edgeflock mappers (Modbus, serial) that feed DeviceTwin over MQTT.
 
-Not built yet: see the mappers issue. Nothing here is imported by the agent or gateway.
+Each mapper is its own process (``modbus-mapper``, ``serial-mapper``); nothing here
+is imported by the agent or gateway. See ``mappers/README.md``.
 """

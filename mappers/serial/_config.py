@@ -1,0 +1,134 @@
+"""Serial sensor configuration from a DeviceDoc.
+
+Protocol ``configData``: ``com: {serialPort, baudRate, dataBits, parity, stopBits}``
+(or the same keys flat); ``delimiter`` (default ",") or ``regex`` (named groups);
+``lineEnding`` (default "\\n"; a trailing "\\r" is dropped), ``maxLineLength``
+(default 512), ``offlineAfter`` (ms without a valid line, default 5000).
+Visitor ``configData``: ``index`` (0-based field, delimited lines) or ``group``
+(regex group, default: the property name); ``dataType`` (int, float, bool, string;
+default from the model's type), ``scale``, ``valueOffset``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mappers._errors import ConfigError
+from mappers._manifest import DeviceDoc
+from mappers.serial._parse import FieldSpec, LineParser
+
+__all__ = ["SerialSensor", "parse_sensor"]
+
+
+@dataclass(frozen=True)
+class SerialSensor:
+    name: str
+    port: str
+    baud: int
+    data_bits: int
+    parity: str
+    stop_bits: int
+    parser: LineParser
+    line_ending: bytes
+    max_line: int
+    report_ms: int
+    offline_after_ms: int
+    twin_types: dict[str, str]
+
+
+def _num(value: Any, where: str, kind: type[int] | type[float] = int) -> Any:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a number") from None
+
+
+_TYPES = {
+    "int": "int",
+    "integer": "int",
+    "float": "float",
+    "double": "float",
+    "bool": "bool",
+    "boolean": "bool",
+    "string": "string",
+}
+
+
+def parse_sensor(doc: DeviceDoc) -> SerialSensor:
+    where = f"device {doc.namespace}/{doc.name} protocol.configData"
+    cfg = doc.protocol_config
+    nested = cfg.get("com")
+    com: Mapping[str, Any] = nested if isinstance(nested, Mapping) else cfg
+    port = com.get("serialPort")
+    if not port:
+        raise ConfigError(f"{where}.com.serialPort is required")
+    parity = str(com.get("parity", "none")).lower()
+    parity_map = {"none": "N", "n": "N", "even": "E", "e": "E", "odd": "O", "o": "O"}
+    if parity not in parity_map:
+        raise ConfigError(f"{where}.parity: {parity!r} (none, even or odd)")
+    regex = cfg.get("regex")
+    delimiter = None if regex else str(cfg.get("delimiter", ","))
+    if regex is not None:
+        try:
+            re.compile(str(regex))
+        except re.error as exc:
+            raise ConfigError(f"{where}.regex: {exc}") from None
+    fields = []
+    types = {}
+    for p in doc.properties:
+        pw = f"device {doc.namespace}/{doc.name} property {p.name} visitors.configData"
+        v = p.visitor
+        dt_raw = str(v.get("dataType") or p.model.type or "string").lower()
+        if dt_raw not in _TYPES:
+            raise ConfigError(f"{pw}.dataType: {dt_raw!r} (int, float, bool or string)")
+        data_type = _TYPES[dt_raw]
+        scale = _num(v.get("scale", 1) or 1, f"{pw}.scale", float)
+        offset = _num(v.get("valueOffset", 0) or 0, f"{pw}.valueOffset", float)
+        if (scale != 1 or offset != 0) and data_type == "int":
+            data_type = "float"
+        index = None
+        if delimiter is not None:
+            if "index" not in v:
+                raise ConfigError(f"{pw}.index is required with a delimiter")
+            index = _num(v["index"], f"{pw}.index")
+            if index < 0:
+                raise ConfigError(f"{pw}.index must be >= 0")
+        fields.append(
+            FieldSpec(
+                p.name,
+                index=index,
+                group=v.get("group"),
+                data_type=data_type,
+                scale=scale,
+                value_offset=offset,
+            )
+        )
+        model_type = p.model.type if p.model.type != "string" or data_type == "string" else ""
+        types[p.name] = model_type or {"bool": "boolean"}.get(data_type, data_type)
+    try:
+        parser = LineParser(
+            fields, delimiter=delimiter, regex=None if regex is None else str(regex)
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    ending = str(cfg.get("lineEnding", "\n")).encode().decode("unicode_escape").encode()
+    cycles = [p.collect_cycle_ms for p in doc.properties] or [1000]
+    return SerialSensor(
+        name=doc.name,
+        port=str(port),
+        baud=_num(com.get("baudRate", 9600), f"{where}.baudRate"),
+        data_bits=_num(com.get("dataBits", 8), f"{where}.dataBits"),
+        parity=parity_map[parity],
+        stop_bits=_num(com.get("stopBits", 1), f"{where}.stopBits"),
+        parser=parser,
+        line_ending=ending or b"\n",
+        max_line=_num(cfg.get("maxLineLength", 512), f"{where}.maxLineLength"),
+        report_ms=min(cycles),
+        offline_after_ms=_num(cfg.get("offlineAfter", 5000), f"{where}.offlineAfter"),
+        twin_types=types,
+    )
