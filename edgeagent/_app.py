@@ -70,8 +70,15 @@ async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = Non
         modules: list[tuple[str, Service]] = [
             ("hub", hub.run),
             ("nodestatus", NodeStatusReporter(config, meta).run),
-            ("podstatus", PodStatusReporter(config, meta).run),
         ]
+        if config.cri:
+            from .edged import Edged  # grpc/protobuf are imported only when edged runs
+
+            edged = Edged(config, meta)
+            hub.pod_streams = edged
+            modules.append(("edged", edged.run))
+        else:  # no runtime: pods bound here are reported Pending, with the reason
+            modules.append(("podstatus", PodStatusReporter(config, meta).run))
         if config.mqtt:
             from ._twin import edge_bus_modules  # paho is imported only with an edge bus
 

@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show the agent's state (works when it is stopped)")
     s.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     s.add_argument("-o", "--output", choices=("json", "text"), default="text")
+    im = sub.add_parser("images", help="container images on this board")
+    im_sub = im.add_subparsers(dest="images_cmd", required=True)
+    imp = im_sub.add_parser("import", help="import an OCI or docker archive (offline boards)")
+    imp.add_argument("file", help="image archive (.tar)")
+    imp.add_argument("--cri", default=None, help="containerd socket (default: the agent's)")
+    imp.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    imp.add_argument("--snapshotter", default="overlayfs", help="the one CRI uses")
     return p
 
 
@@ -42,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return _join(args.gateway, args.token, data_dir)
     if args.cmd == "run":
         return _run(args, data_dir)
+    if args.cmd == "images":
+        return _images_import(args, data_dir)
     return _status(data_dir, args.output)
 
 
@@ -55,6 +64,29 @@ def _join(gateway: str, token: str, data_dir: Path) -> int:
         return 1
     print(f"joined as node {enrollment.node}; hub {enrollment.hub_url}")
     print(f"next: edgeagent run --data-dir {data_dir}")
+    return 0
+
+
+def _images_import(args: argparse.Namespace, data_dir: Path) -> int:
+    from ._errors import AgentError
+    from .edged import import_image
+
+    address = args.cri
+    if address is None:
+        try:
+            from ._config import load_config
+
+            address = load_config(data_dir).cri
+        except AgentError:
+            address = None
+    address = address or "unix:///run/containerd/containerd.sock"
+    try:
+        names = import_image(address, Path(args.file), snapshotter=args.snapshotter)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name in names:
+        print(f"imported {name}")
     return 0
 
 
