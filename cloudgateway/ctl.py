@@ -652,7 +652,12 @@ def _global_flags(p: argparse.ArgumentParser, *, top: bool) -> None:
     )
     tok = p.add_mutually_exclusive_group()
     tok.add_argument("--token", metavar="T", help="admin bearer token (env EDGECTL_TOKEN)", **kw)
-    tok.add_argument("--token-file", metavar="FILE", help="file holding the admin token", **kw)
+    tok.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the admin token (env EDGECTL_TOKEN_FILE)",
+        **kw,
+    )
     p.add_argument("-n", "--namespace", metavar="NS", help="namespace (default: default)", **kw)
     p.add_argument(
         "--certificate-authority",
@@ -735,7 +740,7 @@ def _read_token_file(path: str) -> str:
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    """--token, --token-file, $EDGECTL_TOKEN, then the gateway's admin.token
+    """--token, --token-file, $EDGECTL_TOKEN, $EDGECTL_TOKEN_FILE, then the gateway's admin.token
     ($EDGEFLOCK_GATEWAY_DIR or /var/lib/edgeflock/gateway) if readable."""
     if getattr(args, "token", None):
         return str(args.token)
@@ -743,6 +748,8 @@ def _token(args: argparse.Namespace) -> str | None:
         return _read_token_file(str(args.token_file))
     if os.environ.get("EDGECTL_TOKEN"):
         return os.environ["EDGECTL_TOKEN"].strip()
+    if os.environ.get("EDGECTL_TOKEN_FILE"):
+        return _read_token_file(os.environ["EDGECTL_TOKEN_FILE"])
     gateway_dir = os.environ.get("EDGEFLOCK_GATEWAY_DIR") or DEFAULT_GATEWAY_DIR
     try:
         return (Path(gateway_dir) / "admin.token").read_text().strip() or None

@@ -22,7 +22,7 @@ from tests.cloudgateway.test_api import NS, TOKEN, Api, cm, node, pod, start_api
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("EDGECTL_SERVER", "EDGECTL_TOKEN"):
+    for var in ("EDGECTL_SERVER", "EDGECTL_TOKEN", "EDGECTL_TOKEN_FILE"):
         monkeypatch.delenv(var, raising=False)
     # Never pick up a real gateway's token from this machine.
     empty = tmp_path / "no-gateway"
@@ -405,6 +405,12 @@ async def test_global_flags_and_token_sources(
     assert (rc, out) == (0, want)
     rc, _, err = await edgectl("get", "no", "--token", "wrong")
     assert rc == 1 and "Unauthorized" in err
+    monkeypatch.delenv("EDGECTL_TOKEN")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    monkeypatch.setenv("EDGECTL_TOKEN_FILE", str(token_file))
+    rc, out, _ = await edgectl("get", "no", "-o", "name")
+    assert (rc, out) == (0, want)
 
 
 async def test_connection_and_usage_errors(tmp_path: Path) -> None:
