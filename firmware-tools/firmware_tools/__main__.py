@@ -1,0 +1,7 @@
+"""``python -m firmware_tools`` is ``edgeflash``."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""What goes onto the root filesystem for the first boot: script, units, config.
+
+Everything here is text built from values; nothing touches an image.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+__all__ = [
+    "AGENT_UNIT",
+    "BUNDLE_DIR",
+    "CONF_PATH",
+    "DATA_DIR",
+    "FIRSTBOOT_SCRIPT",
+    "FIRSTBOOT_UNIT",
+    "MANIFEST_PATH",
+    "TOKEN_PATH",
+    "UNIT_DIR",
+    "VENV_DIR",
+    "Components",
+    "agent_unit",
+    "conf_file",
+    "containerd_config",
+    "containerd_unit",
+    "firstboot_script",
+    "firstboot_unit",
+    "mosquitto_config",
+    "mosquitto_unit",
+]
+
+BUNDLE_DIR = "/opt/edgeflock/bundle"
+VENV_DIR = "/opt/edgeflock/venv"
+DATA_DIR = "/var/lib/edgeflock/agent"
+CONF_PATH = "/etc/edgeflock/edgeflock.conf"
+TOKEN_PATH = "/etc/edgeflock/join.token"
+MANIFEST_PATH = "/etc/edgeflock/edgeflash-manifest.json"
+FIRSTBOOT_SCRIPT = "/usr/local/lib/edgeflock/firstboot.sh"
+UNIT_DIR = "/etc/systemd/system"
+FIRSTBOOT_UNIT = "edgeflock-firstboot.service"
+AGENT_UNIT = "edgeflock-agent.service"
+MOSQUITTO_UNIT = "edgeflock-mosquitto.service"
+CONTAINERD_UNIT = "edgeflock-containerd.service"
+MQTT_URL = "tcp://127.0.0.1:1883"
+CRI_SOCKET = "/run/edgeflock/containerd/containerd.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """Which services the bundle carries besides the agent."""
+
+    mosquitto: bool = False
+    containerd: bool = False
+
+    def distro_units(self) -> list[str]:
+        return [
+            unit
+            for unit, carried in (
+                ("mosquitto.service", self.mosquitto),
+                ("containerd.service", self.containerd),
+            )
+            if carried
+        ]
+
+    def units(self) -> list[str]:
+        extra = [MOSQUITTO_UNIT] if self.mosquitto else []
+        extra += [CONTAINERD_UNIT] if self.containerd else []
+        return [*extra, AGENT_UNIT]
+
+
+def conf_file(*, gateway: str, ca_pin: str, node: str, components: Components) -> str:
+    values = {
+        "GATEWAY": gateway,
+        "CA_PIN": ca_pin,
+        "NODE": node,
+        "DATA_DIR": DATA_DIR,
+        "BUNDLE": BUNDLE_DIR,
+        "VENV": VENV_DIR,
+        "UNITS": " ".join(components.units()),
+        "CONTAINERD_SOCKET": CRI_SOCKET if components.containerd else "",
+        # The distribution's own units for what edgeflock runs itself (port 1883...).
+        "DISTRO_UNITS": " ".join(components.distro_units()),
+    }
+    lines = [
+        "# edgeflock board configuration, written by edgeflash prepare.",
+        "# Shell syntax: read by the first-boot script.",
+    ]
+    lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def agent_unit(components: Components) -> str:
+    args = [f"{VENV_DIR}/bin/edgeagent", "run", "--data-dir", DATA_DIR]
+    after = ["network-online.target"]
+    if components.mosquitto:
+        args += ["--mqtt", MQTT_URL]
+        after.append(MOSQUITTO_UNIT)
+    if components.containerd:
+        args += ["--cri", f"unix://{CRI_SOCKET}"]
+        after.append(CONTAINERD_UNIT)
+    return f"""\
+[Unit]
+Description=edgeflock edge agent
+Documentation=https://github.com/edgeflock/edgeflock
+Wants=network-online.target
+After={" ".join(after)}
+ConditionPathExists={DATA_DIR}/enrollment.json
+
+[Service]
+ExecStart={" ".join(args)}
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def firstboot_unit() -> str:
+    return f"""\
+[Unit]
+Description=edgeflock first boot: install the agent bundle and join the gateway
+Wants=network-online.target
+After=network-online.target time-sync.target
+ConditionPathExists={TOKEN_PATH}
+
+[Service]
+Type=oneshot
+ExecStart={FIRSTBOOT_SCRIPT}
+# No network or clock yet: try again rather than give up.
+Restart=on-failure
+RestartSec=30
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def mosquitto_config() -> str:
+    return """\
+# edgeflock edge bus: local clients only.
+listener 1883 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location /var/lib/edgeflock/mosquitto/
+max_queued_messages 10000
+"""
+
+
+def mosquitto_unit() -> str:
+    return """\
+[Unit]
+Description=edgeflock edge bus (mosquitto)
+After=network.target
+
+[Service]
+ExecStartPre=/bin/mkdir -p /var/lib/edgeflock/mosquitto
+ExecStart=/usr/sbin/mosquitto -c /etc/edgeflock/mosquitto.conf
+Restart=always
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def containerd_config() -> str:
+    return f"""\
+version = 2
+root = "/var/lib/edgeflock/containerd"
+state = "/run/edgeflock/containerd"
+
+[grpc]
+  address = "{CRI_SOCKET}"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = false
+"""
+
+
+def containerd_unit() -> str:
+    return """\
+[Unit]
+Description=edgeflock container runtime (containerd)
+After=network.target local-fs.target
+
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/bin/containerd --config /etc/edgeflock/containerd.toml
+Delegate=yes
+KillMode=process
+Restart=always
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def firstboot_script() -> str:
+    return r"""#!/bin/sh
+# edgeflock first boot, written by edgeflash prepare.
+# Installs the offline bundle, joins the gateway, enables the agent, removes the token.
+# Every path is taken relative to $EDGEFLOCK_ROOT (empty on a board), so the script
+# can be run against an extracted root filesystem.
+set -eu
+
+ROOT="${EDGEFLOCK_ROOT:-}"
+PYTHON="${EDGEFLOCK_PYTHON:-python3}"
+. "$ROOT/etc/edgeflock/edgeflock.conf"
+TOKEN_FILE="$ROOT/etc/edgeflock/join.token"
+B="$ROOT$BUNDLE"
+V="$ROOT$VENV"
+D="$ROOT$DATA_DIR"
+
+log() { echo "edgeflock-firstboot: $*" >&2; }
+fail() { log "error: $*"; exit 1; }
+systemctl_() {
+    if [ -n "$ROOT" ]; then systemctl --root="$ROOT" "$@"; else systemctl "$@"; fi
+}
+
+[ -r "$TOKEN_FILE" ] || fail "no join token at $TOKEN_FILE"
+TOKEN=$(cat "$TOKEN_FILE")
+case "$TOKEN" in
+    *."${CA_PIN#sha256:}") ;;
+    *) fail "join token does not carry the CA pin $CA_PIN from edgeflock.conf" ;;
+esac
+
+if [ -f "$B/SHA256SUMS" ]; then
+    log "checking the bundle"
+    (cd "$B" && sha256sum --quiet -c SHA256SUMS) || fail "bundle in $B is corrupt"
+    if ls "$B"/debs/*.deb >/dev/null 2>&1; then
+        log "installing Debian packages"
+        if [ -n "$ROOT" ]; then dpkg --root="$ROOT" -i "$B"/debs/*.deb
+        else dpkg -i "$B"/debs/*.deb; fi
+        if [ -n "$DISTRO_UNITS" ]; then
+            systemctl_ disable $DISTRO_UNITS 2>/dev/null || true
+            [ -n "$ROOT" ] || systemctl stop $DISTRO_UNITS 2>/dev/null || true
+        fi
+    fi
+    if [ ! -x "$V/bin/edgeagent" ]; then
+        log "installing the agent into $V"
+        rm -rf "$V"
+        "$PYTHON" -m venv "$V"
+        "$V/bin/python" -m pip install --quiet --no-index --no-cache-dir \
+            --find-links "$B/wheels" edgeflock || fail "pip could not install the bundle"
+    fi
+fi
+EDGEAGENT="$V/bin/edgeagent"
+[ -x "$EDGEAGENT" ] || EDGEAGENT=$(command -v edgeagent) || fail "edgeagent not installed"
+
+if [ -n "$CONTAINERD_SOCKET" ] && ls "$B"/images/*.tar >/dev/null 2>&1; then
+    systemctl_ start "edgeflock-containerd.service" || true
+    for image in "$B"/images/*.tar; do
+        ctr --address "$ROOT$CONTAINERD_SOCKET" -n k8s.io images import "$image" \
+            || log "could not import $image (will retry on the next boot)"
+    done
+fi
+
+if [ ! -f "$D/enrollment.json" ]; then
+    log "joining $GATEWAY as $NODE"
+    "$EDGEAGENT" join --gateway "$GATEWAY" --token "$TOKEN" --data-dir "$D" \
+        || fail "join failed; the token is kept, the next try is in 30 s"
+fi
+rm -f "$TOKEN_FILE"
+log "joined; enabling $UNITS"
+systemctl_ enable $UNITS
+systemctl_ disable edgeflock-firstboot.service
+if [ -z "$ROOT" ]; then
+    systemctl start --no-block $UNITS
+fi
+log "done"
+"""
