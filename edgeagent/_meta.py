@@ -286,6 +286,31 @@ class Meta:
             await self._outbox_changed.wait()
         return self.outbox_generation
 
+    async def transact(
+        self, fn: Callable[[apsw.Connection], list[tuple[str, str, bytes, bool]]]
+    ) -> None:
+        """Run ``fn(connection)`` in the meta thread and enqueue the outbox items it
+        returns, all in one transaction (one WAL commit: modules batch their own
+        tables' writes with their reports to spare SD cards)."""
+
+        def run() -> int:
+            dropped = -1
+            with self._sync.conn:
+                items = fn(self._sync.conn)
+                if items:
+                    dropped = self._sync.enqueue(items)
+            return dropped
+
+        dropped = await self._call(run)
+        if dropped < 0:
+            return
+        if dropped:
+            self.counters["outbox_dropped"] += dropped
+            log.warning("outbox full: dropped %d oldest entries", dropped)
+        self.outbox_generation += 1
+        self._outbox_changed.set()
+        self._outbox_changed = trio.Event()
+
     async def outbox_after(self, seq: int, limit: int) -> list[OutboxItem]:
         return await self._call(self._sync.outbox_after, seq, limit)
 

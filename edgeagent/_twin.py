@@ -1,0 +1,601 @@
+"""DeviceTwin: KubeEdge's device twin in the agent, over the local MQTT bus.
+
+Mappers and device apps talk KubeEdge's topics (``edgeproto.topics``) and
+payloads (``edgeproto.twin``). The twin keeps every device's document in memory
+and in the agent's SQLite (tables ``twin`` and ``twin_device`` on the meta
+connection); the Device objects themselves (and their DeviceModels) come from
+the cloud through the normal sync.
+
+Writes are batched for SD cards: a change marks rows dirty and a flusher
+writes everything dirty at most once per ~50 ms window in ONE transaction,
+together with the device status reports for the gateway (the outbox row of a
+device is coalesced: the latest full twin list wins, so a gateway down for
+days costs one row per device). Answers on MQTT are sent when the in-memory
+document changed; a crash within the window loses at most that window, which
+the mapper's next report repairs.
+
+Cloud → edge: a Device's ``spec.properties[].desired.value`` becomes the
+twin's expected value (cloud version bumped) and, when it differs from the
+actual value, a ``twin/update/delta`` to the device. Outstanding deltas are
+re-sent after every (re)connect of the broker. Edge → cloud: actual values go
+up as ``status.twins[].reported``; an expected value set at the edge goes up as
+a ``desired`` report that the gateway applies to the Device's spec.
+
+Bounded history (optional, per device): the annotation
+``twin.edgeflock.io/history: "temperature=100,humidity=10"`` asks that, besides
+the latest value, the last N reported values of each named property are kept
+while offline and delivered: each reported value becomes a ``twin-history``
+report keyed ``devices/NS/NAME#h<property>.<seq mod N>`` (body ``{"history":
+[{"propertyName", "value", "timestamp"}]}``). The keys form a ring of N outbox
+rows per property, so the newest N values wait and older ones are overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+import cbor2
+import trio
+
+from edgeproto import topics
+from edgeproto import twin as tw
+from edgeproto.twin import TwinError, TwinProperty
+
+from ._config import AgentConfig
+from ._meta import Meta
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HISTORY_ANNOTATION", "DeviceTwin", "edge_bus_modules"]
+
+HISTORY_ANNOTATION = "twin.edgeflock.io/history"
+HISTORY_CAP = 1000  # per property, whatever the annotation asks
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS twin(
+    device TEXT NOT NULL,
+    name TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY(device, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS twin_device(
+    device TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    last_online TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+Publish = Callable[[str, bytes, int], bool]  # (topic, payload, qos)
+Outbox = list[tuple[str, str, bytes, bool]]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _rfc3339(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+@dataclass
+class _Device:
+    key: str  # devices/NS/NAME
+    namespace: str
+    name: str
+    spec: dict[str, Any]
+    model: dict[str, Any] | None
+    desired: dict[str, tuple[str | None, str]]  # property -> (desired value, type)
+    no_report: frozenset[str]  # properties with reportToCloud: false
+    history: dict[str, int]  # property -> how many past values to keep
+    fingerprint: str
+
+    def member(self, twins: dict[str, TwinProperty], state: tuple[str, str]) -> dict[str, Any]:
+        """The membership entry (KubeEdge's ``Device`` plus edgeflock's spec/model)."""
+        out: dict[str, Any] = {
+            "id": self.name,
+            "name": self.name,
+            "namespace": self.namespace,
+            "description": "",
+            "state": state[0] or "unknown",
+            "twin": {k: v.to_msg() for k, v in twins.items()},
+            "spec": self.spec,
+            "model": self.model,
+        }
+        if state[1]:
+            out["last_online"] = state[1]
+        return out
+
+
+def _device_from(
+    key: str, obj: dict[str, Any], models: dict[str, dict[str, Any]]
+) -> _Device | None:
+    parts = key.split("/", 2)
+    if len(parts) != 3:
+        return None
+    _, ns, name = parts
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    assert isinstance(spec, dict)
+    ref = spec.get("deviceModelRef")
+    model_obj = None
+    if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+        model_obj = models.get(f"devicemodels/{ns}/{ref['name']}")
+    model = model_obj.get("spec") if isinstance(model_obj, dict) else None
+    types: dict[str, str] = {}
+    if isinstance(model, dict):
+        for p in model.get("properties") or []:
+            if isinstance(p, dict) and isinstance(p.get("name"), str):
+                t = p.get("type")
+                types[p["name"]] = t.lower() if isinstance(t, str) else "string"
+    desired: dict[str, tuple[str | None, str]] = {}
+    no_report: set[str] = set()
+    for p in spec.get("properties") or []:
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            continue
+        d = p.get("desired")
+        value = d.get("value") if isinstance(d, dict) else None
+        typ = types.get(p["name"], "string")
+        desired[p["name"]] = (value if isinstance(value, str) else None, _twin_type(typ))
+        if p.get("reportToCloud") is False:
+            no_report.add(p["name"])
+    history: dict[str, int] = {}
+    ann = (obj.get("metadata") or {}).get("annotations") or {}
+    raw = ann.get(HISTORY_ANNOTATION) if isinstance(ann, dict) else None
+    if isinstance(raw, str):
+        for part in raw.split(","):
+            prop, _, n = part.strip().partition("=")
+            if prop and n.isdigit() and int(n) > 0:
+                history[prop] = min(int(n), HISTORY_CAP)
+    fingerprint = json.dumps([spec, model], sort_keys=True, default=str)
+    return _Device(key, ns, name, spec, model, desired, frozenset(no_report), history, fingerprint)
+
+
+def _twin_type(model_type: str) -> str:
+    """A DeviceModel property type as a twin metadata type KubeEdge validates."""
+    known = ("int", "float", "double", "boolean", "bytes", "stream")
+    return model_type if model_type in known else "string"
+
+
+@dataclass
+class _Pending:
+    """What the next flush writes."""
+
+    rows: set[tuple[str, str]] = field(default_factory=set)  # (device, property) upserts/deletes
+    states: set[str] = field(default_factory=set)
+    reports: set[str] = field(default_factory=set)  # devices whose status goes up
+    desired: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    history: dict[tuple[str, str, int], tuple[str, int]] = field(default_factory=dict)
+    purge: set[str] = field(default_factory=set)  # devices whose rows all go
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.rows or self.states or self.reports or self.desired or self.history or self.purge
+        )
+
+
+class DeviceTwin:
+    def __init__(self, config: AgentConfig, meta: Meta, *, flush_interval: float = 0.05) -> None:
+        self._cfg = config
+        self._meta = meta
+        self._interval = flush_interval
+        self._publish: Publish = lambda topic, payload, qos: False
+        self._devices: dict[str, _Device] = {}
+        self._twins: dict[str, dict[str, TwinProperty]] = {}
+        self._states: dict[str, tuple[str, str]] = {}
+        self._observed: dict[tuple[str, str], str] = {}  # desired known when reported
+        self._history_seq: dict[tuple[str, str], int] = {}
+        self._pending = _Pending()
+        self._dirty = trio.Event()
+        self._loaded = False
+        self.counters: Counter[str] = Counter()
+
+    def attach(self, publish: Publish) -> None:
+        self._publish = publish
+
+    def routes(self) -> dict[str, Callable[[str, bytes], None]]:
+        """Receivers for every subscription of :data:`edgeproto.topics.SUBSCRIPTIONS`."""
+        dev, node = topics.DEVICE_PREFIX + "+", topics.NODE_PREFIX + "+"
+        return {
+            topics.UPLOAD_PREFIX + "#": self._on_upload,
+            dev + topics.STATE_UPDATE: self._on_state_update,
+            dev + topics.TWIN_UPDATE: self._on_twin_update,
+            dev + topics.TWIN_GET: self._on_twin_get,
+            dev + topics.TWIN_CLOUD_UPDATED: self._on_cloud_updated,
+            node + topics.MEMBERSHIP_GET: self._on_membership,
+            node + topics.MEMBERSHIP_DETAIL: self._on_membership,
+        }
+
+    def statistics(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    def twin(self, device: str) -> dict[str, TwinProperty]:
+        return dict(self._twins.get(device, {}))
+
+    # ---- the service ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._pending = _Pending()
+        await self._load()
+        gen = self._meta.generation
+        await self._sync_devices(announce=False)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._flusher)
+            while True:
+                gen = await self._meta.wait_changed(gen)
+                await self._sync_devices(announce=True)
+
+    async def _load(self) -> None:
+        def load(conn: apsw.Connection) -> Outbox:
+            conn.execute(_SCHEMA)
+            twins: dict[str, dict[str, TwinProperty]] = defaultdict(dict)
+            for dev, name, data in conn.execute("SELECT device, name, data FROM twin"):
+                try:
+                    twins[str(dev)][str(name)] = tw.property_from_msg(json.loads(str(data)))
+                except (ValueError, TwinError):
+                    log.warning("twin: dropping unreadable row %s/%s", dev, name)
+            states = {
+                str(d): (str(s), str(t))
+                for d, s, t in conn.execute("SELECT device, state, last_online FROM twin_device")
+            }
+            loaded.append((dict(twins), states))
+            return []
+
+        loaded: list[tuple[dict[str, dict[str, TwinProperty]], dict[str, tuple[str, str]]]] = []
+        await self._meta.transact(load)
+        self._twins, self._states = loaded[0]
+        self._observed = {
+            (d, p): prop.expected.value
+            for d, props in self._twins.items()
+            for p, prop in props.items()
+            if prop.expected is not None
+        }
+        self._loaded = True
+
+    async def _sync_devices(self, *, announce: bool) -> None:
+        """Follow the Device objects of this node's view: desired values, membership."""
+        models = dict(await self._meta.list_objects("devicemodels"))
+        new: dict[str, _Device] = {}
+        for key, obj in await self._meta.list_objects("devices"):
+            d = _device_from(key, obj, models)
+            if d is None:
+                continue
+            if d.name in new:
+                log.warning("twin: device name %s used twice on this node; using %s", d.name, key)
+            new[d.name] = d
+        old = self._devices
+        self._devices = new
+        now = _now_ms()
+        added = [d for n, d in new.items() if n not in old or old[n].fingerprint != d.fingerprint]
+        removed = [d for n, d in old.items() if n not in new]
+        if not announce:  # start-up: forget twins of devices the cloud removed meanwhile
+            removed = [
+                _Device(k, "", k, {}, None, {}, frozenset(), {}, "")
+                for k in set(self._twins) | set(self._states)
+                if k not in new
+            ]
+        for d in removed:
+            self._twins.pop(d.name, None)
+            self._states.pop(d.name, None)
+            self._observed = {k: v for k, v in self._observed.items() if k[0] != d.name}
+            self._pending.purge.add(d.name)
+        for d in new.values():
+            cur = self._twins.get(d.name, {})
+            merge = tw.apply_desired(cur, d.desired, now)
+            if not merge.changed:
+                continue
+            self._twins[d.name] = merge.twins
+            self._pending.rows.update((d.name, p) for p in merge.result)
+            if merge.expected_changed:
+                self.counters["cloud_desired"] += len(merge.expected_changed)
+                ev = f"cloud-{now}"
+                self._send(
+                    d.name,
+                    topics.TWIN_UPDATE_DOCUMENT,
+                    tw.document_message(ev, now, merge.document),
+                )
+                msg = tw.delta_message(ev, now, merge.twins)
+                if msg is not None:
+                    self._send(d.name, topics.TWIN_UPDATE_DELTA, msg)
+        self._mark()
+        if announce and (added or removed):
+            ev = f"membership-{now}"
+            body = {
+                "event_id": ev,
+                "timestamp": now,
+                "added_devices": [
+                    d.member(self._twins.get(d.name, {}), self._states.get(d.name, ("", "")))
+                    for d in added
+                ],
+                "removed_devices": [{"id": d.name, "name": d.name} for d in removed],
+            }
+            topic = topics.membership_topic(self._cfg.node, topics.MEMBERSHIP_UPDATED)
+            self._publish(topic, tw.encode(body), 1)
+
+    def on_broker_connected(self) -> None:
+        """Re-send every outstanding delta (a mapper may have missed them)."""
+        now = _now_ms()
+        for name in self._devices:
+            msg = tw.delta_message(f"reconnect-{now}", now, self._twins.get(name, {}))
+            if msg is not None:
+                self._send(name, topics.TWIN_UPDATE_DELTA, msg)
+
+    # ---- persistence -------------------------------------------------------------
+
+    def _mark(self) -> None:
+        if self._pending:
+            self._dirty.set()
+
+    async def _flusher(self) -> None:
+        # At most one transaction per window: a change after a quiet spell is
+        # written at once, changes during a window wait for its end together.
+        last = -float("inf")
+        while True:
+            await self._dirty.wait()
+            wait = last + self._interval - trio.current_time()
+            if wait > 0:
+                await trio.sleep(wait)
+            last = trio.current_time()
+            self._dirty = trio.Event()
+            pending, self._pending = self._pending, _Pending()
+            try:
+                await self._flush(pending)
+            except BaseException:
+                self._restore(pending)
+                raise
+
+    def _restore(self, p: _Pending) -> None:
+        q = self._pending
+        q.rows |= p.rows
+        q.states |= p.states
+        q.reports |= p.reports
+        q.purge |= p.purge
+        for d, v in p.desired.items():
+            q.desired[d] = {**v, **q.desired.get(d, {})}
+        q.history = {**p.history, **q.history}
+
+    async def _flush(self, p: _Pending) -> None:
+        upserts: list[tuple[str, str, str]] = []
+        deletes: list[tuple[str, str]] = []
+        for dev, prop in p.rows:
+            if dev in p.purge and dev not in self._devices:
+                continue
+            cur = self._twins.get(dev, {}).get(prop)
+            if cur is None:
+                deletes.append((dev, prop))
+            else:
+                upserts.append(
+                    (dev, prop, json.dumps(cur.to_msg(versions=True), separators=(",", ":")))
+                )
+        states = [(d, *self._states[d]) for d in p.states if d in self._states]
+        purge = [(d,) for d in p.purge if d not in self._devices]
+        items: Outbox = []
+        for dev in p.reports:
+            d = self._devices.get(dev)
+            if d is not None:
+                items.append((d.key, "status", cbor2.dumps({"status": self._status(d)}), True))
+        for dev, want in p.desired.items():
+            d = self._devices.get(dev)
+            if d is not None and want:
+                items.append((f"{d.key}#desired", "desired", cbor2.dumps({"desired": want}), True))
+        for (dev, prop, slot), (value, ts) in p.history.items():
+            d = self._devices.get(dev)
+            if d is not None:
+                entry = {"propertyName": prop, "value": value, "timestamp": str(ts)}
+                body = cbor2.dumps({"history": [entry]})
+                items.append((f"{d.key}#h{prop}.{slot}", "twin-history", body, True))
+
+        def write(conn: apsw.Connection) -> Outbox:
+            if upserts:
+                conn.executemany(
+                    "INSERT INTO twin(device, name, data) VALUES(?, ?, ?) "
+                    "ON CONFLICT(device, name) DO UPDATE SET data=excluded.data",
+                    upserts,
+                )
+            if deletes:
+                conn.executemany("DELETE FROM twin WHERE device=? AND name=?", deletes)
+            if states:
+                conn.executemany(
+                    "INSERT INTO twin_device(device, state, last_online) VALUES(?, ?, ?) "
+                    "ON CONFLICT(device) DO UPDATE SET state=excluded.state, "
+                    "last_online=excluded.last_online",
+                    states,
+                )
+            if purge:
+                conn.executemany("DELETE FROM twin WHERE device=?", purge)
+                conn.executemany("DELETE FROM twin_device WHERE device=?", purge)
+            return items
+
+        began = trio.current_time()
+        await self._meta.transact(write)
+        took = trio.current_time() - began
+        if took > 0.1:
+            self.counters["slow_flushes"] += 1
+            log.debug("twin: flush took %.0f ms", took * 1000)
+        self.counters["flushes"] += 1
+        self.counters["reports"] += len(items)
+
+    def _status(self, d: _Device) -> dict[str, Any]:
+        twins: list[dict[str, Any]] = []
+        for prop, p in sorted(self._twins.get(d.name, {}).items()):
+            if p.actual is None or prop in d.no_report:
+                continue
+            entry: dict[str, Any] = {
+                "propertyName": prop,
+                "reported": {
+                    "value": p.actual.value,
+                    "metadata": {"timestamp": str(p.actual.timestamp), "type": p.type},
+                },
+            }
+            observed = self._observed.get((d.name, prop))
+            if observed is not None:
+                meta = {"type": p.type}
+                if p.expected is not None and p.expected.value == observed:
+                    meta["timestamp"] = str(p.expected.timestamp)
+                entry["observedDesired"] = {"value": observed, "metadata": meta}
+            twins.append(entry)
+        status: dict[str, Any] = {"twins": twins}
+        state, last_online = self._states.get(d.name, ("", ""))
+        if state:
+            status["state"] = state
+        if last_online:
+            status["lastOnlineTime"] = last_online
+        return status
+
+    # ---- MQTT receivers (trio thread, must not block) --------------------------------
+
+    def _send(self, device: str, suffix: str, body: dict[str, Any]) -> None:
+        # Answers are QoS 0 (KubeEdge's default; a client that is gone misses them
+        # anyway); deltas are QoS 1 and wait in paho's queue across a reconnect.
+        qos = 1 if suffix == topics.TWIN_UPDATE_DELTA else 0
+        self._publish(topics.device_topic(device, suffix), tw.encode(body), qos)
+
+    def _fail(self, device: str, suffix: str, what: str, err: TwinError) -> None:
+        self.counters[f"{what}_{err.code}"] += 1
+        log.debug("twin: %s of %s rejected: %s", what, device, err)
+        self._send(device, suffix, tw.error_message(err.event_id, _now_ms(), err.code, err.reason))
+
+    def _device_of(self, topic: str) -> str:
+        parsed = topics.parse_device_topic(topic)
+        return parsed[0] if parsed else ""
+
+    def _on_twin_update(self, topic: str, payload: bytes) -> None:
+        dev = self._device_of(topic)
+        now = _now_ms()
+        try:
+            update = tw.parse_update(payload)
+            if dev not in self._devices or not self._loaded:
+                raise TwinError(
+                    tw.NOT_FOUND,
+                    "Update rejected due to the device is not existed",
+                    update.event_id,
+                )
+            merge = tw.merge_update(self._twins.get(dev, {}), update, now)
+        except TwinError as err:
+            self._fail(dev, topics.TWIN_UPDATE_RESULT, "twin_update", err)
+            return
+        self.counters["twin_updates"] += 1
+        self._twins[dev] = merge.twins
+        p = self._pending
+        p.rows.update((dev, name) for name in merge.result)
+        p.rows.update((dev, name) for name in merge.deleted)
+        d = self._devices[dev]
+        for name in merge.actual_changed:
+            prop = merge.twins[name]
+            self._observed[(dev, name)] = prop.expected.value if prop.expected else ""
+            keep = d.history.get(name)
+            if keep and prop.actual is not None:
+                seq = self._history_seq[(dev, name)] = self._history_seq.get((dev, name), -1) + 1
+                p.history[(dev, name, seq % keep)] = (prop.actual.value, prop.actual.timestamp)
+        if merge.actual_changed or merge.deleted:
+            p.reports.add(dev)
+        for name in merge.expected_changed:
+            exp = merge.twins[name].expected
+            if exp is not None:
+                p.desired[dev][name] = exp.value
+        self._mark()
+        self._send(
+            dev, topics.TWIN_UPDATE_RESULT, tw.twin_message(update.event_id, now, merge.result)
+        )
+        if merge.changed:
+            self._send(
+                dev,
+                topics.TWIN_UPDATE_DOCUMENT,
+                tw.document_message(update.event_id, now, merge.document),
+            )
+            msg = tw.delta_message(update.event_id, now, merge.twins)
+            if msg is not None:
+                self._send(dev, topics.TWIN_UPDATE_DELTA, msg)
+
+    def _on_twin_get(self, topic: str, payload: bytes) -> None:
+        dev = self._device_of(topic)
+        now = _now_ms()
+        try:
+            ev, _ = tw.parse_base(payload)
+            if dev not in self._devices:
+                raise TwinError(tw.NOT_FOUND, f"Device {dev} not found while getting twin", ev)
+        except TwinError as err:
+            self._fail(dev, topics.TWIN_GET_RESULT, "twin_get", err)
+            return
+        self.counters["twin_gets"] += 1
+        self._send(dev, topics.TWIN_GET_RESULT, tw.twin_message(ev, now, self._twins.get(dev, {})))
+
+    def _on_state_update(self, topic: str, payload: bytes) -> None:
+        dev = self._device_of(topic)
+        now = _now_ms()
+        try:
+            ev, state = tw.parse_state(payload)
+            if dev not in self._devices:
+                raise TwinError(tw.NOT_FOUND, f"Device {dev} not found while updating state", ev)
+        except TwinError as err:
+            self._fail(dev, topics.STATE_UPDATE_RESULT, "state_update", err)
+            return
+        self.counters["state_updates"] += 1
+        old_state, last_online = self._states.get(dev, ("", ""))
+        if state == "online":
+            last_online = _rfc3339(now)
+        if (state, last_online) != (old_state, self._states.get(dev, ("", ""))[1]):
+            self._states[dev] = (state, last_online)
+            self._pending.states.add(dev)
+            self._pending.reports.add(dev)
+            self._mark()
+        body = {
+            "event_id": ev,
+            "timestamp": now,
+            "device": {"name": dev, "state": state, "last_online": last_online},
+        }
+        self._send(dev, topics.STATE_UPDATE_RESULT, body)
+
+    def _on_membership(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse_node_topic(topic)
+        if parsed is None or parsed[0] != self._cfg.node:
+            self.counters["membership_other_node"] += 1
+            return
+        node, suffix = parsed
+        result = (
+            topics.MEMBERSHIP_GET_RESULT
+            if suffix == topics.MEMBERSHIP_GET
+            else topics.MEMBERSHIP_DETAIL_RESULT
+        )
+        now = _now_ms()
+        try:
+            ev, _ = tw.parse_base(payload)
+        except TwinError as err:
+            self.counters[f"membership_{err.code}"] += 1
+            body = tw.error_message(err.event_id, now, err.code, err.reason)
+            self._publish(topics.membership_topic(node, result), tw.encode(body), 0)
+            return
+        self.counters["membership_gets"] += 1
+        devices = [
+            d.member(self._twins.get(n, {}), self._states.get(n, ("", "")))
+            for n, d in sorted(self._devices.items())
+        ]
+        body = {"event_id": ev, "timestamp": now, "devices": devices}
+        self._publish(topics.membership_topic(node, result), tw.encode(body), 0)
+
+    def _on_cloud_updated(self, topic: str, payload: bytes) -> None:
+        # KubeEdge's cloud sync topic: in edgeflock cloud changes arrive through the
+        # gateway's sync, never from the local bus.
+        self.counters["cloud_updated_ignored"] += 1
+
+    def _on_upload(self, topic: str, payload: bytes) -> None:
+        self.counters["uploads_ignored"] += 1
+
+
+def edge_bus_modules(config: AgentConfig, meta: Meta) -> list[tuple[str, Callable[..., Any]]]:
+    """The twin and the EventBus that feeds it, in start order (twin first: it has
+    loaded its state before the first message arrives)."""
+    from ._eventbus import EventBus
+
+    assert config.mqtt is not None
+    twin = DeviceTwin(config, meta)
+    bus = EventBus(config.mqtt, f"edgeflock-{config.node}", twin.routes())
+    twin.attach(bus.publish)
+    bus.add_on_connect(twin.on_broker_connected)
+    return [("twin", twin.run), ("eventbus", bus.run)]

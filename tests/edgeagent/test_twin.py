@@ -1,0 +1,329 @@
+"""DeviceTwin in the agent against a real mosquitto, with Device objects put in
+the meta store as the sync would (no gateway)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+import trio
+
+from edgeagent._config import AgentConfig
+from edgeagent._meta import Meta
+from edgeagent._twin import HISTORY_ANNOTATION, DeviceTwin, edge_bus_modules
+from edgeproto import Apply, Entry, encode_object, topics
+from tests.mqtt_fixtures import Broker, MqttClient, open_broker, open_client, until
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    async with open_broker(tmp_path) as b:
+        yield b
+
+
+NODE = "pi-t"
+WATCH = (
+    topics.DEVICE_PREFIX + "+/twin/update/+",
+    topics.DEVICE_PREFIX + "+/twin/get/result",
+    topics.DEVICE_PREFIX + "+/state/update/result",
+    topics.NODE_PREFIX + "+/membership/+",
+    topics.NODE_PREFIX + "+/membership/+/result",
+)
+
+
+def model_obj() -> dict[str, Any]:
+    return {
+        "metadata": {"name": "thermo", "namespace": "default"},
+        "spec": {
+            "protocol": "modbus",
+            "properties": [
+                {"name": "temperature", "type": "INT"},
+                {"name": "setpoint", "type": "INT"},
+                {"name": "label", "type": "STRING"},
+            ],
+        },
+    }
+
+
+def device_obj(name: str, setpoint: str | None = "20", **ann: str) -> dict[str, Any]:
+    sp: dict[str, Any] = {"name": "setpoint"}
+    if setpoint is not None:
+        sp["desired"] = {"value": setpoint}
+    return {
+        "metadata": {"name": name, "namespace": "default", "annotations": ann},
+        "spec": {
+            "deviceModelRef": {"name": "thermo"},
+            "nodeName": NODE,
+            "properties": [{"name": "temperature"}, sp, {"name": "label", "reportToCloud": False}],
+        },
+    }
+
+
+def entry(key: str, obj: dict[str, Any], rev: int) -> Entry:
+    return Entry(key, rev, encode_object(obj))
+
+
+@dataclass
+class Edge:
+    meta: Meta
+    twin: DeviceTwin
+    client: MqttClient
+    scope: trio.CancelScope
+    rev: int = 10
+
+    async def put(self, name: str, obj: dict[str, Any]) -> None:
+        self.rev += 1
+        await self.meta.apply(
+            Apply([entry(f"devices/default/{name}", obj, self.rev)], [], self.rev)
+        )
+
+    async def delete(self, name: str) -> None:
+        self.rev += 1
+        await self.meta.apply(Apply([], [f"devices/default/{name}"], self.rev))
+
+    def send(self, device: str, suffix: str, body: Any) -> None:
+        self.client.publish(topics.device_topic(device, suffix), body)
+
+    async def reports(self) -> dict[str, Any]:
+        return {i.key: (i.op, cbor2.loads(i.body)) for i in await self.meta.outbox_after(0, 1000)}
+
+
+async def start_edge(nursery: trio.Nursery, data: Path, broker: Broker) -> Edge:
+    await trio.Path(data).mkdir(exist_ok=True)
+    config = AgentConfig(data_dir=data, node=NODE, hub_url="wss://unused", mqtt=broker.url)
+    meta = Meta(config.meta_path)
+    scope = trio.CancelScope()
+    modules = edge_bus_modules(config, meta)
+    twin = modules[0][1].__self__
+    assert isinstance(twin, DeviceTwin)
+
+    async def runner(task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with scope:
+                async with trio.open_nursery() as n:
+                    for _, run in modules:
+                        await n.start(run)
+                    task_status.started()
+        finally:
+            meta.close()
+
+    await nursery.start(runner)
+    client = await open_client(nursery, broker.url, WATCH)
+    return Edge(meta, twin, client, scope)
+
+
+@pytest.fixture
+async def edge(nursery: trio.Nursery, tmp_path: Path, broker: Broker) -> AsyncIterator[Edge]:
+    e = await start_edge(nursery, tmp_path / "agent", broker)
+    await e.meta.apply(
+        Apply(
+            [
+                entry("devicemodels/default/thermo", model_obj(), 1),
+                entry("devices/default/d1", device_obj("d1"), 1),
+            ],
+            [],
+            1,
+        )
+    )
+    await wait_device(e, "d1")
+    yield e
+    e.scope.cancel()
+
+
+async def wait_device(e: Edge, name: str) -> None:
+    await until(lambda: name in e.twin._devices)
+    await trio.sleep(0.05)
+
+
+def update(twin: dict[str, Any], event_id: str) -> dict[str, Any]:
+    return {"event_id": event_id, "timestamp": 1, "twin": twin}
+
+
+def actual(v: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "actual": {"value": v, "metadata": {"timestamp": 5}},
+        "metadata": {"type": "int"},
+        **extra,
+    }
+
+
+RESULT = topics.device_topic("d1", topics.TWIN_UPDATE_RESULT)
+
+
+async def test_bad_input_gets_error_codes_and_is_counted(edge: Edge) -> None:
+    edge.client.publish(topics.device_topic("d1", topics.TWIN_UPDATE), b"{nope")
+    edge.send("d1", topics.TWIN_UPDATE, update({"k" * 200: actual("1")}, "longkey"))
+    edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("9" * 600)}, "longval"))
+    edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("warm")}, "badtype"))
+    edge.send("ghost", topics.TWIN_UPDATE, update({"temperature": actual("1")}, "ghost"))
+    edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("1")}, "v1"))
+    edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("2")}, "v2"))
+    stale = actual("3", actual_version={"cloud": 0, "edge": 1})
+    edge.send("d1", topics.TWIN_UPDATE, update({"temperature": stale}, "stale"))
+    edge.client.publish(topics.device_topic("ghost", topics.TWIN_GET), b'{"event_id": "g"}')
+    edge.client.publish(topics.device_topic("d1", topics.STATE_UPDATE), b'{"state": 5}')
+
+    c = edge.client
+    await c.wait_for(RESULT, lambda b: b.get("event_id") == "stale")
+    by_id = {b.get("event_id"): b for b in c.on(RESULT)}
+    assert by_id[""]["code"] == 400  # malformed JSON: no event id to echo
+    assert by_id["longkey"]["code"] == 400
+    assert by_id["longval"]["code"] == 400
+    assert by_id["badtype"]["code"] == 400 and "int" in by_id["badtype"]["reason"]
+    assert by_id["stale"]["code"] == 409
+    assert (
+        "code" not in by_id["v1"] and by_id["v2"]["twin"]["temperature"]["actual"]["value"] == "2"
+    )
+    ghost = await c.wait_for(topics.device_topic("ghost", topics.TWIN_UPDATE_RESULT))
+    assert ghost["code"] == 404 and ghost["event_id"] == "ghost"
+    got = await c.wait_for(topics.device_topic("ghost", topics.TWIN_GET_RESULT))
+    assert got["code"] == 404
+    st = await c.wait_for(topics.device_topic("d1", topics.STATE_UPDATE_RESULT))
+    assert st["code"] == 400
+    stats = edge.twin.statistics()
+    assert stats["twin_update_400"] == 4 and stats["twin_update_404"] == 1
+    assert stats["twin_update_409"] == 1 and stats["twin_get_404"] == 1
+    assert stats["state_update_400"] == 1 and stats["twin_updates"] == 2
+    # The rejected messages changed nothing.
+    assert edge.twin.twin("d1")["temperature"].actual.value == "2"  # type: ignore[union-attr]
+
+
+async def test_reports_are_coalesced_and_complete(edge: Edge) -> None:
+    for i in range(200):
+        edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual(str(i))}, f"t{i}"))
+    edge.send("d1", topics.TWIN_UPDATE, update({"label": {"actual": {"value": "x"}}}, "lbl"))
+    edge.send("d1", topics.STATE_UPDATE, {"event_id": "s", "timestamp": 1, "state": "online"})
+    st = await edge.client.wait_for(topics.device_topic("d1", topics.STATE_UPDATE_RESULT))
+    assert st["device"]["state"] == "online" and st["device"]["last_online"]
+    await edge.client.wait_for(RESULT, lambda b: b.get("event_id") == "lbl")
+    await trio.sleep(0.2)
+    reports = await edge.reports()
+    assert set(reports) == {"devices/default/d1"}  # one coalesced row
+    op, body = reports["devices/default/d1"]
+    assert op == "status"
+    status = body["status"]
+    assert status["state"] == "online" and status["lastOnlineTime"].endswith("Z")
+    (t,) = status["twins"]  # label has reportToCloud: false
+    assert t["propertyName"] == "temperature"
+    assert t["reported"] == {"value": "199", "metadata": {"timestamp": "5", "type": "int"}}
+    assert t["observedDesired"]["value"] == ""  # no desired value for temperature
+    assert edge.twin.statistics()["flushes"] < 20
+
+
+async def test_get_membership_and_updates(edge: Edge) -> None:
+    c = edge.client
+    edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("7")}, "a"))
+    await c.wait_for(RESULT)
+    edge.send("d1", topics.TWIN_GET, {"event_id": "g1", "timestamp": 1})
+    got = await c.wait_for(topics.device_topic("d1", topics.TWIN_GET_RESULT))
+    assert got["event_id"] == "g1"
+    assert got["twin"]["temperature"]["actual"]["value"] == "7"
+    assert got["twin"]["setpoint"]["expected"]["value"] == "20"
+    assert "expected_version" not in got["twin"]["setpoint"]
+
+    c.publish(topics.membership_topic(NODE, topics.MEMBERSHIP_GET), {"event_id": "m1"})
+    res = await c.wait_for(topics.membership_topic(NODE, topics.MEMBERSHIP_GET_RESULT))
+    (dev,) = res["devices"]
+    assert dev["id"] == dev["name"] == "d1" and dev["namespace"] == "default"
+    assert dev["model"]["protocol"] == "modbus"
+    assert dev["spec"]["deviceModelRef"] == {"name": "thermo"}
+    assert dev["twin"]["temperature"]["actual"]["value"] == "7"
+    c.publish(topics.membership_topic(NODE, topics.MEMBERSHIP_DETAIL), {"event_id": "m2"})
+    det = await c.wait_for(topics.membership_topic(NODE, topics.MEMBERSHIP_DETAIL_RESULT))
+    assert det["event_id"] == "m2" and len(det["devices"]) == 1
+    # Another node's membership topic is not ours to answer.
+    c.publish(topics.membership_topic("other", topics.MEMBERSHIP_GET), {"event_id": "m3"})
+
+    updated = topics.membership_topic(NODE, topics.MEMBERSHIP_UPDATED)
+    await edge.put("d2", device_obj("d2"))
+    up = await c.wait_for(updated, lambda b: "d2" in [d["name"] for d in b["added_devices"]])
+    assert len(up["added_devices"]) == 1 and up["removed_devices"] == []
+    assert up["added_devices"][0]["twin"]["setpoint"]["expected"]["value"] == "20"
+    await edge.delete("d1")
+    up = await c.wait_for(updated, lambda b: b["removed_devices"])
+    assert up["removed_devices"] == [{"id": "d1", "name": "d1"}]
+    edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("8")}, "gone"))
+    gone = await c.wait_for(RESULT, lambda b: b.get("event_id") == "gone")
+    assert gone["code"] == 404
+    assert not c.on(topics.membership_topic("other", topics.MEMBERSHIP_GET_RESULT))
+
+
+async def test_cloud_desired_becomes_delta_and_edge_desired_goes_up(edge: Edge) -> None:
+    c = edge.client
+    delta_topic = topics.device_topic("d1", topics.TWIN_UPDATE_DELTA)
+    await edge.put("d1", device_obj("d1", setpoint="22"))
+    d = await c.wait_for(delta_topic, lambda b: b["delta"].get("setpoint") == "22")
+    assert d["twin"]["setpoint"]["expected"]["value"] == "22"
+    doc = await c.wait_for(
+        topics.device_topic("d1", topics.TWIN_UPDATE_DOCUMENT),
+        lambda b: (b["twin"]["setpoint"]["current"] or {}).get("expected", {}).get("value") == "22",
+    )
+    assert doc["twin"]["setpoint"]["last"]["expected"]["value"] == "20"
+    # Set at the edge: goes up as a desired report.
+    set_ = {"setpoint": {"expected": {"value": "24"}, "metadata": {"type": "int"}}}
+    edge.send("d1", topics.TWIN_UPDATE, update(set_, "edge"))
+    await c.wait_for(delta_topic, lambda b: b["delta"].get("setpoint") == "24")
+    await trio.sleep(0.2)
+    reports = await edge.reports()
+    assert reports["devices/default/d1#desired"] == ("desired", {"desired": {"setpoint": "24"}})
+
+
+async def test_state_survives_restart_and_deltas_resent_on_reconnect(
+    nursery: trio.Nursery, tmp_path: Path, broker: Broker
+) -> None:
+    e = await start_edge(nursery, tmp_path / "agent", broker)
+    await e.meta.apply(
+        Apply(
+            [
+                entry("devicemodels/default/thermo", model_obj(), 1),
+                entry("devices/default/d1", device_obj("d1", setpoint="30"), 1),
+            ],
+            [],
+            1,
+        )
+    )
+    await wait_device(e, "d1")
+    e.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("41")}, "x"))
+    await e.client.wait_for(RESULT)
+    await trio.sleep(0.15)  # flushed
+    e.scope.cancel()
+    await trio.sleep(0.05)
+
+    e2 = await start_edge(nursery, tmp_path / "agent", broker)
+    assert e2.twin.twin("d1")["temperature"].actual.value == "41"  # type: ignore[union-attr]
+    # Broker restart: the outstanding delta (setpoint 30, no actual) is re-sent. The
+    # watcher has a persistent session, so it cannot miss it while reconnecting.
+    await trio.sleep(0.2)  # e2's own connect-time delta is out
+    sub = broker.sub_one(topics.device_topic("d1", topics.TWIN_UPDATE_DELTA), "delta-watcher")
+    try:
+        await trio.sleep(0.3)  # subscribed
+        await broker.stop()
+        await broker.start()
+        out, _ = await trio.to_thread.run_sync(sub.communicate, None, 25)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    assert json.loads(out)["delta"] == {"setpoint": "30"}
+    e2.scope.cancel()
+
+
+async def test_history_ring(edge: Edge) -> None:
+    await edge.put("d1", device_obj("d1", **{HISTORY_ANNOTATION: "temperature=3"}))
+    await until(lambda: edge.twin._devices["d1"].history == {"temperature": 3})
+    for i in range(10):
+        edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual(str(i))}, f"h{i}"))
+        await trio.sleep(0.06)
+    await edge.client.wait_for(RESULT, lambda b: b.get("event_id") == "h9")
+    await trio.sleep(0.15)
+    reports = await edge.reports()
+    hist = {k: v for k, v in reports.items() if "#h" in k}
+    assert len(hist) == 3
+    values = sorted(int(v[1]["history"][0]["value"]) for v in hist.values())
+    assert values == [7, 8, 9]
+    assert all(v[0] == "twin-history" for v in hist.values())

@@ -1,0 +1,272 @@
+"""Devices end to end: a real mosquitto, the in-process gateway, a real agent.
+
+Mapper side is what a KubeEdge mapper does: ``mosquitto_pub``/``mosquitto_sub``
+(or a test MQTT client) on the ``$hw/events/...`` topics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from edgeproto import topics
+from tests.conftest import Agent, Gateway, join_node, start_agent, start_gateway, wait_for
+from tests.mqtt_fixtures import Broker, open_broker, open_client
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    async with open_broker(tmp_path) as b:
+        yield b
+
+
+API = "/apis/devices.kubeedge.io/v1beta1/namespaces/default"
+
+
+def model(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "devices.kubeedge.io/v1beta1",
+        "kind": "DeviceModel",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "protocol": "modbus",
+            "properties": [
+                {"name": "temperature", "type": "INT", "accessMode": "ReadOnly"},
+                {"name": "humidity", "type": "FLOAT", "accessMode": "ReadOnly"},
+                {"name": "setpoint", "type": "INT", "accessMode": "ReadWrite"},
+            ],
+        },
+    }
+
+
+def device(name: str, node: str, setpoint: str = "20") -> dict[str, Any]:
+    return {
+        "apiVersion": "devices.kubeedge.io/v1beta1",
+        "kind": "Device",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "deviceModelRef": {"name": "thermo"},
+            "nodeName": node,
+            "properties": [
+                {"name": "temperature"},
+                {"name": "humidity"},
+                {"name": "setpoint", "desired": {"value": setpoint}},
+            ],
+        },
+    }
+
+
+def report(values: dict[str, str], event_id: str = "e1") -> dict[str, Any]:
+    ms = int(time.time() * 1000)
+    return {
+        "event_id": event_id,
+        "timestamp": ms,
+        "twin": {
+            k: {"actual": {"value": v, "metadata": {"timestamp": ms}}, "metadata": {"type": "int"}}
+            for k, v in values.items()
+        },
+    }
+
+
+async def setup_node(
+    nursery: trio.Nursery, gw: Gateway, tmp_path: Path, broker: Broker, names: list[str]
+) -> Agent:
+    await join_node(gw, "pi-d1", tmp_path / "agent")
+    agent = await start_agent(nursery, tmp_path / "agent", mqtt=broker.url)
+    code, body = await gw.api("POST", f"{API}/devicemodels", model("thermo"))
+    assert code == 201, body
+    for n in names:
+        code, body = await gw.api("POST", f"{API}/devices", device(n, "pi-d1"))
+        assert code == 201, body
+    await wait_for(lambda: agent.status()["objects"].get("Device") == len(names), timeout=5)
+    return agent
+
+
+def reported(dev: dict[str, Any]) -> dict[str, str]:
+    twins = (dev.get("status") or {}).get("twins") or []
+    return {t["propertyName"]: t["reported"]["value"] for t in twins if "reported" in t}
+
+
+async def test_reported_up_and_desired_down(
+    nursery: trio.Nursery, gateway: Gateway, tmp_path: Path, broker: Broker
+) -> None:
+    await setup_node(nursery, gateway, tmp_path, broker, ["thermo-1"])
+    # Give the bus a moment to connect and the twin to see the device.
+    mapper = await open_client(nursery, broker.url, (topics.DEVICE_PREFIX + "+/twin/update/+",))
+    result_topic = topics.device_topic("thermo-1", topics.TWIN_UPDATE_RESULT)
+
+    async def accepted() -> bool:
+        mapper.publish(topics.device_topic("thermo-1", topics.TWIN_UPDATE), report({}, "probe"))
+        await trio.sleep(0.1)
+        return any("code" not in b for b in mapper.on(result_topic))
+
+    await wait_for(accepted, timeout=5)
+
+    # A reported value published with mosquitto_pub shows in the gateway within 1 s.
+    t0 = trio.current_time()
+    await trio.to_thread.run_sync(
+        broker.pub,
+        topics.device_topic("thermo-1", topics.TWIN_UPDATE),
+        json.dumps(report({"temperature": "23"})),
+    )
+
+    async def shows() -> Any:
+        code, body = await gateway.api("GET", f"{API}/devices/thermo-1")
+        return code == 200 and reported(body).get("temperature") == "23" and body
+
+    body = await wait_for(shows, timeout=1.0, interval=0.01)
+    assert trio.current_time() - t0 < 1.0
+    entry = next(t for t in body["status"]["twins"] if t["propertyName"] == "temperature")
+    assert entry["reported"]["metadata"]["type"] == "int"
+    assert int(entry["reported"]["metadata"]["timestamp"]) > 0
+
+    # A new desired value applied at the gateway reaches mosquitto_sub as a delta.
+    sub = broker.sub_one(topics.device_topic("thermo-1", topics.TWIN_UPDATE_DELTA))
+    try:
+        await trio.sleep(0.3)  # subscribed
+        code, dev = await gateway.api("GET", f"{API}/devices/thermo-1")
+        for p in dev["spec"]["properties"]:
+            if p["name"] == "setpoint":
+                p["desired"] = {"value": "25"}
+        code, body = await gateway.api("PUT", f"{API}/devices/thermo-1", dev)
+        assert code == 200, body
+        out, _ = await trio.to_thread.run_sync(sub.communicate, None, 10)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    delta = json.loads(out)
+    assert delta["delta"] == {"setpoint": "25"}
+    assert delta["twin"]["setpoint"]["expected"]["value"] == "25"
+    assert delta["event_id"] and delta["timestamp"] > 0
+
+    # The mapper applies it: actual catches up, no delta outstanding; the status
+    # says which desired value the reported one answers.
+    mapper.publish(topics.device_topic("thermo-1", topics.TWIN_UPDATE), report({"setpoint": "25"}))
+
+    async def converged() -> Any:
+        _, body = await gateway.api("GET", f"{API}/devices/thermo-1")
+        tw = {t["propertyName"]: t for t in body["status"]["twins"]}
+        return "setpoint" in tw and tw["setpoint"]
+
+    tw = await wait_for(converged, timeout=2)
+    assert tw["reported"]["value"] == "25"
+    assert tw["observedDesired"]["value"] == "25"
+
+    # A desired value set at the edge goes up into the Device's spec.
+    edge_set = {
+        "event_id": "edge-set",
+        "timestamp": 1,
+        "twin": {"setpoint": {"expected": {"value": "30"}, "metadata": {"type": "int"}}},
+    }
+    mapper.publish(topics.device_topic("thermo-1", topics.TWIN_UPDATE), edge_set)
+
+    async def spec_desired() -> bool:
+        _, body = await gateway.api("GET", f"{API}/devices/thermo-1")
+        props = {p["name"]: p for p in body["spec"]["properties"]}
+        return (props["setpoint"].get("desired") or {}).get("value") == "30"
+
+    await wait_for(spec_desired, timeout=3)
+
+
+async def test_gateway_down_then_latest_values_arrive(
+    nursery: trio.Nursery, tmp_path: Path, broker: Broker
+) -> None:
+    gw = await start_gateway(nursery, tmp_path / "gw")
+    ports = dict(gw.ports)
+    names = ["dev-a", "dev-b"]
+    agent = await setup_node(nursery, gw, tmp_path, broker, names)
+    mapper = await open_client(
+        nursery, broker.url, (topics.DEVICE_PREFIX + "+/twin/update/result",)
+    )
+    await gw.stop()
+    await wait_for(lambda: agent.status()["connected"] is False)
+
+    # 1,000 reports while the gateway is down: 2 devices x 2 properties x 250 values.
+    props = ["temperature", "setpoint"]
+    n = 0
+    for i in range(250):
+        for name in names:
+            for p in props:
+                mapper.publish(
+                    topics.device_topic(name, topics.TWIN_UPDATE), report({p: str(i)}, f"{name}{i}")
+                )
+                n += 1
+        if i % 50 == 49:
+            await trio.sleep(0.01)
+    assert n == 1000
+    await wait_for(
+        lambda: len(mapper.on(topics.device_topic("dev-b", topics.TWIN_UPDATE_RESULT))) >= 500,
+        timeout=10,
+    )
+    ok = [b for _, b in mapper.got if "code" not in b]
+    assert len(ok) == 1000, [b for _, b in mapper.got if "code" in b][:3]
+    await trio.sleep(0.2)  # the last flush window
+    # Coalesced: one status row per device (plus node status), not 1,000 rows.
+    assert agent.status()["outbox"] <= len(names) + 2
+
+    gw = await start_gateway(nursery, tmp_path / "gw", ports)
+
+    async def all_latest() -> bool:
+        for name in names:
+            code, body = await gw.api("GET", f"{API}/devices/{name}")
+            if code != 200 or reported(body) != {p: "249" for p in props}:
+                return False
+        return True
+
+    await wait_for(all_latest, timeout=15)
+    await wait_for(lambda: agent.status()["outbox"] == 0, timeout=5)
+    await gw.stop()
+
+
+async def test_broker_restart_mid_stream(
+    nursery: trio.Nursery, gateway: Gateway, tmp_path: Path, broker: Broker
+) -> None:
+    agent = await setup_node(nursery, gateway, tmp_path, broker, ["thermo-r"])
+    topic = topics.device_topic("thermo-r", topics.TWIN_UPDATE)
+    mapper = await open_client(nursery, broker.url, (topics.DEVICE_PREFIX + "+/twin/update/+",))
+
+    sent = 0
+
+    async def stream(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            sent += 1
+            mapper.publish(topic, report({"temperature": str(sent)}, f"s{sent}"))
+            await trio.sleep(0.002)
+
+    await stream(100)
+    await broker.stop()
+    await stream(100)  # queued by the mapper's client while the broker is gone
+    await broker.start()
+    # Messages published before the agent has resubscribed are lost (clean
+    # session, as with KubeEdge); keep streaming until it answers again.
+    results = topics.device_topic("thermo-r", topics.TWIN_UPDATE_RESULT)
+    with trio.fail_after(15):
+        while True:
+            mark = sent
+            await stream(10)
+            answered = [b.get("event_id", "") for b in mapper.on(results)]
+            if any(e.startswith("s") and int(e[1:]) > mark for e in answered):
+                break
+    await stream(100)
+
+    async def latest() -> bool:
+        _, body = await gateway.api("GET", f"{API}/devices/thermo-r")
+        return reported(body).get("temperature") == str(sent)
+
+    await wait_for(latest, timeout=15)
+    assert agent.status()["running"] is True
+    # After the restart the agent answers again (it resubscribed).
+    before = len(mapper.on(topics.device_topic("thermo-r", topics.TWIN_UPDATE_RESULT)))
+    mapper.publish(topic, report({"temperature": "100000"}, "final"))
+    await mapper.wait_for(
+        topics.device_topic("thermo-r", topics.TWIN_UPDATE_RESULT),
+        lambda b: b.get("event_id") == "final",
+    )
+    assert len(mapper.on(topics.device_topic("thermo-r", topics.TWIN_UPDATE_RESULT))) > before
