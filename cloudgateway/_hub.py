@@ -43,6 +43,7 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_REPLACED = 4000
 # Besides its own Node, a node writes the status of these objects when bound to it.
 _NODE_WRITABLE = frozenset({"pods", "devices"})
+TWIN_HISTORY = 100  # values kept per device property in status.twinHistory
 
 _CONNECTION_ENDED = (
     tws.ConnectionClosed,
@@ -521,6 +522,7 @@ class Hub:
         key, error = (msg.res or "").partition("#")[0], None
         status: dict[str, Any] = {}
         desired: dict[str, str] = {}
+        history: list[dict[str, str]] = []
         try:
             edgeproto.split_key(key)
             if msg.op == "status":
@@ -539,6 +541,8 @@ class Hub:
                     raise ProtocolError(
                         "desired must map property names to strings", code="bad-field"
                     )
+            elif msg.op == "twin-history" and key.startswith("devices/"):
+                history = _history_entries(msg.body.get("history"))
             else:
                 raise ProtocolError(f"unsupported report op {msg.op!r} for {key}", code="bad-field")
             rec = await self._store.get(key)
@@ -547,6 +551,8 @@ class Hub:
                 error = {"code": 403, "message": f"node {session.node} may not write {key}"}
             elif msg.op == "desired":
                 await self._set_desired(key, desired)
+            elif msg.op == "twin-history":
+                await self._add_history(key, history)
             elif key.startswith("nodes/"):
                 await self._health.merge_node_status(session.node, status)
             else:
@@ -588,6 +594,31 @@ class Hub:
             except Conflict:
                 continue
         raise StoreError(f"{key}: kept changing while setting desired values")
+
+    async def _add_history(self, key: str, entries: list[dict[str, str]]) -> None:
+        """Values a device reported while its node was offline, kept (the newest
+        ``TWIN_HISTORY`` per property, in timestamp order) in
+        ``status.twinHistory[property]``; the latest value stays in ``twins``."""
+        for _ in range(5):
+            rec = await self._store.get(key)
+            status = copy.deepcopy(rec.value.get("status") or {})
+            kept = status.get("twinHistory")
+            kept = kept if isinstance(kept, dict) else {}
+            for e in entries:
+                ring = kept.get(e["propertyName"])
+                ring = ring if isinstance(ring, list) else []
+                item = {"value": e["value"], "timestamp": e["timestamp"]}
+                if item not in ring:
+                    ring.append(item)
+                ring.sort(key=lambda i: int(i.get("timestamp") or 0))
+                kept[e["propertyName"]] = ring[-TWIN_HISTORY:]
+            status["twinHistory"] = kept
+            try:
+                await self._store.update_status(key, status, expect_rev=rec.mod_rev)
+                return
+            except Conflict:
+                continue
+        raise StoreError(f"{key}: kept changing while adding twin history")
 
     async def _request(self, session: _Session, msg: Message) -> None:
         """``request{op: get, res: key}``: a node may read objects in its own view only."""
@@ -643,3 +674,23 @@ def _peer(stream: trio.SocketStream) -> str:
         return f"{host}:{port}"
     except OSError:
         return "?"
+
+
+def _history_entries(raw: Any) -> list[dict[str, str]]:
+    if not isinstance(raw, list) or not raw or len(raw) > 1000:
+        raise ProtocolError("history must be a list of 1..1000 entries", code="bad-field")
+    out = []
+    for e in raw:
+        if not isinstance(e, dict):
+            raise ProtocolError("a history entry must be a map", code="bad-field")
+        name, value, ts = e.get("propertyName"), e.get("value"), e.get("timestamp")
+        if not (isinstance(name, str) and isinstance(value, str) and isinstance(ts, str)):
+            raise ProtocolError(
+                "a history entry needs string propertyName, value and timestamp", code="bad-field"
+            )
+        if not ts.isdigit():
+            raise ProtocolError(
+                "a history timestamp is milliseconds since the epoch", code="bad-field"
+            )
+        out.append({"propertyName": name, "value": value, "timestamp": ts})
+    return out

@@ -15,7 +15,7 @@ import ssl
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -35,6 +35,7 @@ __all__ = ["HubClient", "full_jitter", "open_hub_connection"]
 
 AGENT_VERSION = "0.1.0"
 _STREAM_KINDS = (Kind.STREAM_OPEN, Kind.STREAM_ACK, Kind.STREAM_END)
+ACK_BATCH_SECONDS = 0.05  # acked outbox rows are deleted this long after the first ack
 
 if TYPE_CHECKING:
     import trio_websocket as tws
@@ -106,6 +107,10 @@ class HubClient:
         self._ids = 0
         self._inflight: set[int] = set()
         self._acked = trio.Event()
+        # Acked outbox rows are deleted in batches: one SQLite transaction (a few
+        # 4 KiB pages on the SD card) per burst of acks, not one per report.
+        self._acks: list[int] = []
+        self._acks_waiting = trio.Event()
         self._synced = False
         # Set by the app when edged runs: serves the cloud's logs/exec streams.
         self.pod_streams: PodStreams | None = None
@@ -190,7 +195,33 @@ class HubClient:
         async def send(msg: Message) -> None:
             await self._send(ws, msg)
 
+        try:
+            await self._converse_tasks(ws, sync, send)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        if self._acks:
+            seqs, self._acks = self._acks, []
+            await self._meta.outbox_ack(seqs)
+
+    async def _ack_writer(self) -> None:
+        while True:
+            await self._acks_waiting.wait()
+            self._acks_waiting = trio.Event()
+            await trio.sleep(ACK_BATCH_SECONDS)
+            await self._flush_acks()
+
+    async def _converse_tasks(
+        self,
+        ws: tws.WebSocketConnection,
+        sync: AgentSync,
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        cfg = self._cfg
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ack_writer)
             self._stream_server = StreamServer(
                 cfg.node, self._meta, self.pod_streams, send, nursery
             )
@@ -226,7 +257,8 @@ class HubClient:
                 self.counters["reports_rejected"] += 1
                 log.warning("gateway rejected report %d: %s", msg.parent, err)
             self._inflight.discard(msg.parent)
-            await self._meta.outbox_ack([msg.parent])
+            self._acks.append(msg.parent)
+            self._acks_waiting.set()
             self._acked.set()
             self._acked = trio.Event()
         elif msg.kind is Kind.ERROR:

@@ -191,3 +191,52 @@ async def test_device_and_model_reach_their_node_and_status_comes_back(
     assert lines[0].split()[:4] == ["NAME", "MODEL", "NODE", "STATE"]
     row = next(line for line in lines if line.startswith("thermo-1"))
     assert "temperature=21.5" in row and "setpoint=<none>/23" in row and "online" in row
+
+
+async def test_twin_history_reported_offline_is_kept_in_order(
+    nursery: trio.Nursery, gateway: Gateway, tmp_path: Path
+) -> None:
+    await join_node(gateway, "pi-01", tmp_path / "a")
+    assert (await gateway.api("POST", f"{DEV}/devicemodels", model()))[0] == 201
+    assert (await gateway.api("POST", f"{DEV}/devices", device("thermo-1", "pi-01")))[0] == 201
+    agent = await start_agent(nursery, tmp_path / "a")
+    await wait_for(lambda: agent.status()["objects"].get("Device") == 1, timeout=5.0)
+    await agent.stop()
+
+    def entry(value: str, ts: int) -> dict[str, str]:
+        return {"propertyName": "temperature", "value": value, "timestamp": str(ts)}
+
+    meta = Meta(agent.config.meta_path)
+    try:
+        await meta.enqueue(
+            [  # a ring of outbox rows, as the twin writes them: newest last, out of order
+                (f"devices/default/thermo-1#htemperature.{i}", "twin-history", cbor2.dumps(b), True)
+                for i, b in enumerate(
+                    [
+                        {"history": [entry("21.0", 1_000)]},
+                        {"history": [entry("21.2", 3_000)]},
+                        {"history": [entry("21.1", 2_000)]},
+                    ]
+                )
+            ]
+            + [
+                (
+                    "devices/default/thermo-1#hbad.0",
+                    "twin-history",
+                    cbor2.dumps({"history": [{"propertyName": "temperature", "value": 1}]}),
+                    True,
+                )
+            ]
+        )
+    finally:
+        meta.close()
+    agent = await start_agent(nursery, tmp_path / "a")
+    await wait_for(lambda: agent.status()["outbox"] == 0, timeout=5.0)
+    code, obj = await gateway.api("GET", f"{DEV}/devices/thermo-1")
+    assert code == 200
+    assert obj["status"]["twinHistory"]["temperature"] == [
+        {"value": "21.0", "timestamp": "1000"},
+        {"value": "21.1", "timestamp": "2000"},
+        {"value": "21.2", "timestamp": "3000"},
+    ]
+    assert gateway.running.hub.statistics()["reports_malformed"] == 1
