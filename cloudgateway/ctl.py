@@ -605,12 +605,36 @@ def cmd_logs(ctx: _Ctx) -> int:
     return 0
 
 
+def _exec_options(args: argparse.Namespace, rest: list[str]) -> list[str]:
+    """Options given between POD and ``--`` (kubectl's ``exec POD -c C -- CMD``),
+    which argparse leaves in the command; returns the command."""
+    takes_value = {"-c": "container", "--container": "container", "--timeout": "timeout"}
+    takes_value |= {"-n": "namespace", "--namespace": "namespace"}
+    while rest and rest[0] != "--":
+        flag, eq, value = rest[0].partition("=")
+        dest = takes_value.get(flag)
+        if dest is None:
+            break  # the command itself, given without --
+        rest.pop(0)
+        if not eq:
+            if not rest:
+                raise CtlError(f"error: {flag} needs a value", 2)
+            value = rest.pop(0)
+        if dest == "timeout":
+            try:
+                value = int(value)  # type: ignore[assignment]
+            except ValueError:
+                raise CtlError(
+                    f"error: --timeout must be whole seconds, not {value!r}", 2
+                ) from None
+        setattr(args, dest, value)
+    return rest[1:] if rest and rest[0] == "--" else rest
+
+
 def cmd_exec(ctx: _Ctx) -> int:
     """Runs the command without a terminal; exits with the command's exit code."""
     args = ctx.args
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command = _exec_options(args, list(args.command))
     if not command:
         raise CtlError("error: exec needs a command after --, e.g. edgectl exec POD -- ls /", 2)
     body: dict[str, Any] = {"command": command, "timeoutSeconds": args.timeout}

@@ -1,0 +1,97 @@
+"""Logs and exec from the cloud against real containers: edgectl → gateway API →
+the node's hub connection → edged → containerd, and the output back."""
+
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from cloudgateway.ctl import main as ctl_main
+from tests.conftest import Gateway, join_node, start_agent, start_gateway, wait_for
+
+from .conftest import Containerd
+from .test_reboot import default_cgroup_exists, remove_empty_default_cgroup
+
+NS = "/api/v1/namespaces/default"
+
+
+async def ctl(gw: Gateway, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    args = ["--server", gw.api_url, "--token", gw.token, *argv]
+    rc = await trio.to_thread.run_sync(functools.partial(ctl_main, args, stdout=out, stderr=err))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def pod(image: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "talker"},
+        "spec": {
+            "nodeName": "pi-logs",
+            "hostNetwork": True,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": [
+                        "sh",
+                        "-c",
+                        "echo first line; echo second line; "
+                        "while true; do echo tick; sleep 0.2; done",
+                    ],
+                    "env": [{"name": "GREETING", "value": "hello from edged"}],
+                }
+            ],
+        },
+    }
+
+
+async def test_edgectl_logs_and_exec_reach_a_real_container(
+    nursery: trio.Nursery, tmp_path: Path, containerd: Containerd
+) -> None:
+    cg_existed = default_cgroup_exists()
+    gw = await start_gateway(nursery, tmp_path / "gw")
+    await join_node(gw, "pi-logs", tmp_path / "agent")
+    agent = await start_agent(nursery, tmp_path / "agent", cri=containerd.address)
+    try:
+        assert (await gw.api("POST", f"{NS}/pods", pod(containerd.image)))[0] == 201
+
+        async def running() -> bool:
+            code, obj = await gw.api("GET", f"{NS}/pods/talker")
+            return code == 200 and (obj.get("status") or {}).get("phase") == "Running"
+
+        await wait_for(running, timeout=30, interval=0.1)
+
+        async def logged() -> bool:
+            rc, out, _ = await ctl(gw, "logs", "talker")
+            return rc == 0 and out.startswith("first line\nsecond line\ntick\n")
+
+        await wait_for(logged, timeout=10, interval=0.2)
+        rc, out, err = await ctl(gw, "logs", "talker", "--tail", "1")
+        assert (rc, out, err) == (0, "tick\n", "")
+
+        rc, out, err = await ctl(
+            gw, "exec", "talker", "--", "sh", "-c", 'echo "$GREETING"; echo oops >&2; exit 7'
+        )
+        assert (rc, out, err) == (7, "hello from edged\n", "oops\n")
+        rc, _, err = await ctl(gw, "exec", "talker", "-c", "nope", "--", "true")
+        assert rc == 1 and "container nope is not valid for pod talker" in err
+        rc, _, err = await ctl(gw, "exec", "talker", "--", "/no/such/binary")
+        assert rc != 0, err
+
+        assert (await gw.api("DELETE", f"{NS}/pods/talker"))[0] == 200
+        await wait_for(
+            lambda: not containerd.ctr("containers", "ls", "-q").split(), timeout=30, interval=0.2
+        )
+    finally:
+        await agent.stop()
+        gw.scope.cancel()
+        if not cg_existed:
+            remove_empty_default_cgroup()
