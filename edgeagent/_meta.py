@@ -277,7 +277,10 @@ class Meta:
         return await self._call(self._sync.counts)
 
     async def enqueue(self, items: list[tuple[str, str, bytes, bool]]) -> None:
-        dropped = await self._call(self._sync.enqueue, items)
+        self._enqueued(await self._call(self._sync.enqueue, items))
+
+    def _enqueued(self, dropped: int) -> None:
+        """Count what the bound dropped and wake the outbox's sender."""
         if dropped:
             self.counters["outbox_dropped"] += dropped
             log.warning("outbox full: dropped %d oldest entries", dropped)
@@ -307,14 +310,8 @@ class Meta:
             return dropped
 
         dropped = await self._call(run)
-        if dropped < 0:
-            return
-        if dropped:
-            self.counters["outbox_dropped"] += dropped
-            log.warning("outbox full: dropped %d oldest entries", dropped)
-        self.outbox_generation += 1
-        self._outbox_changed.set()
-        self._outbox_changed = trio.Event()
+        if dropped >= 0:
+            self._enqueued(dropped)
 
     async def outbox_after(self, seq: int, limit: int) -> list[OutboxItem]:
         return await self._call(self._sync.outbox_after, seq, limit)
