@@ -35,7 +35,7 @@ __all__ = ["HubClient", "full_jitter", "open_hub_connection"]
 
 AGENT_VERSION = "0.1.0"
 _STREAM_KINDS = (Kind.STREAM_OPEN, Kind.STREAM_ACK, Kind.STREAM_END)
-ACK_BATCH_SECONDS = 0.05  # acked outbox rows are deleted this long after the first ack
+ACK_BATCH_SECONDS = 1.0  # acked outbox rows are deleted this long after the first ack
 
 if TYPE_CHECKING:
     import trio_websocket as tws
@@ -107,8 +107,10 @@ class HubClient:
         self._ids = 0
         self._inflight: set[int] = set()
         self._acked = trio.Event()
-        # Acked outbox rows are deleted in batches: one SQLite transaction (a few
-        # 4 KiB pages on the SD card) per burst of acks, not one per report.
+        # Acked outbox rows are deleted in batches, at most once a second: one
+        # SQLite transaction per burst of acks, not one per report (SD cards). A
+        # crash before the delete only resends reports the gateway already has,
+        # which it applies again unchanged.
         self._acks: list[int] = []
         self._acks_waiting = trio.Event()
         self._synced = False
