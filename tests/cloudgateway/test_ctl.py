@@ -467,3 +467,33 @@ def test_kinds_and_durations() -> None:
     ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3 * 3600 - 65))
     assert _tables._age({"metadata": {"creationTimestamp": ts}}, time.time()) == "3h1m"
     assert _tables._age({"metadata": {"creationTimestamp": "garbage"}}, time.time()) == "<unknown>"
+
+
+@pytest.mark.parametrize(
+    ("rest", "command", "container", "namespace", "timeout"),
+    [
+        (["--", "sh", "-c", "echo -n x"], ["sh", "-c", "echo -n x"], None, None, 60),
+        (["-n", "prod", "--", "ls", "-l"], ["ls", "-l"], None, "prod", 60),
+        (["-c", "side", "--timeout=5", "--", "true"], ["true"], "side", None, 5),
+        (["--container=app", "-n", "x", "ls"], ["ls"], "app", "x", 60),
+        (["ls", "-c", "kept"], ["ls", "-c", "kept"], None, None, 60),
+    ],
+)
+def test_exec_takes_kubectl_option_order(
+    rest: list[str], command: list[str], container: str | None, namespace: str | None, timeout: int
+) -> None:
+    import argparse
+
+    args = argparse.Namespace(container=None, namespace=None, timeout=60)
+    assert ctl._exec_options(args, list(rest)) == command
+    assert (args.container, args.namespace, args.timeout) == (container, namespace, timeout)
+
+
+def test_exec_option_errors() -> None:
+    import argparse
+
+    args = argparse.Namespace(container=None, namespace=None, timeout=60)
+    with pytest.raises(ctl.CtlError, match="needs a value"):
+        ctl._exec_options(args, ["-c"])
+    with pytest.raises(ctl.CtlError, match="whole seconds"):
+        ctl._exec_options(args, ["--timeout", "soon", "--", "true"])
