@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS objects(
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state(name TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox(
-    seq INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
     key TEXT NOT NULL UNIQUE,
     coalesce INTEGER NOT NULL,
     op TEXT NOT NULL,
@@ -79,10 +80,26 @@ def open_meta_sync(path: Path) -> apsw.Connection:
         # instead of SQLite's 2 MiB default keeps the agent's RSS down.
         conn.execute("PRAGMA cache_size=-512")
         with conn:
+            _upgrade_outbox(conn)
             conn.execute(_SCHEMA)
     except apsw.Error as exc:
         raise MetaError(f"cannot open {path}: {exc}") from exc
     return conn
+
+
+def _upgrade_outbox(conn: apsw.Connection) -> None:
+    """Stores made before the outbox had a stable row id: move their rows over.
+
+    The row id used to be the sequence number, so coalescing a report moved its
+    row (a delete and an insert, each on its own page). Now a coalesced report
+    is rewritten in place and only the small ``seq`` index entry moves."""
+    cols = [row[1] for row in conn.execute("PRAGMA table_info(outbox)")]
+    if cols and "id" not in cols:
+        conn.execute(
+            "ALTER TABLE outbox RENAME TO outbox_v1;" + _SCHEMA + "INSERT INTO outbox(seq, key, "
+            "coalesce, op, body, created) SELECT seq, key, coalesce, op, body, created "
+            "FROM outbox_v1 ORDER BY seq; DROP TABLE outbox_v1;"
+        )
 
 
 class _MetaSync:
@@ -199,12 +216,19 @@ class _MetaSync:
                     "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
                     (json.dumps(total),),
                 )
-            c.execute(
+                self._keep_seq(seq)  # the newest entry may have been dropped
+        return dropped
+
+    def _keep_seq(self, seq: int) -> None:
+        """Sequence numbers never go back: the highest one issued is either in the
+        outbox or recorded here whenever rows leave it (acked or dropped). Not
+        written on every enqueue: one page less per commit on the SD card."""
+        if seq > int(self.get_state("outbox_seq", 0)):
+            self.conn.execute(
                 "INSERT INTO state(name, value) VALUES('outbox_seq', ?) "
                 "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
                 (json.dumps(seq),),
             )
-        return dropped
 
     def outbox_after(self, seq: int, limit: int) -> list[OutboxItem]:
         rows = self.conn.execute(
@@ -213,8 +237,11 @@ class _MetaSync:
         return [OutboxItem(int(r[0]), str(r[1]), str(r[2]), bytes(r[3])) for r in rows]  # type: ignore[arg-type]
 
     def outbox_ack(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
         with self.conn:
             self.conn.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
+            self._keep_seq(max(seqs))
 
     def outbox_depth(self) -> int:
         return int(self._scalar("SELECT count(*) FROM outbox") or 0)

@@ -237,7 +237,12 @@ class DeviceTwin:
             twins: dict[str, dict[str, TwinProperty]] = defaultdict(dict)
             for dev, name, data in conn.execute("SELECT device, name, data FROM twin"):
                 try:
-                    twins[str(dev)][str(name)] = tw.property_from_msg(json.loads(str(data)))
+                    stored = json.loads(str(data))
+                    twins[str(dev)][str(name)] = (
+                        tw.property_from_row(stored)
+                        if isinstance(stored, list)
+                        else tw.property_from_msg(stored)  # written before rows were compact
+                    )
                 except (ValueError, TwinError):
                     log.warning("twin: dropping unreadable row %s/%s", dev, name)
             states = {
@@ -370,9 +375,7 @@ class DeviceTwin:
             if cur is None:
                 deletes.append((dev, prop))
             else:
-                upserts.append(
-                    (dev, prop, json.dumps(cur.to_msg(versions=True), separators=(",", ":")))
-                )
+                upserts.append((dev, prop, json.dumps(cur.to_row(), separators=(",", ":"))))
         states = [(d, *self._states[d]) for d in p.states if d in self._states]
         purge = [(d,) for d in p.purge if d not in self._devices]
         items: Outbox = []

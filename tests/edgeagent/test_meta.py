@@ -106,3 +106,29 @@ def test_new_stores_use_small_pages_in_wal_mode(tmp_path: Path) -> None:
         assert m.conn.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
     finally:
         m.close()
+
+
+async def test_an_outbox_from_before_stable_row_ids_is_upgraded(tmp_path: Path) -> None:
+    import apsw
+
+    path = tmp_path / "meta.db"
+    old = apsw.Connection(str(path))
+    old.execute(
+        "CREATE TABLE outbox(seq INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, "
+        "coalesce INTEGER NOT NULL, op TEXT NOT NULL, body BLOB NOT NULL, created REAL NOT NULL);"
+        "INSERT INTO outbox VALUES(7, 'pods/default/a', 1, 'status', x'a0', 1.0);"
+        "INSERT INTO outbox VALUES(9, 'pods/default/b', 1, 'status', x'a0', 2.0);"
+    )
+    old.close()
+    m = Meta(path)
+    try:
+        items = await m.outbox_after(0, 10)
+        assert [(i.seq, i.key) for i in items] == [(7, "pods/default/a"), (9, "pods/default/b")]
+        # A coalesced report keeps its row and gets a new sequence number.
+        await m.enqueue([("pods/default/a", "status", cbor2.dumps({"status": {}}), True)])
+        items = await m.outbox_after(0, 10)
+        assert [(i.seq, i.key) for i in items] == [(9, "pods/default/b"), (10, "pods/default/a")]
+        cols = [r[1] for r in m._sync.conn.execute("PRAGMA table_info(outbox)")]
+        assert cols[:2] == ["id", "seq"]
+    finally:
+        m.close()

@@ -201,6 +201,21 @@ def test_stored_form_round_trips(p: TwinProperty) -> None:
     assert tw.property_from_msg(json.loads(json.dumps(p.to_msg(versions=True)))) == p
 
 
+@given(props)
+def test_compact_row_round_trips_and_is_smaller(p: TwinProperty) -> None:
+    row = json.dumps(p.to_row(), separators=(",", ":"))
+    assert tw.property_from_row(json.loads(row)) == p
+    assert len(row) < len(json.dumps(p.to_msg(versions=True), separators=(",", ":"))) + 8
+
+
+@given(st.lists(json_values, max_size=9) | json_values)
+def test_a_bad_row_is_a_value_error(row: Any) -> None:
+    try:
+        tw.property_from_row(row)
+    except ValueError:
+        pass
+
+
 @given(st.dictionaries(keys, props, max_size=4), st.dictionaries(keys, values, max_size=4))
 def test_merge_is_atomic_and_versions_grow(
     cur: dict[str, TwinProperty], new: dict[str, str]
