@@ -99,10 +99,10 @@ async def test_changes_wake_waiters(tmp_path: Path) -> None:
 
 
 def test_new_stores_use_small_pages_in_wal_mode(tmp_path: Path) -> None:
-    """1 KiB pages and WAL: fewer bytes written to the SD card per small update."""
+    """512-byte pages and WAL: fewer bytes written to the SD card per small update."""
     m = _MetaSync(tmp_path / "meta.db", outbox_max=10)
     try:
-        assert m.conn.execute("PRAGMA page_size").fetchall() == [(1024,)]
+        assert m.conn.execute("PRAGMA page_size").fetchall() == [(512,)]
         assert m.conn.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
     finally:
         m.close()
