@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def mosquitto(data_dir: Path) -> Iterator[int]:
+    """A real broker from scripts/mosquitto on a free loopback port (yielded),
+    stopped by its recorded PID on exit."""
+    script = str(Path(__file__).resolve().parent.parent / "scripts" / "mosquitto")
+    port = free_port()
+    subprocess.run([script, "start", "--dir", str(data_dir), "--port", str(port)], check=True)
+    try:
+        yield port
+    finally:
+        subprocess.run([script, "stop", "--dir", str(data_dir)], check=True)
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 5 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def rss_kib(pid: int) -> int:

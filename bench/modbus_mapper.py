@@ -13,10 +13,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,28 +29,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _harness import mosquitto, stop_process  # noqa: E402
+
 from mappers._mqtt import MqttClient  # noqa: E402
 from mappers._runner import MapperShell  # noqa: E402
 from mappers.modbus import make_factory  # noqa: E402
 from mappers.modbus._bus import TcpBus  # noqa: E402
 from mappers.modbus._config import TcpEndpoint  # noqa: E402
 from mappers.modbus._frame import Register, read_request, rtu_frame  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def kill(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def start_sim(*args: str) -> tuple[subprocess.Popen[str], int]:
@@ -63,7 +48,7 @@ def start_sim(*args: str) -> tuple[subprocess.Popen[str], int]:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if "ready" not in line:
-        kill(proc)
+        stop_process(proc)
         raise SystemExit(f"modbus-sim did not start: {line!r}")
     return proc, int(line.rsplit("port=", 1)[1])
 
@@ -131,22 +116,9 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="edgeflock-bench-"))
     procs: list[subprocess.Popen[Any]] = []
+    stack = contextlib.ExitStack()
     try:
-        port = free_port()
-        conf = tmp / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-            "persistence false\nuser root\nmax_queued_messages 100000\n"
-        )
-        procs.append(
-            subprocess.Popen(
-                [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        time.sleep(0.3)
-        broker = f"tcp://127.0.0.1:{port}"
+        broker = f"tcp://127.0.0.1:{stack.enter_context(mosquitto(tmp / 'mq'))}"
         sim, sim_port = start_sim("--tcp", "127.0.0.1:0")
         procs.append(sim)
         tcp = {"slaveID": 1, "tcp": {"ip": "127.0.0.1", "port": sim_port}}
@@ -246,7 +218,8 @@ def main() -> None:
         )
     finally:
         for proc in reversed(procs):
-            kill(proc)
+            stop_process(proc)
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

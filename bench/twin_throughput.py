@@ -21,9 +21,9 @@ Prints:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
-import subprocess
 import tempfile
 import threading
 import time
@@ -35,8 +35,8 @@ from _harness import (
     Gateway,
     agent_status,
     cpu_seconds,
-    free_port,
     machine,
+    mosquitto,
     rss_kib,
     start_agent,
     wait,
@@ -173,13 +173,9 @@ def main() -> None:
     print(
         f"machine: {machine()}, load average before: {Path('/proc/loadavg').read_text().split()[0]}"
     )
-    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
-        port = free_port()
-        script = str(ROOT / "scripts" / "mosquitto")
-        subprocess.run(
-            [script, "start", "--dir", str(root / "mq"), "--port", str(port)], check=True
-        )
+        port = stack.enter_context(mosquitto(root / "mq"))
         gw = Gateway(root / "gw")
         agent = None
         mapper = None
@@ -312,7 +308,6 @@ def main() -> None:
                 agent.terminate()
                 agent.wait(10)
             gw.stop()
-            subprocess.run([script, "stop", "--dir", str(root / "mq")], check=True)
 
 
 if __name__ == "__main__":

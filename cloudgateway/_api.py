@@ -268,11 +268,6 @@ class _Target:
         return edgeproto.make_key(self.resource.name, self.namespace or "", name)
 
 
-def _param(req: Request, name: str) -> str | None:
-    vals = req.query.get(name)
-    return vals[-1] if vals else None
-
-
 def _wants_table(req: Request) -> bool:
     """kubectl get asks ``Accept: application/json;as=Table;v=v1;g=meta.k8s.io, ...``."""
     accept = req.headers.get("accept", "")
@@ -280,10 +275,6 @@ def _wants_table(req: Request) -> bool:
         "as=Table" in part and "g=meta.k8s.io" in part and "v=v1" in part
         for part in accept.split(",")
     )
-
-
-def _flag(req: Request, name: str) -> bool:
-    return (_param(req, name) or "").lower() in ("1", "true")
 
 
 def _parse_json(body: bytes, what: str = "request body") -> Any:
@@ -528,7 +519,7 @@ class ApiServer:
             raise ApiError(400, "BadRequest", "dryRun is not supported by this server")
         if t.name is None:
             if m in ("GET", "HEAD"):
-                if m == "GET" and _flag(req, "watch"):
+                if m == "GET" and req.flag("watch"):
                     return self._watch(req, t)
                 return await self._list(req, t)
             if m == "POST":
@@ -665,26 +656,23 @@ class ApiServer:
         return await self._read_modify_write(t, expect, edit)
 
     async def _read_modify_write(
-        self, t: _Target, expect: int | None, edit: Callable[[Record], dict[str, Any]]
+        self,
+        t: _Target,
+        expect: int | None,
+        edit: Callable[[Record], Any],
+        *,
+        status: bool = False,
     ) -> Response:
         """Write ``edit(current)``; with ``expect`` (the client's resourceVersion)
         a concurrent write is a Conflict, without it the edit is re-applied."""
         assert t.name is not None
-        for _ in range(_WRITE_RETRIES):
-            cur = await self._get(t)
-            if expect is not None and expect != cur.mod_rev:
-                raise self._conflict(t, t.name)
-            new = edit(cur)
-            try:
-                ev = await self._store.update(t.key, new, expect_rev=cur.mod_rev)
-            except Conflict:
-                if expect is not None:
-                    raise self._conflict(t, t.name) from None
-                continue  # another writer got in between: re-read, re-apply
-            except StoreError as exc:
-                raise self._store_error(t, t.name, exc) from None
-            return json_response(200, ev.record.value)
-        raise self._conflict(t, t.name)
+        try:
+            ev = await self._store.modify(
+                t.key, edit, status=status, expect_rev=expect, retries=_WRITE_RETRIES
+            )
+        except StoreError as exc:
+            raise self._store_error(t, t.name, exc) from None
+        return json_response(200, ev.record.value)
 
     async def _replace_status(self, req: Request, t: _Target) -> Response:
         assert t.name is not None
@@ -734,22 +722,13 @@ class ApiServer:
         expect = _resource_version(patch, "patch metadata.resourceVersion")
         name = t.name
         if t.subresource == "status":
-            for _ in range(_WRITE_RETRIES):
-                cur = await self._get(t)
-                if expect is not None and expect != cur.mod_rev:
-                    raise self._conflict(t, name)
+
+            def edit_status(cur: Record) -> Any:
                 status = merge_patch(cur.value, patch).get("status")
                 self._check_status(t, status)
-                try:
-                    ev = await self._store.update_status(t.key, status, expect_rev=cur.mod_rev)
-                except Conflict:
-                    if expect is not None:
-                        raise self._conflict(t, name) from None
-                    continue
-                except StoreError as exc:
-                    raise self._store_error(t, name, exc) from None
-                return json_response(200, ev.record.value)
-            raise self._conflict(t, name)
+                return status
+
+            return await self._read_modify_write(t, expect, edit_status, status=True)
 
         def edit(cur: Record) -> dict[str, Any]:
             merged = merge_patch(cur.value, patch)
@@ -793,8 +772,8 @@ class ApiServer:
     # ---- list and watch ------------------------------------------------------------
 
     def _selector(self, req: Request) -> Selector:
-        labels = parse_label_selector(_param(req, "labelSelector") or "")
-        fields = parse_field_selector(_param(req, "fieldSelector") or "")
+        labels = parse_label_selector(req.param("labelSelector") or "")
+        fields = parse_field_selector(req.param("fieldSelector") or "")
         return lambda o: labels(o) and fields(o)
 
     async def _list(self, req: Request, t: _Target) -> Response:
@@ -815,10 +794,10 @@ class ApiServer:
 
     def _watch(self, req: Request, t: _Target) -> Response:
         match = self._selector(req)
-        text = _param(req, "resourceVersion") or "0"
+        text = req.param("resourceVersion") or "0"
         if not (text.isascii() and text.isdigit()):
             raise ApiError(400, "BadRequest", f"invalid resourceVersion {text!r}")
-        seconds = _param(req, "timeoutSeconds")
+        seconds = req.param("timeoutSeconds")
         try:
             limit = float(seconds) if seconds else math.inf
         except ValueError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from ._health import NodeHealth
 from ._http import Request, serve_http
 from ._hub import Hub, HubConfig
 from ._join import JoinService, TokenStore
-from ._pki import load_or_create_pki, server_ssl_context
+from ._pki import load_or_create_pki, server_ssl_context, write_atomic
 from ._store import AlreadyExists, SqliteBackend, Store
 
 log = logging.getLogger(__name__)
@@ -63,11 +62,7 @@ def load_admin_token(data_dir: Path) -> str:
     except FileNotFoundError:
         pass
     token = secrets.token_urlsafe(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (token + "\n").encode(), 0o600)
     return token
 
 

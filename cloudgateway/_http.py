@@ -45,6 +45,15 @@ class Request:
     body: bytes
     peer: str  # "127.0.0.1:54321"
 
+    def param(self, name: str) -> str | None:
+        """The last value of query parameter ``name``, if given."""
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def flag(self, name: str) -> bool:
+        """A boolean query parameter: ``1`` or ``true``."""
+        return (self.param(name) or "").lower() in ("1", "true")
+
 
 @dataclass(slots=True)
 class Response:

@@ -30,7 +30,7 @@ from edgeproto import Kind, Message, ProtocolError
 
 from ._health import NodeHealth
 from ._pki import PkiError, node_from_peercert
-from ._store import Conflict, NotFound, Store, StoreError, SubscriptionLost
+from ._store import NotFound, Record, Store, StoreError, SubscriptionLost
 from ._streams import NodeStream, StreamError
 from ._view import View, ViewSync, plan_node_sync
 
@@ -517,9 +517,7 @@ class Hub:
         return resource in _NODE_WRITABLE and rec_node == node
 
     async def _report(self, session: _Session, msg: Message) -> None:
-        # An outbox row may carry a "#suffix" so that two reports about one object
-        # (a device's status and its edge-set desired values) coalesce separately.
-        key, error = (msg.res or "").partition("#")[0], None
+        key, error = msg.res or "", None
         status: dict[str, Any] = {}
         desired: dict[str, str] = {}
         history: list[dict[str, str]] = []
@@ -575,8 +573,8 @@ class Hub:
 
     async def _set_desired(self, key: str, desired: dict[str, str]) -> None:
         """A desired value set at the edge becomes the device's spec desired value."""
-        for _ in range(5):
-            rec = await self._store.get(key)
+
+        def edit(rec: Record) -> dict[str, Any]:
             obj = copy.deepcopy(rec.value)
             props = (obj.get("spec") or {}).get("properties")
             known = {p.get("name"): p for p in props or [] if isinstance(p, dict)}
@@ -588,19 +586,16 @@ class Hub:
                 d = d if isinstance(d, dict) else {}
                 d["value"] = value
                 known[name]["desired"] = d
-            try:
-                await self._store.update(key, obj, expect_rev=rec.mod_rev)
-                return
-            except Conflict:
-                continue
-        raise StoreError(f"{key}: kept changing while setting desired values")
+            return obj
+
+        await self._store.modify(key, edit, retries=5)
 
     async def _add_history(self, key: str, entries: list[dict[str, str]]) -> None:
         """Values a device reported while its node was offline, kept (the newest
         ``TWIN_HISTORY`` per property, in timestamp order) in
         ``status.twinHistory[property]``; the latest value stays in ``twins``."""
-        for _ in range(5):
-            rec = await self._store.get(key)
+
+        def edit(rec: Record) -> dict[str, Any]:
             status = copy.deepcopy(rec.value.get("status") or {})
             kept = status.get("twinHistory")
             kept = kept if isinstance(kept, dict) else {}
@@ -613,12 +608,9 @@ class Hub:
                 ring.sort(key=lambda i: int(i.get("timestamp") or 0))
                 kept[e["propertyName"]] = ring[-TWIN_HISTORY:]
             status["twinHistory"] = kept
-            try:
-                await self._store.update_status(key, status, expect_rev=rec.mod_rev)
-                return
-            except Conflict:
-                continue
-        raise StoreError(f"{key}: kept changing while adding twin history")
+            return status
+
+        await self._store.modify(key, edit, status=True, retries=5)
 
     async def _request(self, session: _Session, msg: Message) -> None:
         """``request{op: get, res: key}``: a node may read objects in its own view only."""

@@ -49,7 +49,8 @@ class GatewayPki:
     ca_pin: str
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` with ``mode`` via a synced temporary file and a rename."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
@@ -140,8 +141,8 @@ def load_or_create_pki(data_dir: Path, *, sans: Sequence[str] = ()) -> GatewayPk
                 )
                 .sign(ca_priv, hashes.SHA256())
             )
-            _write_atomic(ca_key, _key_pem(ca_priv), 0o600)
-            _write_atomic(ca_crt, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+            write_atomic(ca_key, _key_pem(ca_priv), 0o600)
+            write_atomic(ca_crt, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
             for stale in (srv_crt, srv_key):
                 stale.unlink(missing_ok=True)
         wanted = _server_names(sans)
@@ -173,8 +174,8 @@ def load_or_create_pki(data_dir: Path, *, sans: Sequence[str] = ()) -> GatewayPk
                 )
                 .sign(ca_priv, hashes.SHA256())
             )
-            _write_atomic(srv_key, _key_pem(skey), 0o600)
-            _write_atomic(srv_crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+            write_atomic(srv_key, _key_pem(skey), 0o600)
+            write_atomic(srv_crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     except (OSError, ValueError) as exc:
         raise PkiError(f"gateway PKI in {data_dir}: {exc}") from exc
     pem = ca_cert.public_bytes(serialization.Encoding.PEM)

@@ -41,13 +41,8 @@ class BadParam(StreamError):
         super().__init__(400, "BadRequest", message)
 
 
-def _param(req: Request, name: str) -> str | None:
-    values = req.query.get(name)
-    return values[-1] if values else None
-
-
 def _int_param(req: Request, name: str, *, minimum: int) -> int | None:
-    text = _param(req, name)
+    text = req.param(name)
     if text is None or text == "":
         return None
     try:
@@ -104,8 +99,8 @@ async def _open(
 
 async def pod_logs(opener: StreamOpener, req: Request, pod: dict[str, Any], key: str) -> Response:
     params: dict[str, Any] = {
-        "container": pick_container(pod, _param(req, "container")),
-        "follow": (_param(req, "follow") or "").lower() in ("1", "true"),
+        "container": pick_container(pod, req.param("container")),
+        "follow": req.flag("follow"),
     }
     tail = _int_param(req, "tailLines", minimum=0)
     if tail is not None:
@@ -135,7 +130,7 @@ async def pod_logs(opener: StreamOpener, req: Request, pod: dict[str, Any], key:
 
 def _exec_request(req: Request) -> tuple[list[str], str | None, float]:
     command = req.query.get("command") or []
-    container = _param(req, "container")
+    container = req.param("container")
     timeout = _int_param(req, "timeoutSeconds", minimum=1)
     if req.body.strip():
         try:

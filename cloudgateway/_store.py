@@ -860,6 +860,32 @@ class Store:
     async def delete(self, key: str, *, expect_rev: int | None = None) -> Event:
         return await self._write(functools.partial(self.backend.delete, key, expect_rev=expect_rev))
 
+    async def modify(
+        self,
+        key: str,
+        edit: Callable[[Record], Any],
+        *,
+        status: bool = False,
+        expect_rev: int | None = None,
+        retries: int = 8,
+    ) -> Event:
+        """Read ``key`` and write ``edit(record)``: the whole object, or with
+        ``status`` its status only. When another write gets in between, re-read
+        and re-apply (up to ``retries`` times, then ``Conflict``). With
+        ``expect_rev`` (a client's resourceVersion) the record must be at that
+        revision and a concurrent write is a ``Conflict`` at once."""
+        write = self.update_status if status else self.update
+        for _ in range(retries):
+            rec = await self.get(key)
+            if expect_rev is not None and expect_rev != rec.mod_rev:
+                raise Conflict(f"{key} is at revision {rec.mod_rev}, not {expect_rev}", key=key)
+            try:
+                return await write(key, edit(rec), expect_rev=rec.mod_rev)
+            except Conflict:
+                if expect_rev is not None:
+                    raise
+        raise Conflict(f"{key} kept changing ({retries} attempts)", key=key)
+
     async def compact(self, rev: int) -> None:
         await self.call(self.backend.compact, rev)
 

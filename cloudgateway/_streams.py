@@ -16,16 +16,13 @@ from typing import Any
 
 import trio
 
-from edgeproto import Kind, Message
+from edgeproto import STREAM_WINDOW, Kind, Message
 
 from ._errors import GatewayError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STREAM_WINDOW", "NodeStream", "StreamError"]
-
-STREAM_WINDOW = 16  # chunks a node may send before it waits for acks
-STREAM_CHUNK = 32 * 1024  # bytes of output per chunk (the node's side of the contract)
+__all__ = ["NodeStream", "StreamError"]
 
 
 class StreamError(GatewayError):
@@ -49,10 +46,9 @@ class NodeStream:
         self.sid = sid
         self._send = send
         # One slot more than the window: a node that overruns it is cut off.
-        self._tx, self._rx = trio.open_memory_channel[tuple[int, bytes] | None](STREAM_WINDOW + 1)
+        self._tx, self._rx = trio.open_memory_channel[tuple[int, bytes]](STREAM_WINDOW + 1)
         self.result: dict[str, Any] = {}
         self.ended = False
-        self.bytes = 0
 
     # ---- called by the hub's reader for this node --------------------------------
 
@@ -82,11 +78,7 @@ class NodeStream:
 
     def _finish(self) -> None:
         self.ended = True
-        try:
-            self._tx.send_nowait(None)
-        except trio.WouldBlock:  # full: the consumer drains it and then sees the close
-            pass
-        self._tx.close()
+        self._tx.close()  # the consumer drains what is queued, then sees the end
 
     # ---- called by the consumer --------------------------------------------------
 
@@ -95,9 +87,6 @@ class NodeStream:
             item = await self._rx.receive()
         except trio.EndOfChannel:
             return None
-        if item is None:
-            return None
-        self.bytes += len(item[1])
         if not self.ended:
             try:
                 await self._send(Message(Kind.STREAM_ACK, parent=self.sid, body={"n": 1}))

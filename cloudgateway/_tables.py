@@ -30,9 +30,6 @@ def get_path(o: Any, *path: str) -> Any:
     return o
 
 
-_get = get_path
-
-
 def human_duration(seconds: float) -> str:
     """kubectl's AGE format: 45s, 3m20s, 2h5m, 3d4h, 400d, 2y30d."""
     s = int(seconds)
@@ -62,7 +59,7 @@ def human_duration(seconds: float) -> str:
 
 
 def _age(o: dict[str, Any], now: float) -> str:
-    ts = _get(o, "metadata", "creationTimestamp")
+    ts = get_path(o, "metadata", "creationTimestamp")
     try:
         t = calendar.timegm(time.strptime(str(ts), "%Y-%m-%dT%H:%M:%SZ"))
     except (ValueError, OverflowError):
@@ -71,21 +68,21 @@ def _age(o: dict[str, Any], now: float) -> str:
 
 
 def object_name(o: dict[str, Any], _now: float) -> str:
-    return str(_get(o, "metadata", "name") or "")
+    return str(get_path(o, "metadata", "name") or "")
 
 
 def _node_status(o: dict[str, Any], _now: float) -> str:
     status = "Unknown"
-    for c in _get(o, "status", "conditions") or []:
+    for c in get_path(o, "status", "conditions") or []:
         if isinstance(c, dict) and c.get("type") == "Ready":
             status = {"True": "Ready", "False": "NotReady"}.get(str(c.get("status")), "Unknown")
-    if _get(o, "spec", "unschedulable") is True:
+    if get_path(o, "spec", "unschedulable") is True:
         status += ",SchedulingDisabled"
     return status
 
 
 def _node_roles(o: dict[str, Any], _now: float) -> str:
-    labels = _get(o, "metadata", "labels") or {}
+    labels = get_path(o, "metadata", "labels") or {}
     roles = sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))
     if labels.get("kubernetes.io/role"):
         roles.append(str(labels["kubernetes.io/role"]))
@@ -93,32 +90,32 @@ def _node_roles(o: dict[str, Any], _now: float) -> str:
 
 
 def _node_info(field: str) -> Callable[[dict[str, Any], float], str]:
-    return lambda o, _now: str(_get(o, "status", "nodeInfo", field) or "<unknown>")
+    return lambda o, _now: str(get_path(o, "status", "nodeInfo", field) or "<unknown>")
 
 
 def _node_ip(o: dict[str, Any], _now: float) -> str:
-    for a in _get(o, "status", "addresses") or []:
+    for a in get_path(o, "status", "addresses") or []:
         if isinstance(a, dict) and a.get("type") == "InternalIP":
             return str(a.get("address"))
     return "<none>"
 
 
 def _container_statuses(o: dict[str, Any]) -> list[dict[str, Any]]:
-    return [c for c in _get(o, "status", "containerStatuses") or [] if isinstance(c, dict)]
+    return [c for c in get_path(o, "status", "containerStatuses") or [] if isinstance(c, dict)]
 
 
 def _pod_ready(o: dict[str, Any], _now: float) -> str:
     ready = sum(1 for c in _container_statuses(o) if c.get("ready") is True)
-    return f"{ready}/{len(_get(o, 'spec', 'containers') or [])}"
+    return f"{ready}/{len(get_path(o, 'spec', 'containers') or [])}"
 
 
 def _pod_status(o: dict[str, Any], _now: float) -> str:
-    if _get(o, "metadata", "deletionTimestamp"):
+    if get_path(o, "metadata", "deletionTimestamp"):
         return "Terminating"
-    reason = str(_get(o, "status", "reason") or _get(o, "status", "phase") or "Pending")
+    reason = str(get_path(o, "status", "reason") or get_path(o, "status", "phase") or "Pending")
     for c in _container_statuses(o):
         for key in ("waiting", "terminated"):
-            detail = _get(c, "state", key)
+            detail = get_path(c, "state", key)
             if isinstance(detail, dict) and detail.get("reason") and not c.get("ready"):
                 reason = str(detail["reason"])
     return reason
@@ -135,16 +132,16 @@ def _pod_restarts(o: dict[str, Any], _now: float) -> str:
 def _device_properties(o: dict[str, Any], _now: float) -> str:
     """``temp=21.5/22`` per property: reported value, then desired when one is set."""
     reported: dict[str, str] = {}
-    for t in _get(o, "status", "twins") or []:
+    for t in get_path(o, "status", "twins") or []:
         if isinstance(t, dict) and isinstance(t.get("propertyName"), str):
-            value = _get(t, "reported", "value")
+            value = get_path(t, "reported", "value")
             reported[t["propertyName"]] = "<none>" if value is None else str(value)
     parts = []
-    for p in _get(o, "spec", "properties") or []:
+    for p in get_path(o, "spec", "properties") or []:
         if not isinstance(p, dict) or not isinstance(p.get("name"), str):
             continue
         text = f"{p['name']}={reported.pop(p['name'], '<none>')}"
-        desired = _get(p, "desired", "value")
+        desired = get_path(p, "desired", "value")
         if desired not in (None, ""):
             text += f"/{desired}"
         parts.append(text)
@@ -186,8 +183,8 @@ TABLES: dict[str, Table] = {
             ("AGE", _age),
         ),
         (
-            ("IP", lambda o, _now: str(_get(o, "status", "podIP") or "<none>")),
-            ("NODE", lambda o, _now: str(_get(o, "spec", "nodeName") or "<none>")),
+            ("IP", lambda o, _now: str(get_path(o, "status", "podIP") or "<none>")),
+            ("NODE", lambda o, _now: str(get_path(o, "spec", "nodeName") or "<none>")),
         ),
     ),
     "configmaps": Table(
@@ -212,19 +209,19 @@ TABLES: dict[str, Table] = {
 TABLES["devices"] = Table(
     (
         ("NAME", object_name),
-        ("MODEL", lambda o, _now: str(_get(o, "spec", "deviceModelRef", "name") or "<none>")),
-        ("NODE", lambda o, _now: str(_get(o, "spec", "nodeName") or "<none>")),
-        ("STATE", lambda o, _now: str(_get(o, "status", "state") or "<unknown>")),
+        ("MODEL", lambda o, _now: str(get_path(o, "spec", "deviceModelRef", "name") or "<none>")),
+        ("NODE", lambda o, _now: str(get_path(o, "spec", "nodeName") or "<none>")),
+        ("STATE", lambda o, _now: str(get_path(o, "status", "state") or "<unknown>")),
         ("PROPERTIES (REPORTED/DESIRED)", _device_properties),
         ("AGE", _age),
     ),
-    (("LAST-ONLINE", lambda o, _now: str(_get(o, "status", "lastOnlineTime") or "<never>")),),
+    (("LAST-ONLINE", lambda o, _now: str(get_path(o, "status", "lastOnlineTime") or "<never>")),),
 )
 TABLES["devicemodels"] = Table(
     (
         ("NAME", object_name),
-        ("PROTOCOL", lambda o, _now: str(_get(o, "spec", "protocol") or "<none>")),
-        ("PROPERTIES", lambda o, _now: str(len(_get(o, "spec", "properties") or []))),
+        ("PROTOCOL", lambda o, _now: str(get_path(o, "spec", "protocol") or "<none>")),
+        ("PROPERTIES", lambda o, _now: str(len(get_path(o, "spec", "properties") or []))),
         ("AGE", _age),
     )
 )

@@ -13,7 +13,7 @@ import binascii
 import copy
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +214,24 @@ def _string_list(c: dict[str, Any], key: str, field: str, causes: _Causes) -> No
         causes.bad(field, "must be a list of strings")
 
 
+def _objects(
+    parent: dict[str, Any], key: str, field: str, causes: _Causes
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(field[i], item)`` for each object in the list ``parent[key]``; a value
+    that is not a list, or an item that is not an object, is a cause."""
+    items = parent.get(key)
+    if items is None:
+        return
+    if not isinstance(items, list):
+        causes.bad(field, "must be a list")
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            yield f"{field}[{i}]", item
+        else:
+            causes.bad(f"{field}[{i}]", "must be an object")
+
+
 def _check_container(c: Any, f: str, names: set[str], causes: _Causes) -> None:
     if not isinstance(c, dict):
         causes.bad(f, "must be an object")
@@ -234,48 +252,28 @@ def _check_container(c: Any, f: str, names: set[str], causes: _Causes) -> None:
         causes.bad(f"{f}.image", "must be a string")
     _string_list(c, "command", f"{f}.command", causes)
     _string_list(c, "args", f"{f}.args", causes)
-    env = c.get("env")
-    if env is not None:
-        if not isinstance(env, list):
-            causes.bad(f"{f}.env", "must be a list")
-        else:
-            for j, e in enumerate(env):
-                ef = f"{f}.env[{j}]"
-                if not isinstance(e, dict):
-                    causes.bad(ef, "must be an object")
-                    continue
-                en = e.get("name")
-                if not isinstance(en, str) or not en:
-                    causes.required(f"{ef}.name", "name is required")
-                elif "=" in en:
-                    causes.bad(f"{ef}.name", f"{en!r}: must not contain '='")
-                if "value" in e and not isinstance(e["value"], str):
-                    causes.bad(f"{ef}.value", "must be a string")
-                if "valueFrom" in e and not isinstance(e["valueFrom"], dict):
-                    causes.bad(f"{ef}.valueFrom", "must be an object")
-    ports = c.get("ports")
-    if ports is not None:
-        if not isinstance(ports, list):
-            causes.bad(f"{f}.ports", "must be a list")
-        else:
-            for j, p in enumerate(ports):
-                pf = f"{f}.ports[{j}]"
-                if not isinstance(p, dict):
-                    causes.bad(pf, "must be an object")
-                    continue
-                cp = p.get("containerPort")
-                if cp is None:
-                    causes.required(f"{pf}.containerPort")
-                elif not _is_port(cp):
-                    causes.bad(f"{pf}.containerPort", f"{cp!r}: must be between 1 and 65535")
-                hp = p.get("hostPort")
-                if hp is not None and not _is_port(hp):
-                    causes.bad(f"{pf}.hostPort", f"{hp!r}: must be between 1 and 65535")
-                proto = p.get("protocol")
-                if proto is not None and proto not in _PROTOCOLS:
-                    causes.bad(
-                        f"{pf}.protocol", f"{proto!r}: must be one of {_PROTOCOLS}", NOT_SUPPORTED
-                    )
+    for ef, e in _objects(c, "env", f"{f}.env", causes):
+        en = e.get("name")
+        if not isinstance(en, str) or not en:
+            causes.required(f"{ef}.name", "name is required")
+        elif "=" in en:
+            causes.bad(f"{ef}.name", f"{en!r}: must not contain '='")
+        if "value" in e and not isinstance(e["value"], str):
+            causes.bad(f"{ef}.value", "must be a string")
+        if "valueFrom" in e and not isinstance(e["valueFrom"], dict):
+            causes.bad(f"{ef}.valueFrom", "must be an object")
+    for pf, p in _objects(c, "ports", f"{f}.ports", causes):
+        cp = p.get("containerPort")
+        if cp is None:
+            causes.required(f"{pf}.containerPort")
+        elif not _is_port(cp):
+            causes.bad(f"{pf}.containerPort", f"{cp!r}: must be between 1 and 65535")
+        hp = p.get("hostPort")
+        if hp is not None and not _is_port(hp):
+            causes.bad(f"{pf}.hostPort", f"{hp!r}: must be between 1 and 65535")
+        proto = p.get("protocol")
+        if proto is not None and proto not in _PROTOCOLS:
+            causes.bad(f"{pf}.protocol", f"{proto!r}: must be one of {_PROTOCOLS}", NOT_SUPPORTED)
 
 
 def _is_port(v: Any) -> bool:
@@ -311,24 +309,17 @@ def _check_pod(obj: dict[str, Any], causes: _Causes) -> None:
             continue
         for i, c in enumerate(cs):
             _check_container(c, f"spec.{section}[{i}]", names, causes)
-    vols = spec.get("volumes")
-    if vols is not None:
-        if not isinstance(vols, list):
-            causes.bad("spec.volumes", "must be a list")
+    vnames: set[str] = set()
+    for vf, v in _objects(spec, "volumes", "spec.volumes", causes):
+        vn = v.get("name")
+        if vn is None:
+            causes.required(f"{vf}.name")
+        elif not is_dns_label(vn):
+            causes.bad(f"{vf}.name", f"{vn!r}: must be a DNS-1123 label")
+        elif vn in vnames:
+            causes.bad(f"{vf}.name", f"duplicate volume {vn!r}", DUPLICATE)
         else:
-            vnames: set[str] = set()
-            for i, v in enumerate(vols):
-                vn = v.get("name") if isinstance(v, dict) else None
-                if not isinstance(v, dict):
-                    causes.bad(f"spec.volumes[{i}]", "must be an object")
-                elif vn is None:
-                    causes.required(f"spec.volumes[{i}].name")
-                elif not is_dns_label(vn):
-                    causes.bad(f"spec.volumes[{i}].name", f"{vn!r}: must be a DNS-1123 label")
-                elif vn in vnames:
-                    causes.bad(f"spec.volumes[{i}].name", f"duplicate volume {vn!r}", DUPLICATE)
-                else:
-                    vnames.add(vn)
+            vnames.add(vn)
 
 
 def _check_data(field: str, data: Any, causes: _Causes, *, b64: bool) -> None:
@@ -396,20 +387,7 @@ _ACCESS_MODES = ("ReadWrite", "ReadOnly")
 _MAX_TWIN_VALUE = 4096  # a desired value travels in every twin message; keep it small
 
 
-def _obj_list(obj: dict[str, Any], key: str, field: str, causes: _Causes) -> list[Any]:
-    v = obj.get(key)
-    if v is None:
-        return []
-    if not isinstance(v, list):
-        causes.bad(field, "must be a list")
-        return []
-    return v
-
-
-def _unique_name(item: Any, field: str, names: set[str], causes: _Causes) -> dict[str, Any] | None:
-    if not isinstance(item, dict):
-        causes.bad(field, "must be an object")
-        return None
+def _property_name(item: dict[str, Any], field: str, names: set[str], causes: _Causes) -> None:
     name = item.get("name")
     if not isinstance(name, str) or not name:
         causes.required(f"{field}.name", "name is required")
@@ -419,7 +397,6 @@ def _unique_name(item: Any, field: str, names: set[str], causes: _Causes) -> dic
         causes.bad(f"{field}.name", f"{name!r}: duplicate property", DUPLICATE)
     else:
         names.add(name)
-    return item
 
 
 def _check_cycle(prop: dict[str, Any], key: str, field: str, causes: _Causes) -> None:
@@ -434,11 +411,8 @@ def _check_devicemodel(obj: dict[str, Any], causes: _Causes) -> None:
         causes.required("spec", "spec is required")
         return
     names: set[str] = set()
-    for i, item in enumerate(_obj_list(spec, "properties", "spec.properties", causes)):
-        f = f"spec.properties[{i}]"
-        prop = _unique_name(item, f, names, causes)
-        if prop is None:
-            continue
+    for f, prop in _objects(spec, "properties", "spec.properties", causes):
+        _property_name(prop, f, names, causes)
         t = prop.get("type")
         if t is not None and (not isinstance(t, str) or t.lower() not in _PROPERTY_TYPES):
             causes.bad(f"{f}.type", f"{t!r}: one of {', '.join(_PROPERTY_TYPES)}", NOT_SUPPORTED)
@@ -477,11 +451,8 @@ def _check_device(obj: dict[str, Any], causes: _Causes) -> None:
             if cd is not None and not isinstance(cd, dict):
                 causes.bad("spec.protocol.configData", "must be an object")
     names: set[str] = set()
-    for i, item in enumerate(_obj_list(spec, "properties", "spec.properties", causes)):
-        f = f"spec.properties[{i}]"
-        prop = _unique_name(item, f, names, causes)
-        if prop is None:
-            continue
+    for f, prop in _objects(spec, "properties", "spec.properties", causes):
+        _property_name(prop, f, names, causes)
         desired = prop.get("desired")
         if desired is not None:
             if not isinstance(desired, dict):

@@ -118,23 +118,25 @@ class Client:
                 return status, {"reason": f"HTTP {status}", "message": text[:500]}
             raise CtlError(f"error: the gateway answered {path} with invalid JSON") from None
 
-    def stream(self, path: str) -> Iterator[dict[str, Any]]:
-        """Watch events, one per line, until the server ends the stream."""
+    def _open_stream(self, req: urllib.request.Request, timeout: float | None) -> Any:
+        """The open response of a streamed answer; an error answer raises
+        ``CtlError`` with the server's message."""
         try:
-            resp = urllib.request.urlopen(
-                self._request("GET", path, None), timeout=None, context=self.ssl_context
-            )
+            return urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context)
         except urllib.error.HTTPError as exc:
             with exc:
                 raw = exc.read()
             try:
-                body = json.loads(raw)
+                answer = json.loads(raw)
             except ValueError:
-                body = {"message": raw.decode(errors="replace")}
-            raise CtlError(server_error(exc.code, body)) from None
+                answer = {"message": raw.decode(errors="replace")}
+            raise CtlError(server_error(exc.code, answer)) from None
         except (urllib.error.URLError, OSError) as exc:
             raise self._unreachable(exc) from None
-        with resp:
+
+    def stream(self, path: str) -> Iterator[dict[str, Any]]:
+        """Watch events, one per line, until the server ends the stream."""
+        with self._open_stream(self._request("GET", path, None), None) as resp:
             try:
                 for line in resp:
                     if line.strip():
@@ -150,20 +152,7 @@ class Client:
     def read_stream(self, method: str, path: str, body: Any = None) -> Iterator[bytes]:
         """The raw body of a (chunked) answer, piece by piece as it arrives;
         an error answer raises ``CtlError`` with the server's message."""
-        req = self._request(method, path, body)
-        try:
-            resp = urllib.request.urlopen(req, timeout=self.timeout, context=self.ssl_context)
-        except urllib.error.HTTPError as exc:
-            with exc:
-                raw = exc.read()
-            try:
-                answer = json.loads(raw)
-            except ValueError:
-                answer = {"message": raw.decode(errors="replace")}
-            raise CtlError(server_error(exc.code, answer)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise self._unreachable(exc) from None
-        with resp:
+        with self._open_stream(self._request(method, path, body), self.timeout) as resp:
             try:
                 while chunk := resp.read1(65536):
                     yield chunk

@@ -15,7 +15,7 @@ import ssl
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -198,7 +198,20 @@ class HubClient:
             await self._send(ws, msg)
 
         try:
-            await self._converse_tasks(ws, sync, send)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ack_writer)
+                self._stream_server = StreamServer(
+                    cfg.node, self._meta, self.pod_streams, send, nursery
+                )
+                nursery.start_soon(self._pinger, ws)
+                nursery.start_soon(self._outbox_sender, ws)
+                while True:
+                    with trio.move_on_after(cfg.heartbeat * 3) as idle:
+                        data = await ws.get_message()
+                    if idle.cancelled_caught:
+                        raise trio.TooSlowError("no message from the gateway for 3 heartbeats")
+                    if await self._handle(ws, sync, data):
+                        self._synced = True
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush_acks()
@@ -214,28 +227,6 @@ class HubClient:
             self._acks_waiting = trio.Event()
             await trio.sleep(ACK_BATCH_SECONDS)
             await self._flush_acks()
-
-    async def _converse_tasks(
-        self,
-        ws: tws.WebSocketConnection,
-        sync: AgentSync,
-        send: Callable[[Message], Awaitable[None]],
-    ) -> None:
-        cfg = self._cfg
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._ack_writer)
-            self._stream_server = StreamServer(
-                cfg.node, self._meta, self.pod_streams, send, nursery
-            )
-            nursery.start_soon(self._pinger, ws)
-            nursery.start_soon(self._outbox_sender, ws)
-            while True:
-                with trio.move_on_after(cfg.heartbeat * 3) as idle:
-                    data = await ws.get_message()
-                if idle.cancelled_caught:
-                    raise trio.TooSlowError("no message from the gateway for 3 heartbeats")
-                if await self._handle(ws, sync, data):
-                    self._synced = True
 
     async def _handle(
         self, ws: tws.WebSocketConnection, sync: AgentSync, data: bytes | str
@@ -336,7 +327,7 @@ class HubClient:
                     continue
                 self._inflight.add(it.seq)
                 await self._send(
-                    ws, Message(Kind.REPORT, id=it.seq, res=it.key, op=it.op, body=body)
+                    ws, Message(Kind.REPORT, id=it.seq, res=it.object_key, op=it.op, body=body)
                 )
                 last_sent = it.seq
             if not items:

@@ -60,9 +60,16 @@ class MetaError(AgentError):
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
     seq: int
-    key: str
+    key: str  # what coalesces: the object's key, maybe with a "#tag"
     op: str
     body: bytes  # CBOR map
+
+    @property
+    def object_key(self) -> str:
+        """The key of the object the report is about. An outbox key may carry a
+        ``#tag`` so that several reports about one object coalesce separately (a
+        device's status, its edge-set desired values, each history slot)."""
+        return self.key.partition("#")[0]
 
 
 def open_meta_sync(path: Path) -> apsw.Connection:

@@ -3,7 +3,7 @@ pod logs and exec (see ``cloudgateway/_streams.py`` for the gateway's end).
 
 The node checks that the pod is in its own store and bound to it, answers at
 once (an empty chunk for "accepted", or ``stream-end`` with an error), then
-sends output in chunks of at most ``CHUNK`` bytes, never more than the window
+sends output in chunks of at most ``STREAM_CHUNK`` bytes, never more than the window
 the gateway has acknowledged. The gateway ending a stream cancels its task.
 """
 
@@ -16,16 +16,14 @@ from typing import Any, Protocol
 
 import trio
 
-from edgeproto import Kind, Message
+import edgeproto
+from edgeproto import STREAM_CHUNK, STREAM_WINDOW, Kind, Message, ProtocolError
 
 from ._meta import Meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHUNK", "WINDOW", "PodStreams", "StreamFailure", "StreamServer"]
-
-CHUNK = 32 * 1024
-WINDOW = 16  # chunks in flight per stream; the gateway's buffer holds one more
+__all__ = ["PodStreams", "StreamFailure", "StreamServer"]
 MAX_STREAMS = 8  # concurrent streams per connection; more are refused (429)
 EARLY_ERROR_SECONDS = 0.5  # a log reader failing this fast fails the request itself
 
@@ -73,7 +71,7 @@ class _Stream:
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
-        self.credit = WINDOW
+        self.credit = STREAM_WINDOW
         self.more = trio.Event()
 
 
@@ -112,7 +110,7 @@ class StreamServer:
             return
         if msg.kind is Kind.STREAM_ACK:
             n = msg.body.get("n", 1)
-            st.credit += n if isinstance(n, int) and 0 < n <= WINDOW else 1
+            st.credit += n if isinstance(n, int) and 0 < n <= STREAM_WINDOW else 1
             st.more.set()
             st.more = trio.Event()
         elif msg.kind is Kind.STREAM_END:
@@ -156,9 +154,11 @@ class StreamServer:
             self._streams.pop(sid, None)
 
     async def _check_pod(self, key: str) -> tuple[str, str]:
-        resource, _, rest = key.partition("/")
-        ns, _, name = rest.partition("/")
-        if resource != "pods" or not ns or not name:
+        try:
+            resource, ns, name = edgeproto.split_key(key)
+        except ProtocolError:
+            resource, ns, name = "", "", ""
+        if resource != "pods" or not ns:
             raise StreamFailure(400, "BadRequest", f"streams are about pods, not {key!r}")
         pod = await self._meta.get(key)
         if pod is None or (pod.get("spec") or {}).get("nodeName") != self._node:
@@ -166,11 +166,11 @@ class StreamServer:
         return ns, name
 
     async def _data(self, sid: int, st: _Stream, fd: int, data: bytes) -> None:
-        for i in range(0, max(1, len(data)), CHUNK):
+        for i in range(0, max(1, len(data)), STREAM_CHUNK):
             while st.credit <= 0:
                 await st.more.wait()
             st.credit -= 1
-            piece = data[i : i + CHUNK]
+            piece = data[i : i + STREAM_CHUNK]
             await self._send(Message(Kind.STREAM_DATA, parent=sid, body={"fd": fd, "data": piece}))
 
     async def _logs(

@@ -542,10 +542,9 @@ class DeviceTwin:
             self._fail(dev, topics.STATE_UPDATE_RESULT, "state_update", err)
             return
         self.counters["state_updates"] += 1
-        old_state, last_online = self._states.get(dev, ("", ""))
-        if state == "online":
-            last_online = _rfc3339(now)
-        if (state, last_online) != (old_state, self._states.get(dev, ("", ""))[1]):
+        old = self._states.get(dev, ("", ""))
+        last_online = _rfc3339(now) if state == "online" else old[1]
+        if (state, last_online) != old:
             self._states[dev] = (state, last_online)
             self._pending.states.add(dev)
             self._pending.reports.add(dev)

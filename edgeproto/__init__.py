@@ -3,7 +3,16 @@ cloud gateway, edge agent and mappers. Nothing here does I/O."""
 
 from __future__ import annotations
 
-from ._envelope import DEFAULT_MAX_MESSAGE, VERSION, Kind, Message, decode_message, encode_message
+from ._envelope import (
+    DEFAULT_MAX_MESSAGE,
+    STREAM_CHUNK,
+    STREAM_WINDOW,
+    VERSION,
+    Kind,
+    Message,
+    decode_message,
+    encode_message,
+)
 from ._errors import EdgeProtoError, FrameTooLarge, ProtocolError, UnknownKind, first_leaf
 from ._frame import FrameDecoder, frame_message
 from ._schema import (
@@ -35,6 +44,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE",
     "NODE_LABEL",
     "RESOURCES",
+    "STREAM_CHUNK",
+    "STREAM_WINDOW",
     "VERSION",
     "AgentSync",
     "Apply",

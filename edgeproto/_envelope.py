@@ -18,6 +18,8 @@ from ._errors import FrameTooLarge, ProtocolError, UnknownKind
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
+    "STREAM_CHUNK",
+    "STREAM_WINDOW",
     "VERSION",
     "Kind",
     "Message",
@@ -49,6 +51,10 @@ class Kind(enum.StrEnum):
     STREAM_DATA = "stream-data"
     STREAM_ACK = "stream-ack"
     STREAM_END = "stream-end"
+
+
+STREAM_WINDOW = 16  # stream-data chunks a node may send before it waits for acks
+STREAM_CHUNK = 32 * 1024  # bytes of output at most in one stream-data chunk
 
 
 _KINDS = {k.value: k for k in Kind}

@@ -3,6 +3,7 @@ loopback, port 0) and real agents joined to it."""
 
 from __future__ import annotations
 
+import io
 import json
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 
+from cloudgateway import ctl
 from cloudgateway._app import GatewayConfig, RunningGateway, run_gateway
 from cloudgateway._hub import HubConfig
 from cloudgateway._join import create_join_token
@@ -66,6 +68,22 @@ class Gateway:
     async def stop(self) -> None:
         self.scope.cancel()
         await self.stopped.wait()
+
+    async def edgectl(self, *argv: str) -> tuple[int, str, str]:
+        """``edgectl`` against this gateway's API with its admin token."""
+        return await edgectl("--server", self.api_url, "--token", self.token, *argv)
+
+
+async def edgectl(*argv: str, stdin: str = "") -> tuple[int, str, str]:
+    """Run ``edgectl`` in a worker thread: (exit code, stdout, stderr)."""
+
+    def run() -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        rc = ctl.main(list(argv), stdout=out, stderr=err, stdin=io.StringIO(stdin))
+        return rc, out.getvalue(), err.getvalue()
+
+    with trio.fail_after(20):
+        return await trio.to_thread.run_sync(run)
 
 
 def gateway_config(data_dir: Path, ports: dict[str, int] | None = None, **kw: Any) -> GatewayConfig:

@@ -8,16 +8,13 @@ against real containers is tested in tests/edged.
 
 from __future__ import annotations
 
-import functools
 import http.client
-import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from cloudgateway.ctl import main as ctl_main
 from tests.conftest import Agent, Gateway, join_node, start_agent, wait_for
 
 NS = "/api/v1/namespaces/default"
@@ -76,13 +73,6 @@ def pod(name: str, node: str, containers: tuple[str, ...] = ("app",)) -> dict[st
     }
 
 
-async def ctl(gw: Gateway, *argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    args = ["--server", gw.api_url, "--token", gw.token, *argv]
-    rc = await trio.to_thread.run_sync(functools.partial(ctl_main, args, stdout=out, stderr=err))
-    return rc, out.getvalue(), err.getvalue()
-
-
 async def board(
     nursery: trio.Nursery, gw: Gateway, tmp_path: Path, node: str, streams: Any
 ) -> Agent:
@@ -104,24 +94,24 @@ async def test_logs_and_exec_travel_through_the_hub(
     assert (await gateway.api("POST", f"{NS}/pods", pod("two", "pi-01", ("a", "b"))))[0] == 201
     await wait_for(lambda: agent.status()["objects"].get("Pod") == 2, timeout=15)
 
-    rc, out, err = await ctl(gateway, "logs", "web", "--tail", "2")
+    rc, out, err = await gateway.edgectl("logs", "web", "--tail", "2")
     assert (rc, out, err) == (0, "line 3\nline 4\n", "")
 
-    rc, out, err = await ctl(
-        gateway, "exec", "web", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3"
+    rc, out, err = await gateway.edgectl(
+        "exec", "web", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3"
     )
     assert (rc, out, err) == (3, "hi\n", "oops\n")
 
     # Clear errors, with Kubernetes' codes.
-    rc, _, err = await ctl(gateway, "logs", "nope")
+    rc, _, err = await gateway.edgectl("logs", "nope")
     assert rc == 1 and "NotFound" in err and '"nope" not found' in err
-    rc, _, err = await ctl(gateway, "logs", "two")
+    rc, _, err = await gateway.edgectl("logs", "two")
     assert rc == 1 and "a container name must be specified for pod two" in err
-    rc, _, err = await ctl(gateway, "logs", "web", "-c", "sidecar")
+    rc, _, err = await gateway.edgectl("logs", "web", "-c", "sidecar")
     assert rc == 1 and "container sidecar is not valid for pod web" in err
-    rc, _, err = await ctl(gateway, "logs", "two", "-c", "a")
+    rc, _, err = await gateway.edgectl("logs", "two", "-c", "a")
     assert rc == 1 and "(NotFound)" in err and "has not started" in err
-    rc, _, err = await ctl(gateway, "exec", "web")
+    rc, _, err = await gateway.edgectl("exec", "web")
     assert rc == 2 and "needs a command" in err
 
 
@@ -142,7 +132,7 @@ async def test_big_logs_are_flow_controlled_and_follow_ends_with_the_client(
         return code == 200
 
     await wait_for(fetched)
-    rc, out, _ = await ctl(gateway, "logs", "web")
+    rc, out, _ = await gateway.edgectl("logs", "web")
     assert rc == 0 and out.encode() == big
 
     # Follow: new lines arrive; closing the client ends the node's reader.
@@ -178,9 +168,9 @@ async def test_stream_errors_node_side(
     assert (await gateway.api("POST", f"{NS}/pods", pod("web", "pi-01")))[0] == 201
     assert (await gateway.api("POST", f"{NS}/pods", pod("far", "pi-02")))[0] == 201
     await wait_for(lambda: agent.status()["objects"].get("Pod") == 1, timeout=15)
-    rc, _, err = await ctl(gateway, "logs", "web")
+    rc, _, err = await gateway.edgectl("logs", "web")
     assert rc == 1 and "NotImplemented" in err and "--cri" in err
-    rc, _, err = await ctl(gateway, "exec", "far", "--", "true")
+    rc, _, err = await gateway.edgectl("exec", "far", "--", "true")
     assert rc == 1 and "ServiceUnavailable" in err and "pi-02 is not connected" in err
     code, body = await gateway.api("POST", f"{NS}/pods/web/log")
     assert code == 405, body

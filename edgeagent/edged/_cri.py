@@ -26,7 +26,7 @@ from ._hpack import HpackDecoder, HpackError, encode_headers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Cri", "CriClient", "pb"]
+__all__ = ["Cri", "CriClient", "CriClientBase", "pb"]
 
 pb: Any = _cri_api_pb2
 
@@ -69,8 +69,6 @@ MAX_MESSAGE = 16 << 20
 
 class Cri(Protocol):
     """What edged needs of a CRI client (this module's, or ``_grpc``'s on grpcio)."""
-
-    calls: int
 
     async def call(self, method: str, request: Any, rpc_timeout: float | None = None) -> Any: ...
 
@@ -247,36 +245,49 @@ class _Conn:
             raise _Lost(f"connection lost: {exc}") from None
 
 
-class CriClient:
-    """``await cri.call("RunPodSandbox", pb.RunPodSandboxRequest(...))``."""
+class CriClientBase:
+    """What both transports share: the unix socket address, the timeout, and the
+    concurrency limits (calls that may take long, a pull, a stop waiting out a
+    grace period, an exec, have limits of their own, so they never starve
+    relisting and status calls)."""
 
     def __init__(self, address: str, *, concurrency: int = 4, timeout: float = 60.0) -> None:
         self.address = address if "://" in address else f"unix://{address}"
         if not self.address.startswith("unix://"):
             raise CriError("connect", "INVALID_ARGUMENT", f"{address}: only unix:// sockets")
-        self.path = self.address.removeprefix("unix://")
         self.timeout = timeout
         self._limiter = trio.CapacityLimiter(concurrency)
-        # Calls that may take long (a pull, a stop waiting out a grace period, an exec)
-        # get their own connections, so they never starve relisting and status calls.
         self._slow = {m: trio.CapacityLimiter(concurrency) for m in _SLOW}
-        self._idle: list[_Conn] = []
-        self.calls = 0
+
+    def statistics(self) -> trio.CapacityLimiterStatistics:
+        return self._limiter.statistics()
+
+    def _limit(self, method: str) -> trio.CapacityLimiter:
+        return self._slow.get(method, self._limiter)
+
+    @staticmethod
+    def _path(method: str) -> str:
+        service = "ImageService" if method in _IMAGE_METHODS else "RuntimeService"
+        return f"/runtime.v1.{service}/{method}"
+
+
+class CriClient(CriClientBase):
+    """``await cri.call("RunPodSandbox", pb.RunPodSandboxRequest(...))``."""
+
+    def __init__(self, address: str, *, concurrency: int = 4, timeout: float = 60.0) -> None:
+        super().__init__(address, concurrency=concurrency, timeout=timeout)
+        self.path = self.address.removeprefix("unix://")
+        self._idle: list[_Conn] = []  # one request per connection at a time
 
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
 
-    def statistics(self) -> trio.CapacityLimiterStatistics:
-        return self._limiter.statistics()
-
     async def call(self, method: str, request: Any, rpc_timeout: float | None = None) -> Any:
-        service = "ImageService" if method in _IMAGE_METHODS else "RuntimeService"
-        path = f"/runtime.v1.{service}/{method}"
+        path = self._path(method)
         timeout = rpc_timeout or self.timeout
         body = request.SerializeToString()
-        async with self._slow.get(method, self._limiter):
-            self.calls += 1
+        async with self._limit(method):
             for attempt in (0, 1):
                 reused = bool(self._idle)
                 try:

@@ -57,17 +57,23 @@ def host_ip() -> str:
 CRI_TRANSPORTS = ("grpcio", "h2")
 
 
+def _check_transport(transport: str) -> None:
+    if transport not in CRI_TRANSPORTS:
+        raise EdgedError(
+            f"cri_transport must be one of {', '.join(CRI_TRANSPORTS)}, not {transport!r}"
+        )
+
+
 def open_cri_client(address: str, transport: str, *, concurrency: int, timeout: float) -> Any:
     """A CRI client on ``transport``: "grpcio" (the default) or "h2" (edged's own)."""
+    _check_transport(transport)
     if transport == "grpcio":
         from ._grpc import GrpcCriClient
 
         return GrpcCriClient(address, concurrency=concurrency, timeout=timeout)
-    if transport == "h2":
-        from ._cri import CriClient
+    from ._cri import CriClient
 
-        return CriClient(address, concurrency=concurrency, timeout=timeout)
-    raise EdgedError(f"cri_transport must be one of {', '.join(CRI_TRANSPORTS)}, not {transport!r}")
+    return CriClient(address, concurrency=concurrency, timeout=timeout)
 
 
 class Edged:
@@ -76,11 +82,7 @@ class Edged:
     ) -> None:
         if not config.cri:
             raise EdgedError("edged needs a CRI address (config key 'cri' or --cri)")
-        if config.cri_transport not in CRI_TRANSPORTS:
-            raise EdgedError(
-                f"cri_transport must be one of {', '.join(CRI_TRANSPORTS)}, "
-                f"not {config.cri_transport!r}"
-            )
+        _check_transport(config.cri_transport)  # at start-up, not when edged first runs
         self.config = config
         self.meta = meta
         self.options = options or EdgedOptions()

@@ -115,7 +115,6 @@ class PodWorker:
         self._started_at = rfc3339(time.time_ns())
         self._nursery: trio.Nursery | None = None
         self._err_since: dict[str, float] = {}
-        self.syncs = 0
 
     # ---- identity
     @property
@@ -166,7 +165,6 @@ class PodWorker:
             self.finished.set()
 
     async def _sync_guarded(self) -> float | None:
-        self.syncs += 1
         try:
             if self.deleted or (self.pod.get("metadata") or {}).get("deletionTimestamp"):
                 await self.terminate()

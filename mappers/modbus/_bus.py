@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from mappers._errors import BusUnavailable, CrcError, DeviceTimeout, ProtocolError
+from mappers._serialport import open_serial
 from mappers.modbus._config import SerialEndpoint, TcpEndpoint
 from mappers.modbus._frame import (
     RtuDecoder,
@@ -204,30 +205,21 @@ class SerialBus(Bus):
     async def _open(self) -> int:
         if self._serial is not None:
             return self._fd
-        import serial  # pyserial
-
         e = self.endpoint
-
-        def open_port() -> Any:
-            return serial.Serial(
-                e.port,
-                baudrate=e.baud,
-                bytesize=e.data_bits,
-                parity=e.parity,
-                stopbits=e.stop_bits,
-                timeout=0,
-                write_timeout=0,
-                exclusive=True,
-            )
-
         try:
-            port = await trio.to_thread.run_sync(open_port, limiter=self._limiter)
-        except (OSError, serial.SerialException) as exc:
+            port = await open_serial(
+                e.port,
+                baud=e.baud,
+                data_bits=e.data_bits,
+                parity=e.parity,
+                stop_bits=e.stop_bits,
+                limiter=self._limiter,
+            )
+        except OSError as exc:  # pyserial's SerialException is an OSError
             self.stats["open_failures"] += 1
             raise BusUnavailable(f"{self.key}: {exc}") from None
         self._serial = port
         self._fd = port.fileno()
-        os.set_blocking(self._fd, False)
         self.stats["opens"] += 1
         return self._fd
 

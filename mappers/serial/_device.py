@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from mappers._errors import CodecError
+from mappers._serialport import open_serial
 from mappers._twin import device_topics, state_update, twin_update
 from mappers.serial._config import SerialSensor
 from mappers.serial._parse import LineSplitter, Value
@@ -94,24 +95,16 @@ class SerialSensorTask:
                 await trio.sleep(REOPEN_INTERVAL)
 
     async def _open(self) -> Any:
-        import serial  # pyserial
-
         s = self.sensor
-
-        def open_port() -> Any:
-            return serial.Serial(
-                s.port,
-                baudrate=s.baud,
-                bytesize=s.data_bits,
-                parity=s.parity,
-                stopbits=s.stop_bits,
-                timeout=0,
-                exclusive=True,
-            )
-
         try:
-            port = await trio.to_thread.run_sync(open_port)
-        except (OSError, serial.SerialException) as exc:
+            port = await open_serial(
+                s.port,
+                baud=s.baud,
+                data_bits=s.data_bits,
+                parity=s.parity,
+                stop_bits=s.stop_bits,
+            )
+        except OSError as exc:  # pyserial's SerialException is an OSError
             self.counters["open_failures"] += 1
             if not self._warned:
                 log.warning("device %s: cannot open %s: %s", self.name, s.port, exc)
@@ -120,7 +113,6 @@ class SerialSensorTask:
             return None
         self._warned = False
         self.counters["opens"] += 1
-        os.set_blocking(port.fileno(), False)
         return port
 
     async def _read(self, port: Any) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ import yaml
 from cloudgateway import _tables, ctl
 from cloudgateway._tables import human_duration
 from tests.cloudgateway.test_api import NS, TOKEN, Api, cm, node, pod, start_api
+from tests.conftest import edgectl
 
 
 @pytest.fixture(autouse=True)
@@ -38,16 +38,6 @@ async def api(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Api]:
 
 def url(api: Api) -> str:
     return f"http://127.0.0.1:{api.port}"
-
-
-async def edgectl(*argv: str, stdin: str = "") -> tuple[int, str, str]:
-    def run() -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        rc = ctl.main(list(argv), stdout=out, stderr=err, stdin=io.StringIO(stdin))
-        return rc, out.getvalue(), err.getvalue()
-
-    with trio.fail_after(20):
-        return await trio.to_thread.run_sync(run)
 
 
 async def run_ctl(api: Api, *argv: str, stdin: str = "") -> tuple[int, str, str]:

@@ -4,15 +4,12 @@ the node the device is bound to, and edgectl's device table."""
 
 from __future__ import annotations
 
-import functools
-import io
 from pathlib import Path
 from typing import Any
 
 import cbor2
 import trio
 
-from cloudgateway.ctl import main as ctl_main
 from edgeagent._meta import Meta
 from tests.conftest import Gateway, join_node, start_agent, wait_for
 
@@ -183,11 +180,9 @@ async def test_device_and_model_reach_their_node_and_status_comes_back(
     await wait_for(board_has_desired, timeout=5.0)
 
     # edgectl shows reported and desired per property.
-    out, err = io.StringIO(), io.StringIO()
-    argv = ["--server", gateway.api_url, "--token", gateway.token, "get", "devices"]
-    rc = await trio.to_thread.run_sync(functools.partial(ctl_main, argv, stdout=out, stderr=err))
-    assert rc == 0, err.getvalue()
-    lines = out.getvalue().splitlines()
+    rc, out, err = await gateway.edgectl("get", "devices")
+    assert rc == 0, err
+    lines = out.splitlines()
     assert lines[0].split()[:4] == ["NAME", "MODEL", "NODE", "STATE"]
     row = next(line for line in lines if line.startswith("thermo-1"))
     assert "temperature=21.5" in row and "setpoint=<none>/23" in row and "online" in row

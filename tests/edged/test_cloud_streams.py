@@ -3,27 +3,17 @@ the node's hub connection → edged → containerd, and the output back."""
 
 from __future__ import annotations
 
-import functools
-import io
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from cloudgateway.ctl import main as ctl_main
-from tests.conftest import Gateway, join_node, start_agent, start_gateway, wait_for
+from tests.conftest import join_node, start_agent, start_gateway, wait_for
 
 from .conftest import Containerd
 from .test_reboot import default_cgroup_exists, remove_empty_default_cgroup
 
 NS = "/api/v1/namespaces/default"
-
-
-async def ctl(gw: Gateway, *argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    args = ["--server", gw.api_url, "--token", gw.token, *argv]
-    rc = await trio.to_thread.run_sync(functools.partial(ctl_main, args, stdout=out, stderr=err))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def pod(image: str) -> dict[str, Any]:
@@ -70,20 +60,20 @@ async def test_edgectl_logs_and_exec_reach_a_real_container(
         await wait_for(running, timeout=30, interval=0.1)
 
         async def logged() -> bool:
-            rc, out, _ = await ctl(gw, "logs", "talker")
+            rc, out, _ = await gw.edgectl("logs", "talker")
             return rc == 0 and out.startswith("first line\nsecond line\ntick\n")
 
         await wait_for(logged, timeout=10, interval=0.2)
-        rc, out, err = await ctl(gw, "logs", "talker", "--tail", "1")
+        rc, out, err = await gw.edgectl("logs", "talker", "--tail", "1")
         assert (rc, out, err) == (0, "tick\n", "")
 
-        rc, out, err = await ctl(
-            gw, "exec", "talker", "--", "sh", "-c", 'echo "$GREETING"; echo oops >&2; exit 7'
+        rc, out, err = await gw.edgectl(
+            "exec", "talker", "--", "sh", "-c", 'echo "$GREETING"; echo oops >&2; exit 7'
         )
         assert (rc, out, err) == (7, "hello from edged\n", "oops\n")
-        rc, _, err = await ctl(gw, "exec", "talker", "-c", "nope", "--", "true")
+        rc, _, err = await gw.edgectl("exec", "talker", "-c", "nope", "--", "true")
         assert rc == 1 and "container nope is not valid for pod talker" in err
-        rc, _, err = await ctl(gw, "exec", "talker", "--", "/no/such/binary")
+        rc, _, err = await gw.edgectl("exec", "talker", "--", "/no/such/binary")
         assert rc != 0, err
 
         assert (await gw.api("DELETE", f"{NS}/pods/talker"))[0] == 200

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,15 +20,10 @@ import pytest
 import trio
 
 from mappers._mqtt import MqttClient
+from tests.mqtt_fixtures import Broker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
@@ -45,27 +39,6 @@ def stop(proc: subprocess.Popen[Any]) -> None:
             stream.close()
 
 
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-@dataclass
-class Broker:
-    port: int
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
-
-
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
@@ -73,23 +46,13 @@ def tmp(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Broker]:
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
-        "max_queued_messages 100000\n"
-    )
-    proc = subprocess.Popen(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    broker = Broker(port, proc)
+    """A real broker from scripts/mosquitto (as in tests/mqtt_fixtures.py)."""
+    broker = Broker(tmp_path / "mosquitto", free_port())
+    broker.start_sync()
     try:
-        wait_port(port)
         yield broker
     finally:
-        stop(broker.proc)  # a test may have restarted it
+        broker.stop_sync()
 
 
 @dataclass
@@ -260,12 +223,7 @@ async def eventually(predicate: Any, timeout: float = 10.0, step: float = 0.02) 
     raise AssertionError(f"not true within {timeout} s")
 
 
-def restart_broker(broker: Broker, conf: Path) -> None:
-    stop(broker.proc)
+def restart_broker(broker: Broker) -> None:
+    broker.stop_sync()
     time.sleep(0.3)
-    broker.proc = subprocess.Popen(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_port(broker.port)
+    broker.start_sync()

@@ -237,6 +237,6 @@ async def test_broker_restart_reasks_membership_and_keeps_reporting(
 
     shell = await start_shell(nursery, mosquitto, node="edge-9")
     await eventually(lambda: shell.statistics()["membership_asks"] == 1)
-    await trio.to_thread.run_sync(restart_broker, mosquitto, tmp_path / "mosquitto.conf")
+    await trio.to_thread.run_sync(restart_broker, mosquitto)
     await eventually(lambda: shell.statistics()["membership_asks"] == 2)
     assert shell.mqtt.statistics()["connects"] == 2
