@@ -31,14 +31,14 @@ from edgeproto import Kind, Message
 
 def make_certs(gw_dir: Path, out: Path, n: int) -> None:
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
     from cryptography.x509.oid import NameOID
 
     from cloudgateway._pki import load_or_create_pki, sign_node_csr
 
     pki = load_or_create_pki(gw_dir)
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = ed25519.Ed25519PrivateKey.generate()  # as edgeagent join makes
     (out / "node.key").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -49,7 +49,7 @@ def make_certs(gw_dir: Path, out: Path, n: int) -> None:
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")]))
-        .sign(key, hashes.SHA256())
+        .sign(key, None)
         .public_bytes(serialization.Encoding.PEM)
     )
     for i in range(n):
@@ -70,6 +70,7 @@ class Sim:
 
     def ctx(self, i: int) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # as the agent's
         ctx.load_verify_locations(str(self.certs / "ca.crt"))
         ctx.load_cert_chain(str(self.certs / f"n{i:05d}.crt"), str(self.certs / "node.key"))
         return ctx
@@ -132,6 +133,23 @@ class Sim:
         return trio.current_time() - t0
 
 
+async def wait_ready(gw: Gateway, n: int, timeout: float) -> float:
+    """Seconds until the API lists ``n`` Nodes with Ready=True."""
+
+    def count() -> int:
+        nodes = gw.api("GET", "/api/v1/nodes")["items"]
+        return sum(
+            any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+            for conds in ((o.get("status") or {}).get("conditions") or [] for o in nodes)
+        )
+
+    t0 = trio.current_time()
+    with trio.move_on_after(timeout):
+        while await trio.to_thread.run_sync(count) < n:
+            await trio.sleep(1)
+    return trio.current_time() - t0
+
+
 class _Retry(Exception):
     def __init__(self, after: float) -> None:
         self.after = after
@@ -160,6 +178,8 @@ async def run(args: argparse.Namespace, root: Path) -> None:
             f"(gateway said retry {sim.retries} times, {sim.failures} failed attempts; "
             f"gateway CPU {cpu_seconds(gw.proc.pid) - cpu0:.1f} s)"
         )
+        ready = await wait_ready(gw, args.nodes, 600)
+        print(f"all {args.nodes} Nodes Ready in the API {ready:.1f} s after the last node synced")
         await trio.sleep(args.idle)
         rss = rss_kib(gw.proc.pid)
         print(

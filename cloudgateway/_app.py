@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,7 @@ async def run_gateway(
     health = NodeHealth(store, grace=config.grace)
     hub_ssl = server_ssl_context(pki, require_client_cert=True)
     hub_ssl.num_tickets = 0  # agents reconnect with a full handshake; tickets cost CPU and memory
+    hub_ssl.minimum_version = ssl.TLSVersion.TLSv1_3  # agents are ours; less state per connection
     hub = Hub(
         store,
         hub_ssl,

@@ -4,6 +4,7 @@ heartbeats cost no store writes and a flaky link does not flap the node."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import trio
 
 import edgeproto
 
-from ._store import NotFound, Store, StoreError
+from ._store import UNCHANGED, AlreadyExists, NotFound, Record, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -90,52 +91,57 @@ class NodeHealth:
         self._connected.discard(node)
 
     async def _set_ready(self, node: str, ready: str, reason: str, message: str) -> None:
+        """Write the Ready condition if it differs (read and written in one
+        store transaction, batched with other writers: a reconnect storm is a
+        few commits, not one per node)."""
         key = edgeproto.make_key("nodes", "", node)
+
+        def edit(rec: Record) -> Any:
+            cond = ready_condition(rec.value.get("status"))
+            if cond is not None and cond.get("status") == ready:
+                return UNCHANGED
+            return with_ready(rec.value.get("status"), ready, reason, message, self._wall())
+
         try:
-            rec = await self._store.get(key)
-        except NotFound:
-            if ready != "True":
-                return
-            obj = {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": node, "labels": {"node-role.kubernetes.io/edge": ""}},
-                "spec": {},
-            }
             try:
-                rec_ev = await self._store.create(key, obj)
-            except StoreError as exc:
-                log.warning("cannot register node %s: %s", node, exc)
-                return
-            rec = rec_ev.record
-        cond = ready_condition(rec.value.get("status"))
-        if cond is not None and cond.get("status") == ready:
-            return
-        status = with_ready(rec.value.get("status"), ready, reason, message, self._wall())
-        try:
-            await self._store.update_status(key, status, expect_rev=rec.mod_rev)
+                written = await self._store.modify(key, edit, status=True)
+            except NotFound:
+                if ready != "True":
+                    return
+                obj = {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": node, "labels": {"node-role.kubernetes.io/edge": ""}},
+                    "spec": {},
+                }
+                with contextlib.suppress(AlreadyExists):  # lost the race: fine
+                    await self._store.create(key, obj)
+                written = await self._store.modify(key, edit, status=True)
         except StoreError as exc:
-            # Lost a race with another writer: the next tick or heartbeat retries.
-            log.debug("node %s Ready=%s not written: %s", node, ready, exc)
+            log.warning("node %s Ready=%s not written: %s", node, ready, exc)
             return
-        self.transitions += 1
-        log.info("node %s Ready=%s (%s)", node, ready, reason)
+        if written is not None:
+            self.transitions += 1
+            log.info("node %s Ready=%s (%s)", node, ready, reason)
 
     async def merge_node_status(self, node: str, reported: dict[str, Any]) -> None:
-        """Store the agent's node status, keeping the gateway-owned Ready condition."""
-        key = edgeproto.make_key("nodes", "", node)
-        rec = await self._store.get(key)
-        status = dict(reported)
-        old_ready = ready_condition(rec.value.get("status"))
-        conds = [
-            c
-            for c in status.get("conditions") or []
-            if isinstance(c, dict) and c.get("type") != "Ready"
-        ]
-        if old_ready is not None:
-            conds.append(old_ready)
-        status["conditions"] = conds
-        await self._store.update_status(key, status)
+        """Store the agent's node status, keeping the gateway-owned Ready condition
+        (in one transaction: a Ready transition cannot be lost in between)."""
+
+        def edit(rec: Record) -> dict[str, Any]:
+            status = dict(reported)
+            conds = [
+                c
+                for c in status.get("conditions") or []
+                if isinstance(c, dict) and c.get("type") != "Ready"
+            ]
+            old_ready = ready_condition(rec.value.get("status"))
+            if old_ready is not None:
+                conds.append(old_ready)
+            status["conditions"] = conds
+            return status
+
+        await self._store.modify(edgeproto.make_key("nodes", "", node), edit, status=True)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # Nodes the store says are Ready get a full grace period from our start.

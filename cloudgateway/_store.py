@@ -36,9 +36,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
 import apsw
 import trio
@@ -48,6 +48,7 @@ from ._errors import GatewayError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "UNCHANGED",
     "AlreadyExists",
     "Compacted",
     "Conflict",
@@ -63,6 +64,16 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class _Unchanged:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Final = _Unchanged()  # what a modify() edit returns to write nothing
 
 _SCHEMA_VERSION = 1
 
@@ -307,6 +318,7 @@ class SqliteBackend:
         self._node_of = node_of
         self._lock = threading.RLock()
         self._in_read = False
+        self._in_batch = False
         try:
             self._conn = apsw.Connection(path)
         except apsw.Error as exc:
@@ -411,6 +423,18 @@ class SqliteBackend:
             if self._in_read:
                 raise StoreError("cannot write inside read()")
             try:
+                if self._in_batch:
+                    # Inside write_many's transaction: a savepoint, so a failed
+                    # write undoes only itself.
+                    self._conn.execute("SAVEPOINT w")
+                    try:
+                        result = fn()
+                    except BaseException:
+                        self._conn.execute("ROLLBACK TO w")
+                        self._conn.execute("RELEASE w")
+                        raise
+                    self._conn.execute("RELEASE w")
+                    return result
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = fn()
@@ -421,6 +445,38 @@ class SqliteBackend:
             except apsw.Error as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
             return result
+
+    def write_many(self, writes: Sequence[Callable[[], T]]) -> builtins.list[T | Exception]:
+        """Run several writes (calls of this backend's write methods) in one
+        transaction (group commit): each gets its result or its own exception,
+        in order; a failed commit fails them all. One transaction instead of
+        one each is what keeps a storm of node status writes cheap."""
+        with self._lock:
+            if self._in_read or self._in_batch:
+                raise StoreError("cannot write_many inside read() or write_many()")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except apsw.Error as exc:
+                self._abort()
+                raise StoreError(f"store write failed: {exc}") from exc
+            results: builtins.list[T | Exception] = []
+            self._in_batch = True
+            try:
+                for write in writes:
+                    try:
+                        results.append(write())
+                    except Exception as exc:
+                        results.append(exc)
+                self._conn.execute("COMMIT")
+            except apsw.Error as exc:
+                self._abort()
+                return [StoreError(f"store write failed: {exc}") for _ in writes]
+            except BaseException:
+                self._abort()
+                raise
+            finally:
+                self._in_batch = False
+            return results
 
     # ---- reads ------------------------------------------------------------------------
 
@@ -616,15 +672,38 @@ class SqliteBackend:
         _check_text("key", key)
         _check_rev_arg("expect_rev", expect_rev)
         status = json.loads(_dump(status, key))
+        return self._write(lambda: self._replace_status(self._head(key, expect_rev), status))
 
-        def run() -> Event:
+    def _replace_status(self, prev: Record, status: Any) -> Event:
+        obj = json.loads(_dump(prev.value, prev.key))
+        if status is None:
+            obj.pop("status", None)
+        else:
+            obj["status"] = status
+        return self._replace(prev, obj)
+
+    def modify(
+        self,
+        key: str,
+        edit: Callable[[Record], Any],
+        *,
+        status: bool = False,
+        expect_rev: int | None = None,
+    ) -> Event | None:
+        """Write ``edit(current record)`` in the same transaction that read it:
+        the whole object, or with ``status`` its status only. ``edit`` returning
+        ``UNCHANGED`` writes nothing (``None``); its exceptions pass through."""
+        _check_text("key", key)
+        _check_rev_arg("expect_rev", expect_rev)
+
+        def run() -> Event | None:
             prev = self._head(key, expect_rev)
-            obj = json.loads(_dump(prev.value, key))
-            if status is None:
-                obj.pop("status", None)
-            else:
-                obj["status"] = status
-            return self._replace(prev, obj)
+            new = edit(prev)
+            if new is UNCHANGED:
+                return None
+            if status:
+                return self._replace_status(prev, json.loads(_dump(new, key)))
+            return self._replace(prev, _object(key, new))
 
         return self._write(run)
 
@@ -746,6 +825,21 @@ class Subscription:
         }
 
 
+_BATCH = 256  # writes committed together at most (well under a subscriber's buffer)
+
+
+class _PendingWrite:
+    __slots__ = ("done", "fn", "outcome")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = False
+        self.outcome: Any = None
+
+    def settle(self, outcome: Any) -> None:
+        self.outcome, self.done = outcome, True
+
+
 class Store:
     """Async face of the store: blocking calls in one worker thread at a time;
     every write's event goes to the subscribers, in revision order, before the
@@ -757,6 +851,7 @@ class Store:
         self.backend = backend
         self._limiter = trio.CapacityLimiter(1)
         self._write_lock = trio.Lock()
+        self._pending: builtins.list[_PendingWrite] = []
         self._subs: set[Subscription] = set()
         self._buffer = subscriber_buffer
         self._rev = backend.current_rev()
@@ -807,11 +902,37 @@ class Store:
                     sub._capacity,
                 )
 
-    async def _write(self, fn: Callable[[], Event]) -> Event:
-        async with self._write_lock:
-            ev = await self.call(fn)
-            self._publish(ev)
-        return ev
+    async def _write(self, fn: Callable[[], T]) -> T:
+        """Queue a backend write; whoever holds the write lock commits everything
+        queued by then (up to ``_BATCH``) in one transaction, so writers arriving
+        together share one worker-thread trip and one commit."""
+        w = _PendingWrite(fn)
+        self._pending.append(w)
+        try:
+            while not w.done:  # a long queue takes more than one batch
+                async with self._write_lock:
+                    if w.done:
+                        break
+                    batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+                    try:
+                        outcomes = await self.call(self.backend.write_many, [b.fn for b in batch])
+                    except BaseException as exc:
+                        for b in batch:
+                            if b is not w:
+                                b.settle(StoreError(f"store write failed: {exc!r}"))
+                        raise
+                    for b, outcome in zip(batch, outcomes, strict=True):
+                        b.settle(outcome)
+                        if isinstance(outcome, Event):
+                            self._publish(outcome)
+        except BaseException:
+            if not w.done:  # cancelled before anyone took it: it never runs
+                with contextlib.suppress(ValueError):
+                    self._pending.remove(w)
+            raise
+        if isinstance(w.outcome, Exception):
+            raise w.outcome
+        return cast(T, w.outcome)
 
     # ---- reads ------------------------------------------------------------------------
 
@@ -867,24 +988,16 @@ class Store:
         *,
         status: bool = False,
         expect_rev: int | None = None,
-        retries: int = 8,
-    ) -> Event:
-        """Read ``key`` and write ``edit(record)``: the whole object, or with
-        ``status`` its status only. When another write gets in between, re-read
-        and re-apply (up to ``retries`` times, then ``Conflict``). With
+    ) -> Event | None:
+        """Write ``edit(record)`` (the whole object, or with ``status`` its status
+        only), read and written in one transaction so no other write gets in
+        between. ``edit`` runs in the store's worker thread: a pure function of
+        the record; returning ``UNCHANGED`` writes nothing (``None``). With
         ``expect_rev`` (a client's resourceVersion) the record must be at that
-        revision and a concurrent write is a ``Conflict`` at once."""
-        write = self.update_status if status else self.update
-        for _ in range(retries):
-            rec = await self.get(key)
-            if expect_rev is not None and expect_rev != rec.mod_rev:
-                raise Conflict(f"{key} is at revision {rec.mod_rev}, not {expect_rev}", key=key)
-            try:
-                return await write(key, edit(rec), expect_rev=rec.mod_rev)
-            except Conflict:
-                if expect_rev is not None:
-                    raise
-        raise Conflict(f"{key} kept changing ({retries} attempts)", key=key)
+        revision (else ``Conflict``)."""
+        return await self._write(
+            functools.partial(self.backend.modify, key, edit, status=status, expect_rev=expect_rev)
+        )
 
     async def compact(self, rev: int) -> None:
         await self.call(self.backend.compact, rev)

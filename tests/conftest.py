@@ -19,10 +19,38 @@ from cloudgateway import ctl
 from cloudgateway._app import GatewayConfig, RunningGateway, run_gateway
 from cloudgateway._hub import HubConfig
 from cloudgateway._join import create_join_token
+from cloudgateway._pki import GatewayPki, sign_node_csr
 from edgeagent._app import run_agent
 from edgeagent._cli import agent_status
 from edgeagent._config import AgentConfig, load_config
 from edgeagent._join import join
+
+
+def write_node_credentials(pki: GatewayPki, node: str, data_dir: Path) -> None:
+    """node.key (Ed25519, as ``edgeagent join`` makes), node.crt signed by the
+    gateway CA for ``node``, and ca.crt, in ``data_dir`` (created)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+        .sign(key, None)
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "node.crt").write_bytes(sign_node_csr(pki, csr, node))
+    (data_dir / "node.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (data_dir / "ca.crt").write_bytes(pki.ca_cert_pem)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import trio
 import trio_websocket as tws
 
 import edgeproto
+from cloudgateway._hub import _SpentHandshake
 from edgeagent._hub import open_hub_connection
 from edgeagent._tls import client_ssl_context
 from edgeproto import Kind, Message
@@ -106,11 +107,17 @@ async def test_node_reads_and_writes_only_its_own(
     assert (code == 200 and "status" not in body) or body["status"].get("phase") != "Running"
 
 
-async def test_bad_frames_get_errors_and_the_session_survives(two_nodes: tuple[Path, Path]) -> None:
+async def test_bad_frames_get_errors_and_the_session_survives(
+    gateway: Gateway, two_nodes: tuple[Path, Path]
+) -> None:
     a, _ = two_nodes
     async with connect(a) as ws:
         await send(ws, Message(Kind.HELLO, body={"node": "node-a", "last_rev": 0}))
         assert (await recv(ws)).kind is Kind.SNAPSHOT
+        # The gateway let go of the upgrade's h11 state (memory per idle node);
+        # everything below runs over that connection.
+        server_ws = gateway.running.hub._sessions["node-a"].ws
+        assert isinstance(server_ws._wsproto.handshake, _SpentHandshake)
         bad: list[tuple[Any, str]] = [
             (b"\xff\x00garbage", "malformed"),
             (cbor2.dumps({"v": 1, "id": 1, "kind": "launch-missiles"}), "unknown-kind"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import edgeproto
 from cloudgateway._errors import GatewayError
 from cloudgateway._store import (
+    UNCHANGED,
     AlreadyExists,
     Compacted,
     Conflict,
@@ -1108,3 +1110,92 @@ async def test_failed_writes_publish_nothing(store: Store) -> None:
         assert [(await sub.receive()).rev for _ in range(2)] == [1, 2]
         assert sub.statistics()["buffered"] == 0
     assert store.statistics()["events_published"] == 2
+
+
+async def test_writers_arriving_together_share_one_commit_and_keep_their_own_outcome(
+    store: Store,
+) -> None:
+    await store.create("pods/default/taken", pod("taken"))
+    commits: list[int] = []
+    real = store.backend.write_many
+
+    def counting(writes: Any) -> Any:
+        commits.append(len(writes))
+        return real(writes)
+
+    store.backend.write_many = counting  # type: ignore[method-assign]
+    outcomes: dict[int, Any] = {}
+
+    async def writer(i: int) -> None:
+        name = "taken" if i == 7 else f"p{i}"  # one of them fails: AlreadyExists
+        try:
+            outcomes[i] = await store.create(f"pods/default/{name}", pod(name))
+        except StoreError as exc:
+            outcomes[i] = exc
+
+    with store.subscribe(buffer=1000) as sub:
+        async with trio.open_nursery() as n:
+            for i in range(600):
+                n.start_soon(writer, i)
+        # 599 writes in far fewer commits (the first writer commits alone; the
+        # rest queue behind it and go in batches of at most 256)
+        assert sum(commits) == 600 and len(commits) <= 5 and max(commits) <= 256
+        assert isinstance(outcomes[7], AlreadyExists)
+        revs = sorted(o.rev for i, o in outcomes.items() if i != 7)
+        assert revs == list(range(2, 601))
+        got = [(await sub.receive()).rev for _ in range(599)]
+        assert got == revs  # every success published once, in revision order
+    records, rev = await store.list("pods/")
+    assert rev == 600 and len(records) == 600
+
+
+async def test_a_writer_cancelled_while_queued_writes_nothing(store: Store) -> None:
+    await store.create("pods/default/a", pod("a"))
+    release = trio.Event()
+
+    async def hold_the_writers_back(task_status: trio.TaskStatus[None]) -> None:
+        async with store._write_lock:
+            task_status.started()
+            await release.wait()
+
+    async with trio.open_nursery() as n:
+        await n.start(hold_the_writers_back)
+        with trio.move_on_after(0.05):
+            await store.create("pods/default/never", pod("never"))
+        assert store._pending == []
+        release.set()
+    await store.create("pods/default/b", pod("b"))
+    records, _ = await store.list("pods/")
+    assert keys(records) == ["pods/default/a", "pods/default/b"]
+
+
+async def test_modify_reads_and_writes_in_one_transaction(store: Store) -> None:
+    await store.create("pods/default/a", pod("a"))
+
+    def bump(rec: Record) -> Any:
+        status = dict(rec.value.get("status") or {})
+        status["n"] = status.get("n", 0) + 1
+        return status
+
+    # 50 concurrent read-modify-writes: none is lost, none conflicts
+    async with trio.open_nursery() as n:
+        for _ in range(50):
+            n.start_soon(functools.partial(store.modify, "pods/default/a", bump, status=True))
+    rec = await store.get("pods/default/a")
+    assert rec.value["status"] == {"n": 50} and rec.spec_rev == 1
+
+    assert await store.modify("pods/default/a", lambda r: UNCHANGED) is None
+    assert (await store.get("pods/default/a")).mod_rev == rec.mod_rev
+
+    def boom(rec: Record) -> Any:
+        raise ValueError("edit refused")
+
+    with pytest.raises(ValueError, match="edit refused"):
+        await store.modify("pods/default/a", boom)
+    with pytest.raises(Conflict):
+        await store.modify("pods/default/a", bump, status=True, expect_rev=1)
+    with pytest.raises(NotFound):
+        await store.modify("pods/default/zz", bump)
+    ev = await store.modify("pods/default/a", lambda r: pod("a", "pi-09"), expect_rev=rec.mod_rev)
+    assert ev is not None and ev.record.node == "pi-09" and ev.record.spec_rev == ev.rev
+    assert (await store.get("pods/default/a")).mod_rev == ev.rev

@@ -12,37 +12,16 @@ from pathlib import Path
 import cbor2
 import trio
 import trio_websocket as tws
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 import edgeproto
-from cloudgateway._pki import load_or_create_pki, server_ssl_context, sign_node_csr
+from cloudgateway._pki import load_or_create_pki, server_ssl_context
 from edgeagent._hub import full_jitter
 from edgeproto import Entry, Kind, Message
-from tests.conftest import start_agent, wait_for
+from tests.conftest import start_agent, wait_for, write_node_credentials
 
 
 def enroll(gw_dir: Path, data_dir: Path, node: str, hub_url: str) -> None:
-    pki = load_or_create_pki(gw_dir)
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    data_dir.mkdir(parents=True)
-    (data_dir / "node.crt").write_bytes(sign_node_csr(pki, csr, node))
-    (data_dir / "node.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (data_dir / "ca.crt").write_bytes(pki.ca_cert_pem)
+    write_node_credentials(load_or_create_pki(gw_dir), node, data_dir)
     (data_dir / "enrollment.json").write_text(json.dumps({"node": node, "hub": hub_url}))
 
 
