@@ -241,6 +241,7 @@ class Hub:
         if hello is None:
             return
         last_rev = hello.body.get("last_rev", 0)
+        del hello  # nothing an idle session's frame needs to keep
         if type(last_rev) is not int or last_rev < 0:
             await self._send_error(ws, "bad-field", "hello.last_rev must be a non-negative int")
             return
@@ -262,6 +263,7 @@ class Hub:
             self.counters["sessions_replaced"] += 1
             log.info("node %s reconnected from %s; closing its previous session", node, peer)
             await old.ws.aclose(CLOSE_REPLACED, "replaced by a newer connection")
+            del old  # or this frame keeps the replaced connection alive
         self._sessions[node] = session
         try:
             try:
@@ -426,7 +428,9 @@ class Hub:
 
     async def _reader(self, session: _Session) -> None:
         ws = session.ws
+        msg: Message | None = None
         while True:
+            msg = None  # not kept while idle
             with trio.move_on_after(self.config.idle_timeout) as scope:
                 msg = await self._receive(ws)
             if scope.cancelled_caught:

@@ -39,16 +39,6 @@ class SocketTLSStream(trio.abc.Stream):
     def getpeercert(self) -> dict[str, Any] | None:
         return self._sock.getpeercert()
 
-    async def _wait(self, exc: ssl.SSLError) -> None:
-        """Wait for what OpenSSL asked for; a close from another task ends it."""
-        try:
-            if isinstance(exc, ssl.SSLWantReadError):
-                await trio.lowlevel.wait_readable(self._sock)
-            else:
-                await trio.lowlevel.wait_writable(self._sock)
-        except trio.ClosedResourceError:
-            raise trio.ClosedResourceError("the TLS stream was closed") from None
-
     def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the TLS stream is closed")
@@ -59,10 +49,18 @@ class SocketTLSStream(trio.abc.Stream):
             self._check_open()
             try:
                 return op()
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
-                await self._wait(exc)
+            except ssl.SSLWantReadError:
+                wait = trio.lowlevel.wait_readable
+            except ssl.SSLWantWriteError:
+                wait = trio.lowlevel.wait_writable
             except (ssl.SSLError, OSError) as exc:
                 raise trio.BrokenResourceError(f"TLS {what} failed: {exc}") from exc
+            # Waiting outside the except clause: an idle connection does not
+            # keep the want-read exception and its traceback (~0.7 KiB).
+            try:
+                await wait(self._sock)
+            except trio.ClosedResourceError:
+                raise trio.ClosedResourceError("the TLS stream was closed") from None
 
     async def do_handshake(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()

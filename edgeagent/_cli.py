@@ -147,26 +147,35 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
 
     import apsw
 
-    from ._meta import open_meta_sync
-
     path = data_dir / "meta.db"
     enrollment: dict[str, Any] = {}
     try:
         enrollment = _json.loads((data_dir / "enrollment.json").read_text())
     except (OSError, ValueError):
         pass
+    nothing_yet: dict[str, Any] = {
+        "node": enrollment.get("node"),
+        "running": False,
+        "connected": False,
+        "last_rev": 0,
+        "objects": {},
+        "outbox": 0,
+        "last_resync": None,
+    }
     if not path.exists():
-        return {
-            "node": enrollment.get("node"),
-            "running": False,
-            "connected": False,
-            "last_rev": 0,
-            "objects": {},
-            "outbox": 0,
-            "last_resync": None,
-        }
-    conn = open_meta_sync(path)
+        return nothing_yet
     try:
+        # Read-only: a reader beside a running agent must never take a write
+        # lock, create tables or upgrade the store under it.
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        conn.setbusytimeout(5000)
+    except apsw.Error as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc}") from exc
+    try:
+        if not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+        ).fetchall():
+            return nothing_yet  # the agent is creating its store right now
         state: dict[str, Any] = {}
         for name, value in conn.execute("SELECT name, value FROM state"):
             try:

@@ -5,7 +5,8 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from edgeagent._meta import Meta, MetaError, _MetaSync
+from edgeagent._cli import agent_status
+from edgeagent._meta import Meta, MetaError, _MetaSync, open_meta_sync
 from edgeproto import Apply, Entry, encode_object
 
 
@@ -132,3 +133,23 @@ async def test_an_outbox_from_before_stable_row_ids_is_upgraded(tmp_path: Path) 
         assert cols[:2] == ["id", "seq"]
     finally:
         m.close()
+
+
+def test_status_beside_an_agent_creating_or_writing_its_store(tmp_path: Path) -> None:
+    """`edgeagent status` opens the store read-only: it neither races the agent
+    creating its tables nor waits on the agent's write transaction."""
+    db = tmp_path / "meta.db"
+    db.touch()  # the agent has just opened the file and not created its tables yet
+    st = agent_status(tmp_path)
+    assert st["objects"] == {} and st["outbox"] == 0 and st["last_rev"] == 0
+    assert db.stat().st_size == 0  # status created nothing
+
+    agent = open_meta_sync(db)
+    try:
+        agent.execute("BEGIN IMMEDIATE")
+        agent.execute("INSERT OR REPLACE INTO state(name, value) VALUES('last_rev', '7')")
+        assert agent_status(tmp_path)["last_rev"] == 0  # only what is committed
+        agent.execute("COMMIT")
+        assert agent_status(tmp_path)["last_rev"] == 7
+    finally:
+        agent.close()
