@@ -1,4 +1,7 @@
 """Agent RSS and CPU when idle and connected, and resync bytes: delta vs snapshot.
+Also the floor of the stack on this machine, measured the same way: a process that
+imports trio, trio-websocket, apsw, paho-mqtt and cbor2 and holds one TLS
+WebSocket connection to the gateway with the node's certificate (no agent code).
 
 .venv/bin/python bench/agent_idle.py [--configmaps 1000] [--changed 10] [--idle 30]
 """
@@ -6,11 +9,43 @@
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from _harness import Gateway, agent_status, cpu_seconds, machine, rss_kib, start_agent, wait
+
+_FLOOR = """
+import ssl, sys, trio, trio_websocket, apsw, paho.mqtt.client, cbor2
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(sys.argv[1] + "/ca.crt")
+    ctx.load_cert_chain(sys.argv[1] + "/node.crt", sys.argv[1] + "/node.key")
+    async with trio_websocket.open_websocket_url(sys.argv[2], ssl_context=ctx) as ws:
+        print("connected", flush=True)
+        await trio.sleep(3600)
+trio.run(main)
+"""
+
+
+def stack_floor(agent_dir: Path, settle: float) -> int:
+    """RSS (KiB) of the bare stack holding one connection to the agent's hub."""
+    hub = json.loads((agent_dir / "enrollment.json").read_text())["hub"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FLOOR, str(agent_dir), hub], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"connected":
+            raise RuntimeError("the floor process did not connect")
+        time.sleep(settle)
+        return rss_kib(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def main() -> None:
@@ -44,7 +79,10 @@ def main() -> None:
                 )
             agent = start_agent(agent_dir)
             wait(
-                lambda: agent_status(agent_dir)["objects"].get("ConfigMap") == args.configmaps,
+                lambda: (
+                    agent_status(agent_dir)["objects"].get("ConfigMap", 0) == args.configmaps
+                    and agent_status(agent_dir)["last_resync"] is not None
+                ),
                 60,
                 "sync",
             )
@@ -56,30 +94,40 @@ def main() -> None:
             rss = rss_kib(agent.pid)
             agent.terminate()
             agent.wait()
-            for i in range(args.changed):
-                name = f"cm-{i * (args.configmaps // args.changed):05d}"
-                obj = gw.api("GET", f"/api/v1/namespaces/default/configmaps/{name}")
-                obj["data"]["config.yaml"] += "changed: true\n"
-                gw.api("PUT", f"/api/v1/namespaces/default/configmaps/{name}", obj)
-            agent = start_agent(agent_dir)
-            wait(
-                lambda: (agent_status(agent_dir)["last_resync"] or {}).get("at", 0) > snap["at"],
-                30,
-                "resync",
-            )
-            delta = agent_status(agent_dir)["last_resync"]
-            agent.terminate()
-            agent.wait()
+            floor = stack_floor(agent_dir, 8)
+            delta = None
+            if args.configmaps:  # with none there is nothing to change
+                for i in range(args.changed):
+                    name = f"cm-{i * (args.configmaps // args.changed):05d}"
+                    obj = gw.api("GET", f"/api/v1/namespaces/default/configmaps/{name}")
+                    obj["data"]["config.yaml"] += "changed: true\n"
+                    gw.api("PUT", f"/api/v1/namespaces/default/configmaps/{name}", obj)
+                agent = start_agent(agent_dir)
+                wait(
+                    lambda: (
+                        (agent_status(agent_dir)["last_resync"] or {}).get("at", 0) > snap["at"]
+                    ),
+                    30,
+                    "resync",
+                )
+                delta = agent_status(agent_dir)["last_resync"]
+                agent.terminate()
+                agent.wait()
         finally:
             gw.stop()
     print(f"machine: {machine()}")
     print(f"agent RSS idle, connected, {args.configmaps} objects: {rss / 1024:.1f} MiB")
+    print(
+        f"floor of the stack (imports + one TLS WebSocket, no agent code): {floor / 1024:.1f} MiB"
+    )
     print(f"agent CPU idle over {args.idle:.0f} s: {cpu * 100:.2f} % of one core")
     print(f"snapshot resync: {snap['objects']} objects, {snap['bytes']} bytes, {snap['seconds']} s")
-    print(
-        f"delta resync after {args.changed} changes: {delta['objects']} objects, {delta['bytes']} bytes, "
-        f"{delta['seconds']} s = {100 * delta['bytes'] / snap['bytes']:.2f} % of the snapshot"
-    )
+    if delta is not None:
+        print(
+            f"delta resync after {args.changed} changes: {delta['objects']} objects, "
+            f"{delta['bytes']} bytes, {delta['seconds']} s = "
+            f"{100 * delta['bytes'] / snap['bytes']:.2f} % of the snapshot"
+        )
 
 
 if __name__ == "__main__":
