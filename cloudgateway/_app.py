@@ -16,6 +16,7 @@ import trio
 import edgeproto
 
 from ._api import ApiServer
+from ._events import prune_events
 from ._health import NodeHealth
 from ._http import Request, serve_http
 from ._hub import Hub, HubConfig
@@ -39,6 +40,7 @@ class GatewayConfig:
     grace: float = 40.0
     retain_revisions: int = 100_000
     compact_interval: float = 300.0
+    event_ttl: float = 3600.0  # Events (edge events) are deleted this long after creation
     max_resyncs: int = 32
     api_tls: bool = False  # serve the API over HTTPS (kubectl sends tokens only over TLS)
     hub_options: HubConfig = field(default_factory=HubConfig)
@@ -148,6 +150,7 @@ async def run_gateway(
                 functools.partial(api.run, config.api[0], config.api[1], ssl_context=api_ssl)
             )
             nursery.start_soon(_compactor, store, config)
+            nursery.start_soon(_event_pruner, store, config.event_ttl)
             ports = {"hub": hub_port, "join": join_port, "api": api_port}
             log.info(
                 "cloudgateway ready: api %s://%s:%d, join https://%s:%d, hub wss://%s:%d",
@@ -163,6 +166,15 @@ async def run_gateway(
     finally:
         tokens.close()
         backend.close()
+
+
+async def _event_pruner(store: Store, ttl: float) -> None:
+    while True:
+        await trio.sleep(min(60.0, max(1.0, ttl / 10)))
+        try:
+            await prune_events(store, ttl)
+        except Exception:
+            log.exception("pruning events failed; will retry")
 
 
 async def _compactor(store: Store, config: GatewayConfig) -> None:

@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         default=40.0,
         help="NotReady after this long without heartbeats",
     )
+    s.add_argument(
+        "--event-ttl",
+        type=parse_duration,
+        default=3600.0,
+        help="Events (edge events from $hw/events/upload/#) are kept this long (default 1h)",
+    )
     s.add_argument("--log-level", default="INFO")
     t = sub.add_parser("token", help="join tokens")
     tsub = t.add_subparsers(dest="tcmd", required=True)
@@ -169,6 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         sans=tuple(args.san),
         grace=args.grace,
+        event_ttl=args.event_ttl,
         api_tls=args.api_tls,
     )
 

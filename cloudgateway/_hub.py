@@ -28,9 +28,10 @@ import trio_websocket as tws
 import edgeproto
 from edgeproto import Kind, Message, ProtocolError
 
+from ._events import edge_event
 from ._health import NodeHealth
 from ._pki import PkiError, node_from_peercert
-from ._store import NotFound, Record, Store, StoreError, SubscriptionLost
+from ._store import AlreadyExists, NotFound, Record, Store, StoreError, SubscriptionLost
 from ._streams import NodeStream, StreamError
 from ._tls import accept_tls
 from ._view import View, ViewSync, plan_node_sync
@@ -527,6 +528,7 @@ class Hub:
         status: dict[str, Any] = {}
         desired: dict[str, str] = {}
         history: list[dict[str, str]] = []
+        event: dict[str, Any] = {}
         try:
             edgeproto.split_key(key)
             if msg.op == "status":
@@ -547,6 +549,8 @@ class Hub:
                     )
             elif msg.op == "twin-history" and key.startswith("devices/"):
                 history = _history_entries(msg.body.get("history"))
+            elif msg.op == "event" and key.startswith("nodes/"):
+                event = edge_event(key.rsplit("/", 1)[1], msg.id, msg.body)
             else:
                 raise ProtocolError(f"unsupported report op {msg.op!r} for {key}", code="bad-field")
             rec = await self._store.get(key)
@@ -557,6 +561,8 @@ class Hub:
                 await self._set_desired(key, desired)
             elif msg.op == "twin-history":
                 await self._add_history(key, history)
+            elif msg.op == "event":
+                await self._record_event(event)
             elif key.startswith("nodes/"):
                 await self._health.merge_node_status(session.node, status)
             else:
@@ -617,6 +623,15 @@ class Hub:
             return status
 
         await self._store.modify(key, edit, status=True)
+
+    async def _record_event(self, event: dict[str, Any]) -> None:
+        meta = event["metadata"]
+        key = edgeproto.make_key("events", meta["namespace"], meta["name"])
+        try:
+            await self._store.create(key, event)
+            self.counters["edge_events"] += 1
+        except AlreadyExists:
+            self.counters["edge_events_resent"] += 1  # the outbox resends until acked
 
     async def _request(self, session: _Session, msg: Message) -> None:
         """``request{op: get, res: key}``: a node may read objects in its own view only."""

@@ -59,7 +59,11 @@ def human_duration(seconds: float) -> str:
 
 
 def _age(o: dict[str, Any], now: float) -> str:
-    ts = get_path(o, "metadata", "creationTimestamp")
+    return _since(get_path(o, "metadata", "creationTimestamp"), now)
+
+
+def _since(ts: Any, now: float) -> str:
+    """How long ago an RFC 3339 (UTC, seconds) time was."""
     try:
         t = calendar.timegm(time.strptime(str(ts), "%Y-%m-%dT%H:%M:%SZ"))
     except (ValueError, OverflowError):
@@ -224,6 +228,30 @@ TABLES["devicemodels"] = Table(
         ("PROPERTIES", lambda o, _now: str(len(get_path(o, "spec", "properties") or []))),
         ("AGE", _age),
     )
+)
+TABLES["events"] = Table(
+    (
+        ("LAST SEEN", lambda o, now: _since(o.get("lastTimestamp"), now)),
+        ("TYPE", lambda o, _now: str(o.get("type") or "")),
+        ("REASON", lambda o, _now: str(o.get("reason") or "")),
+        (
+            "OBJECT",
+            lambda o, _now: (
+                f"{str(get_path(o, 'involvedObject', 'kind') or '').lower()}/"
+                f"{get_path(o, 'involvedObject', 'name') or ''}"
+            ),
+        ),
+        ("MESSAGE", lambda o, _now: str(o.get("message") or "")),
+    ),
+    (
+        (
+            "TOPIC",
+            lambda o, _now: str(
+                get_path(o, "metadata", "annotations", "edgeflock.io/topic") or "<none>"
+            ),
+        ),
+        ("NAME", object_name),
+    ),
 )
 DEFAULT_TABLE = Table((("NAME", object_name), ("AGE", _age)))
 

@@ -477,6 +477,19 @@ def _check_device(obj: dict[str, Any], causes: _Causes) -> None:
             causes.bad(f"{f}.reportToCloud", "must be a boolean")
 
 
+def _check_event(obj: dict[str, Any], causes: _Causes) -> None:
+    involved = obj.get("involvedObject")
+    if not isinstance(involved, dict):
+        causes.required("involvedObject", "an Event is about an object: kind and name")
+    else:
+        for f in ("kind", "name"):
+            if not isinstance(involved.get(f), str) or not involved.get(f):
+                causes.required(f"involvedObject.{f}")
+    for f in ("reason", "message", "type"):
+        if f in obj and not isinstance(obj[f], str):
+            causes.bad(f, "must be a string")
+
+
 _CHECKS: dict[str, Callable[[dict[str, Any], _Causes], None]] = {
     "Pod": _check_pod,
     "ConfigMap": _check_configmap,
@@ -484,4 +497,5 @@ _CHECKS: dict[str, Callable[[dict[str, Any], _Causes], None]] = {
     "Node": _check_node,
     "Device": _check_device,
     "DeviceModel": _check_devicemodel,
+    "Event": _check_event,
 }

@@ -44,6 +44,7 @@ import apsw
 import cbor2
 import trio
 
+import edgeproto
 from edgeproto import topics
 from edgeproto import twin as tw
 from edgeproto.twin import TwinError, TwinProperty
@@ -52,6 +53,9 @@ from ._config import AgentConfig
 from ._meta import Meta
 
 log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 8192  # an event, not a file transfer
+MAX_UPLOAD_TOPIC = 200
 
 __all__ = ["HISTORY_ANNOTATION", "DeviceTwin", "edge_bus_modules"]
 
@@ -172,10 +176,17 @@ class _Pending:
     desired: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
     history: dict[tuple[str, str, int], tuple[str, int]] = field(default_factory=dict)
     purge: set[str] = field(default_factory=set)  # devices whose rows all go
+    uploads: list[tuple[str, Any, int]] = field(default_factory=list)  # (topic, payload, ms)
 
     def __bool__(self) -> bool:
         return bool(
-            self.rows or self.states or self.reports or self.desired or self.history or self.purge
+            self.rows
+            or self.states
+            or self.reports
+            or self.desired
+            or self.history
+            or self.purge
+            or self.uploads
         )
 
 
@@ -193,6 +204,7 @@ class DeviceTwin:
         self._observed: dict[tuple[str, str], str] = {}  # desired known when reported
         self._history_seq: dict[tuple[str, str], int] = {}
         self._pending = _Pending()
+        self._uploads = 0  # makes each upload's outbox key unique
         self._dirty = trio.Event()
         self._loaded = False
         self.counters: Counter[str] = Counter()
@@ -366,6 +378,7 @@ class DeviceTwin:
         for d, v in p.desired.items():
             q.desired[d] = {**v, **q.desired.get(d, {})}
         q.history = {**p.history, **q.history}
+        q.uploads[:0] = p.uploads
 
     async def _flush(self, p: _Pending) -> None:
         upserts: list[tuple[str, str, str]] = []
@@ -395,6 +408,11 @@ class DeviceTwin:
                 entry = {"propertyName": prop, "value": value, "timestamp": str(ts)}
                 body = cbor2.dumps({"history": [entry]})
                 items.append((f"{d.key}#h{prop}.{slot}", "twin-history", body, True))
+        node_key = edgeproto.make_key("nodes", "", self._cfg.node)
+        for what, payload, ms in p.uploads:  # each one its own row: events never coalesce
+            self._uploads += 1
+            body = cbor2.dumps({"topic": what, "payload": payload, "timestamp": ms})
+            items.append((f"{node_key}#up{ms}.{self._uploads}", "event", body, False))
 
         def write(conn: apsw.Connection) -> Outbox:
             if upserts:
@@ -589,7 +607,31 @@ class DeviceTwin:
         self.counters["cloud_updated_ignored"] += 1
 
     def _on_upload(self, topic: str, payload: bytes) -> None:
-        self.counters["uploads_ignored"] += 1
+        """``$hw/events/upload/<what>``: an event from a mapper or an app, sent to
+        the cloud (where it becomes a Kubernetes Event on this node). The payload
+        is JSON, or else UTF-8 text kept as a string."""
+        what = topic[len(topics.UPLOAD_PREFIX) :]
+        reason = ""
+        if not what or len(what) > MAX_UPLOAD_TOPIC:
+            reason = f"the topic's suffix must be 1-{MAX_UPLOAD_TOPIC} characters"
+        elif len(payload) > MAX_UPLOAD_BYTES:
+            reason = f"payload of {len(payload)} bytes is over {MAX_UPLOAD_BYTES}"
+        else:
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                reason = "payload is neither JSON nor UTF-8 text"
+        if reason:
+            self.counters["uploads_rejected"] += 1
+            log.warning("twin: upload on %s rejected: %s", topic, reason)
+            return
+        try:
+            body: Any = json.loads(text)
+        except ValueError:
+            body = text
+        self._pending.uploads.append((what, body, int(time.time() * 1000)))
+        self.counters["uploads"] += 1
+        self._mark()
 
 
 def edge_bus_modules(config: AgentConfig, meta: Meta) -> list[tuple[str, Callable[..., Any]]]:

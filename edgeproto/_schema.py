@@ -52,6 +52,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("pods", "Pod", "", "v1", True, ("pod", "po")),
     Resource("configmaps", "ConfigMap", "", "v1", True, ("configmap", "cm")),
     Resource("secrets", "Secret", "", "v1", True, ("secret",)),
+    # Kubernetes Events; edge events ($hw/events/upload/#) arrive as these.
+    Resource("events", "Event", "", "v1", True, ("event", "ev")),
     # KubeEdge's device API, so existing Device/DeviceModel manifests apply unchanged.
     Resource("devices", "Device", DEVICES_GROUP, "v1beta1", True, ("device", "dev")),
     Resource("devicemodels", "DeviceModel", DEVICES_GROUP, "v1beta1", True, ("devicemodel", "dm")),
@@ -107,6 +109,8 @@ def owner_node(key: str, obj: Mapping[str, Any]) -> str | None:
     resource, _, name = split_key(key)
     if resource == "nodes":
         return name
+    if resource == "events":
+        return None  # about nodes, never sent to them
     spec = obj.get("spec")
     if isinstance(spec, Mapping):
         node = spec.get("nodeName")

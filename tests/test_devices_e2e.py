@@ -270,3 +270,61 @@ async def test_broker_restart_mid_stream(
         lambda b: b.get("event_id") == "final",
     )
     assert len(mapper.on(topics.device_topic("thermo-r", topics.TWIN_UPDATE_RESULT))) > before
+
+
+async def test_uploaded_events_become_node_events(
+    nursery: trio.Nursery, gateway: Gateway, tmp_path: Path, broker: Broker
+) -> None:
+    """``$hw/events/upload/<what>`` on the board → a Kubernetes Event about the
+    node; what is not JSON or text, or too big, is refused and loses nothing else."""
+    await setup_node(nursery, gateway, tmp_path, broker, ["thermo-ev"])
+    path = "/api/v1/namespaces/default/events"
+
+    async def events() -> list[dict[str, Any]]:
+        code, body = await gateway.api("GET", path)
+        assert code == 200, body
+        return list(body["items"])
+
+    # The bus subscribes after the agent starts: publish until the first lands.
+    async def first_arrives() -> bool:
+        await trio.to_thread.run_sync(
+            broker.pub, topics.UPLOAD_PREFIX + "alarm/overheat", json.dumps({"temp": 91})
+        )
+        await trio.sleep(0.2)
+        return bool(await events())
+
+    await wait_for(first_arrives, timeout=10)
+    await trio.to_thread.run_sync(broker.pub, topics.UPLOAD_PREFIX + "door", b"\xff\xfe\x00")
+    await trio.to_thread.run_sync(broker.pub, topics.UPLOAD_PREFIX + "big", b"x" * 9000)
+    await trio.to_thread.run_sync(broker.pub, topics.UPLOAD_PREFIX + "door", "opened")
+
+    async def door_opened() -> list[dict[str, Any]] | None:
+        got = await events()
+        return got if any(e["message"] == "opened" for e in got) else None
+
+    got = await wait_for(door_opened, timeout=5)
+    ev = next(
+        e for e in got if e["metadata"]["annotations"]["edgeflock.io/topic"] == "alarm/overheat"
+    )
+    assert ev["message"] == '{"temp":91}'
+    assert ev["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "pi-d1"}
+    assert ev["reason"] == "EdgeEvent" and ev["type"] == "Normal" and ev["count"] == 1
+    assert ev["source"] == {"component": "edgeflock-eventbus", "host": "pi-d1"}
+    # the refused ones never left the board; each accepted one is one Event
+    topics_seen = [e["metadata"]["annotations"]["edgeflock.io/topic"] for e in got]
+    assert "big" not in topics_seen
+    assert topics_seen.count("door") == 1
+    code, out, err = await gateway.edgectl("get", "events")
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[:4] == ["LAST", "SEEN", "TYPE", "REASON"]
+    assert any("node/pi-d1" in r and "opened" in r for r in rows)
+    # events are about the node, never sent to it
+    await trio.sleep(0.3)
+    assert "Event" not in (await trio.to_thread.run_sync(lambda: agent_objects(tmp_path)))
+
+
+def agent_objects(tmp_path: Path) -> dict[str, int]:
+    from edgeagent._cli import agent_status
+
+    return dict(agent_status(tmp_path / "agent")["objects"])

@@ -1022,6 +1022,13 @@ def near_valid(draw: st.DrawFn) -> tuple[edgeproto.Resource, Any]:
             "metadata": {"name": "m"},
             "spec": {"properties": [{"name": "t", "type": "INT", "accessMode": "ReadWrite"}]},
         },
+        "Event": {
+            "kind": "Event",
+            "metadata": {"name": "pi.1"},
+            "involvedObject": {"kind": "Node", "name": "pi"},
+            "reason": "EdgeEvent",
+            "message": "m",
+        },
     }[resource.kind]
     obj = json.loads(json.dumps(base))
     for _ in range(draw(st.integers(1, 3))):
@@ -1129,3 +1136,18 @@ async def test_kubectl_gets_tables(api: Api) -> None:
     # Plain JSON clients still get objects.
     status, obj = await api.call("GET", f"{NS}/pods/web")
     assert status == 200 and obj["kind"] == "Pod"
+
+
+async def test_events_posted_through_the_api_are_checked(api: Api) -> None:
+    bad = {"kind": "Event", "metadata": {"name": "e1"}, "involvedObject": {"kind": "Node"}}
+    bad["message"] = 5
+    status, body = await api.call("POST", f"{NS}/events", bad)
+    assert status == 422, body
+    causes = {(c["field"], c["reason"]) for c in body["details"]["causes"]}
+    assert causes == {
+        ("involvedObject.name", "FieldValueRequired"),
+        ("message", "FieldValueInvalid"),
+    }
+    good = {**bad, "message": "hi", "involvedObject": {"kind": "Node", "name": "pi-01"}}
+    status, body = await api.call("POST", f"{NS}/events", good)
+    assert status == 201 and body["message"] == "hi", body
