@@ -16,7 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import Gateway, agent_status, cpu_seconds, machine, rss_kib, start_agent, wait
+from _harness import (
+    Gateway,
+    agent_status,
+    cpu_seconds,
+    machine,
+    rss_kib,
+    start_agent,
+    stop_process,
+    wait,
+)
 
 _FLOOR = """
 import ssl, sys, trio, trio_websocket, apsw, paho.mqtt.client, cbor2
@@ -59,6 +68,7 @@ def main() -> None:
         gw = Gateway(root / "gw")
         gw.start()
         agent_dir = root / "agent"
+        agent: subprocess.Popen[bytes] | None = None
         try:
             gw.join("bench-pi", agent_dir)
             for i in range(args.configmaps):
@@ -114,6 +124,8 @@ def main() -> None:
                 agent.terminate()
                 agent.wait()
         finally:
+            if agent is not None:
+                stop_process(agent)  # also when a wait timed out
             gw.stop()
     print(f"machine: {machine()}")
     print(f"agent RSS idle, connected, {args.configmaps} objects: {rss / 1024:.1f} MiB")
