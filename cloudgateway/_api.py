@@ -26,7 +26,7 @@ from edgeproto import Resource
 
 from ._errors import GatewayError
 from ._http import Request, Response, json_response, serve_http, status_body
-from ._podstream import StreamOpener, exec_in_pod, pod_logs
+from ._podstream import StreamOpener, exec_in_pod, exec_websocket, pod_logs, wants_websocket
 from ._store import (
     AlreadyExists,
     Compacted,
@@ -557,6 +557,15 @@ class ApiServer:
         pod = (await self._get(t)).value
         if t.subresource == "log":
             return await pod_logs(self._streams, req, pod, t.key)
+        if wants_websocket(req):  # kubectl exec
+            return await exec_websocket(self._streams, req, pod, t.key)
+        if "upgrade" in req.headers:  # kubectl's SPDY fallback: never run the command blind
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"{req.headers['upgrade']} is not offered; exec speaks WebSocket "
+                "(kubectl 1.30+) and runs commands without stdin or a terminal: drop -i/-t",
+            )
         return await exec_in_pod(self._streams, req, pod, t.key)
 
     # ---- errors --------------------------------------------------------------------

@@ -63,6 +63,11 @@ class Response:
     # If set: chunked transfer, ``body`` ignored; closed (``aclose``) when the
     # client goes away or the stream ends. The connection closes afterwards.
     stream: AsyncIterator[bytes] | None = None
+    # If set: the request asked to switch protocols (``Upgrade``) and this
+    # accepts. ``status`` and ``headers`` are sent as a 101, then this gets the
+    # connection and any bytes already read past the request; the connection
+    # closes when it returns.
+    upgrade: Callable[[trio.abc.Stream, bytes], Awaitable[None]] | None = None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -207,6 +212,9 @@ class _Connection:
         except Exception:
             log.exception("handler failed for %s %s from %s", req.method, req.path, self._peer)
             resp = _status(500, "InternalError", "internal error")
+        if resp.upgrade is not None:
+            await self._switch(resp)
+            return False
         if resp.stream is not None:
             if req.method != "HEAD":
                 await self._send_stream(resp)
@@ -291,6 +299,22 @@ class _Connection:
         if resp.body and not head_only:
             await self._send(h11.Data(data=resp.body))
         await self._send(h11.EndOfMessage())
+
+    async def _switch(self, resp: Response) -> None:
+        assert resp.upgrade is not None
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
+        try:
+            await self._send(h11.InformationalResponse(status_code=101, headers=headers))
+        except h11.LocalProtocolError as exc:  # the client did not ask to switch
+            log.error("cannot switch protocols with %s: %s", self._peer, exc)
+            return
+        leftover, _closed = self._conn.trailing_data
+        try:
+            await resp.upgrade(self._stream, bytes(leftover))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("%s went away after switching protocols: %r", self._peer, exc)
+        except Exception:
+            log.exception("the switched-protocol handler for %s failed", self._peer)
 
     async def _send_stream(self, resp: Response) -> None:
         """Send ``resp.stream`` chunk by chunk until it ends or the client goes away."""

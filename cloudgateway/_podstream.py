@@ -6,24 +6,31 @@ opening a stream on the pod's node through the hub.
 ``POST .../pods/P/exec?container=C&command=sh&command=-c&command=...``
 (or a JSON body ``{"command": [...], "container": C, "timeoutSeconds": T}``)
 runs the command without a terminal and answers
-``{"kind": "ExecResult", "exitCode": N, "stdout": B64, "stderr": B64}``:
-Kubernetes' SPDY/WebSocket exec upgrade is not offered.
+``{"kind": "ExecResult", "exitCode": N, "stdout": B64, "stderr": B64}``.
+``GET .../exec?command=...&stdout=true&stderr=true`` with a WebSocket upgrade
+(subprotocol ``v5.channel.k8s.io`` or ``v4.channel.k8s.io``) is what kubectl
+1.30+ sends: output streams as channel-tagged messages and a ``Status`` on the
+error channel ends it, as the kubelet does. No stdin, no terminal (``-i``/``-t``
+are refused with a clear message); Kubernetes' older SPDY upgrade is not offered.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import trio
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping
 
 from ._http import Request, Response, json_response
 from ._streams import NodeStream, StreamError
 
-__all__ = ["MAX_EXEC_OUTPUT", "StreamOpener", "exec_in_pod", "pod_logs"]
+__all__ = ["MAX_EXEC_OUTPUT", "StreamOpener", "exec_in_pod", "exec_websocket", "pod_logs"]
 
 MAX_EXEC_OUTPUT = 8 * 1024 * 1024  # per stream; beyond it the output is cut, and says so
 MAX_EXEC_SECONDS = 600
@@ -157,6 +164,10 @@ def _exec_request(req: Request) -> tuple[list[str], str | None, float]:
     return command, container, float(timeout)
 
 
+def _timed_out(timeout: float) -> StreamError:
+    return StreamError(504, "Timeout", f"the command did not finish in {timeout:.0f} s")
+
+
 async def exec_in_pod(
     opener: StreamOpener, req: Request, pod: dict[str, Any], key: str
 ) -> Response:
@@ -178,7 +189,7 @@ async def exec_in_pod(
                 out[fd] += data[: max(0, room)]
                 item = await stream.receive()
         if scope.cancelled_caught:
-            raise StreamError(504, "Timeout", f"the command did not finish in {timeout:.0f} s")
+            raise _timed_out(timeout)
     err = stream.error()
     if err is not None:
         raise err
@@ -193,3 +204,111 @@ async def exec_in_pod(
     if truncated:
         result["truncated"] = True
     return json_response(200, result)
+
+
+# kubectl's remotecommand WebSocket protocols, newest first (v5 adds a close
+# message for stdin, which is not offered here anyway).
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+_CHANNEL_ERROR = 3
+
+
+def wants_websocket(req: Request) -> bool:
+    return req.headers.get("upgrade", "").lower() == "websocket"
+
+
+def _exit_status(code: int | None, error: StreamError | None) -> dict[str, Any]:
+    """The ``Status`` kubectl reads from the error channel (its exit code too)."""
+    if error is None and code == 0:
+        return {"metadata": {}, "status": "Success"}
+    if error is None:
+        return {
+            "metadata": {},
+            "status": "Failure",
+            "message": f"command terminated with non-zero exit code: exit status {code}",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+        }
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": str(error),
+        "reason": error.reason,
+        "code": error.code,
+    }
+
+
+async def exec_websocket(
+    opener: StreamOpener, req: Request, pod: dict[str, Any], key: str
+) -> Response:
+    offered = [p.strip() for p in req.headers.get("sec-websocket-protocol", "").split(",")]
+    protocol = next((p for p in EXEC_PROTOCOLS if p in offered), None)
+    if protocol is None:
+        raise BadParam(f"exec over WebSocket speaks {' or '.join(EXEC_PROTOCOLS)}")
+    ws_key = req.headers.get("sec-websocket-key", "")
+    if not ws_key:
+        raise BadParam("a WebSocket upgrade needs Sec-WebSocket-Key")
+    if req.flag("stdin") or req.flag("tty"):
+        raise BadParam("exec here runs commands without stdin or a terminal: drop -i/-t")
+    command, container, timeout = _exec_request(req)
+    params = {"container": pick_container(pod, container), "command": command, "timeout": timeout}
+    # The node's first word decides the HTTP answer: an error stays an HTTP error.
+    stack, stream, first = await _open(opener, pod, key, "exec", params)
+    accept = base64.b64encode(hashlib.sha1((ws_key + _WS_GUID).encode()).digest()).decode()
+
+    async def run(sock: trio.abc.Stream, leftover: bytes) -> None:
+        ws = Connection(ConnectionType.SERVER, trailing_data=leftover)
+        lock = trio.Lock()  # the output pump and the reader's pongs share the socket
+
+        async def send(event: Event) -> None:
+            async with lock:
+                await sock.send_all(ws.send(event))
+
+        async def read(done: trio.CancelScope) -> None:
+            """Answer pings; the client closing ends the exec."""
+            while True:
+                data = await sock.receive_some(65536)
+                ws.receive_data(bytes(data) or None)
+                for event in ws.events():
+                    if isinstance(event, Ping):
+                        await send(event.response())
+                    elif isinstance(event, CloseConnection):
+                        with contextlib.suppress(Exception):
+                            await send(event.response())
+                        done.cancel()
+                        return
+                if not data:
+                    done.cancel()
+                    return
+
+        async with stack, trio.open_nursery() as nursery:
+            nursery.start_soon(read, nursery.cancel_scope)
+            error: StreamError | None = None
+            with trio.move_on_after(timeout + OPEN_TIMEOUT) as scope:
+                item = first
+                while item is not None:
+                    fd, data = item
+                    if data:
+                        await send(BytesMessage(bytes([fd]) + data))
+                    item = await stream.receive()
+            if scope.cancelled_caught:
+                error = StreamError(
+                    504, "Timeout", f"the command did not finish in {timeout:.0f} s"
+                )
+            else:
+                error = stream.error()
+            code = stream.result.get("exit_code")
+            status = _exit_status(code if isinstance(code, int) else -1, error)
+            await send(BytesMessage(bytes([_CHANNEL_ERROR]) + json.dumps(status).encode()))
+            await send(CloseConnection(code=1000))
+            with trio.move_on_after(2):  # the client's close, then the connection ends
+                await trio.sleep_forever()
+            nursery.cancel_scope.cancel()
+
+    headers = [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-accept", accept),
+        ("sec-websocket-protocol", protocol),
+    ]
+    return Response(101, headers=headers, upgrade=run)

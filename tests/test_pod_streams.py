@@ -178,3 +178,93 @@ async def test_stream_errors_node_side(
     assert code == 400 and "non-empty list" in body["message"]
     code, body = await gateway.api("GET", "/api/v1/namespaces/default/configmaps/x/log")
     assert code == 404
+
+
+async def kubectl_exec(
+    gateway: Gateway, pod_name: str, command: list[str], **extra: str
+) -> tuple[dict[int, bytes], dict[str, Any]]:
+    """What kubectl 1.30+ does for ``kubectl exec POD -- CMD``: a WebSocket
+    upgrade on GET .../exec, channel-tagged messages back, a Status on channel 3."""
+    import json
+    import urllib.parse
+
+    import trio_websocket as tws
+
+    query = urllib.parse.urlencode(
+        [("command", c) for c in command]
+        + [("stdout", "true"), ("stderr", "true")]
+        + list(extra.items())
+    )
+    got: dict[int, bytes] = {1: b"", 2: b""}
+    status: dict[str, Any] = {}
+    # Our own TCP stream, closed here: trio-websocket's open_websocket leaves its
+    # socket open when the server closes first (see docs/ARCHITECTURE.md).
+    tcp = await trio.open_tcp_stream("127.0.0.1", gateway.ports["api"])
+    async with tcp, trio.open_nursery() as nursery:
+        ws = await tws.wrap_client_stream(
+            nursery,
+            tcp,
+            "127.0.0.1",
+            f"{NS}/pods/{pod_name}/exec?{query}",
+            subprotocols=["v5.channel.k8s.io", "v4.channel.k8s.io"],
+            extra_headers=[(b"authorization", f"Bearer {gateway.token}".encode())],
+        )
+        assert ws.subprotocol == "v5.channel.k8s.io"
+        with trio.fail_after(10):
+            while True:
+                try:
+                    msg = await ws.get_message()
+                except tws.ConnectionClosed as exc:
+                    assert exc.reason is not None and exc.reason.code == 1000
+                    break
+                assert isinstance(msg, bytes)
+                if msg[0] == 3:
+                    status = json.loads(msg[1:])
+                else:
+                    got[msg[0]] += msg[1:]
+        nursery.cancel_scope.cancel()
+    return got, status
+
+
+async def test_kubectl_exec_over_websocket(
+    nursery: trio.Nursery, gateway: Gateway, tmp_path: Path
+) -> None:
+    import trio_websocket as tws
+
+    agent = await board(nursery, gateway, tmp_path, "pi-01", HostStreams(tmp_path / "logs"))
+    assert (await gateway.api("POST", f"{NS}/pods", pod("web", "pi-01")))[0] == 201
+    await wait_for(lambda: agent.status()["objects"].get("Pod") == 1, timeout=15)
+
+    got, status = await kubectl_exec(gateway, "web", ["sh", "-c", "echo hi; echo oops >&2; exit 3"])
+    assert got == {1: b"hi\n", 2: b"oops\n"}
+    assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+    got, status = await kubectl_exec(gateway, "web", ["true"])
+    assert got == {1: b"", 2: b""} and status == {"metadata": {}, "status": "Success"}
+
+    # -i/-t: refused before anything runs, with a message kubectl prints
+    rejected: list[tws.ConnectionRejected] = []
+    try:
+        await kubectl_exec(gateway, "web", ["sh"], stdin="true")
+    except* tws.ConnectionRejected as group:
+        rejected.extend(e for e in group.exceptions if isinstance(e, tws.ConnectionRejected))
+    assert [r.status_code for r in rejected] == [400]
+    assert b"drop -i/-t" in (rejected[0].body or b"")
+
+    # kubectl's SPDY fallback must not run the command blind
+    marker = tmp_path / "ran"
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.ports["api"], timeout=10)
+    query = f"command=touch&command={marker}&stdout=true"
+    conn.request(
+        "POST",
+        f"{NS}/pods/web/exec?{query}",
+        headers={
+            "Authorization": f"Bearer {gateway.token}",
+            "Connection": "Upgrade",
+            "Upgrade": "SPDY/3.1",
+        },
+    )
+    resp = await trio.to_thread.run_sync(conn.getresponse)
+    assert resp.status == 400 and b"SPDY/3.1 is not offered" in resp.read()
+    conn.close()
+    assert not marker.exists()
