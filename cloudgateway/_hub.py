@@ -204,7 +204,12 @@ class Hub:
             self.counters["connections_shed"] += 1
             await trio.aclose_forcefully(tcp)
             return
-        stream = accept_tls(tcp, self._ssl)
+        try:
+            stream = accept_tls(tcp, self._ssl)
+        except (OSError, ssl.SSLError) as exc:  # e.g. the peer reset already
+            self.counters["tls_rejected"] += 1
+            log.debug("TLS with %s not started: %s", peer, exc)
+            return
         try:
             # A connect storm queues here (cheap) instead of running thousands
             # of handshakes at once, each slower than its client's patience.

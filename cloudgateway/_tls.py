@@ -117,9 +117,12 @@ class SocketTLSStream(trio.abc.Stream):
 def accept_tls(tcp: trio.SocketStream, context: ssl.SSLContext) -> SocketTLSStream:
     """Take the accepted TCP connection's descriptor from trio and put TLS on it
     (the handshake is left to ``do_handshake``)."""
-    fd = tcp.socket.detach()
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(False)
-    return SocketTLSStream(
-        context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-    )
+    sock = socket.socket(fileno=tcp.socket.detach())
+    try:
+        sock.setblocking(False)
+        return SocketTLSStream(
+            context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        )
+    except BaseException:
+        sock.close()
+        raise

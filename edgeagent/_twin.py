@@ -50,12 +50,13 @@ from edgeproto import twin as tw
 from edgeproto.twin import TwinError, TwinProperty
 
 from ._config import AgentConfig
-from ._meta import Meta
+from ._meta import Meta, MetaError
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 8192  # an event, not a file transfer
 MAX_UPLOAD_TOPIC = 200
+_RETRY_FIRST, _RETRY_MAX = 0.5, 30.0  # a failed flush (full disk) is retried
 
 __all__ = ["HISTORY_ANNOTATION", "DeviceTwin", "edge_bus_modules"]
 
@@ -355,6 +356,7 @@ class DeviceTwin:
         # At most one transaction per window: a change after a quiet spell is
         # written at once, changes during a window wait for its end together.
         last = -float("inf")
+        retry = _RETRY_FIRST
         while True:
             await self._dirty.wait()
             wait = last + self._interval - trio.current_time()
@@ -365,9 +367,21 @@ class DeviceTwin:
             pending, self._pending = self._pending, _Pending()
             try:
                 await self._flush(pending)
+            except MetaError as exc:
+                # A full disk, most likely. Nothing is lost: what could not be
+                # written stays in memory (merged with what comes meanwhile)
+                # and is written when the store takes it again.
+                self._restore(pending)
+                self.counters["flush_failures"] += 1
+                log.warning("twin: cannot write (%s); retrying in %.1f s", exc, retry)
+                await trio.sleep(retry)
+                retry = min(retry * 2, _RETRY_MAX)
+                self._dirty.set()
+                continue
             except BaseException:
                 self._restore(pending)
                 raise
+            retry = _RETRY_FIRST
 
     def _restore(self, p: _Pending) -> None:
         q = self._pending

@@ -7,7 +7,7 @@ import io
 import json
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,3 +204,41 @@ async def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: flo
                 return last
             await trio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s (last value {last!r})")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB tmpfs (the tests run as root), to fill up for ENOSPC;
+    unmounted afterwards."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill_up(directory: Path) -> Path:
+    """Write a file in ``directory`` until the filesystem is full; returns it
+    (delete it to free the space)."""
+    import errno
+    import os
+
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        chunk = b"\0" * 65536
+        while True:
+            try:
+                os.write(fd, chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    return filler
+                chunk = chunk[: len(chunk) // 2]
+    finally:
+        os.close(fd)

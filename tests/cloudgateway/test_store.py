@@ -33,6 +33,7 @@ from cloudgateway._store import (
     StoreError,
     SubscriptionLost,
 )
+from tests.conftest import fill_up
 
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
@@ -1199,3 +1200,43 @@ async def test_modify_reads_and_writes_in_one_transaction(store: Store) -> None:
     ev = await store.modify("pods/default/a", lambda r: pod("a", "pi-09"), expect_rev=rec.mod_rev)
     assert ev is not None and ev.record.node == "pi-09" and ev.record.spec_rev == ev.rev
     assert (await store.get("pods/default/a")).mod_rev == ev.rev
+
+
+async def test_a_full_disk_fails_writes_clearly_and_loses_nothing(small_fs: Path) -> None:
+    """A real full filesystem (tmpfs): batched writes fail with the disk's
+    error, committed data stays, and writing resumes once there is room."""
+    backend = SqliteBackend(str(small_fs / "store.db"), node_of=edgeproto.owner_node)
+    try:
+        store = Store(backend, subscriber_buffer=1000)
+        for i in range(20):
+            await store.create(f"pods/default/ok{i}", pod(f"ok{i}"))
+        filler = fill_up(small_fs)
+        outcomes: list[Any] = []
+
+        async def writer(i: int) -> None:
+            big = pod(f"big{i}")
+            big["metadata"]["annotations"] = {"pad": "x" * 20000}
+            try:
+                outcomes.append(await store.create(f"pods/default/big{i}", big))
+            except StoreError as exc:
+                outcomes.append(exc)
+
+        with store.subscribe() as sub:
+            async with trio.open_nursery() as n:
+                for i in range(30):
+                    n.start_soon(writer, i)
+            failed = [o for o in outcomes if isinstance(o, StoreError)]
+            assert failed and all("full" in str(e) for e in failed)
+            # what did commit was published, and only that
+            written = sorted(o.rev for o in outcomes if isinstance(o, Event))
+            assert [(await sub.receive()).rev for _ in written] == written
+            assert sub.statistics()["buffered"] == 0
+        records, rev = await store.list("pods/")
+        assert rev == 20 + len(written) and len(records) == rev
+        filler.unlink()
+        await store.create("pods/default/after", pod("after"))
+        assert (await store.get("pods/default/ok7")).value["metadata"]["name"] == "ok7"
+        check = backend._conn.execute("PRAGMA integrity_check").fetchall()
+        assert check == [("ok",)]
+    finally:
+        backend.close()

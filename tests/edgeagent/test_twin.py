@@ -17,6 +17,7 @@ from edgeagent._config import AgentConfig
 from edgeagent._meta import Meta
 from edgeagent._twin import HISTORY_ANNOTATION, DeviceTwin, edge_bus_modules
 from edgeproto import Apply, Entry, encode_object, topics
+from tests.conftest import fill_up, wait_for
 from tests.mqtt_fixtures import Broker, MqttClient, open_broker, open_client, until
 
 
@@ -120,6 +121,13 @@ async def start_edge(nursery: trio.Nursery, data: Path, broker: Broker) -> Edge:
 @pytest.fixture
 async def edge(nursery: trio.Nursery, tmp_path: Path, broker: Broker) -> AsyncIterator[Edge]:
     e = await start_edge(nursery, tmp_path / "agent", broker)
+    await add_d1(e)
+    yield e
+    e.scope.cancel()
+
+
+async def add_d1(e: Edge) -> None:
+    """The thermo model and device d1, as the sync would put them."""
     await e.meta.apply(
         Apply(
             [
@@ -131,8 +139,6 @@ async def edge(nursery: trio.Nursery, tmp_path: Path, broker: Broker) -> AsyncIt
         )
     )
     await wait_device(e, "d1")
-    yield e
-    e.scope.cancel()
 
 
 async def wait_device(e: Edge, name: str) -> None:
@@ -327,3 +333,31 @@ async def test_history_ring(edge: Edge) -> None:
     values = sorted(int(v[1]["history"][0]["value"]) for v in hist.values())
     assert values == [7, 8, 9]
     assert all(v[0] == "twin-history" for v in hist.values())
+
+
+async def test_a_full_disk_keeps_updates_in_memory_until_there_is_room(
+    nursery: trio.Nursery, small_fs: Path, broker: Broker
+) -> None:
+    """The agent's SQLite on a real full filesystem (tmpfs): flushes fail and are
+    counted, the twin keeps answering, and the latest values reach the store and
+    the outbox once space is freed."""
+    e = await start_edge(nursery, small_fs / "agent", broker)
+    await add_d1(e)
+    filler = fill_up(small_fs)
+    for i in range(50):
+        e.send("d1", topics.TWIN_UPDATE, update({"temperature": actual(str(i))}, f"f{i}"))
+    await e.client.wait_for(RESULT, lambda b: b.get("event_id") == "f49")  # still answering
+    await until(lambda: e.twin.statistics().get("flush_failures", 0) >= 1, timeout=5)
+    filler.unlink()
+
+    async def written() -> bool:
+        reports = await e.reports()
+        if "devices/default/d1" not in reports:
+            return False
+        (t,) = reports["devices/default/d1"][1]["status"]["twins"]
+        return bool(t["reported"]["value"] == "49")
+
+    await wait_for(written, timeout=40, interval=0.2)
+    rows = e.meta._sync.conn.execute("SELECT count(*) FROM twin WHERE device = 'd1'").fetchall()
+    assert rows[0][0] >= 1
+    e.scope.cancel()
