@@ -6,9 +6,10 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import apsw
 import trio
 
-from tests.conftest import Gateway, join_node, start_agent, start_gateway, wait_for
+from tests.conftest import Gateway, fill_up, join_node, start_agent, start_gateway, wait_for
 
 NS = "/api/v1/namespaces/default"
 
@@ -219,3 +220,28 @@ async def test_idle_nodes_follow_the_store_revision(nursery: trio.Nursery, tmp_p
 
     assert tasks_named("Hub._sender") == gw.running.hub.config.senders
     gw.scope.cancel()
+
+
+async def test_a_full_disk_on_the_board_delays_sync_and_loses_nothing(
+    nursery: trio.Nursery, gateway: Gateway, small_fs: Path
+) -> None:
+    """The agent's SQLite on a real full filesystem (tmpfs): applying changes
+    fails, nothing is acknowledged, and once there is room the board converges."""
+    data = small_fs / "agent"
+    await join_node(gateway, "pi-full", data)
+    agent = await start_agent(nursery, data)
+    await create(gateway, "configmaps", cm("before", "pi-full"))
+    await wait_for(lambda: agent.status()["objects"].get("ConfigMap") == 1)
+    filler = fill_up(small_fs)
+    # 640 KB: more than the WAL's reusable space (it is checkpointed at ~500 KB)
+    for i in range(40):
+        await create(gateway, "configmaps", cm(f"during-{i}", "pi-full", "x" * 16000))
+    await trio.sleep(2)
+    assert agent.status()["objects"].get("ConfigMap", 0) < 41  # stuck, not crashed
+    filler.unlink()
+    await wait_for(lambda: agent.status()["objects"].get("ConfigMap") == 41, timeout=40)
+    conn = apsw.Connection(str(data / "meta.db"))
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
