@@ -7,7 +7,6 @@ about that Node (``edgectl get events``, ``kubectl get events``), for
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import json
 import logging
@@ -16,6 +15,7 @@ from typing import Any
 
 import trio
 
+import edgeproto
 from edgeproto import ProtocolError
 
 from ._store import Conflict, NotFound, Record, Store
@@ -28,10 +28,6 @@ EVENT_NAMESPACE = "default"
 SOURCE = "edgeflock-eventbus"
 MAX_MESSAGE = 1024  # characters of the payload kept in .message
 TOPIC_ANNOTATION = "edgeflock.io/topic"
-
-
-def _rfc3339(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 def edge_event(node: str, seq: int | None, body: Any) -> dict[str, Any]:
@@ -56,7 +52,7 @@ def edge_event(node: str, seq: int | None, body: Any) -> dict[str, Any]:
             raise ProtocolError(f"event payload is not JSON: {exc}", code="bad-field") from None
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 3] + "..."
-    at = _rfc3339(ms)
+    at = edgeproto.rfc3339(ms / 1000)
     return {
         "apiVersion": "v1",
         "kind": "Event",
@@ -78,14 +74,6 @@ def edge_event(node: str, seq: int | None, body: Any) -> dict[str, Any]:
     }
 
 
-def _created(obj: dict[str, Any]) -> float | None:
-    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
-    try:
-        return float(calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return None
-
-
 async def prune_events(store: Store, ttl: float, now: float | None = None) -> int:
     """Delete Events created more than ``ttl`` seconds before ``now``; how many."""
     now = time.time() if now is None else now
@@ -100,7 +88,9 @@ async def prune_events(store: Store, ttl: float, now: float | None = None) -> in
 
     async with trio.open_nursery() as nursery:  # together: the store commits them in batches
         for rec in records:
-            created = _created(rec.value)
+            created = edgeproto.parse_rfc3339(
+                (rec.value.get("metadata") or {}).get("creationTimestamp")
+            )
             if created is not None and now - created > ttl:
                 nursery.start_soon(delete, rec)
     if pruned:

@@ -21,10 +21,6 @@ log = logging.getLogger(__name__)
 __all__ = ["NodeHealth"]
 
 
-def _rfc3339(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 def ready_condition(status: Any) -> dict[str, Any] | None:
     if isinstance(status, dict):
         for c in status.get("conditions") or []:
@@ -49,8 +45,8 @@ def with_ready(status_in: Any, ready: str, reason: str, message: str, now: float
             "status": ready,
             "reason": reason,
             "message": message,
-            "lastHeartbeatTime": _rfc3339(now),
-            "lastTransitionTime": transition or _rfc3339(now),
+            "lastHeartbeatTime": edgeproto.rfc3339(now),
+            "lastTransitionTime": transition or edgeproto.rfc3339(now),
         }
     )
     status["conditions"] = conds

@@ -43,6 +43,8 @@ from typing import Any, Final, Literal, TypeVar, cast
 import apsw
 import trio
 
+import edgeproto
+
 from ._errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -274,7 +276,7 @@ def _object(key: str, value: object) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return edgeproto.rfc3339(time.time())
 
 
 def _spec_part(value: dict[str, Any]) -> dict[str, Any]:

@@ -4,11 +4,11 @@ object and the current time."""
 
 from __future__ import annotations
 
-import calendar
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import edgeproto
 
 __all__ = [
     "DEFAULT_TABLE",
@@ -64,11 +64,8 @@ def _age(o: dict[str, Any], now: float) -> str:
 
 def _since(ts: Any, now: float) -> str:
     """How long ago an RFC 3339 (UTC, seconds) time was."""
-    try:
-        t = calendar.timegm(time.strptime(str(ts), "%Y-%m-%dT%H:%M:%SZ"))
-    except (ValueError, OverflowError):
-        return "<unknown>"
-    return human_duration(now - t)
+    t = edgeproto.parse_rfc3339(ts)
+    return "<unknown>" if t is None else human_duration(now - t)
 
 
 def object_name(o: dict[str, Any], _now: float) -> str:

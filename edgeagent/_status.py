@@ -174,7 +174,7 @@ class PodStatusReporter:
             await self._meta.wait_changed(gen)
 
     async def report_once(self) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = edgeproto.rfc3339(time.time())
         items: list[tuple[str, str, bytes, bool]] = []
         current: dict[str, tuple[Any, Any]] = {}
         for key, pod in await self._meta.list_objects("pods"):

@@ -85,10 +85,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _rfc3339(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
-
-
 @dataclass
 class _Device:
     key: str  # devices/NS/NAME
@@ -575,7 +571,7 @@ class DeviceTwin:
             return
         self.counters["state_updates"] += 1
         old = self._states.get(dev, ("", ""))
-        last_online = _rfc3339(now) if state == "online" else old[1]
+        last_online = edgeproto.rfc3339(now / 1000) if state == "online" else old[1]
         if (state, last_online) != old:
             self._states[dev] = (state, last_online)
             self._pending.states.add(dev)

@@ -22,9 +22,11 @@ from ._schema import (
     key_of,
     make_key,
     owner_node,
+    parse_rfc3339,
     referenced_keys,
     resource_by_kind,
     resource_by_name,
+    rfc3339,
     split_key,
 )
 from ._sync import (
@@ -70,10 +72,12 @@ __all__ = [
     "key_of",
     "make_key",
     "owner_node",
+    "parse_rfc3339",
     "plan_resync",
     "referenced_keys",
     "resource_by_kind",
     "resource_by_name",
+    "rfc3339",
     "snapshot_messages",
     "split_key",
 ]

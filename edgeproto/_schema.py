@@ -8,6 +8,7 @@ have an empty namespace (``"nodes//pi-01"``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +21,33 @@ __all__ = [
     "key_of",
     "make_key",
     "owner_node",
+    "parse_rfc3339",
     "referenced_keys",
     "resource_by_kind",
     "resource_by_name",
+    "rfc3339",
     "split_key",
 ]
 
 DEVICES_GROUP = "devices.kubeedge.io"
+
+_RFC3339 = "%Y-%m-%dT%H:%M:%SZ"  # how Kubernetes writes times: UTC, whole seconds
+
+
+def rfc3339(seconds: float) -> str:
+    """A Unix time as Kubernetes objects carry it."""
+    return time.strftime(_RFC3339, time.gmtime(seconds))
+
+
+def parse_rfc3339(text: Any) -> float | None:
+    """The Unix time an ``rfc3339`` text names, or None if it is not one."""
+    import calendar  # only the gateway parses times: the agent does not pay for it
+
+    try:
+        return float(calendar.timegm(time.strptime(str(text), _RFC3339)))
+    except (ValueError, OverflowError):
+        return None
+
 
 NODE_LABEL = "edgeflock.io/node"
 """A ConfigMap or Secret carrying this label is sent to the named node even when

@@ -3,10 +3,11 @@ containerd reports plus edged's own reasons (back-off, image and config errors).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import edgeproto
 
 from ._model import ContainerInfo
 
@@ -14,7 +15,7 @@ __all__ = ["ContainerView", "container_status", "pod_phase", "rfc3339"]
 
 
 def rfc3339(ns: int | float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
+    return edgeproto.rfc3339(ns / 1e9)
 
 
 @dataclass(frozen=True, slots=True)
