@@ -135,7 +135,8 @@ async def pod_logs(opener: StreamOpener, req: Request, pod: dict[str, Any], key:
     return Response(200, headers=[("content-type", "text/plain; charset=utf-8")], stream=body())
 
 
-def _exec_request(req: Request) -> tuple[list[str], str | None, float]:
+def _exec_params(req: Request, pod: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """The node's exec parameters from the query (or a JSON body), and the timeout."""
     command = req.query.get("command") or []
     container = req.param("container")
     timeout = _int_param(req, "timeoutSeconds", minimum=1)
@@ -161,7 +162,8 @@ def _exec_request(req: Request) -> tuple[list[str], str | None, float]:
         or not (1 <= timeout <= MAX_EXEC_SECONDS)
     ):
         raise BadParam(f"timeoutSeconds must be 1..{MAX_EXEC_SECONDS}")
-    return command, container, float(timeout)
+    params = {"container": pick_container(pod, container), "command": command, "timeout": timeout}
+    return params, float(timeout)
 
 
 def _timed_out(timeout: float) -> StreamError:
@@ -171,12 +173,7 @@ def _timed_out(timeout: float) -> StreamError:
 async def exec_in_pod(
     opener: StreamOpener, req: Request, pod: dict[str, Any], key: str
 ) -> Response:
-    command, container, timeout = _exec_request(req)
-    params = {
-        "container": pick_container(pod, container),
-        "command": command,
-        "timeout": timeout,
-    }
+    params, timeout = _exec_params(req, pod)
     stack, stream, item = await _open(opener, pod, key, "exec", params)
     out = {1: bytearray(), 2: bytearray()}
     truncated = False
@@ -250,8 +247,7 @@ async def exec_websocket(
         raise BadParam("a WebSocket upgrade needs Sec-WebSocket-Key")
     if req.flag("stdin") or req.flag("tty"):
         raise BadParam("exec here runs commands without stdin or a terminal: drop -i/-t")
-    command, container, timeout = _exec_request(req)
-    params = {"container": pick_container(pod, container), "command": command, "timeout": timeout}
+    params, timeout = _exec_params(req, pod)
     # The node's first word decides the HTTP answer: an error stays an HTTP error.
     stack, stream, first = await _open(opener, pod, key, "exec", params)
     accept = base64.b64encode(hashlib.sha1((ws_key + _WS_GUID).encode()).digest()).decode()
