@@ -117,16 +117,16 @@ class _Device:
 def _device_from(
     key: str, obj: dict[str, Any], models: dict[str, dict[str, Any]]
 ) -> _Device | None:
-    parts = key.split("/", 2)
-    if len(parts) != 3:
+    try:
+        _, ns, name = edgeproto.split_key(key)
+    except edgeproto.ProtocolError:
         return None
-    _, ns, name = parts
     spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
     assert isinstance(spec, dict)
     ref = spec.get("deviceModelRef")
     model_obj = None
     if isinstance(ref, dict) and isinstance(ref.get("name"), str):
-        model_obj = models.get(f"devicemodels/{ns}/{ref['name']}")
+        model_obj = models.get(edgeproto.make_key("devicemodels", ns, ref["name"]))
     model = model_obj.get("spec") if isinstance(model_obj, dict) else None
     types: dict[str, str] = {}
     if isinstance(model, dict):
@@ -203,7 +203,6 @@ class DeviceTwin:
         self._pending = _Pending()
         self._uploads = 0  # makes each upload's outbox key unique
         self._dirty = trio.Event()
-        self._loaded = False
         self.counters: Counter[str] = Counter()
 
     def attach(self, publish: Publish) -> None:
@@ -272,7 +271,6 @@ class DeviceTwin:
             for p, prop in props.items()
             if prop.expected is not None
         }
-        self._loaded = True
 
     async def _sync_devices(self, *, announce: bool) -> None:
         """Follow the Device objects of this node's view: desired values, membership."""
@@ -503,7 +501,7 @@ class DeviceTwin:
         now = _now_ms()
         try:
             update = tw.parse_update(payload)
-            if dev not in self._devices or not self._loaded:
+            if dev not in self._devices:
                 raise TwinError(
                     tw.NOT_FOUND,
                     "Update rejected due to the device is not existed",
@@ -639,7 +637,7 @@ class DeviceTwin:
             body: Any = json.loads(text)
         except ValueError:
             body = text
-        self._pending.uploads.append((what, body, int(time.time() * 1000)))
+        self._pending.uploads.append((what, body, _now_ms()))
         self.counters["uploads"] += 1
         self._mark()
 

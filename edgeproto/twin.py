@@ -538,14 +538,7 @@ def delta_message(
 ) -> dict[str, Any] | None:
     """twin/update/delta, or None when nothing differs."""
     d = delta(twins)
-    if not d:
-        return None
-    return {
-        "event_id": event_id,
-        "timestamp": now_ms,
-        "twin": {k: v.to_msg() for k, v in twins.items()},
-        "delta": d,
-    }
+    return {**twin_message(event_id, now_ms, twins), "delta": d} if d else None
 
 
 def document_message(
