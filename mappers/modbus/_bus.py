@@ -8,7 +8,6 @@ the 3.5-character silence between frames. A lost connection or port raises
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from typing import Any
@@ -299,8 +298,6 @@ class SerialBus(Bus):
                     self._last_activity = trio.current_time()
                     decoder.feed(data)
         except OSError as exc:
-            if exc.errno in (errno.EAGAIN,):
-                raise
             raise await self._lost(exc.strerror or str(exc)) from None
         except trio.ClosedResourceError:
             raise await self._lost("port closed") from None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mappers.modbus._config import ModbusProperty
 from mappers.modbus._frame import Register
+
+if TYPE_CHECKING:  # a type only: the planner stays free of the config's file I/O
+    from mappers.modbus._config import ModbusProperty
 
 __all__ = ["ReadBatch", "plan_reads"]
 
