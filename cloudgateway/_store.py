@@ -63,6 +63,7 @@ __all__ = [
     "StoreError",
     "Subscription",
     "SubscriptionLost",
+    "Unavailable",
 ]
 
 T = TypeVar("T")
@@ -111,8 +112,32 @@ class FutureRevision(StoreError):
     """The revision asked for is newer than the store's current revision."""
 
 
+class Unavailable(StoreError):
+    """The store could not do it right now (database busy or locked, disk full,
+    an I/O error, a backend unreachable): the same request may succeed later.
+    Callers answering a peer must not treat this as a final refusal."""
+
+
 class SubscriptionLost(StoreError):
     """The subscriber fell behind (or was closed) and missed events: re-list."""
+
+
+# apsw errors that say "not now" rather than "never": the same write may succeed later.
+_TRANSIENT = (
+    apsw.BusyError,
+    apsw.LockedError,
+    apsw.FullError,
+    apsw.IOError,
+    apsw.CantOpenError,
+    apsw.ReadOnlyError,
+    apsw.InterruptError,
+    apsw.NoMemError,
+)
+
+
+def _apsw_error(what: str, exc: apsw.Error) -> StoreError:
+    cls = Unavailable if isinstance(exc, _TRANSIENT) else StoreError
+    return cls(f"{what}: {exc}")
 
 
 # ---- records and events -------------------------------------------------------------
@@ -404,12 +429,12 @@ class SqliteBackend:
                 self._meta("rev")  # take the snapshot now
             except apsw.Error as exc:
                 self._abort()
-                raise StoreError(f"store read failed: {exc}") from exc
+                raise _apsw_error("store read failed", exc) from exc
             self._in_read = True
             try:
                 result = fn(self)
             except apsw.Error as exc:
-                raise StoreError(f"store read failed: {exc}") from exc
+                raise _apsw_error("store read failed", exc) from exc
             finally:
                 self._in_read = False
                 self._abort()
@@ -445,7 +470,7 @@ class SqliteBackend:
                     self._abort()
                     raise
             except apsw.Error as exc:
-                raise StoreError(f"store write failed: {exc}") from exc
+                raise _apsw_error("store write failed", exc) from exc
             return result
 
     def write_many(self, writes: Sequence[Callable[[], T]]) -> builtins.list[T | Exception]:
@@ -460,7 +485,7 @@ class SqliteBackend:
                 self._conn.execute("BEGIN IMMEDIATE")
             except apsw.Error as exc:
                 self._abort()
-                raise StoreError(f"store write failed: {exc}") from exc
+                raise _apsw_error("store write failed", exc) from exc
             results: builtins.list[T | Exception] = []
             self._in_batch = True
             try:
@@ -472,7 +497,7 @@ class SqliteBackend:
                 self._conn.execute("COMMIT")
             except apsw.Error as exc:
                 self._abort()
-                return [StoreError(f"store write failed: {exc}") for _ in writes]
+                return [_apsw_error("store write failed", exc) for _ in writes]
             except BaseException:
                 self._abort()
                 raise
@@ -921,7 +946,7 @@ class Store:
                     except BaseException as exc:
                         for b in batch:
                             if b is not w:
-                                b.settle(StoreError(f"store write failed: {exc!r}"))
+                                b.settle(Unavailable(f"store write failed: {exc!r}"))
                         raise
                     for b, outcome in zip(batch, outcomes, strict=True):
                         b.settle(outcome)
