@@ -1,4 +1,5 @@
-"""The HTTP API, shaped like Kubernetes': discovery, CRUD, merge patch, the status
+"""The HTTP API, shaped like Kubernetes': discovery, CRUD, patches (strategic
+merge, JSON merge, JSON patch: ``_patch.py``), the status
 subresource, lists with label and field selectors, watches, and errors as
 ``Status`` objects. Resources come from ``edgeproto.RESOURCES``: a kind added
 there (core or under ``/apis/GROUP/VERSION``) is served without changes here."""
@@ -26,6 +27,7 @@ from edgeproto import Resource
 
 from ._errors import GatewayError
 from ._http import Request, Response, json_response, serve_http, status_body
+from ._patch import PatchError, apply_json_patch, apply_strategic_merge_patch, merge_patch
 from ._podstream import StreamOpener, exec_in_pod, exec_websocket, pod_logs, wants_websocket
 from ._store import (
     AlreadyExists,
@@ -64,7 +66,10 @@ VERSION_INFO = {
 }
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 _STATUS_VERBS = ["get", "patch", "update"]
-_PATCH_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+_MERGE_PATCH = "application/merge-patch+json"
+_STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+_JSON_PATCH = "application/json-patch+json"
+_PATCH_TYPES = (_STRATEGIC_PATCH, _MERGE_PATCH, _JSON_PATCH)
 _REPLAY_BATCH = 1000  # history events read per store call while replaying a watch
 _CHUNK_LINES = 500  # watch lines per chunk while replaying
 
@@ -99,20 +104,6 @@ class ApiError(GatewayError):
 
 def _not_found_path(path: str) -> ApiError:
     return ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` deletes,
-    anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
 
 
 # ---- selectors ----------------------------------------------------------------------
@@ -724,22 +715,41 @@ class ApiServer:
                 f"accepted: {', '.join(_PATCH_TYPES)}",
             )
         patch = _parse_json(req.body, "patch")
-        if not isinstance(patch, dict):
-            raise ApiError(400, "BadRequest", "a merge patch must be a JSON object")
-        expect = _resource_version(patch, "patch metadata.resourceVersion")
+        if ctype == _JSON_PATCH:
+            if not isinstance(patch, list):
+                raise ApiError(400, "BadRequest", "a JSON patch must be a list of operations")
+            expect = None
+        else:
+            if not isinstance(patch, dict):
+                raise ApiError(400, "BadRequest", "a merge patch must be a JSON object")
+            expect = _resource_version(patch, "patch metadata.resourceVersion")
+        kind = t.resource.kind
+
+        def patched(cur: Record) -> Any:
+            try:
+                if ctype == _JSON_PATCH:
+                    return apply_json_patch(cur.value, patch)
+                if ctype == _STRATEGIC_PATCH:
+                    return apply_strategic_merge_patch(cur.value, patch, kind)
+                return merge_patch(cur.value, patch)
+            except PatchError as exc:
+                raise ApiError(
+                    422, "Invalid", str(exc), name=t.name, kind=t.resource.name
+                ) from None
+
         name = t.name
         if t.subresource == "status":
 
             def edit_status(cur: Record) -> Any:
-                status = merge_patch(cur.value, patch).get("status")
+                new = patched(cur)
+                status = new.get("status") if isinstance(new, dict) else None
                 self._check_status(t, status)
                 return status
 
             return await self._read_modify_write(t, expect, edit_status, status=True)
 
         def edit(cur: Record) -> dict[str, Any]:
-            merged = merge_patch(cur.value, patch)
-            obj = self._validate(t, merged, name)
+            obj = self._validate(t, patched(cur), name)
             if "status" in cur.value:
                 obj["status"] = cur.value["status"]
             else:
