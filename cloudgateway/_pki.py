@@ -23,8 +23,10 @@ from ._errors import GatewayError
 
 __all__ = [
     "NODE_ORG",
+    "NOT_BEFORE_SLACK",
     "GatewayPki",
     "PkiError",
+    "cert_issued_at",
     "load_or_create_pki",
     "node_from_peercert",
     "server_ssl_context",
@@ -33,6 +35,9 @@ __all__ = [
 ]
 
 NODE_ORG = "edgeflock:nodes"
+# A node certificate's notBefore lies this far before its issue (clock skew on
+# boards), rounded up to the second: ``cert_issued_at`` is never before the issue.
+NOT_BEFORE_SLACK = datetime.timedelta(minutes=5)
 
 
 class PkiError(GatewayError):
@@ -195,6 +200,9 @@ def sign_node_csr(pki: GatewayPki, csr_pem: bytes, node: str, *, days: int = 365
         raise PkiError("CA key is not an EC key")
     ca = x509.load_pem_x509_certificate(pki.ca_cert_pem)
     now = _now()
+    # Whole seconds (X.509 has no finer), rounded up: a certificate issued
+    # after a node's revocation always counts as issued after it.
+    issued = now.replace(microsecond=0) + datetime.timedelta(seconds=1 if now.microsecond else 0)
     cert = (
         x509.CertificateBuilder()
         .subject_name(
@@ -208,7 +216,7 @@ def sign_node_csr(pki: GatewayPki, csr_pem: bytes, node: str, *, days: int = 365
         .issuer_name(ca.subject)
         .public_key(csr.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(issued - NOT_BEFORE_SLACK)
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -238,3 +246,13 @@ def node_from_peercert(cert: dict[str, Any] | None) -> str:
     if attrs.get("organizationName") != NODE_ORG or not attrs.get("commonName"):
         raise PkiError(f"not a node certificate: {attrs}")
     return attrs["commonName"]
+
+
+def cert_issued_at(cert: dict[str, Any] | None) -> float:
+    """When a verified node certificate (``getpeercert()``) was issued, in
+    seconds since the epoch: its notBefore plus ``NOT_BEFORE_SLACK``."""
+    try:
+        not_before = ssl.cert_time_to_seconds(str((cert or {})["notBefore"]))
+    except (KeyError, ValueError) as exc:
+        raise PkiError(f"certificate without a readable notBefore: {exc!r}") from exc
+    return not_before + NOT_BEFORE_SLACK.total_seconds()
