@@ -329,6 +329,21 @@ def _translate(ev: Event, match: Selector) -> tuple[str, dict[str, Any]] | None:
 _SUBRESOURCES = {"pods": (*_POD_STREAMS, "status"), "nodes": ("status", "revocation")}
 
 
+_BAD_TARGET = re.compile("[\x00-\x1f\x7f\ufffd]")
+
+
+def _check_target(req: Request) -> None:
+    """A path or query with control characters (NUL...) or bytes that are not
+    UTF-8 names nothing here: a 400, not a store error."""
+    texts = [req.path, *req.query, *(v for values in req.query.values() for v in values)]
+    if any(_BAD_TARGET.search(t) for t in texts):
+        raise ApiError(
+            400,
+            "BadRequest",
+            "the request path or query contains control characters or invalid UTF-8",
+        )
+
+
 def _metric_name(name: str) -> str:
     """A counter's name as a metric name: anything but letters, digits and _ becomes _."""
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
@@ -434,6 +449,7 @@ class ApiServer:
     # ---- routing -------------------------------------------------------------------
 
     async def _dispatch(self, req: Request) -> Response:
+        _check_target(req)
         path = req.path.rstrip("/") or "/"
         if path in ("/healthz", "/readyz", "/livez"):
             return Response(200, b"ok", [("content-type", "text/plain")])
