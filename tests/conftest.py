@@ -3,6 +3,7 @@ loopback, port 0) and real agents joined to it."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import urllib.error
@@ -17,6 +18,7 @@ import trio
 
 from cloudgateway import ctl
 from cloudgateway._app import GatewayConfig, RunningGateway, run_gateway
+from cloudgateway._http import HttpConfig
 from cloudgateway._hub import HubConfig
 from cloudgateway._join import create_join_token
 from cloudgateway._pki import GatewayPki, sign_node_csr
@@ -116,12 +118,13 @@ async def edgectl(*argv: str, stdin: str = "") -> tuple[int, str, str]:
 
 def gateway_config(data_dir: Path, ports: dict[str, int] | None = None, **kw: Any) -> GatewayConfig:
     ports = ports or {"hub": 0, "join": 0, "api": 0}
+    hub = kw.pop("hub", HubConfig(idle_timeout=10.0, progress_interval=300.0))
     return GatewayConfig(
         data_dir=data_dir,
-        hub=("127.0.0.1", ports["hub"]),
-        join=("127.0.0.1", ports["join"]),
-        api=("127.0.0.1", ports["api"]),
-        **{"hub_options": HubConfig(idle_timeout=10.0, progress_interval=300.0), **kw},
+        hub=dataclasses.replace(hub, host="127.0.0.1", port=ports["hub"]),
+        join=HttpConfig(host="127.0.0.1", port=ports["join"], max_body=64 * 1024),
+        api=HttpConfig(host="127.0.0.1", port=ports["api"]),
+        **kw,
     )
 
 

@@ -193,7 +193,7 @@ async def test_idle_nodes_follow_the_store_revision(nursery: trio.Nursery, tmp_p
     from cloudgateway._hub import HubConfig
 
     gw = await start_gateway(
-        nursery, tmp_path / "gw", hub_options=HubConfig(idle_timeout=10.0, progress_interval=0.5)
+        nursery, tmp_path / "gw", hub=HubConfig(idle_timeout=10.0, progress_interval=0.5)
     )
     await join_node(gw, "pi-01", tmp_path / "a")
     agent = await start_agent(nursery, tmp_path / "a")

@@ -26,6 +26,7 @@ from cloudgateway._api import (
     parse_label_selector,
 )
 from cloudgateway._errors import GatewayError
+from cloudgateway._http import HttpConfig
 from cloudgateway._store import SqliteBackend, Store
 from cloudgateway._validate import MAX_OBJECT_BYTES, Invalid, validate
 from tests.cloudgateway.test_http import GUARD, Client, fetch
@@ -162,7 +163,7 @@ async def start_api(nursery: trio.Nursery, path: Path, **store_kw: Any) -> Async
     backend = SqliteBackend(str(path), node_of=failing_node_of)
     store = Store(backend, **store_kw)
     server = ApiServer(store, admin_token=TOKEN, node_names=lambda: ["pi-01", "pi-02"])
-    port = await nursery.start(server.run, "127.0.0.1", 0)
+    port = await nursery.start(server.run, HttpConfig(host="127.0.0.1", port=0))
     try:
         yield Api(port, server, store, backend)
     finally:
