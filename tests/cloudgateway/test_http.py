@@ -17,6 +17,7 @@ import trio
 
 from cloudgateway._http import Request, Response, json_response, serve_http
 from cloudgateway._pki import load_or_create_pki, server_ssl_context
+from tests.conftest import wait_for
 
 GUARD = 10  # seconds: a guard against hangs, never an assertion about speed
 
@@ -398,14 +399,17 @@ async def test_connection_limit(nursery: trio.Nursery) -> None:
             pass  # reset instead of a clean close: refused all the same
         await second.aclose()
         await first.aclose()
-    # Once the first has gone, new connections are served.
-    while True:
+
+    # Once the first has gone, new connections are served (as soon as the
+    # server has noticed the close: until then they are refused).
+    async def served() -> int | None:
         try:
             status, _, _ = await fetch(port, "GET", "/again")
-            break
         except (trio.BrokenResourceError, h11.RemoteProtocolError):
-            await trio.sleep(0.01)  # the server has not yet noticed the close
-    assert status == 200
+            return None
+        return status
+
+    assert await wait_for(served, timeout=GUARD, interval=0.01) == 200
 
 
 @pytest.fixture
