@@ -194,9 +194,12 @@ async def start_agent(nursery: trio.Nursery, data_dir: Path, **overrides: Any) -
     return Agent(config, scope, stopped)
 
 
-def _describe(pred: Callable[[], Any], what: str | None) -> str:
-    """What a waited-for condition is, for the failure message: ``what``, else
-    the predicate's source line (lambdas) or its name."""
+def _describe(pred: Callable[[], Any], what: str | Callable[[], str] | None) -> str:
+    """What a waited-for condition is, for the failure message: ``what`` (or
+    what it returns, when the failure happens), else the predicate's source
+    line (lambdas) or its name."""
+    if callable(what):
+        return what()
     if what:
         return what
     name = getattr(pred, "__qualname__", "")
@@ -213,7 +216,7 @@ async def wait_for(
     timeout: float = 10.0,
     interval: float = 0.02,
     *,
-    what: str | None = None,
+    what: str | Callable[[], str] | None = None,
 ) -> Any:
     """Poll ``pred`` (sync or async) until truthy and return its value; after
     ``timeout`` fail naming the condition and its last value. The one place
@@ -238,7 +241,7 @@ def wait_for_sync(
     timeout: float = 10.0,
     interval: float = 0.01,
     *,
-    what: str | None = None,
+    what: str | Callable[[], str] | None = None,
 ) -> Any:
     """``wait_for`` for blocking code (fixtures outside trio, worker threads)."""
     deadline = time.monotonic() + timeout
