@@ -198,7 +198,7 @@ class SqliteBackend:
             self._conn.set_busy_timeout(5000)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+            self._open_schema()
         except apsw.Error as exc:
             self._conn.close()
             raise StoreError(f"cannot open store {path}: {exc}") from exc
@@ -206,7 +206,7 @@ class SqliteBackend:
             self._conn.close()
             raise
 
-    def _migrate(self) -> None:
+    def _open_schema(self) -> None:
         """Create the schema in a new file; refuse a file of another version."""
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
