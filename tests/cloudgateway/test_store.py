@@ -1,9 +1,9 @@
 """The revisioned store: each backend's contract, the async facade under trio.
 
-Every test of the store's contract runs once per backend kind (the
-``backend_kind`` fixture's params; a new backend adds a param). The tests at the
-end of the SQLite section check what only the SQLite backend has: its file's
-tables, its query costs, a real full disk."""
+Every test of the store's contract runs once per backend kind (``KINDS``, the
+``backend_kind`` fixture's params: a new backend adds an entry that makes empty
+stores). The last section, "SQLite specifics", checks what only the SQLite
+backend has: its file's tables, its query costs, a real full disk."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from hypothesis.stateful import (
 )
 
 import edgeproto
+from cloudgateway._backend import NodeOf
 from cloudgateway._errors import GatewayError
 from cloudgateway._store import (
     UNCHANGED,
@@ -54,8 +55,6 @@ RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 
 # ---- the backends under test ---------------------------------------------------------
-
-NodeOf = Callable[[str, dict[str, Any]], "str | None"]
 
 
 class Opener(Protocol):
