@@ -30,6 +30,7 @@ from cloudgateway._http import HttpConfig
 from cloudgateway._store import SqliteBackend, Store
 from cloudgateway._validate import MAX_OBJECT_BYTES, Invalid, validate
 from tests.cloudgateway.test_http import GUARD, Client, fetch
+from tests.conftest import wait_for
 
 TOKEN = "s3cret-admin-token"
 NS = "/api/v1/namespaces/default"
@@ -116,11 +117,13 @@ class Api:
         return Watch(client)
 
     async def wait_stat(self, name: str, value: int) -> None:
-        with trio.fail_after(GUARD):
-            while True:  # polled: the server updates counters as it goes
-                if self.server.statistics().get(name) == value:
-                    return
-                await trio.sleep(0.01)
+        # polled: the server updates counters as it goes, with no event to wait on
+        await wait_for(
+            lambda: self.server.statistics().get(name) == value,
+            timeout=GUARD,
+            interval=0.01,
+            what=f"API server statistics {name} == {value}",
+        )
 
 
 class Watch:
