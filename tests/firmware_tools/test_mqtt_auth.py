@@ -6,14 +6,15 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from edgeagent._cli import _parser
-from edgeagent._config import AgentConfig
 from firmware_tools._firstboot import (
     Components,
     agent_unit,
     mosquitto_config,
     mosquitto_unit,
 )
+
+from edgeagent._cli import _parser
+from edgeagent._config import AgentConfig
 
 
 def _settings(conf: str) -> dict[str, str]:
