@@ -31,7 +31,6 @@ from edgeagent._mqttauth import (
 from edgeagent._twin import DeviceTwin, edge_bus_modules
 from edgeproto import Apply, Entry, encode_object, topics
 from mappers._credentials import load_credentials
-from mappers._errors import ConfigError
 from mappers._mqtt import MqttClient
 from tests.mqtt_fixtures import Broker, open_broker, until
 
@@ -218,18 +217,3 @@ def test_acl_names_only_valid_devices_of_each_protocol() -> None:
     writes = [ln for ln in acl.splitlines() if ln.startswith(("topic write", "topic readwrite"))]
     assert not [w for w in writes if "upload" in w or "delta" in w or "document" in w]
     assert writes[0] == "topic readwrite $hw/#"  # the agent's
-
-
-def test_mapper_credentials_errors_name_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "mapper-modbus.cred"
-    with pytest.raises(ConfigError, match="no such credentials file"):
-        load_credentials(path)
-    path.write_text("{")
-    with pytest.raises(ConfigError, match="not JSON"):
-        load_credentials(path)
-    path.write_text('{"username": "u"}')
-    with pytest.raises(ConfigError, match=str(path)):
-        load_credentials(path)
-    path.write_text('{"username": "u", "password": "p"}')
-    cred = load_credentials(path)
-    assert (cred.username, cred.password) == ("u", "p") and "p'" not in repr(cred)
