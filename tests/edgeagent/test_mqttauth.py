@@ -217,3 +217,25 @@ def test_acl_names_only_valid_devices_of_each_protocol() -> None:
     writes = [ln for ln in acl.splitlines() if ln.startswith(("topic write", "topic readwrite"))]
     assert not [w for w in writes if "upload" in w or "delta" in w or "document" in w]
     assert writes[0] == "topic readwrite $hw/#"  # the agent's
+
+
+async def test_mapper_reads_only_its_own_devices_and_its_nodes_membership(
+    nursery: trio.Nursery, edge: Edge
+) -> None:
+    mapper = await open_mapper(nursery, edge, "modbus")
+    mapper.subscribe(topics.DEVICE_PREFIX + "+" + topics.TWIN_UPDATE_DELTA)
+    mapper.subscribe(topics.membership_topic(NODE, topics.MEMBERSHIP_GET_RESULT))
+    user, password = edge.auth.agent_credentials()
+    agent = MqttClient(edge.broker.url, username=user, password=password)
+    await nursery.start(agent.run)
+    with trio.fail_after(5):
+        await agent.wait_connected()
+        # The SUBACKs are in once the membership answer (the agent's) comes back.
+        mapper.publish(topics.membership_topic(NODE, topics.MEMBERSHIP_GET), b'{"event_id": "m"}')
+        first = await mapper.incoming.receive()
+        assert first.topic == topics.membership_topic(NODE, topics.MEMBERSHIP_GET_RESULT)
+        # Deltas of the serial mapper's device are not delivered to the modbus mapper.
+        agent.publish(topics.device_topic("s1", topics.TWIN_UPDATE_DELTA), b'{"delta": {}}')
+        agent.publish(topics.device_topic("d1", topics.TWIN_UPDATE_DELTA), b'{"delta": {}}')
+        got = await mapper.incoming.receive()
+    assert got.topic == topics.device_topic("d1", topics.TWIN_UPDATE_DELTA)
