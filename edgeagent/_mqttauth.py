@@ -49,6 +49,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -87,6 +88,7 @@ AGENT_USER = "edgeflock-agent"
 BUILTIN_PROTOCOLS = ("modbus", "serial")
 PASSWD_FILE = "passwd"
 ACL_FILE = "acl"
+RETRY = 5.0  # seconds between attempts to write an unwritable auth directory
 ITERATIONS = 101  # mosquitto_passwd's default for $7$
 SALT_BYTES = 12
 
@@ -196,6 +198,7 @@ class MqttAuth:
         self._hashes: dict[str, str] = {}
         self._written: dict[str, str] = {}
         self._reload_failing = False
+        self._write_failing = False
         self.counters: Counter[str] = Counter()
 
     def agent_credentials(self) -> tuple[str, str]:
@@ -205,12 +208,27 @@ class MqttAuth:
         return dict(self.counters)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # A directory that cannot be written (full card) does not hold up the
+        # agent's start: the bus is refused until a retry succeeds.
         gen = self._meta.generation
-        await self.update()
+        ok = await self._try_update()
         task_status.started()
         while True:
-            gen = await self._meta.wait_changed(gen)
+            with trio.move_on_after(math.inf if ok else RETRY):
+                gen = await self._meta.wait_changed(gen)
+            ok = await self._try_update()
+
+    async def _try_update(self) -> bool:
+        try:
             await self.update()
+        except MqttAuthError as exc:
+            self.counters["write_failures"] += 1
+            level = logging.DEBUG if self._write_failing else logging.ERROR
+            log.log(level, "%s (retrying every %.0f s)", exc, RETRY)
+            self._write_failing = True
+            return False
+        self._write_failing = False
+        return True
 
     async def update(self) -> None:
         """Rewrite what changed and make the broker reload it."""

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from edgeagent._config import AgentConfig
+from edgeagent._config import AgentConfig, ConfigError, load_config
 from edgeagent._meta import Meta
 from edgeagent._mqttauth import (
     AGENT_USER,
@@ -239,3 +239,36 @@ async def test_mapper_reads_only_its_own_devices_and_its_nodes_membership(
         agent.publish(topics.device_topic("d1", topics.TWIN_UPDATE_DELTA), b'{"delta": {}}')
         got = await mapper.incoming.receive()
     assert got.topic == topics.device_topic("d1", topics.TWIN_UPDATE_DELTA)
+
+
+def test_agent_toml_turns_auth_on(tmp_path: Path) -> None:
+    (tmp_path / "enrollment.json").write_text('{"node": "n", "hub": "wss://h"}')
+    (tmp_path / "agent.toml").write_text('mqtt_auth = true\nmqtt_auth_dir = "/srv/mqtt"\n')
+    cfg = load_config(tmp_path)
+    assert cfg.mqtt_auth and cfg.auth_dir == Path("/srv/mqtt")
+    assert cfg.broker_pid_file == Path("/srv/mqtt/mosquitto.pid")
+    (tmp_path / "agent.toml").write_text('mqtt_auth = "yes"\n')
+    with pytest.raises(ConfigError, match="mqtt_auth must be bool"):
+        load_config(tmp_path)
+
+
+async def test_unwritable_auth_dir_does_not_hold_up_the_agent(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    blocker = tmp_path / "auth"
+    blocker.write_text("a file where the directory should be")
+    config = AgentConfig(
+        data_dir=tmp_path, node=NODE, hub_url="wss://unused", mqtt_auth_dir=str(blocker)
+    )
+    meta = Meta(config.meta_path)
+    try:
+        auth = MqttAuth(config, meta)
+        with trio.fail_after(1):
+            await nursery.start(auth.run)  # started although nothing could be written
+        assert auth.statistics() == {"write_failures": 1}
+        blocker.unlink()
+        await until(lambda: auth.statistics().get("writes") == 1, timeout=10)
+        assert (blocker / "acl").read_text().startswith("# written by edgeflock's agent")
+    finally:
+        nursery.cancel_scope.cancel()
+        meta.close()
