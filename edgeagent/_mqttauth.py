@@ -36,7 +36,7 @@ mosquitto reload them with SIGHUP, to the PID in the broker's ``pid_file``
 every message it delivers, so a mapper's wildcard subscription
 (``$hw/events/device/+/twin/update/delta``) is granted but only its own
 devices' messages reach it. An unauthorised publish is dropped by the broker
-(MQTT 3.1.1 cannot tell the publisher).
+without an error the client sees (MQTT 3.1.1 has no negative PUBACK).
 
 Written files are readable by the directory's group (0640; a setgid directory
 of group ``mosquitto`` gives them that group), so a broker that drops its root
