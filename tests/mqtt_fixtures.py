@@ -38,6 +38,7 @@ def free_port() -> int:
 class Broker:
     dir: Path
     port: int
+    auth: Path | None = None  # scripts/mosquitto --auth: users and ACL from the agent
 
     @property
     def url(self) -> str:
@@ -48,8 +49,9 @@ class Broker:
         return int((self.dir / "mosquitto.pid").read_text())
 
     def start_sync(self) -> None:
+        auth = ["--auth", str(self.auth)] if self.auth else []
         subprocess.run(
-            [str(SCRIPT), "start", "--dir", str(self.dir), "--port", str(self.port)],
+            [str(SCRIPT), "start", "--dir", str(self.dir), "--port", str(self.port), *auth],
             check=True,
             capture_output=True,
         )
@@ -83,8 +85,8 @@ class Broker:
 
 
 @asynccontextmanager
-async def open_broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(tmp_path / "mosquitto", free_port())
+async def open_broker(tmp_path: Path, auth: Path | None = None) -> AsyncIterator[Broker]:
+    b = Broker(tmp_path / "mosquitto", free_port(), auth)
     await b.start()
     try:
         yield b
