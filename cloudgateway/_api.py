@@ -26,9 +26,10 @@ import edgeproto
 from edgeproto import Resource
 
 from ._errors import GatewayError
-from ._http import Request, Response, json_response, serve_http, status_body
+from ._http import HttpConfig, HttpServer, Request, Response, json_response, status_body
 from ._patch import PatchError, apply_json_patch, apply_strategic_merge_patch, merge_patch
 from ._podstream import StreamOpener, exec_in_pod, exec_websocket, pod_logs, wants_websocket
+from ._revocation import revocation_key, revoke_node
 from ._store import (
     AlreadyExists,
     Compacted,
@@ -316,6 +317,29 @@ def _translate(ev: Event, match: Selector) -> tuple[str, dict[str, Any]] | None:
     return ("DELETED", ev.record.value) if before else None
 
 
+_SUBRESOURCES = {"pods": (*_POD_STREAMS, "status"), "nodes": ("status", "revocation")}
+
+
+_BAD_TARGET = re.compile("[\x00-\x1f\x7f\ufffd]")
+
+
+def _check_target(req: Request) -> None:
+    """A path or query with control characters (NUL...) or bytes that are not
+    UTF-8 names nothing here: a 400, not a store error."""
+    texts = [req.path, *req.query, *(v for values in req.query.values() for v in values)]
+    if any(_BAD_TARGET.search(t) for t in texts):
+        raise ApiError(
+            400,
+            "BadRequest",
+            "the request path or query contains control characters or invalid UTF-8",
+        )
+
+
+def _metric_name(name: str) -> str:
+    """A counter's name as a metric name: anything but letters, digits and _ becomes _."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
 def _line(kind: str, obj: Any) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
@@ -333,6 +357,7 @@ class ApiServer:
         admin_token: str,
         node_names: Callable[[], Iterable[str]] | None = None,
         streams: StreamOpener | None = None,
+        metrics: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
     ) -> None:
         if not admin_token or not admin_token.strip():
             raise GatewayError("the admin token must not be empty")
@@ -340,6 +365,8 @@ class ApiServer:
         self._token = admin_token.strip().encode()
         self._node_names = node_names
         self._streams = streams
+        self._metrics = metrics
+        self._server: HttpServer | None = None
         self._requests = 0
         self._errors: Counter[int] = Counter()
         self._watches_open = 0
@@ -362,17 +389,36 @@ class ApiServer:
                 log.exception("node_names() failed")
         return stats
 
+    def http_statistics(self) -> dict[str, int]:
+        """The API's HTTP server: connections open, shed, refused, timed out."""
+        return self._server.statistics() if self._server is not None else {}
+
     async def run(
         self,
-        host: str,
-        port: int,
+        config: HttpConfig,
         *,
         ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve the API (HTTPS with ``ssl_context``: kubectl sends bearer
         tokens only over TLS) until cancelled."""
-        await serve_http(self.handle, host, port, ssl_context=ssl_context, task_status=task_status)
+        self._server = HttpServer(self.handle, config, ssl_context=ssl_context)
+        await self._server.run(task_status=task_status)
+
+    def _metrics_text(self) -> bytes:
+        """``edgeflock_<part>_<counter> <value>``, one line each, for every part
+        ``metrics`` reports (the API and its HTTP server if none is given)."""
+        parts = (
+            self._metrics()
+            if self._metrics is not None
+            else {"api": self.statistics(), "api_http": self.http_statistics()}
+        )
+        lines = [
+            f"edgeflock_{part}_{_metric_name(name)} {value}"
+            for part, counters in parts.items()
+            for name, value in sorted(counters.items())
+        ]
+        return "\n".join(lines).encode() + b"\n"
 
     async def handle(self, request: Request) -> Response:
         self._requests += 1
@@ -394,6 +440,7 @@ class ApiServer:
     # ---- routing -------------------------------------------------------------------
 
     async def _dispatch(self, req: Request) -> Response:
+        _check_target(req)
         path = req.path.rstrip("/") or "/"
         if path in ("/healthz", "/readyz", "/livez"):
             return Response(200, b"ok", [("content-type", "text/plain")])
@@ -401,10 +448,7 @@ class ApiServer:
             return json_response(200, VERSION_INFO)
         self._authorize(req)
         if path == "/metrics":
-            lines = [f"edgeflock_api_{k} {v}" for k, v in self.statistics().items()]
-            return Response(
-                200, "\n".join(lines).encode() + b"\n", [("content-type", "text/plain")]
-            )
+            return Response(200, self._metrics_text(), [("content-type", "text/plain")])
         parts = path.strip("/").split("/")
         if parts == ["api"]:
             return self._discovery(req, {"kind": "APIVersions", "versions": ["v1"]})
@@ -493,7 +537,14 @@ class ApiServer:
             namespace, rest = rest[1], rest[2:]
         res = self._by_path.get((group, version, rest[0]))
         pods = res is not None and res.name == "pods"
-        allowed = (*_POD_STREAMS, "status") if pods else ("status",)
+        nodes = res is not None and res.name == "nodes"
+        allowed = (
+            (*_POD_STREAMS, "status")
+            if pods
+            else ("status", "revocation")
+            if nodes
+            else ("status",)
+        )
         if res is None or len(rest) > 3 or (len(rest) == 3 and rest[2] not in allowed):
             raise _not_found_path(path)
         name = rest[1] if len(rest) >= 2 else None
@@ -523,6 +574,8 @@ class ApiServer:
             raise ApiError(405, "MethodNotAllowed", f"{m} is not allowed on a collection")
         if t.subresource in _POD_STREAMS:
             return await self._pod_stream(req, t)
+        if t.subresource == "revocation":
+            return await self._revocation(req, t)
         if m in ("GET", "HEAD"):
             rec = await self._get(t)
             if _wants_table(req) and t.subresource is None:
@@ -782,9 +835,31 @@ class ApiServer:
             expect = cur.mod_rev if expect is None else expect
         try:
             ev = await self._store.delete(t.key, expect_rev=expect)
+            if t.resource.name == "nodes":
+                # Or the board reconnects and its Node comes back.
+                await revoke_node(self._store, t.name)
         except StoreError as exc:
             raise self._store_error(t, t.name, exc) from None
         return json_response(200, ev.record.value)
+
+    async def _revocation(self, req: Request, t: _Target) -> Response:
+        """``POST nodes/X/revocation``: lock out every certificate of X issued
+        so far (the Node, if any, stays); ``GET`` tells when X was revoked."""
+        assert t.name is not None
+        if req.method == "POST":
+            try:
+                await revoke_node(self._store, t.name)
+            except StoreError as exc:
+                raise self._store_error(t, t.name, exc) from None
+        elif req.method not in ("GET", "HEAD"):
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}")
+        try:
+            rec = await self._store.get(revocation_key(t.name))
+        except NotFound:
+            raise ApiError(
+                404, "NotFound", f'node "{t.name}" is not revoked', name=t.name, kind="nodes"
+            ) from None
+        return json_response(200, rec.value)
 
     # ---- list and watch ------------------------------------------------------------
 

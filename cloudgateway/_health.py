@@ -54,17 +54,22 @@ def with_ready(status_in: Any, ready: str, reason: str, message: str, now: float
 
 
 class NodeHealth:
+    """``clock`` measures the grace period (trio's clock by default); ``wall``
+    stamps the conditions. Tests pass clocks they move by hand."""
+
     def __init__(
         self,
         store: Store,
         *,
         grace: float = 40.0,
         wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self._store = store
         self.grace = grace
         self._wall = wall
-        self._last_seen: dict[str, float] = {}  # trio time of the last sign of life
+        self._clock = clock
+        self._last_seen: dict[str, float] = {}  # clock() of the last sign of life
         self._connected: set[str] = set()
         self.transitions = 0
 
@@ -75,7 +80,7 @@ class NodeHealth:
         return node in self._connected
 
     def heartbeat(self, node: str) -> None:
-        self._last_seen[node] = trio.current_time()
+        self._last_seen[node] = self._clock()
 
     async def connected(self, node: str) -> None:
         self._connected.add(node)
@@ -141,7 +146,7 @@ class NodeHealth:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # Nodes the store says are Ready get a full grace period from our start.
-        start = trio.current_time()
+        start = self._clock()
         try:
             nodes, _ = await self._store.list("nodes/")
         except StoreError as exc:
@@ -157,7 +162,7 @@ class NodeHealth:
             await self.check()
 
     async def check(self) -> None:
-        now = trio.current_time()
+        now = self._clock()
         for node, seen in list(self._last_seen.items()):
             if node in self._connected or now - seen < self.grace:
                 continue

@@ -91,8 +91,11 @@ class EventBus:
         backoff_base: float = 0.1,
         backoff_cap: float = 2.0,
         max_queued: int = 10_000,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self._host, self._port = parse_mqtt_url(url)
+        self._login = (username, password)  # when the broker wants them (mqtt_auth)
         missing = [s for s in subscriptions if s not in routes]
         if missing:
             raise EventBusError(f"no receiver for subscriptions {missing}")
@@ -139,6 +142,8 @@ class EventBus:
         client = _open_client(self._client_id)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(self._max_queued)
+        if self._login[0] is not None:
+            client.username_pw_set(*self._login)
         client.on_connect = self._on_connect_cb
         client.on_disconnect = self._on_disconnect_cb
         client.on_message = self._on_message_cb
@@ -357,6 +362,7 @@ class _Client(Protocol):
     def connect_async(self, host: str, port: int, keepalive: int = 60) -> Any: ...
     def max_inflight_messages_set(self, inflight: int) -> None: ...
     def max_queued_messages_set(self, queue_size: int) -> Any: ...
+    def username_pw_set(self, username: str | None, password: str | None) -> None: ...
     def _sock_close(self) -> None: ...
 
 

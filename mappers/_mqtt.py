@@ -58,6 +58,8 @@ class MqttClient:
         keepalive: int = 30,
         max_inflight: int = 200,
         max_queued: int = 10_000,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.host, self.port = parse_mqtt_url(url)
         self._keepalive = keepalive
@@ -66,6 +68,8 @@ class MqttClient:
             client_id=client_id or f"edgeflock-mapper-{uuid.uuid4().hex[:8]}",
             clean_session=True,
         )
+        if username is not None:  # a broker with mqtt_auth (mappers/_credentials.py)
+            self._client.username_pw_set(username, password)
         self._client.max_inflight_messages_set(max_inflight)
         self._client.max_queued_messages_set(max_queued)
         self._client.on_connect = self._on_connect
