@@ -14,7 +14,7 @@ refused, as the request's ``fieldValidation`` says. Pure data, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -499,10 +499,11 @@ KIND_SCHEMAS: Final[dict[str, Schema]] = {
 }
 
 
-def named_schemas() -> Iterator[Schema]:
-    """Every schema node with a type name, each once (for the OpenAPI documents)."""
+def named_schemas(roots: Iterable[Schema] | None = None) -> Iterator[Schema]:
+    """Every schema node with a type name under ``roots`` (default: every
+    kind's), each once: the types an OpenAPI document defines."""
     seen: set[str] = set()
-    stack = list(KIND_SCHEMAS.values())
+    stack = list(KIND_SCHEMAS.values() if roots is None else roots)
     while stack:
         s = stack.pop()
         if s.name is not None:
