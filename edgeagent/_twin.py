@@ -203,6 +203,8 @@ class DeviceTwin:
         self._pending = _Pending()
         self._uploads = 0  # makes each upload's outbox key unique
         self._dirty = trio.Event()
+        self._saving = False  # a batch is being committed
+        self._flushed = trio.Event()  # set after every commit (or failed attempt)
         self.counters: Counter[str] = Counter()
 
     def attach(self, publish: Publish) -> None:
@@ -226,6 +228,11 @@ class DeviceTwin:
 
     def twin(self, device: str) -> dict[str, TwinProperty]:
         return dict(self._twins.get(device, {}))
+
+    async def wait_flushed(self) -> None:
+        """Wait until every change made so far is committed."""
+        while self._pending or self._saving:
+            await self._flushed.wait()
 
     # ---- the service ---------------------------------------------------------------
 
@@ -359,6 +366,7 @@ class DeviceTwin:
             last = trio.current_time()
             self._dirty = trio.Event()
             pending, self._pending = self._pending, _Pending()
+            self._saving = True
             try:
                 await self._flush(pending)
             except MetaError as exc:
@@ -366,6 +374,9 @@ class DeviceTwin:
                 # written stays in memory (merged with what comes meanwhile)
                 # and is written when the store takes it again.
                 self._restore(pending)
+                self._saving = False
+                self._flushed.set()
+                self._flushed = trio.Event()
                 self.counters["flush_failures"] += 1
                 log.warning("twin: cannot write (%s); retrying in %.1f s", exc, retry)
                 await trio.sleep(retry)
@@ -373,8 +384,12 @@ class DeviceTwin:
                 self._dirty.set()
                 continue
             except BaseException:
+                self._saving = False
                 self._restore(pending)
                 raise
+            self._saving = False
+            self._flushed.set()
+            self._flushed = trio.Event()
             retry = _RETRY_FIRST
 
     def _restore(self, p: _Pending) -> None:
@@ -498,19 +513,21 @@ class DeviceTwin:
 
     def _on_twin_update(self, topic: str, payload: bytes) -> None:
         dev = self._device_of(topic)
-        now = _now_ms()
         try:
-            update = tw.parse_update(payload)
-            if dev not in self._devices:
-                raise TwinError(
-                    tw.NOT_FOUND,
-                    "Update rejected due to the device is not existed",
-                    update.event_id,
-                )
-            merge = tw.merge_update(self._twins.get(dev, {}), update, now)
+            self.update(dev, tw.parse_update(payload))
         except TwinError as err:
             self._fail(dev, topics.TWIN_UPDATE_RESULT, "twin_update", err)
-            return
+
+    def update(self, dev: str, update: tw.TwinUpdate) -> None:
+        """Apply a twin update to device ``dev``, from MQTT or from a DMI mapper:
+        stored, reported to the cloud and answered on the bus alike. Raises
+        :class:`TwinError` (404 unknown device, 400/409 from the merge)."""
+        now = _now_ms()
+        if dev not in self._devices:
+            raise TwinError(
+                tw.NOT_FOUND, "Update rejected due to the device is not existed", update.event_id
+            )
+        merge = tw.merge_update(self._twins.get(dev, {}), update, now)
         self.counters["twin_updates"] += 1
         self._twins[dev] = merge.twins
         p = self._pending
@@ -559,14 +576,18 @@ class DeviceTwin:
 
     def _on_state_update(self, topic: str, payload: bytes) -> None:
         dev = self._device_of(topic)
-        now = _now_ms()
         try:
             ev, state = tw.parse_state(payload)
-            if dev not in self._devices:
-                raise TwinError(tw.NOT_FOUND, f"Device {dev} not found while updating state", ev)
+            self.set_state(dev, state, ev)
         except TwinError as err:
             self._fail(dev, topics.STATE_UPDATE_RESULT, "state_update", err)
-            return
+
+    def set_state(self, dev: str, state: str, ev: str = "") -> None:
+        """Device ``dev`` is ``state`` ("online", "offline"...), from MQTT or DMI.
+        Raises :class:`TwinError` 404 for a device not on this node."""
+        now = _now_ms()
+        if dev not in self._devices:
+            raise TwinError(tw.NOT_FOUND, f"Device {dev} not found while updating state", ev)
         self.counters["state_updates"] += 1
         old = self._states.get(dev, ("", ""))
         last_online = edgeproto.rfc3339(now / 1000) if state == "online" else old[1]
@@ -642,14 +663,16 @@ class DeviceTwin:
         self._mark()
 
 
-def edge_bus_modules(config: AgentConfig, meta: Meta) -> list[tuple[str, Callable[..., Any]]]:
-    """The twin and the EventBus that feeds it, in start order (twin first: it has
-    loaded its state before the first message arrives)."""
+def edge_bus_modules(
+    config: AgentConfig, meta: Meta, twin: DeviceTwin | None = None
+) -> list[tuple[str, Callable[..., Any]]]:
+    """The twin (``twin``, else a new one) and the EventBus that feeds it, in start
+    order (twin first: it has loaded its state before the first message arrives)."""
     from ._eventbus import EventBus
     from ._mqttauth import bus_auth
 
     assert config.mqtt is not None
-    twin = DeviceTwin(config, meta)
+    twin = twin or DeviceTwin(config, meta)
     auth, login = bus_auth(config, meta)  # with mqtt_auth: the broker's files, then a login
     bus = EventBus(config.mqtt, f"edgeflock-{config.node}", twin.routes(), **login)
     twin.attach(bus.publish)
