@@ -6,8 +6,9 @@ agent's unix socket (``dmi = "unix:///run/edgeflock/dmi.sock"`` in agent.toml):
 * ``MapperRegister``: the agent records the mapper (name, protocol, the socket
   of its own ``DeviceMapperService``) and, with ``withData``, answers with this
   node's devices whose ``spec.protocol.protocolName`` is the mapper's protocol
-  and their models. One mapper per protocol, as in edgecore: a later
-  registration for the protocol replaces the earlier one.
+  and their models (without ``withData`` it is taken to have them already).
+  One mapper per protocol, as in edgecore: a later registration for the
+  protocol replaces the earlier one.
 * ``ReportDeviceStatus`` / ``ReportDeviceStates``: the reported values and the
   state go through :class:`DeviceTwin` exactly like a twin update or state
   update on MQTT (same merge, storage, cloud report), and are answered once
@@ -69,7 +70,8 @@ pb: Any = _dmi_api_pb2
 MANAGER = "/v1beta1.DeviceManagerService/"
 MAPPER = "/v1beta1.DeviceMapperService/"
 MAX_MESSAGE = 1 << 20  # bytes of one request (a device list answer may be larger)
-MAX_RPCS = 8  # calls in progress at once; grpcio refuses more (RESOURCE_EXHAUSTED)
+MAX_RPCS = 64  # calls in progress at once; grpcio refuses more (RESOURCE_EXHAUSTED)
+WORKERS = 16  # gRPC threads (made on demand); each waits for its report's commit
 MAX_STATE = 64  # characters of a device state
 PUSH_TIMEOUT = 5.0  # seconds for one call to a mapper
 COMMIT_TIMEOUT = 10.0  # a report not committed by then is answered UNAVAILABLE
@@ -271,7 +273,7 @@ class _Unreachable(Exception):
     """A call to a mapper did not reach it (or got no answer)."""
 
 
-_UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN_TRANSPORT"})
+_UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
 
 
 def _target(address: str) -> str:
@@ -332,7 +334,7 @@ class DmiServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         _refuse_live(path)
         server = grpc.server(
-            ThreadPoolExecutor(max_workers=4, thread_name_prefix="dmi"),
+            ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="dmi"),
             handlers=[self._handlers()],
             maximum_concurrent_rpcs=MAX_RPCS,
             options=[("grpc.max_receive_message_length", MAX_MESSAGE)],
@@ -370,19 +372,29 @@ class DmiServer:
 
     def _handle(self, name: str, fn: Callable[[Any], Any], request: Any, context: Any) -> Any:
         """A gRPC thread: run ``fn`` in trio and wait for its answer."""
+        assert self._token is not None
         try:
-            assert self._token is not None
-            answer = trio.from_thread.run(fn, request, trio_token=self._token)
-        except DmiError as exc:
-            code = exc.code
-            message = str(exc)
+            answer, code, message = trio.from_thread.run(
+                self._serve, name, fn, request, trio_token=self._token
+            )
         except trio.RunFinishedError:
-            code, message = "UNAVAILABLE", "the agent is stopping"
-        else:
-            self.counters[f"{name}_ok"] += 1
-            return answer
-        self.counters[f"{name}_{code.lower()}"] += 1
-        context.abort(getattr(grpc.StatusCode, code), message)
+            answer, code, message = None, "UNAVAILABLE", "the agent is stopping"
+        if code:
+            context.abort(getattr(grpc.StatusCode, code), message)
+        return answer
+
+    async def _serve(
+        self, name: str, fn: Callable[[Any], Any], request: Any
+    ) -> tuple[Any, str, str]:
+        """In trio: (answer, "", "") or (None, gRPC status name, message)."""
+        try:
+            answer = await fn(request)
+        except DmiError as exc:
+            self.counters[f"{name}_{exc.code.lower()}"] += 1
+            log.debug("dmi: %s refused: %s %s", name, exc.code, exc)
+            return None, exc.code, str(exc)
+        self.counters[f"{name}_ok"] += 1
+        return answer, "", ""
 
     # ---- DeviceManagerService (trio) ------------------------------------------------------
 

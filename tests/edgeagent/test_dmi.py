@@ -27,7 +27,9 @@ from google.protobuf import wrappers_pb2
 
 from edgeagent import _dmi_api_pb2
 from edgeagent._dmi import device_message, model_message
+from edgeproto import topics
 from tests.conftest import Agent, Gateway, join_node, start_agent, wait_for
+from tests.mqtt_fixtures import open_broker, open_client
 
 pb: Any = _dmi_api_pb2
 API = "/apis/devices.kubeedge.io/v1beta1/namespaces/default"
@@ -183,6 +185,7 @@ async def start_dmi_agent(
     sockdir: Path,
     names: list[str],
     others: int = 0,  # devices on this node created before
+    **overrides: Any,
 ) -> Agent:
     await join_node(gateway, NODE, tmp_path / "agent")
     code, body = await gateway.api("POST", f"{API}/devicemodels", model("thermo"))
@@ -190,7 +193,8 @@ async def start_dmi_agent(
     for n in names:
         code, body = await gateway.api("POST", f"{API}/devices", device(n))
         assert code == 201, body
-    agent = await start_agent(nursery, tmp_path / "agent", dmi=f"unix://{sockdir}/dmi.sock")
+    dmi = f"unix://{sockdir}/dmi.sock"
+    agent = await start_agent(nursery, tmp_path / "agent", dmi=dmi, **overrides)
     await wait_for(lambda: agent.status()["objects"].get("Device", 0) == len(names) + others)
     await wait_for(lambda: (sockdir / "dmi.sock").exists())
     return agent
@@ -377,6 +381,42 @@ async def test_an_unreachable_mapper_is_retried_then_gets_its_push(
     finally:
         mapper.channel.close()
         await trio.to_thread.run_sync(back.close)
+
+
+async def test_one_twin_serves_mqtt_and_dmi(
+    nursery: trio.Nursery, gateway: Gateway, tmp_path: Path, sockdir: Path
+) -> None:
+    async with open_broker(tmp_path) as broker:
+        await start_dmi_agent(nursery, gateway, tmp_path, sockdir, ["thermo-1"], mqtt=broker.url)
+        doc = topics.device_topic("thermo-1", topics.TWIN_UPDATE_DOCUMENT)
+        app = await open_client(nursery, broker.url, (doc,))
+        mapper = Mapper(sockdir / "dmi.sock", sockdir / "modbus.sock")
+        try:
+            # A value reported over DMI is published on the bus as the twin's
+            # document (reported again until the app's subscription is in place).
+            sent = iter(range(1000))
+
+            async def published() -> Any:
+                await mapper.report("thermo-1", {"temperature": str(next(sent))})
+                return app.on(doc)
+
+            docs = await wait_for(published, timeout=10)
+            twin = docs[-1]["twin"]["temperature"]
+            assert twin["current"]["actual"]["value"].isdigit()
+            # ...and an MQTT update of the same twin is what DMI's next report merges with.
+            app.publish(
+                topics.device_topic("thermo-1", topics.TWIN_UPDATE),
+                {"event_id": "m", "timestamp": 1, "twin": {"setpoint": {"actual": {"value": "7"}}}},
+            )
+
+            async def both() -> bool:
+                _, body = await gateway.api("GET", f"{API}/devices/thermo-1")
+                got = reported(body)
+                return got.get("setpoint") == "7" and "temperature" in got
+
+            await wait_for(both, timeout=10)
+        finally:
+            await trio.to_thread.run_sync(mapper.close)
 
 
 def test_the_example_manifest_converts() -> None:
