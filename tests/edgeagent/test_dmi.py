@@ -26,8 +26,11 @@ import yaml
 from google.protobuf import wrappers_pb2
 
 from edgeagent import _dmi_api_pb2
-from edgeagent._dmi import device_message, model_message
-from edgeproto import topics
+from edgeagent._config import AgentConfig
+from edgeagent._dmi import FORGET_AFTER, DmiServer, device_message, model_message
+from edgeagent._meta import Meta
+from edgeagent._twin import DeviceTwin
+from edgeproto import Apply, Entry, encode_object, topics
 from tests.conftest import Agent, Gateway, join_node, start_agent, wait_for
 from tests.mqtt_fixtures import open_broker, open_client
 
@@ -417,6 +420,42 @@ async def test_one_twin_serves_mqtt_and_dmi(
             await wait_for(both, timeout=10)
         finally:
             await trio.to_thread.run_sync(mapper.close)
+
+
+async def test_a_mapper_gone_for_good_is_retried_then_forgotten(
+    tmp_path: Path, sockdir: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    # The agent's twin and DMI server on a real store, without gateway or hub
+    # (the device is put in the store as the sync would), so that the clock can
+    # jump through the five minutes of backoff.
+    config = AgentConfig(
+        data_dir=tmp_path, node=NODE, hub_url="wss://unused", dmi=f"unix://{sockdir}/dmi.sock"
+    )
+    meta = Meta(config.meta_path)
+    twin = DeviceTwin(config, meta)
+    dmi = DmiServer(config, meta, twin)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(twin.run)
+            await nursery.start(dmi.run)
+            mapper = Mapper(sockdir / "dmi.sock", sockdir / "modbus.sock")
+            await mapper.register()
+            await trio.to_thread.run_sync(mapper.close)  # gone, and never back
+            obj = device("thermo-1")
+            await meta.apply(
+                Apply([Entry("devices/default/thermo-1", 11, encode_object(obj))], [], 11)
+            )
+            await wait_for(lambda: dmi.statistics().get("push_retries", 0) >= 3, timeout=60)
+            assert dmi.statistics()["mappers"] == 1  # still retried
+            started = trio.current_time()
+            await wait_for(lambda: dmi.statistics()["mappers"] == 0, timeout=FORGET_AFTER + 60)
+            assert trio.current_time() - started >= FORGET_AFTER - 60
+            assert dmi.statistics()["mappers_forgotten"] == 1
+            assert dmi.statistics().get("push_RegisterDevice", 0) == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        meta.close()
+    assert not (sockdir / "dmi.sock").exists()
 
 
 def test_the_example_manifest_converts() -> None:
