@@ -87,11 +87,16 @@ class DmiError(AgentError):
         self.code = code
 
 
-_TWIN_CODES = {
-    tw.NOT_FOUND: "NOT_FOUND",
-    tw.CONFLICT: "ABORTED",
-    tw.BAD_REQUEST: "INVALID_ARGUMENT",
-}
+_TWIN_CODES = {tw.CONFLICT: "ABORTED", tw.BAD_REQUEST: "INVALID_ARGUMENT"}
+
+
+def _refusal(err: TwinError) -> DmiError:
+    """The twin's refusal as a gRPC status. The device is on this node (checked
+    first), so a twin that does not know it yet has not caught up with the
+    store: a transient UNAVAILABLE, as a report a moment later succeeds."""
+    if err.code == tw.NOT_FOUND:
+        return DmiError("UNAVAILABLE", f"{err.reason}: not loaded yet, report again")
+    return DmiError(_TWIN_CODES.get(err.code, "INTERNAL"), err.reason)
 
 
 # ---- CRD JSON -> DMI messages -----------------------------------------------------------
@@ -470,7 +475,7 @@ class DmiServer:
         try:
             self._twin.update(dev, tw.parse_update(json.dumps(body).encode()))
         except TwinError as err:
-            raise DmiError(_TWIN_CODES.get(err.code, "INTERNAL"), err.reason) from None
+            raise _refusal(err) from None
         await self._committed()
         return pb.ReportDeviceStatusResponse()
 
@@ -481,7 +486,7 @@ class DmiServer:
         try:
             self._twin.set_state(dev, req.state)
         except TwinError as err:
-            raise DmiError(_TWIN_CODES.get(err.code, "INTERNAL"), err.reason) from None
+            raise _refusal(err) from None
         await self._committed()
         return pb.ReportDeviceStatesResponse()
 

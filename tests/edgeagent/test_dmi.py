@@ -153,6 +153,20 @@ class Mapper:
             await self.call(method, request)
         return info.value.code(), info.value.details()
 
+    async def report_once_loaded(self, name: str, values: dict[str, str]) -> None:
+        """Report until the agent's twin has loaded the device (it follows the
+        store a moment after the DMI server: UNAVAILABLE until then)."""
+
+        async def accepted() -> bool:
+            try:
+                await self.report(name, values)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                return False
+            return True
+
+        await wait_for(accepted)
+
     async def register(self, protocol: str = "modbus", with_data: bool = True) -> Any:
         info = pb.MapperInfo(
             name=f"{protocol}-mapper",
@@ -252,7 +266,7 @@ async def test_register_push_report_and_remove(
         assert [r.device.name for r in got] == ["thermo-2"]
 
         # A reported value reaches the Device's status at the gateway.
-        await mapper.report("thermo-1", {"temperature": "23"})
+        await mapper.report_once_loaded("thermo-1", {"temperature": "23"})
 
         async def shows() -> Any:
             code, body = await gateway.api("GET", f"{API}/devices/thermo-1")
@@ -301,7 +315,7 @@ async def test_bad_requests_get_grpc_codes_and_lose_nothing(
     mapper = Mapper(sockdir / "dmi.sock", sockdir / "modbus.sock")
     C = grpc.StatusCode
     try:
-        await mapper.report("thermo-1", {"temperature": "21"})
+        await mapper.report_once_loaded("thermo-1", {"temperature": "21"})
         code, msg = await mapper.refused("MapperRegister", pb.MapperRegisterRequest(withData=True))
         assert code == C.INVALID_ARGUMENT and "protocol" in msg
         code, msg = await mapper.refused(
@@ -400,7 +414,7 @@ async def test_one_twin_serves_mqtt_and_dmi(
             sent = iter(range(1000))
 
             async def published() -> Any:
-                await mapper.report("thermo-1", {"temperature": str(next(sent))})
+                await mapper.report_once_loaded("thermo-1", {"temperature": str(next(sent))})
                 return app.on(doc)
 
             docs = await wait_for(published, timeout=10)
