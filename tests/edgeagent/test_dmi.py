@@ -31,7 +31,7 @@ from edgeagent._dmi import FORGET_AFTER, DmiServer, device_message, model_messag
 from edgeagent._meta import Meta
 from edgeagent._twin import DeviceTwin
 from edgeproto import Apply, Entry, encode_object, topics
-from tests.conftest import Agent, Gateway, join_node, start_agent, wait_for
+from tests.conftest import Agent, Gateway, edgectl, join_node, start_agent, wait_for
 from tests.mqtt_fixtures import open_broker, open_client
 
 pb: Any = _dmi_api_pb2
@@ -275,6 +275,13 @@ async def test_register_push_report_and_remove(
         body = await wait_for(shows, timeout=10)
         twin = next(t for t in body["status"]["twins"] if t["propertyName"] == "temperature")
         assert twin["reported"]["metadata"]["timestamp"] != "1"  # the edge's clock
+        # (--token=T: a token may begin with "-", which argparse would take for an option)
+        code, out, err = await edgectl(
+            "--server", gateway.api_url, f"--token={gateway.token}", "get", "devices"
+        )
+        assert code == 0, err
+        row = next(line for line in out.splitlines() if line.startswith("thermo-1 "))
+        assert "temperature=23" in row, out
 
         # A state report too.
         req = pb.ReportDeviceStatesRequest(
