@@ -307,23 +307,23 @@ class DmiServer:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
         await self._refresh()
-        server, inode = await trio.to_thread.run_sync(self._start_server)
-        log.info("dmi: serving KubeEdge's DMI on %s", self._path)
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+        async with trio.open_nursery() as nursery:  # the mappers' pushers
+            self._nursery = nursery
+            server, inode = await trio.to_thread.run_sync(self._start_server)
+            log.info("dmi: serving KubeEdge's DMI on %s", self._path)
+            try:
                 task_status.started()
                 while True:
                     await self._meta.wait_changed(self._view_gen)
                     await self._refresh()
                     for m in self._mappers.values():
                         m.wake.set()
-        finally:
-            self._nursery = None
-            self._mappers.clear()
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(lambda: server.stop(None).wait(5))
-            _unlink_if(self._path, inode)
+            finally:
+                self._nursery = None
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(lambda: server.stop(None).wait(5))
+                _unlink_if(self._path, inode)
+                self._mappers.clear()
 
     async def _refresh(self) -> None:
         """Read the node's devices and models again if they changed."""
@@ -398,6 +398,10 @@ class DmiServer:
             self.counters[f"{name}_{exc.code.lower()}"] += 1
             log.debug("dmi: %s refused: %s %s", name, exc.code, exc)
             return None, exc.code, str(exc)
+        except Exception:
+            self.counters[f"{name}_internal"] += 1
+            log.exception("dmi: %s failed", name)
+            return None, "INTERNAL", "the agent failed to handle the request"
         self.counters[f"{name}_ok"] += 1
         return answer, "", ""
 
@@ -414,6 +418,8 @@ class DmiServer:
         if not address:
             raise DmiError("INVALID_ARGUMENT", "mapper address (its unix socket) is empty")
         await self._refresh()
+        if self._nursery is None:
+            raise DmiError("UNAVAILABLE", "the agent is stopping")
         devices, models = self._view.for_protocol(info.protocol)
         old = self._mappers.pop(info.protocol, None)
         if old is not None:
@@ -426,7 +432,6 @@ class DmiServer:
             {r: i.fingerprint for r, i in models.items()},
         )
         self._mappers[info.protocol] = mapper
-        assert self._nursery is not None
         self._nursery.start_soon(self._push, mapper)
         log.info(
             "dmi: mapper %s (%s) registered at %s with %d devices",
