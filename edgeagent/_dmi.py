@@ -466,9 +466,9 @@ class DmiServer:
 
     async def _report_status(self, req: Any) -> Any:
         dev = await self._device(req.deviceName, req.deviceNamespace)
-        twins = req.reportedDevice.twins
+        twins = [t for t in req.reportedDevice.twins if t.HasField("reported")]
         if not twins:
-            raise DmiError("INVALID_ARGUMENT", "ReportDeviceStatusRequest has no twins")
+            raise DmiError("INVALID_ARGUMENT", "ReportDeviceStatusRequest has no reported twins")
         # KubeEdge's edgecore turns each twin into a twin update of its actual
         # value; the edge stamps the time (a mapper's timestamp is not trusted).
         # The mapper's observedDesired is not written back as a desired value.

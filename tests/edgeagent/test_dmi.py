@@ -26,7 +26,7 @@ import yaml
 from google.protobuf import wrappers_pb2
 
 from edgeagent import _dmi_api_pb2
-from edgeagent._config import AgentConfig
+from edgeagent._config import AgentConfig, ConfigError, load_config
 from edgeagent._dmi import FORGET_AFTER, DmiServer, device_message, model_message
 from edgeagent._meta import Meta
 from edgeagent._twin import DeviceTwin
@@ -331,6 +331,16 @@ async def test_bad_requests_get_grpc_codes_and_lose_nothing(
         assert code == C.INVALID_ARGUMENT and "deviceName" in msg
         code, msg = await mapper.refused("ReportDeviceStatus", pb.ReportDeviceStatusRequest())
         assert code == C.INVALID_ARGUMENT
+        no_reported = pb.ReportDeviceStatusRequest(
+            deviceName="thermo-1",
+            deviceNamespace="default",
+            reportedDevice=pb.DeviceStatus(twins=[pb.Twin(propertyName="temperature")]),
+        )
+        code, msg = await mapper.refused("ReportDeviceStatus", no_reported)
+        assert code == C.INVALID_ARGUMENT and "reported" in msg
+        with pytest.raises(grpc.RpcError) as info:  # not a property name KubeEdge allows
+            await mapper.report("thermo-1", {"": "1"})
+        assert info.value.code() == C.INVALID_ARGUMENT
         for name in ("nope", "far-1"):  # unknown; another node's device
             with pytest.raises(grpc.RpcError) as info:
                 await mapper.report(name, {"temperature": "1"})
@@ -478,6 +488,15 @@ async def test_a_mapper_gone_for_good_is_retried_then_forgotten(
     finally:
         meta.close()
     assert not (sockdir / "dmi.sock").exists()
+
+
+def test_dmi_must_be_a_unix_socket_url(tmp_path: Path) -> None:
+    (tmp_path / "enrollment.json").write_text(json.dumps({"node": NODE, "hub": "wss://x"}))
+    (tmp_path / "agent.toml").write_text('dmi = "tcp://127.0.0.1:9000"\n')
+    with pytest.raises(ConfigError, match="dmi must be unix:///PATH"):
+        load_config(tmp_path)
+    (tmp_path / "agent.toml").write_text('dmi = "unix:///run/edgeflock/dmi.sock"\n')
+    assert load_config(tmp_path).dmi == "unix:///run/edgeflock/dmi.sock"
 
 
 def test_the_example_manifest_converts() -> None:
