@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 
 import edgeproto
+from edgeio import write_atomic
 
 from ._api import ApiServer
 from ._events import prune_events
@@ -21,7 +22,7 @@ from ._health import NodeHealth
 from ._http import Request, serve_http
 from ._hub import Hub, HubConfig
 from ._join import JoinService, TokenStore
-from ._pki import load_or_create_pki, server_ssl_context, write_atomic
+from ._pki import load_or_create_pki, server_ssl_context
 from ._store import AlreadyExists, SqliteBackend, Store
 
 log = logging.getLogger(__name__)
