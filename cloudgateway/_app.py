@@ -131,7 +131,7 @@ async def run_gateway(
 
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(health.run)
+            await nursery.start(health.run, hub.connected_nodes)
             hub_port = await nursery.start(hub.run)
             join = JoinService(
                 pki, tokens, hub_url=_hub_url_for(config, hub_port), on_joined=on_joined
