@@ -88,6 +88,11 @@ class EventBus:
     def connected(self) -> bool:
         return self._mqtt.connected
 
+    async def wait_subscribed(self) -> None:
+        """Return once the broker has acknowledged the current connection's
+        subscriptions."""
+        await self._mqtt.wait_subscribed()
+
     def add_on_connect(self, hook: Callable[[], None]) -> None:
         """``hook()`` runs after every (re)connect and resubscribe."""
         self._mqtt.add_on_connect(hook)

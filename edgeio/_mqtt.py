@@ -10,7 +10,9 @@ in the trio thread. Socket reads and writes go through user-space buffers (see
 ``send``.
 
 - Subscriptions are remembered and renewed after every reconnect, in one
-  SUBSCRIBE packet; ``on_connect`` hooks run after it.
+  SUBSCRIBE packet; ``on_connect`` hooks run after it is sent, and
+  :meth:`MqttClient.wait_subscribed` returns once the broker has acknowledged it
+  (refused topics, e.g. by an ACL, are logged and counted).
 - A lost connection is retried with exponential back-off and full jitter; a
   connection that lasted :data:`STABLE` seconds resets the back-off.
 - QoS 1 messages published while disconnected wait in paho's bounded queue; a
@@ -107,6 +109,8 @@ class MqttClient:
         self._inbox: deque[tuple[str, bytes]] = deque()
         self._want_write = trio.Event()
         self._connected = trio.Event()
+        self._subscribed = trio.Event()
+        self._renewal: int | None = None  # message id of the SUBSCRIBE sent at connect
         self._connected_now = False
         self._lost = False
         self._failing = False
@@ -124,6 +128,7 @@ class MqttClient:
                 "dropped_incoming",
                 "receiver_errors",
                 "hook_errors",
+                "subscriptions_refused",
             ),
             0,
         )
@@ -136,6 +141,11 @@ class MqttClient:
     async def wait_connected(self) -> None:
         """Return once connected (at once if connected now)."""
         await self._connected.wait()
+
+    async def wait_subscribed(self) -> None:
+        """Return once the broker has acknowledged the subscriptions renewed at
+        the current connection (messages published after that reach us)."""
+        await self._subscribed.wait()
 
     def add_on_connect(self, hook: Callable[[], None]) -> None:
         """``hook()`` runs in the trio thread after every (re)connect and resubscribe."""
@@ -197,6 +207,7 @@ class MqttClient:
         paho.on_connect = self._on_connect_cb
         paho.on_disconnect = self._on_disconnect_cb
         paho.on_message = self._on_message_cb
+        paho.on_subscribe = self._on_subscribe_cb
         paho.on_socket_close = self._on_socket_close_cb
         paho.on_socket_register_write = self._on_register_write_cb
         paho.on_socket_unregister_write = self._on_unregister_write_cb
@@ -244,6 +255,9 @@ class MqttClient:
         self.connected = False
         if self._connected.is_set():
             self._connected = trio.Event()
+        if self._subscribed.is_set():
+            self._subscribed = trio.Event()
+        self._renewal = None
 
     async def _serve_connection(self, paho: _Paho) -> None:
         sock = paho.socket()
@@ -355,7 +369,9 @@ class MqttClient:
             self._lost = True
             return
         if self._subscriptions:
-            client.subscribe(list(self._subscriptions.items()))
+            _, self._renewal = client.subscribe(list(self._subscriptions.items()))
+        else:
+            self._subscribed.set()
         self.connected = True
         self._connected.set()
         self._connected_now = True
@@ -377,6 +393,16 @@ class MqttClient:
         self._lost = True
         self._stats["disconnects"] += 1
         log.info("mqtt %s:%d: disconnected: %s", self.host, self.port, reason)
+
+    def _on_subscribe_cb(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:  # e.g. a broker ACL: the topics are not ours to read
+            self._stats["subscriptions_refused"] += len(refused)
+            log.warning("mqtt %s:%d: subscriptions refused: %s", self.host, self.port, refused)
+        if mid == self._renewal:
+            self._subscribed.set()
 
     def _on_message_cb(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._inbox.append((msg.topic, bytes(msg.payload)))
@@ -407,6 +433,7 @@ class _Paho(Protocol):
     on_connect: Any
     on_disconnect: Any
     on_message: Any
+    on_subscribe: Any
     on_socket_close: Any
     on_socket_register_write: Any
     on_socket_unregister_write: Any
