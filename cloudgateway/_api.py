@@ -1,4 +1,5 @@
-"""The HTTP API, shaped like Kubernetes': discovery, CRUD, merge patch, the status
+"""The HTTP API, shaped like Kubernetes': discovery, CRUD, patches (strategic
+merge, JSON merge, JSON patch: ``_patch.py``), the status
 subresource, lists with label and field selectors, watches, and errors as
 ``Status`` objects. Resources come from ``edgeproto.RESOURCES``: a kind added
 there (core or under ``/apis/GROUP/VERSION``) is served without changes here."""
@@ -25,8 +26,10 @@ import edgeproto
 from edgeproto import Resource
 
 from ._errors import GatewayError
-from ._http import Request, Response, json_response, serve_http, status_body
+from ._http import HttpConfig, HttpServer, Request, Response, json_response, status_body
+from ._patch import PatchError, apply_json_patch, apply_strategic_merge_patch, merge_patch
 from ._podstream import StreamOpener, exec_in_pod, exec_websocket, pod_logs, wants_websocket
+from ._revocation import revocation_key, revoke_node
 from ._store import (
     AlreadyExists,
     Compacted,
@@ -64,7 +67,10 @@ VERSION_INFO = {
 }
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 _STATUS_VERBS = ["get", "patch", "update"]
-_PATCH_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+_MERGE_PATCH = "application/merge-patch+json"
+_STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+_JSON_PATCH = "application/json-patch+json"
+_PATCH_TYPES = (_STRATEGIC_PATCH, _MERGE_PATCH, _JSON_PATCH)
 _REPLAY_BATCH = 1000  # history events read per store call while replaying a watch
 _CHUNK_LINES = 500  # watch lines per chunk while replaying
 
@@ -99,20 +105,6 @@ class ApiError(GatewayError):
 
 def _not_found_path(path: str) -> ApiError:
     return ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` deletes,
-    anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
 
 
 # ---- selectors ----------------------------------------------------------------------
@@ -325,6 +317,29 @@ def _translate(ev: Event, match: Selector) -> tuple[str, dict[str, Any]] | None:
     return ("DELETED", ev.record.value) if before else None
 
 
+_SUBRESOURCES = {"pods": (*_POD_STREAMS, "status"), "nodes": ("status", "revocation")}
+
+
+_BAD_TARGET = re.compile("[\x00-\x1f\x7f\ufffd]")
+
+
+def _check_target(req: Request) -> None:
+    """A path or query with control characters (NUL...) or bytes that are not
+    UTF-8 names nothing here: a 400, not a store error."""
+    texts = [req.path, *req.query, *(v for values in req.query.values() for v in values)]
+    if any(_BAD_TARGET.search(t) for t in texts):
+        raise ApiError(
+            400,
+            "BadRequest",
+            "the request path or query contains control characters or invalid UTF-8",
+        )
+
+
+def _metric_name(name: str) -> str:
+    """A counter's name as a metric name: anything but letters, digits and _ becomes _."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
 def _line(kind: str, obj: Any) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
@@ -342,6 +357,7 @@ class ApiServer:
         admin_token: str,
         node_names: Callable[[], Iterable[str]] | None = None,
         streams: StreamOpener | None = None,
+        metrics: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
     ) -> None:
         if not admin_token or not admin_token.strip():
             raise GatewayError("the admin token must not be empty")
@@ -349,6 +365,8 @@ class ApiServer:
         self._token = admin_token.strip().encode()
         self._node_names = node_names
         self._streams = streams
+        self._metrics = metrics
+        self._server: HttpServer | None = None
         self._requests = 0
         self._errors: Counter[int] = Counter()
         self._watches_open = 0
@@ -371,17 +389,36 @@ class ApiServer:
                 log.exception("node_names() failed")
         return stats
 
+    def http_statistics(self) -> dict[str, int]:
+        """The API's HTTP server: connections open, shed, refused, timed out."""
+        return self._server.statistics() if self._server is not None else {}
+
     async def run(
         self,
-        host: str,
-        port: int,
+        config: HttpConfig,
         *,
         ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve the API (HTTPS with ``ssl_context``: kubectl sends bearer
         tokens only over TLS) until cancelled."""
-        await serve_http(self.handle, host, port, ssl_context=ssl_context, task_status=task_status)
+        self._server = HttpServer(self.handle, config, ssl_context=ssl_context)
+        await self._server.run(task_status=task_status)
+
+    def _metrics_text(self) -> bytes:
+        """``edgeflock_<part>_<counter> <value>``, one line each, for every part
+        ``metrics`` reports (the API and its HTTP server if none is given)."""
+        parts = (
+            self._metrics()
+            if self._metrics is not None
+            else {"api": self.statistics(), "api_http": self.http_statistics()}
+        )
+        lines = [
+            f"edgeflock_{part}_{_metric_name(name)} {value}"
+            for part, counters in parts.items()
+            for name, value in sorted(counters.items())
+        ]
+        return "\n".join(lines).encode() + b"\n"
 
     async def handle(self, request: Request) -> Response:
         self._requests += 1
@@ -403,6 +440,7 @@ class ApiServer:
     # ---- routing -------------------------------------------------------------------
 
     async def _dispatch(self, req: Request) -> Response:
+        _check_target(req)
         path = req.path.rstrip("/") or "/"
         if path in ("/healthz", "/readyz", "/livez"):
             return Response(200, b"ok", [("content-type", "text/plain")])
@@ -410,10 +448,7 @@ class ApiServer:
             return json_response(200, VERSION_INFO)
         self._authorize(req)
         if path == "/metrics":
-            lines = [f"edgeflock_api_{k} {v}" for k, v in self.statistics().items()]
-            return Response(
-                200, "\n".join(lines).encode() + b"\n", [("content-type", "text/plain")]
-            )
+            return Response(200, self._metrics_text(), [("content-type", "text/plain")])
         parts = path.strip("/").split("/")
         if parts == ["api"]:
             return self._discovery(req, {"kind": "APIVersions", "versions": ["v1"]})
@@ -502,7 +537,14 @@ class ApiServer:
             namespace, rest = rest[1], rest[2:]
         res = self._by_path.get((group, version, rest[0]))
         pods = res is not None and res.name == "pods"
-        allowed = (*_POD_STREAMS, "status") if pods else ("status",)
+        nodes = res is not None and res.name == "nodes"
+        allowed = (
+            (*_POD_STREAMS, "status")
+            if pods
+            else ("status", "revocation")
+            if nodes
+            else ("status",)
+        )
         if res is None or len(rest) > 3 or (len(rest) == 3 and rest[2] not in allowed):
             raise _not_found_path(path)
         name = rest[1] if len(rest) >= 2 else None
@@ -532,6 +574,8 @@ class ApiServer:
             raise ApiError(405, "MethodNotAllowed", f"{m} is not allowed on a collection")
         if t.subresource in _POD_STREAMS:
             return await self._pod_stream(req, t)
+        if t.subresource == "revocation":
+            return await self._revocation(req, t)
         if m in ("GET", "HEAD"):
             rec = await self._get(t)
             if _wants_table(req) and t.subresource is None:
@@ -724,22 +768,41 @@ class ApiServer:
                 f"accepted: {', '.join(_PATCH_TYPES)}",
             )
         patch = _parse_json(req.body, "patch")
-        if not isinstance(patch, dict):
-            raise ApiError(400, "BadRequest", "a merge patch must be a JSON object")
-        expect = _resource_version(patch, "patch metadata.resourceVersion")
+        if ctype == _JSON_PATCH:
+            if not isinstance(patch, list):
+                raise ApiError(400, "BadRequest", "a JSON patch must be a list of operations")
+            expect = None
+        else:
+            if not isinstance(patch, dict):
+                raise ApiError(400, "BadRequest", "a merge patch must be a JSON object")
+            expect = _resource_version(patch, "patch metadata.resourceVersion")
+        kind = t.resource.kind
+
+        def patched(cur: Record) -> Any:
+            try:
+                if ctype == _JSON_PATCH:
+                    return apply_json_patch(cur.value, patch)
+                if ctype == _STRATEGIC_PATCH:
+                    return apply_strategic_merge_patch(cur.value, patch, kind)
+                return merge_patch(cur.value, patch)
+            except PatchError as exc:
+                raise ApiError(
+                    422, "Invalid", str(exc), name=t.name, kind=t.resource.name
+                ) from None
+
         name = t.name
         if t.subresource == "status":
 
             def edit_status(cur: Record) -> Any:
-                status = merge_patch(cur.value, patch).get("status")
+                new = patched(cur)
+                status = new.get("status") if isinstance(new, dict) else None
                 self._check_status(t, status)
                 return status
 
             return await self._read_modify_write(t, expect, edit_status, status=True)
 
         def edit(cur: Record) -> dict[str, Any]:
-            merged = merge_patch(cur.value, patch)
-            obj = self._validate(t, merged, name)
+            obj = self._validate(t, patched(cur), name)
             if "status" in cur.value:
                 obj["status"] = cur.value["status"]
             else:
@@ -772,9 +835,31 @@ class ApiServer:
             expect = cur.mod_rev if expect is None else expect
         try:
             ev = await self._store.delete(t.key, expect_rev=expect)
+            if t.resource.name == "nodes":
+                # Or the board reconnects and its Node comes back.
+                await revoke_node(self._store, t.name)
         except StoreError as exc:
             raise self._store_error(t, t.name, exc) from None
         return json_response(200, ev.record.value)
+
+    async def _revocation(self, req: Request, t: _Target) -> Response:
+        """``POST nodes/X/revocation``: lock out every certificate of X issued
+        so far (the Node, if any, stays); ``GET`` tells when X was revoked."""
+        assert t.name is not None
+        if req.method == "POST":
+            try:
+                await revoke_node(self._store, t.name)
+            except StoreError as exc:
+                raise self._store_error(t, t.name, exc) from None
+        elif req.method not in ("GET", "HEAD"):
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}")
+        try:
+            rec = await self._store.get(revocation_key(t.name))
+        except NotFound:
+            raise ApiError(
+                404, "NotFound", f'node "{t.name}" is not revoked', name=t.name, kind="nodes"
+            ) from None
+        return json_response(200, rec.value)
 
     # ---- list and watch ------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import logging
 import secrets
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -17,10 +17,11 @@ import edgeproto
 from edgeio import write_atomic
 
 from ._api import ApiServer
+from ._config import GatewayConfig
 from ._events import prune_events
 from ._health import NodeHealth
-from ._http import Request, serve_http
-from ._hub import Hub, HubConfig
+from ._http import HttpServer, Request
+from ._hub import Hub
 from ._join import JoinService, TokenStore
 from ._pki import load_or_create_pki, server_ssl_context
 from ._store import AlreadyExists, SqliteBackend, Store
@@ -28,23 +29,6 @@ from ._store import AlreadyExists, SqliteBackend, Store
 log = logging.getLogger(__name__)
 
 __all__ = ["GatewayConfig", "RunningGateway", "load_admin_token", "run_gateway"]
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    data_dir: Path
-    hub: tuple[str, int] = ("0.0.0.0", 10000)
-    join: tuple[str, int] = ("0.0.0.0", 10002)
-    api: tuple[str, int] = ("127.0.0.1", 8080)
-    advertise: str | None = None  # host agents use for the hub; default: the host they joined by
-    sans: tuple[str, ...] = ()
-    grace: float = 40.0
-    retain_revisions: int = 100_000
-    compact_interval: float = 300.0
-    event_ttl: float = 3600.0  # Events (edge events) are deleted this long after creation
-    max_resyncs: int = 32
-    api_tls: bool = False  # serve the API over HTTPS (kubectl sends tokens only over TLS)
-    hub_options: HubConfig = field(default_factory=HubConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +40,20 @@ class RunningGateway:
     hub: Hub
     api: ApiServer
     health: NodeHealth
+    join: JoinService
+    join_http: HttpServer
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        """Every part's counters, by part (served at the API's ``/metrics``)."""
+        return {
+            "hub": self.hub.statistics(),
+            "store": self.store.statistics(),
+            "health": self.health.statistics(),
+            "join": self.join.statistics(),
+            "join_http": self.join_http.statistics(),
+            "api": self.api.statistics(),
+            "api_http": self.api.http_statistics(),
+        }
 
 
 def load_admin_token(data_dir: Path) -> str:
@@ -101,20 +99,19 @@ async def run_gateway(
     hub_ssl = server_ssl_context(pki, require_client_cert=True)
     hub_ssl.num_tickets = 0  # agents reconnect with a full handshake; tickets cost CPU and memory
     hub_ssl.minimum_version = ssl.TLSVersion.TLSv1_3  # agents are ours; less state per connection
-    hub = Hub(
+    hub = Hub(store, hub_ssl, health, config.hub)
+    running: list[RunningGateway] = []  # the parts, once all are started
+
+    def statistics() -> dict[str, dict[str, int]]:
+        return running[0].statistics() if running else {}
+
+    api = ApiServer(
         store,
-        hub_ssl,
-        health,
-        HubConfig(
-            host=config.hub[0],
-            port=config.hub[1],
-            max_resyncs=config.max_resyncs,
-            max_message=config.hub_options.max_message,
-            idle_timeout=config.hub_options.idle_timeout,
-            progress_interval=config.hub_options.progress_interval,
-        ),
+        admin_token=admin_token,
+        node_names=hub.connected_nodes,
+        streams=hub,
+        metrics=statistics,
     )
-    api = ApiServer(store, admin_token=admin_token, node_names=hub.connected_nodes, streams=hub)
 
     async def on_joined(node: str) -> None:
         key = edgeproto.make_key("nodes", "", node)
@@ -136,19 +133,15 @@ async def run_gateway(
             join = JoinService(
                 pki, tokens, hub_url=_hub_url_for(config, hub_port), on_joined=on_joined
             )
-            join_port = await nursery.start(
-                lambda task_status: serve_http(
-                    join.handle,
-                    config.join[0],
-                    config.join[1],
-                    ssl_context=server_ssl_context(pki, require_client_cert=False),
-                    max_body=64 * 1024,
-                    task_status=task_status,
-                )
+            join_http = HttpServer(
+                join.handle,
+                config.join,
+                ssl_context=server_ssl_context(pki, require_client_cert=False),
             )
+            join_port = await nursery.start(join_http.run)
             api_ssl = server_ssl_context(pki, require_client_cert=False) if config.api_tls else None
             api_port = await nursery.start(
-                functools.partial(api.run, config.api[0], config.api[1], ssl_context=api_ssl)
+                functools.partial(api.run, config.api, ssl_context=api_ssl)
             )
             nursery.start_soon(_compactor, store, config)
             nursery.start_soon(_event_pruner, store, config.event_ttl)
@@ -156,14 +149,15 @@ async def run_gateway(
             log.info(
                 "cloudgateway ready: api %s://%s:%d, join https://%s:%d, hub wss://%s:%d",
                 "https" if config.api_tls else "http",
-                config.api[0],
+                config.api.host,
                 api_port,
-                config.join[0],
+                config.join.host,
                 join_port,
-                config.hub[0],
+                config.hub.host,
                 hub_port,
             )
-            task_status.started(RunningGateway(ports, store, hub, api, health))
+            running.append(RunningGateway(ports, store, hub, api, health, join, join_http))
+            task_status.started(running[0])
     finally:
         tokens.close()
         backend.close()

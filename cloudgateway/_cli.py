@@ -36,44 +36,45 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloudgateway", description="edgeflock cloud gateway")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="run the gateway")
-    s.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     s.add_argument(
-        "--hub",
-        type=parse_hostport,
-        default=("0.0.0.0", 10000),
-        help="HOST:PORT for agents (wss, mTLS)",
+        "--config",
+        type=Path,
+        default=None,
+        help="a TOML file with [gateway], [hub], [api] and [join] sections; flags override it",
+    )
+    s.add_argument("--data-dir", default=None, help=f"default {DEFAULT_DATA_DIR}")
+    s.add_argument(
+        "--hub", type=parse_hostport, default=None, help="HOST:PORT for agents (wss, mTLS)"
     )
     s.add_argument(
-        "--join",
-        type=parse_hostport,
-        default=("0.0.0.0", 10002),
-        help="HOST:PORT for enrollment (https)",
+        "--join", type=parse_hostport, default=None, help="HOST:PORT for enrollment (https)"
     )
     s.add_argument(
         "--api",
         type=parse_hostport,
-        default=("127.0.0.1", 8080),
+        default=None,
         help="HOST:PORT for the admin API (http, or https with --api-tls)",
     )
     s.add_argument(
         "--api-tls",
         action="store_true",
+        default=None,
         help="serve the API over HTTPS with the gateway's certificate (needed by kubectl)",
     )
     s.add_argument("--advertise", default=None, help="host name agents use to reach the hub")
     s.add_argument(
-        "--san", action="append", default=[], help="extra name/IP for the server certificate"
+        "--san", action="append", default=None, help="extra name/IP for the server certificate"
     )
     s.add_argument(
         "--grace",
         type=parse_duration,
-        default=40.0,
-        help="NotReady after this long without heartbeats",
+        default=None,
+        help="NotReady after this long without heartbeats (default 40s)",
     )
     s.add_argument(
         "--event-ttl",
         type=parse_duration,
-        default=3600.0,
+        default=None,
         help="Events (edge events from $hw/events/upload/#) are kept this long (default 1h)",
     )
     s.add_argument("--log-level", default="INFO")
@@ -158,25 +159,38 @@ def kubeconfig(data_dir: Path, server: str) -> dict[str, Any]:
     }
 
 
+def serve_config(args: argparse.Namespace) -> Any:
+    """The ``GatewayConfig`` of ``serve``'s arguments: the ``--config`` file,
+    then the flags given on top of it."""
+    from ._config import load_config
+
+    gateway = {
+        "data_dir": args.data_dir,
+        "advertise": args.advertise,
+        "sans": args.san,
+        "grace": args.grace,
+        "event_ttl": args.event_ttl,
+        "api_tls": args.api_tls,
+    }
+    sections: dict[str, dict[str, Any]] = {
+        "gateway": {k: v for k, v in gateway.items() if v is not None}
+    }
+    for part in ("hub", "join", "api"):
+        address = getattr(args, part)
+        if address is not None:
+            sections[part] = {"host": address[0], "port": address[1]}
+    return load_config(args.config, data_dir=Path(DEFAULT_DATA_DIR), sections=sections)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
-    from ._app import GatewayConfig, run_gateway
+    from ._app import run_gateway
 
+    config = serve_config(args)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    config = GatewayConfig(
-        data_dir=Path(args.data_dir),
-        hub=args.hub,
-        join=args.join,
-        api=args.api,
-        advertise=args.advertise,
-        sans=tuple(args.san),
-        grace=args.grace,
-        event_ttl=args.event_ttl,
-        api_tls=args.api_tls,
     )
 
     async def main_task() -> None:

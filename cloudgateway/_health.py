@@ -55,24 +55,29 @@ def with_ready(status_in: Any, ready: str, reason: str, message: str, now: float
 
 
 class NodeHealth:
+    """``clock`` measures the grace period (trio's clock by default); ``wall``
+    stamps the conditions. Tests pass clocks they move by hand."""
+
     def __init__(
         self,
         store: Store,
         *,
         grace: float = 40.0,
         wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self._store = store
         self.grace = grace
         self._wall = wall
-        self._last_seen: dict[str, float] = {}  # trio time of the last sign of life
+        self._clock = clock
+        self._last_seen: dict[str, float] = {}  # clock() of the last sign of life
         self.transitions = 0
 
     def statistics(self) -> dict[str, int]:
         return {"tracked": len(self._last_seen)}
 
     def heartbeat(self, node: str) -> None:
-        self._last_seen[node] = trio.current_time()
+        self._last_seen[node] = self._clock()
 
     async def connected(self, node: str) -> None:
         """The hub accepted ``node``: Ready now. (When it disconnects, the grace
@@ -142,7 +147,7 @@ class NodeHealth:
         """Every grace/8 seconds, mark Unknown the nodes silent for the grace period
         that ``connected_nodes()`` (the hub's sessions) does not list."""
         # Nodes the store says are Ready get a full grace period from our start.
-        start = trio.current_time()
+        start = self._clock()
         try:
             nodes, _ = await self._store.list("nodes/")
         except StoreError as exc:
@@ -158,7 +163,7 @@ class NodeHealth:
             await self.check(set(connected_nodes()))
 
     async def check(self, connected: Container[str]) -> None:
-        now = trio.current_time()
+        now = self._clock()
         for node, seen in list(self._last_seen.items()):
             if node in connected or now - seen < self.grace:
                 continue

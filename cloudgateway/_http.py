@@ -11,6 +11,7 @@ import json
 import logging
 import ssl
 import urllib.parse
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,16 @@ import trio
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Handler", "Request", "Response", "json_response", "serve_http", "status_body"]
+__all__ = [
+    "Handler",
+    "HttpConfig",
+    "HttpServer",
+    "Request",
+    "Response",
+    "json_response",
+    "serve_http",
+    "status_body",
+]
 
 _READ = 65536
 _MAX_HEAD = 64 * 1024  # request line plus headers
@@ -105,69 +115,156 @@ class _TooLarge(Exception):
     pass
 
 
-async def serve_http(
-    handler: Handler,
-    host: str,
-    port: int,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    max_body: int = 4 * 1024 * 1024,
-    max_connections: int = 512,
-    header_timeout: float = 30.0,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``handler`` on ``host:port`` until cancelled; reports the bound port
-    (useful with port 0) through ``task_status``. ``header_timeout`` bounds the
-    TLS handshake and the reading of each request."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
-    slots = trio.CapacityLimiter(max_connections)
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """One HTTP server's address and limits (the API's, the join endpoint's)."""
 
-    async def on_conn(tcp: trio.SocketStream) -> None:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body: int = 4 * 1024 * 1024
+    # Open connections; at the cap a new one takes the place of the connection
+    # that has waited longest for a request (see ``_Admission``).
+    max_connections: int = 512
+    # No request started this long after accept or after the previous answer:
+    # closed without a word (idle keep-alive, or a socket that never speaks).
+    idle_timeout: float = 10.0
+    # The TLS handshake (from accept), and each request's line and headers
+    # (from their first byte), within this: trickling bytes does not extend it.
+    head_timeout: float = 10.0
+    # A whole request, body included, within this from its first byte.
+    request_timeout: float = 30.0
+
+
+class _Slot:
+    __slots__ = ("scope", "shed")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.shed = False
+
+
+class _Admission:
+    """The open connections of one server. A connection waiting for a request
+    (handshaking, idle, or still sending its head) may be shed: at the cap the
+    one that has waited longest makes room, so a flood of idle or slow sockets
+    cannot lock real clients out. A connection being answered is never shed;
+    if every one is, the newcomer is refused."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._open = 0
+        self._waiting: dict[_Slot, None] = {}  # insertion order: longest waiting first
+        self.shed = 0
+        self.refused = 0
+
+    def open(self) -> _Slot | None:
+        if self._open >= self._cap:
+            if not self._waiting:
+                self.refused += 1
+                return None
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            oldest.shed = True
+            oldest.scope.cancel()
+            self._open -= 1  # no longer counted: its task ends at its next checkpoint
+            self.shed += 1
+        self._open += 1
+        slot = _Slot()
+        self._waiting[slot] = None
+        return slot
+
+    def waiting(self, slot: _Slot) -> None:
+        if not slot.shed:
+            self._waiting.pop(slot, None)
+            self._waiting[slot] = None  # to the back: it waits from now
+
+    def busy(self, slot: _Slot) -> None:
+        self._waiting.pop(slot, None)
+
+    def close(self, slot: _Slot) -> None:
+        self._waiting.pop(slot, None)
+        if not slot.shed:
+            self._open -= 1
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "connections_open": self._open,
+            "connections_waiting": len(self._waiting),
+            "connections_shed": self.shed,
+            "connections_refused": self.refused,
+        }
+
+
+class HttpServer:
+    """Serves ``handler`` as ``config`` says; ``run`` until cancelled."""
+
+    def __init__(
+        self, handler: Handler, config: HttpConfig, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self._handler = handler
+        self.config = config
+        self._ssl = ssl_context
+        self._admission = _Admission(config.max_connections)
+        self.counters: Counter[str] = Counter()
+
+    def statistics(self) -> dict[str, int]:
+        return {**self._admission.statistics(), **self.counters}
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Reports the bound port (useful with port 0) through ``task_status``."""
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._on_connection, listeners)
+
+    async def _on_connection(self, tcp: trio.SocketStream) -> None:
         peer = _peer(tcp)
-        try:
-            slots.acquire_nowait()
-        except trio.WouldBlock:
-            log.debug("refusing %s: %d connections open", peer, max_connections)
+        slot = self._admission.open()
+        if slot is None:
+            log.debug("refusing %s: %d connections busy", peer, self.config.max_connections)
             await trio.aclose_forcefully(tcp)
             return
+        stream: trio.abc.Stream = tcp
         try:
-            stream: trio.abc.Stream = tcp
-            if ssl_context is not None:
-                tls = trio.SSLStream(tcp, ssl_context, server_side=True)
-                try:
-                    with trio.fail_after(header_timeout):
-                        await tls.do_handshake()
-                except (trio.BrokenResourceError, trio.TooSlowError) as exc:
-                    log.debug("TLS handshake with %s failed: %r", peer, exc.__cause__ or exc)
-                    await trio.aclose_forcefully(tls)
-                    return
-                stream = tls
-            await _Connection(handler, stream, peer, max_body, header_timeout).serve()
+            with slot.scope:
+                if self._ssl is not None:
+                    tls = trio.SSLStream(tcp, self._ssl, server_side=True)
+                    stream = tls
+                    try:
+                        with trio.fail_after(self.config.head_timeout):
+                            await tls.do_handshake()
+                    except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+                        self.counters["tls_failed"] += 1
+                        log.debug("TLS handshake with %s failed: %r", peer, exc.__cause__ or exc)
+                        return
+                await _Connection(self, slot, stream, peer).serve()
         except Exception:
             log.exception("connection from %s failed", peer)
-            await trio.aclose_forcefully(tcp)
         finally:
-            slots.release()
+            if slot.shed:
+                log.debug("%s shed: waited longest for a request at the cap", peer)
+            self._admission.close(slot)
+            await trio.aclose_forcefully(stream)
 
-    task_status.started(bound)
-    await trio.serve_listeners(on_conn, listeners)
+
+async def serve_http(
+    handler: Handler,
+    config: HttpConfig,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``handler`` until cancelled (an ``HttpServer`` nobody asks for statistics)."""
+    await HttpServer(handler, config, ssl_context=ssl_context).run(task_status=task_status)
 
 
 class _Connection:
-    def __init__(
-        self,
-        handler: Handler,
-        stream: trio.abc.Stream,
-        peer: str,
-        max_body: int,
-        header_timeout: float,
-    ) -> None:
-        self._handler = handler
+    def __init__(self, server: HttpServer, slot: _Slot, stream: trio.abc.Stream, peer: str) -> None:
+        self._server = server
+        self._config = server.config
+        self._slot = slot
         self._stream = stream
         self._peer = peer
-        self._max_body = max_body
-        self._timeout = header_timeout
+        self._max_body = server.config.max_body
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
 
     async def serve(self) -> None:
@@ -179,16 +276,24 @@ class _Connection:
         finally:
             await trio.aclose_forcefully(self._stream)
 
+    def _started(self) -> bool:
+        """Has the client sent any of the next request?"""
+        return self._conn.their_state is not h11.IDLE or bool(self._conn.trailing_data[0])
+
     async def _one_exchange(self) -> bool:
         """Read one request and answer it; True to keep the connection open."""
         conn = self._conn
+        server = self._server
         try:
-            with trio.fail_after(self._timeout):
-                req = await self._read_request()
+            req = await self._read_request()
         except trio.TooSlowError:
-            log.debug("%s: request not received within %.0f s", self._peer, self._timeout)
-            started = conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
-            if started and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            if not self._started():
+                server.counters["idle_closed"] += 1
+                log.debug("%s: no request within %.0f s", self._peer, self._config.idle_timeout)
+                return False
+            server.counters["slow_requests"] += 1
+            log.debug("%s: request not received in time", self._peer)
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 await self._send_error(408, "Timeout", "request not received in time")
             return False
         except _TooLarge:
@@ -206,7 +311,7 @@ class _Connection:
         if req is None:
             return False
         try:
-            resp = await self._handler(req)
+            resp = await self._server._handler(req)
             if not isinstance(resp, Response):
                 raise TypeError(f"handler returned {type(resp).__name__}, not Response")
         except Exception:
@@ -225,37 +330,56 @@ class _Connection:
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     async def _read_request(self) -> Request | None:
+        """The next request, or None if the client closed. Raises TooSlowError
+        past a deadline: ``idle_timeout`` for its first byte, then
+        ``head_timeout`` for its head and ``request_timeout`` for all of it,
+        both counted from that first byte."""
         conn = self._conn
+        config = self._config
+        admission = self._server._admission
+        admission.waiting(self._slot)  # sheddable until its head is in
         head: h11.Request | None = None
         body = bytearray()
         fed = len(conn.trailing_data[0])  # bytes of this request h11 has been given
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                if conn.they_are_waiting_for_100_continue:
-                    await self._send(h11.InformationalResponse(status_code=100, headers=[]))
-                data = await self._stream.receive_some(_READ)
-                conn.receive_data(bytes(data))
-                fed += len(data)
-                continue
-            if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
-                return None
-            if isinstance(event, h11.Request):
-                # h11 caps only an incomplete head; one that arrived whole is
-                # held to the same limit here.
-                if fed - len(conn.trailing_data[0]) > _MAX_HEAD:
-                    raise h11.RemoteProtocolError("request head too large", 431)
-                head = event
-                length = dict(event.headers).get(b"content-length")
-                if length is not None and int(length) > self._max_body:
-                    raise _TooLarge
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > self._max_body:
-                    raise _TooLarge
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                return _request(head, bytes(body), self._peer)
+        first_byte = trio.current_time() if fed else None
+        with trio.CancelScope() as scope:
+            while True:
+                if first_byte is None:
+                    scope.deadline = trio.current_time() + config.idle_timeout
+                elif head is None:
+                    scope.deadline = first_byte + config.head_timeout
+                else:
+                    scope.deadline = first_byte + config.request_timeout
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    if conn.they_are_waiting_for_100_continue:
+                        await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                    data = await self._stream.receive_some(_READ)
+                    if data and first_byte is None:
+                        first_byte = trio.current_time()
+                    conn.receive_data(bytes(data))
+                    fed += len(data)
+                    continue
+                if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+                    return None
+                if isinstance(event, h11.Request):
+                    # h11 caps only an incomplete head; one that arrived whole is
+                    # held to the same limit here.
+                    if fed - len(conn.trailing_data[0]) > _MAX_HEAD:
+                        raise h11.RemoteProtocolError("request head too large", 431)
+                    head = event
+                    admission.busy(self._slot)
+                    length = dict(event.headers).get(b"content-length")
+                    if length is not None and int(length) > self._max_body:
+                        raise _TooLarge
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > self._max_body:
+                        raise _TooLarge
+                elif isinstance(event, h11.EndOfMessage):
+                    assert head is not None
+                    return _request(head, bytes(body), self._peer)
+        raise trio.TooSlowError
 
     async def _send(self, event: Any) -> None:
         data = self._conn.send(event)

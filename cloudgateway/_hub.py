@@ -17,6 +17,7 @@ import copy
 import logging
 import random
 import ssl
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -30,10 +31,11 @@ from edgeproto import Kind, Message, ProtocolError
 
 from ._events import edge_event
 from ._health import NodeHealth
-from ._pki import PkiError, node_from_peercert
+from ._pki import PkiError, cert_issued_at, node_from_peercert
+from ._revocation import REVOCATIONS, revoked_at, revoked_node
 from ._store import AlreadyExists, NotFound, Record, Store, StoreError, SubscriptionLost
 from ._streams import NodeStream, StreamError
-from ._tls import accept_tls
+from ._tls import SocketTLSStream, accept_tls
 from ._view import View, ViewSync, plan_node_sync
 
 log = logging.getLogger(__name__)
@@ -60,17 +62,33 @@ class HubConfig:
     host: str = "0.0.0.0"
     port: int = 10000
     max_message: int = edgeproto.DEFAULT_MAX_MESSAGE
-    hello_timeout: float = 10.0
+    # Admission: a connection must send its first byte (the ClientHello's)
+    # this soon after accept, and finish the TLS handshake within
+    # ``handshake_timeout`` of accept, time queued for a handshake slot included.
+    first_byte_timeout: float = 3.0
     handshake_timeout: float = 10.0
+    hello_timeout: float = 10.0
     idle_timeout: float = 45.0  # no frame at all for this long → close (agents ping every 10 s)
     max_handshakes: int = 64  # concurrent TLS handshakes; more wait, already accepted
-    # ~ agent connect timeout (15 s) x handshake rate; beyond it: closed at once
+    # Half-open connections (not yet through TLS) allowed beyond the handshake
+    # slots; a newcomer past them sheds the OLDEST half-open one (a flood's idle
+    # sockets go first; boards retrying are the newest).
     max_handshake_queue: int = 2048
     max_resyncs: int = 32  # concurrent resync computations
     max_waiting: int = 4096  # resyncs allowed to queue; the rest are told to come back
     progress_interval: float = 300.0  # idle nodes get their last_rev advanced this often
     senders: int = 16  # tasks sending live changes, shared by all sessions
     send_timeout: float = 30.0  # a node taking longer to take a change is disconnected
+
+
+class _HalfOpen:
+    """A connection on its way through admission; cancelled to shed it."""
+
+    __slots__ = ("scope", "shed")
+
+    def __init__(self, deadline: float) -> None:
+        self.scope = trio.CancelScope(deadline=deadline)
+        self.shed = False
 
 
 class _Session:
@@ -118,6 +136,7 @@ class Hub:
         self._watchers: dict[str, set[str]] = {}  # key -> nodes whose view depends on it
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)
         self._handshakes = trio.CapacityLimiter(config.max_handshakes)
+        self._half_open: dict[_HalfOpen, None] = {}  # oldest first
         self._waiting = 0
         self._resync_seconds = 0.01  # moving average, for retry_after estimates
         self._stream_ids = 0
@@ -131,6 +150,7 @@ class Hub:
             "sessions": len(self._sessions),
             "resyncs_running": self._resyncs.borrowed_tokens,
             "resyncs_waiting": self._waiting,
+            "half_open": len(self._half_open),
             **self.counters,
         }
 
@@ -140,6 +160,7 @@ class Hub:
             for _ in range(self.config.senders):
                 nursery.start_soon(self._sender)
             nursery.start_soon(self._progress_ticker)
+            await nursery.start(self._watch_revocations)
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
             self.port = listeners[0].socket.getsockname()[1]
             log.info("hub listening on %s:%d", self.config.host, self.port)
@@ -198,28 +219,16 @@ class Hub:
 
     async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
         peer = _peer(tcp)
-        if self._handshakes.statistics().tasks_waiting >= self.config.max_handshake_queue:
-            # Shed load before spending a handshake: the agent backs off with
-            # full jitter, which spreads the storm out.
-            self.counters["connections_shed"] += 1
-            await trio.aclose_forcefully(tcp)
+        stream = await self._admit_tls(tcp, peer)
+        if stream is None:
             return
         try:
-            stream = accept_tls(tcp, self._ssl)
-        except (OSError, ssl.SSLError) as exc:  # e.g. the peer reset already
+            cert = stream.getpeercert()
+            node = node_from_peercert(cert)
+            revoked = await self._revoked(node, cert_issued_at(cert))
+        except (PkiError, StoreError) as exc:
             self.counters["tls_rejected"] += 1
-            log.debug("TLS with %s not started: %s", peer, exc)
-            return
-        try:
-            # A connect storm queues here (cheap) instead of running thousands
-            # of handshakes at once, each slower than its client's patience.
-            async with self._handshakes:
-                with trio.fail_after(self.config.handshake_timeout):
-                    await stream.do_handshake()
-            node = node_from_peercert(stream.getpeercert())
-        except (trio.BrokenResourceError, trio.TooSlowError, PkiError, ssl.SSLError) as exc:
-            self.counters["tls_rejected"] += 1
-            log.debug("TLS handshake with %s failed: %s", peer, exc)
+            log.debug("TLS peer %s refused: %s", peer, exc)
             await trio.aclose_forcefully(stream)
             return
         try:
@@ -230,6 +239,9 @@ class Hub:
                 ws = await request.accept()
                 _shed_handshake(ws)
                 try:
+                    if revoked:  # told why after the upgrade, so the agent can log it
+                        await ws.aclose(CLOSE_POLICY, "certificate revoked")
+                        return
                     await self._serve_node(node, ws, peer)
                 finally:
                     await ws.aclose()
@@ -241,6 +253,97 @@ class Hub:
             log.debug("node %s (%s) connection ended: %s", node, peer, leaf)
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _admit_tls(self, tcp: trio.SocketStream, peer: str) -> SocketTLSStream | None:
+        """TLS on an accepted connection, or None (closed) if it is shed, too
+        slow or refused. Waiting for the first byte takes no handshake slot; a
+        connect storm queues (cheap) for the slots instead of running thousands
+        of handshakes at once, each slower than its client's patience."""
+        config = self.config
+        if len(self._half_open) >= config.max_handshakes + config.max_handshake_queue:
+            oldest = next(iter(self._half_open))
+            del self._half_open[oldest]
+            oldest.shed = True
+            oldest.scope.cancel()
+        pending = _HalfOpen(trio.current_time() + config.handshake_timeout)
+        self._half_open[pending] = None
+        stream: SocketTLSStream | None = None
+        try:
+            with pending.scope:
+                with trio.move_on_after(config.first_byte_timeout) as first:
+                    await trio.lowlevel.wait_readable(tcp.socket)
+                if first.cancelled_caught:
+                    self.counters["first_byte_timeouts"] += 1
+                    log.debug("%s sent nothing within %.1f s", peer, config.first_byte_timeout)
+                    await trio.aclose_forcefully(tcp)
+                    return None
+                stream = accept_tls(tcp, self._ssl)
+                async with self._handshakes:
+                    await stream.do_handshake()
+                return stream
+        except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
+            self.counters["tls_rejected"] += 1
+            log.debug("TLS handshake with %s failed: %s", peer, exc)
+        finally:
+            self._half_open.pop(pending, None)
+        if pending.shed:  # the oldest half-open connection when a new one came
+            self.counters["connections_shed"] += 1
+        elif pending.scope.cancelled_caught:
+            self.counters["handshake_timeouts"] += 1
+            log.debug(
+                "TLS handshake with %s not done within %.1f s", peer, config.handshake_timeout
+            )
+        await trio.aclose_forcefully(stream if stream is not None else tcp)
+        return None
+
+    # ---- revoked nodes ---------------------------------------------------------------
+
+    async def _revoked(self, node: str, issued_at: float) -> bool:
+        """Was this certificate of ``node`` issued at or before its revocation?"""
+        at = await revoked_at(self._store, node)
+        if at is not None and issued_at <= at:
+            self.counters["certificates_revoked_refused"] += 1
+            log.info("node %s: certificate issued before its revocation; refused", node)
+            return True
+        return False
+
+    async def revoke(self, node: str) -> None:
+        """Close ``node``'s live session, if any, as revoked."""
+        session = self._sessions.get(node)
+        if session is None:
+            return
+        self.counters["sessions_revoked"] += 1
+        log.info("node %s revoked; closing its session", node)
+        with contextlib.suppress(*_CONNECTION_ENDED):
+            await session.ws.aclose(CLOSE_POLICY, "certificate revoked")
+
+    async def _watch_revocations(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """A revocation written to the store (by this gateway or another sharing
+        it) closes the node's live session here."""
+        started = False
+        async with trio.open_nursery() as nursery:
+            since = time.time()
+            while True:
+                with self._store.subscribe() as sub:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    else:  # events were lost: revocations since then, from the store
+                        records, _ = await self._store.list(REVOCATIONS + "/")
+                        for rec in records:
+                            node = revoked_node(rec.key)
+                            if node is not None and rec.value.get("revokedAt", 0) >= since:
+                                nursery.start_soon(self.revoke, node)
+                    since = time.time()
+                    try:
+                        async for ev in sub:
+                            node = revoked_node(ev.key)
+                            if node is not None and ev.type != "DELETED":
+                                nursery.start_soon(self.revoke, node)
+                    except SubscriptionLost:
+                        log.warning("revocation watch fell behind; checking the store")
 
     async def _serve_node(self, node: str, ws: tws.WebSocketConnection, peer: str) -> None:
         hello = await self._receive_hello(node, ws)

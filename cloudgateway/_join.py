@@ -49,7 +49,11 @@ def valid_node_name(node: str) -> bool:
 
 
 class TokenStore:
-    def __init__(self, path: Path) -> None:
+    """Join tokens in SQLite (``path``). ``clock`` is the wall clock that
+    creation, expiry and use are measured with (tests move it by hand)."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         try:
             self._conn = apsw.Connection(str(path))
             self._conn.setbusytimeout(5000)
@@ -75,7 +79,7 @@ class TokenStore:
             raise JoinError("BadRequest", "ttl must be positive", 400)
         tid = "".join(secrets.choice(_ALPHABET) for _ in range(6))
         secret = "".join(secrets.choice(_ALPHABET) for _ in range(16))
-        now = time.time()
+        now = self._clock()
         with self._conn:
             self._conn.execute(
                 "INSERT INTO tokens(id, secret_hash, node, created, expires) VALUES(?, ?, ?, ?, ?)",
@@ -88,7 +92,7 @@ class TokenStore:
         if not m:
             raise JoinError("BadToken", "malformed token (expected <6 chars>.<16 chars>)")
         tid, secret = m.groups()
-        now = time.time() if now is None else now
+        now = self._clock() if now is None else now
         with self._conn:
             row = self._conn.execute(
                 "SELECT secret_hash, node, expires, used_at FROM tokens WHERE id=?", (tid,)
@@ -108,7 +112,7 @@ class TokenStore:
         return node
 
     def list(self) -> list[dict[str, Any]]:
-        now = time.time()
+        now = self._clock()
         return [
             {
                 "id": r[0],
@@ -122,10 +126,13 @@ class TokenStore:
         ]
 
 
-def create_join_token(data_dir: Path, node: str, ttl: float) -> str:
-    """The full token a board joins with: ``<id>.<secret>.<ca-pin-hex>``."""
+def create_join_token(
+    data_dir: Path, node: str, ttl: float, *, clock: Callable[[], float] = time.time
+) -> str:
+    """The full token a board joins with: ``<id>.<secret>.<ca-pin-hex>``
+    (created at ``clock()``)."""
     pki = load_or_create_pki(data_dir)
-    store = TokenStore(data_dir / "tokens.db")
+    store = TokenStore(data_dir / "tokens.db", clock=clock)
     try:
         token = store.create(node, ttl=ttl)
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import secrets
 import socket
 import ssl
 from collections.abc import Sequence
@@ -24,8 +25,10 @@ from ._errors import GatewayError
 
 __all__ = [
     "NODE_ORG",
+    "NOT_BEFORE_SLACK",
     "GatewayPki",
     "PkiError",
+    "cert_issued_at",
     "load_or_create_pki",
     "node_from_peercert",
     "server_ssl_context",
@@ -34,6 +37,12 @@ __all__ = [
 ]
 
 NODE_ORG = "edgeflock:nodes"
+# A node certificate's notBefore lies this far before its issue (clock skew on
+# boards). The exact issue time (microseconds since the epoch) is the serial
+# number's high bits, above 64 random ones: X.509 times have whole seconds only,
+# and a revocation must tell apart certificates issued within one second.
+NOT_BEFORE_SLACK = datetime.timedelta(minutes=5)
+_SERIAL_RANDOM_BITS = 64
 
 
 class PkiError(GatewayError):
@@ -184,6 +193,8 @@ def sign_node_csr(pki: GatewayPki, csr_pem: bytes, node: str, *, days: int = 365
         raise PkiError("CA key is not an EC key")
     ca = x509.load_pem_x509_certificate(pki.ca_cert_pem)
     now = _now()
+    issued_us = int(now.timestamp() * 1_000_000)
+    serial = issued_us << _SERIAL_RANDOM_BITS | secrets.randbits(_SERIAL_RANDOM_BITS)
     cert = (
         x509.CertificateBuilder()
         .subject_name(
@@ -196,8 +207,8 @@ def sign_node_csr(pki: GatewayPki, csr_pem: bytes, node: str, *, days: int = 365
         )
         .issuer_name(ca.subject)
         .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .serial_number(serial)
+        .not_valid_before(now - NOT_BEFORE_SLACK)
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -227,3 +238,17 @@ def node_from_peercert(cert: dict[str, Any] | None) -> str:
     if attrs.get("organizationName") != NODE_ORG or not attrs.get("commonName"):
         raise PkiError(f"not a node certificate: {attrs}")
     return attrs["commonName"]
+
+
+def cert_issued_at(cert: dict[str, Any] | None) -> float:
+    """When a verified node certificate (``getpeercert()``) was issued, in
+    seconds since the epoch: from its serial number (see ``sign_node_csr``), or
+    for a certificate with a random serial, its notBefore plus the slack."""
+    try:
+        not_before = ssl.cert_time_to_seconds(str((cert or {})["notBefore"]))
+        serial = int(str((cert or {})["serialNumber"]), 16)
+    except (KeyError, ValueError) as exc:
+        raise PkiError(f"certificate without a readable notBefore: {exc!r}") from exc
+    slack = NOT_BEFORE_SLACK.total_seconds()
+    issued = (serial >> _SERIAL_RANDOM_BITS) / 1_000_000
+    return issued if not_before <= issued < not_before + slack + 1 else not_before + slack

@@ -5,7 +5,7 @@ ConfigMaps/Secrets labelled for it) and what those pods reference. It is
 computed at any revision still in the store's history, so a resync diffs the
 view at the agent's last revision against the view now.
 
-These functions are blocking (apsw); the hub runs them in a worker thread.
+These functions are blocking (any ``Backend``); the hub runs them in a worker thread.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal
 import edgeproto
 from edgeproto import Entry, diff_views, encode_object, plan_resync
 
-from ._store import Compacted, Record, SqliteBackend
+from ._backend import Backend, Compacted, Record
 
 __all__ = ["View", "ViewSync", "compute_view", "plan_node_sync"]
 
@@ -32,7 +32,7 @@ class View:
         return {k: r.spec_rev for k, r in self.records.items()}
 
 
-def compute_view(backend: SqliteBackend, node: str, rev: int | None = None) -> View:
+def compute_view(backend: Backend, node: str, rev: int | None = None) -> View:
     records: dict[str, Record] = {}
     for prefix in _OWNED_PREFIXES:
         for rec in backend.list_by_node(prefix, node, rev=rev):
@@ -65,13 +65,13 @@ def _entries(view: View, keys: list[str]) -> list[Entry]:
 
 
 def plan_node_sync(
-    backend: SqliteBackend, node: str, last_rev: int | None, sent: dict[str, int] | None = None
+    backend: Backend, node: str, last_rev: int | None, sent: dict[str, int] | None = None
 ) -> ViewSync:
     """Resync (``last_rev`` given) or live step (``sent`` membership given).
 
     Runs in one read transaction so every query sees the same revision."""
 
-    def run(b: SqliteBackend) -> ViewSync:
+    def run(b: Backend) -> ViewSync:
         cur = b.current_rev()
         now = compute_view(b, node)
         if sent is not None:

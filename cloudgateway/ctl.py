@@ -645,10 +645,30 @@ def cmd_exec(ctx: _Ctx) -> int:
     return exit_code if isinstance(exit_code, int) and 0 <= exit_code < 256 else 1
 
 
+def cmd_revoke(ctx: _Ctx) -> int:
+    """``revoke node NAME...``: lock out the nodes' certificates issued so far
+    and close their connections (their Node objects stay; a re-join with a new
+    token lets a node back in)."""
+    args = ctx.args
+    if resolve_kind(args.kind).name != "nodes":
+        raise CtlError(f"error: only nodes can be revoked, not {args.kind}", 2)
+    rc = 0
+    for name in args.name:
+        path = api_path(resolve_kind("nodes"), None, name) + "/revocation"
+        code, body = ctx.client.request("POST", path)
+        if code == 200:
+            ctx.out.write(f'node "{name}" revoked\n')
+        else:
+            ctx.err.write(server_error(code, body) + "\n")
+            rc = 1
+    return rc
+
+
 COMMANDS: dict[str, Callable[[_Ctx], int]] = {
     "apply": cmd_apply,
     "get": cmd_get,
     "delete": cmd_delete,
+    "revoke": cmd_revoke,
     "logs": cmd_logs,
     "exec": cmd_exec,
 }
@@ -721,6 +741,12 @@ def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     d.add_argument("name", metavar="NAME", nargs="*")
     d.add_argument("-f", "--filename", action="append", help="YAML/JSON file, or - for stdin")
     d.add_argument("--ignore-not-found", action="store_true")
+    rv = sub.add_parser(
+        "revoke", help="lock nodes out: refuse their certificates, close their connections"
+    )
+    _global_flags(rv, top=False)
+    rv.add_argument("kind", metavar="node")
+    rv.add_argument("name", metavar="NAME", nargs="+")
     lg = sub.add_parser("logs", help="print a container's logs (through its node)")
     _global_flags(lg, top=False)
     lg.add_argument("pod", metavar="POD")

@@ -27,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     r.add_argument("--cri", default=None, help="unix:///path/containerd.sock")
     r.add_argument("--mqtt", default=None, help="tcp://127.0.0.1:1883")
+    r.add_argument(
+        "--mqtt-auth",
+        action="store_true",
+        default=None,
+        help="write the broker's password and ACL files; mappers log in (mqtt_auth)",
+    )
+    r.add_argument("--mqtt-auth-dir", default=None, help="where (default DATA_DIR/mqtt)")
     r.add_argument("--heartbeat", type=float, default=None, help="seconds between pings")
     r.add_argument("--log-level", default="INFO")
     s = sub.add_parser("status", help="show the agent's state (works when it is stopped)")
@@ -102,7 +109,14 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        config = load_config(data_dir, cri=args.cri, mqtt=args.mqtt, heartbeat=args.heartbeat)
+        config = load_config(
+            data_dir,
+            cri=args.cri,
+            mqtt=args.mqtt,
+            heartbeat=args.heartbeat,
+            mqtt_auth=args.mqtt_auth,
+            mqtt_auth_dir=args.mqtt_auth_dir,
+        )
     except AgentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

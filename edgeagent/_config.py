@@ -39,10 +39,25 @@ class AgentConfig:
     # "grpcio" (default) or "h2": edged's own HTTP/2 client, ~15 MB leaner on a board.
     cri_transport: str = "grpcio"
     mqtt: str | None = None
+    # Local MQTT with per-client credentials and ACLs the agent writes (_mqttauth).
+    mqtt_auth: bool = False
+    mqtt_auth_dir: str | None = None  # default DATA_DIR/mqtt
+    mqtt_pid_file: str | None = None  # the broker's pid_file; default MQTT_AUTH_DIR/mosquitto.pid
 
     @property
     def meta_path(self) -> Path:
         return self.data_dir / "meta.db"
+
+    @property
+    def auth_dir(self) -> Path:
+        """Where the agent writes the broker's password and ACL files and the
+        mappers' credentials (with ``mqtt_auth``)."""
+        return Path(self.mqtt_auth_dir) if self.mqtt_auth_dir else self.data_dir / "mqtt"
+
+    @property
+    def broker_pid_file(self) -> Path:
+        """The broker's PID file: the agent sends it SIGHUP to reload the ACL."""
+        return Path(self.mqtt_pid_file) if self.mqtt_pid_file else self.auth_dir / "mosquitto.pid"
 
 
 _TUNABLE = {
@@ -89,6 +104,8 @@ def load_config(data_dir: Path, **overrides: Any) -> AgentConfig:
 
 def _check(path: Path, key: str, typ: Any, value: Any) -> Any:
     t = str(typ)
+    if t == "bool" and isinstance(value, bool):
+        return value
     if t == "float" and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if t == "int" and isinstance(value, int) and not isinstance(value, bool):

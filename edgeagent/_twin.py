@@ -646,10 +646,12 @@ def edge_bus_modules(config: AgentConfig, meta: Meta) -> list[tuple[str, Callabl
     """The twin and the EventBus that feeds it, in start order (twin first: it has
     loaded its state before the first message arrives)."""
     from ._eventbus import EventBus
+    from ._mqttauth import bus_auth
 
     assert config.mqtt is not None
     twin = DeviceTwin(config, meta)
-    bus = EventBus(config.mqtt, f"edgeflock-{config.node}", twin.routes())
+    auth, login = bus_auth(config, meta)  # with mqtt_auth: the broker's files, then a login
+    bus = EventBus(config.mqtt, f"edgeflock-{config.node}", twin.routes(), **login)
     twin.attach(bus.publish)
     bus.add_on_connect(twin.on_broker_connected)
-    return [("twin", twin.run), ("eventbus", bus.run)]
+    return [("twin", twin.run), *auth, ("eventbus", bus.run)]

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import trio
 
 from edgeproto import topics
+from mappers._credentials import Credentials, load_credentials
 from mappers._errors import ConfigError, MapperError
 from mappers._manifest import DeviceDoc, doc_from_membership, docs_from_yaml
 from mappers._mqtt import Message, MqttClient
@@ -276,9 +277,15 @@ async def run_mapper(
     *,
     node: str | None,
     config_path: Path | None,
+    credentials: Credentials | None = None,
 ) -> None:
     """The whole process: MQTT client + shell, until SIGTERM/SIGINT."""
-    mqtt = MqttClient(url, client_id=f"{protocol_name}-mapper-{node or 'standalone'}")
+    mqtt = MqttClient(
+        url,
+        client_id=f"{protocol_name}-mapper-{node or 'standalone'}",
+        username=credentials.username if credentials else None,
+        password=credentials.password if credentials else None,
+    )
     shell = MapperShell(mqtt, protocol_name, make_factory(mqtt), node=node, config_path=config_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(mqtt.run)
@@ -297,6 +304,11 @@ def cli_main(protocol_name: str, make_factory: FactoryMaker, argv: Sequence[str]
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--node", help="follow this node's devices through the agent")
     mode.add_argument("--config", type=Path, help="standalone: a YAML file of Device(Model)s")
+    ap.add_argument(
+        "--mqtt-credentials",
+        type=Path,
+        help="the login the agent wrote (with mqtt_auth): MQTT_AUTH_DIR/mapper-PROTOCOL.cred",
+    )
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -305,9 +317,15 @@ def cli_main(protocol_name: str, make_factory: FactoryMaker, argv: Sequence[str]
     try:
         if args.config is not None:
             docs_from_yaml(args.config)  # fail fast on a broken file
+        cred = load_credentials(args.mqtt_credentials) if args.mqtt_credentials else None
         trio.run(
             lambda: run_mapper(
-                args.mqtt, protocol_name, make_factory, node=args.node, config_path=args.config
+                args.mqtt,
+                protocol_name,
+                make_factory,
+                node=args.node,
+                config_path=args.config,
+                credentials=cred,
             )
         )
     except ConfigError as exc:

@@ -3,8 +3,11 @@ loopback, port 0) and real agents joined to it."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import io
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,6 +20,7 @@ import trio
 
 from cloudgateway import ctl
 from cloudgateway._app import GatewayConfig, RunningGateway, run_gateway
+from cloudgateway._http import HttpConfig
 from cloudgateway._hub import HubConfig
 from cloudgateway._join import create_join_token
 from cloudgateway._pki import GatewayPki, sign_node_csr
@@ -116,12 +120,13 @@ async def edgectl(*argv: str, stdin: str = "") -> tuple[int, str, str]:
 
 def gateway_config(data_dir: Path, ports: dict[str, int] | None = None, **kw: Any) -> GatewayConfig:
     ports = ports or {"hub": 0, "join": 0, "api": 0}
+    hub = kw.pop("hub", HubConfig(idle_timeout=10.0, progress_interval=300.0))
     return GatewayConfig(
         data_dir=data_dir,
-        hub=("127.0.0.1", ports["hub"]),
-        join=("127.0.0.1", ports["join"]),
-        api=("127.0.0.1", ports["api"]),
-        **{"hub_options": HubConfig(idle_timeout=10.0, progress_interval=300.0), **kw},
+        hub=dataclasses.replace(hub, host="127.0.0.1", port=ports["hub"]),
+        join=HttpConfig(host="127.0.0.1", port=ports["join"], max_body=64 * 1024),
+        api=HttpConfig(host="127.0.0.1", port=ports["api"]),
+        **kw,
     )
 
 
@@ -192,18 +197,80 @@ async def start_agent(nursery: trio.Nursery, data_dir: Path, **overrides: Any) -
     return Agent(config, scope, stopped)
 
 
-async def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``pred`` (sync or async) until truthy; fail with its last value after timeout."""
+def _describe(pred: Callable[[], Any], what: str | Callable[[], str] | None) -> str:
+    """What a waited-for condition is, for the failure message: ``what`` (or
+    what it returns, when the failure happens), else the predicate's source
+    line (lambdas) or its name."""
+    if callable(what):
+        return what()
+    if what:
+        return what
+    name = getattr(pred, "__qualname__", "")
+    if name and "<lambda>" not in name:
+        return name
+    try:
+        return inspect.getsource(pred).strip()
+    except (OSError, TypeError):
+        return repr(pred)
+
+
+async def wait_for(
+    pred: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    *,
+    what: str | Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``pred`` (sync or async) until truthy and return its value; after
+    ``timeout`` fail naming the condition and its last value. The one place
+    tests wait on a condition that has no event to wait on (in trio time: under
+    ``autojump_clock`` the timeout is virtual too)."""
     last: Any = None
     with trio.move_on_after(timeout):
         while True:
             last = pred()
-            if hasattr(last, "__await__"):
+            if inspect.isawaitable(last):
                 last = await last
             if last:
                 return last
             await trio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s (last value {last!r})")
+    raise AssertionError(
+        f"not true within {timeout} s: {_describe(pred, what)} (last value {last!r})"
+    )
+
+
+def wait_for_sync(
+    pred: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    *,
+    what: str | Callable[[], str] | None = None,
+) -> Any:
+    """``wait_for`` for blocking code (fixtures outside trio, worker threads)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = pred()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"not true within {timeout} s: {_describe(pred, what)} (last value {last!r})"
+            )
+        time.sleep(interval)
+
+
+class ManualClock:
+    """A clock the test moves by hand (``now`` seconds), for the components that
+    take one (``TokenStore``, ``NodeHealth``): time passes without waiting."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from typing import Any
 
 import trio
 
+from tests.conftest import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "mosquitto"
 
@@ -36,6 +38,7 @@ def free_port() -> int:
 class Broker:
     dir: Path
     port: int
+    auth: Path | None = None  # scripts/mosquitto --auth: users and ACL from the agent
 
     @property
     def url(self) -> str:
@@ -46,8 +49,9 @@ class Broker:
         return int((self.dir / "mosquitto.pid").read_text())
 
     def start_sync(self) -> None:
+        auth = ["--auth", str(self.auth)] if self.auth else []
         subprocess.run(
-            [str(SCRIPT), "start", "--dir", str(self.dir), "--port", str(self.port)],
+            [str(SCRIPT), "start", "--dir", str(self.dir), "--port", str(self.port), *auth],
             check=True,
             capture_output=True,
         )
@@ -81,8 +85,8 @@ class Broker:
 
 
 @asynccontextmanager
-async def open_broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(tmp_path / "mosquitto", free_port())
+async def open_broker(tmp_path: Path, auth: Path | None = None) -> AsyncIterator[Broker]:
+    b = Broker(tmp_path / "mosquitto", free_port(), auth)
     await b.start()
     try:
         yield b
@@ -91,12 +95,8 @@ async def open_broker(tmp_path: Path) -> AsyncIterator[Broker]:
 
 
 async def until(pred: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> None:
-    """Poll ``pred`` until truthy; fail after ``timeout``."""
-    with trio.fail_after(timeout):
-        while True:
-            if pred():
-                return
-            await trio.sleep(interval)
+    """Poll ``pred`` until truthy; fail after ``timeout`` (``wait_for``)."""
+    await wait_for(pred, timeout, interval)
 
 
 @dataclass
@@ -142,13 +142,19 @@ async def open_client(
     from edgeagent._eventbus import EventBus
 
     c = MqttClient()
-    c.bus = EventBus(
-        url,
-        f"test-{free_port()}",
-        dict.fromkeys(subscriptions, c.receive),
-        subscriptions=subscriptions,
-    )
+    # The subscriptions are in place once a probe on a topic subscribed with
+    # them (in the same SUBSCRIBE, routed first) comes back.
+    client_id = f"test-{free_port()}"
+    probe = f"edgeflock-test/probe/{client_id}"
+    probed = trio.Event()
+    routes: dict[str, Any] = {probe: lambda topic, payload: probed.set()}
+    routes.update(dict.fromkeys(subscriptions, c.receive))
+    c.bus = EventBus(url, client_id, routes, subscriptions=(probe, *subscriptions))
     await nursery.start(c.bus.run)
     await until(lambda: c.bus.connected)
-    await trio.sleep(0.05)  # SUBACK
+    with trio.fail_after(5):
+        while not probed.is_set():  # a probe sent before the SUBACK is not delivered
+            c.bus.publish(probe, b"")
+            with trio.move_on_after(0.2):
+                await probed.wait()
     return c

@@ -12,7 +12,7 @@ import trio
 
 from cloudgateway._join import JoinError, TokenStore, create_join_token
 from edgeagent._join import JoinFailed, join
-from tests.conftest import Gateway, join_node
+from tests.conftest import Gateway, ManualClock, join_node
 
 
 async def test_join_writes_credentials(gateway: Gateway, tmp_path: Path) -> None:
@@ -49,10 +49,13 @@ async def test_used_unknown_malformed_and_pin_mismatch(gateway: Gateway, tmp_pat
 
 
 async def test_expired_token(gateway: Gateway, tmp_path: Path) -> None:
-    token = create_join_token(gateway.data_dir, "pi-late", 0.2)
-    await trio.sleep(0.4)
+    # Made an hour ago with a minute to live: expired, without waiting for it.
+    token = create_join_token(gateway.data_dir, "pi-late", 60, clock=lambda: time.time() - 3600)
     with pytest.raises(JoinFailed, match="expired"):
         await trio.to_thread.run_sync(join, gateway.join_url, token, tmp_path / "a")
+    # A token still within its time is accepted by the same gateway.
+    fresh = create_join_token(gateway.data_dir, "pi-late", 60, clock=lambda: time.time() - 30)
+    await trio.to_thread.run_sync(join, gateway.join_url, fresh, tmp_path / "b")
 
 
 def test_token_store_rules(tmp_path: Path) -> None:
@@ -69,3 +72,21 @@ def test_token_store_rules(tmp_path: Path) -> None:
         ts.create("Not_A_Name", ttl=60)
     assert [t["state"] for t in ts.list()] == ["used"]
     ts.close()
+
+
+def test_token_expiry_follows_the_store_clock(tmp_path: Path) -> None:
+    clock = ManualClock()
+    ts = TokenStore(tmp_path / "t.db", clock=clock)
+    try:
+        early = ts.create("n1", ttl=60)
+        late = ts.create("n2", ttl=60)
+        clock.advance(59.9)
+        assert [t["state"] for t in ts.list()] == ["valid", "valid"]
+        assert ts.consume(early) == "n1"
+        clock.advance(0.1)  # exactly at expiry: expired
+        assert [t["state"] for t in ts.list()] == ["used", "expired"]
+        with pytest.raises(JoinError) as info:
+            ts.consume(late)
+        assert info.value.reason == "ExpiredToken"
+    finally:
+        ts.close()

@@ -25,9 +25,10 @@ API = "/apis/devices.kubeedge.io/v1beta1/namespaces/default"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    async with open_broker(tmp_path) as b:
+@pytest.fixture(params=[False, True], ids=["anonymous", "mqtt_auth"])
+async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
+    """mosquitto open to anyone, or with the logins and ACL the agent writes."""
+    async with open_broker(tmp_path, auth=tmp_path / "mqtt" if request.param else None) as b:
         yield b
 
 
@@ -99,12 +100,20 @@ async def test_modbus_values_reach_the_cloud_and_desired_values_reach_the_regist
 ) -> None:
     gw = await start_gateway(nursery, tmp_path / "gw")
     await join_node(gw, "pi-modbus", tmp_path / "agent")
-    await start_agent(nursery, tmp_path / "agent", mqtt=f"tcp://127.0.0.1:{broker.port}")
+    auth: dict[str, Any] = {}
+    login: list[str] = []
+    if broker.auth:  # the mapper logs in with what the agent wrote; its device syncs later
+        pid_file = str(broker.dir / "mosquitto.pid")
+        auth = {"mqtt_auth": True, "mqtt_auth_dir": str(broker.auth), "mqtt_pid_file": pid_file}
+        login = ["--mqtt-credentials", str(broker.auth / "mapper-modbus.cred")]
+    await start_agent(nursery, tmp_path / "agent", mqtt=broker.url, **auth)
+    if login:
+        await wait_for(lambda: Path(login[1]).exists())
     log_path = tmp_path / "mapper.log"
     with log_path.open("wb") as log:
         mapper = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not waited on here
             [sys.executable, "-m", "mappers.modbus", "--mqtt",
-             f"tcp://127.0.0.1:{broker.port}", "--node", "pi-modbus"],
+             f"tcp://127.0.0.1:{broker.port}", "--node", "pi-modbus", *login],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     try:

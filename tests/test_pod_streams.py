@@ -41,6 +41,8 @@ class HostStreams:
             pos = path.stat().st_size
             yield data
             while follow:
+                # A follower polls the file for growth, as edged's does for a
+                # container's log: the behaviour this fake stands in for.
                 await trio.sleep(0.02)
                 size = path.stat().st_size
                 if size > pos:

@@ -129,7 +129,7 @@ async def test_offline_restart_then_converge(nursery: trio.Nursery, tmp_path: Pa
     await agent.stop()
     # Gateway gone, agent restarted: everything is still served from SQLite.
     agent = await start_agent(nursery, tmp_path / "a")
-    await trio.sleep(0.5)
+    await wait_for(lambda: agent.status()["running"], what="the restarted agent is up")
     st = agent.status()
     assert st["objects"] == {"Node": 1, "Pod": 1, "ConfigMap": 1, "Secret": 1}
     assert st["connected"] is False and st["running"] is True
@@ -193,7 +193,7 @@ async def test_idle_nodes_follow_the_store_revision(nursery: trio.Nursery, tmp_p
     from cloudgateway._hub import HubConfig
 
     gw = await start_gateway(
-        nursery, tmp_path / "gw", hub_options=HubConfig(idle_timeout=10.0, progress_interval=0.5)
+        nursery, tmp_path / "gw", hub=HubConfig(idle_timeout=10.0, progress_interval=0.5)
     )
     await join_node(gw, "pi-01", tmp_path / "a")
     agent = await start_agent(nursery, tmp_path / "a")
@@ -236,8 +236,15 @@ async def test_a_full_disk_on_the_board_delays_sync_and_loses_nothing(
     # 640 KB: more than the WAL's reusable space (it is checkpointed at ~500 KB)
     for i in range(40):
         await create(gateway, "configmaps", cm(f"during-{i}", "pi-full", "x" * 16000))
-    await trio.sleep(2)
-    assert agent.status()["objects"].get("ConfigMap", 0) < 41  # stuck, not crashed
+    # The board failed to apply them and came back to resync from its last
+    # revision: stuck, not crashed.
+    hub = gateway.running.hub
+    await wait_for(
+        lambda: hub.statistics().get("resyncs_delta", 0) >= 1,
+        what="the board resynced by delta after failing to apply",
+    )
+    st = agent.status()
+    assert st["running"] and st["objects"].get("ConfigMap", 0) < 41
     filler.unlink()
     await wait_for(lambda: agent.status()["objects"].get("ConfigMap") == 41, timeout=40)
     conn = apsw.Connection(str(data / "meta.db"))

@@ -43,6 +43,10 @@ AGENT_UNIT = "edgeflock-agent.service"
 MOSQUITTO_UNIT = "edgeflock-mosquitto.service"
 CONTAINERD_UNIT = "edgeflock-containerd.service"
 MQTT_URL = "tcp://127.0.0.1:1883"
+# The agent writes mosquitto's password and ACL files here (mqtt_auth); mosquitto
+# reads them as user mosquitto: the directory is setgid mosquitto, so the files
+# the agent writes get that group, and mosquitto writes its PID file there.
+MQTT_AUTH_DIR = "/var/lib/edgeflock/mqtt"
 CRI_SOCKET = "/run/edgeflock/containerd/containerd.sock"
 
 
@@ -90,11 +94,13 @@ def conf_file(*, gateway: str, ca_pin: str, node: str, components: Components) -
     return "\n".join(lines) + "\n"
 
 
-def agent_unit(components: Components) -> str:
+def agent_unit(components: Components, *, mqtt_auth: bool = True) -> str:
     args = [f"{VENV_DIR}/bin/edgeagent", "run", "--data-dir", DATA_DIR]
     after = ["network-online.target"]
     if components.mosquitto:
         args += ["--mqtt", MQTT_URL]
+        if mqtt_auth:
+            args += ["--mqtt-auth", "--mqtt-auth-dir", MQTT_AUTH_DIR]
         after.append(MOSQUITTO_UNIT)
     if components.containerd:
         args += ["--cri", f"unix://{CRI_SOCKET}"]
@@ -138,26 +144,46 @@ WantedBy=multi-user.target
 """
 
 
-def mosquitto_config() -> str:
-    return """\
+def mosquitto_config(*, mqtt_auth: bool = True) -> str:
+    if mqtt_auth:
+        access = f"""\
+# Clients log in with what the agent wrote: mappers may publish only their own
+# devices' twin topics; nobody else writes cloud Events or desired values.
+allow_anonymous false
+password_file {MQTT_AUTH_DIR}/passwd
+acl_file {MQTT_AUTH_DIR}/acl
+pid_file {MQTT_AUTH_DIR}/mosquitto.pid
+"""
+    else:
+        access = "allow_anonymous true\n"
+    return f"""\
 # edgeflock edge bus: local clients only.
 listener 1883 127.0.0.1
-allow_anonymous true
-persistence true
+{access}persistence true
 persistence_location /var/lib/edgeflock/mosquitto/
 max_queued_messages 10000
 """
 
 
-def mosquitto_unit() -> str:
-    return """\
+def mosquitto_unit(*, mqtt_auth: bool = True) -> str:
+    # Until the agent has written them, the files are empty and nobody gets in;
+    # the agent then makes mosquitto reload them (SIGHUP to the PID file).
+    auth = (
+        f"ExecStartPre=/bin/sh -c 'install -d -m 2770 -g mosquitto {MQTT_AUTH_DIR} && "
+        f"cd {MQTT_AUTH_DIR} && touch passwd acl && chgrp mosquitto passwd acl && "
+        "chmod 0640 passwd acl'\n"
+        "ExecReload=/bin/kill -HUP $MAINPID\n"
+        if mqtt_auth
+        else ""
+    )
+    return f"""\
 [Unit]
 Description=edgeflock edge bus (mosquitto)
 After=network.target
 
 [Service]
 ExecStartPre=/bin/mkdir -p /var/lib/edgeflock/mosquitto
-ExecStart=/usr/sbin/mosquitto -c /etc/edgeflock/mosquitto.conf
+{auth}ExecStart=/usr/sbin/mosquitto -c /etc/edgeflock/mosquitto.conf
 Restart=always
 
 [Install]

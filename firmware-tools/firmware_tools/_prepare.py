@@ -108,6 +108,8 @@ class PrepareOptions:
     wifi_psk: str | None = None
     wifi_country: str = "GB"
     bundle: Path | None = None
+    # Local MQTT with the agent's per-client credentials and ACLs (off: anonymous).
+    mqtt_auth: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +167,10 @@ def _validate(o: PrepareOptions) -> tuple[JoinToken, str, str, BootSettings, Bun
 
 
 def _root_files(
-    token: JoinToken, gateway: str, node: str, bundle: Bundle | None
+    token: JoinToken, gateway: str, node: str, bundle: Bundle | None, *, mqtt_auth: bool = True
 ) -> tuple[list[Dir], list[File], list[Symlink]]:
     components = bundle.components if bundle else fb.Components()
+    auth = mqtt_auth
     unit_dir = fb.UNIT_DIR
     dirs = [
         Dir("/etc/edgeflock", 0o755),
@@ -185,11 +188,12 @@ def _root_files(
         File(fb.TOKEN_PATH, f"{token}\n".encode(), 0o600),
         File(fb.FIRSTBOOT_SCRIPT, fb.firstboot_script().encode(), 0o755),
         File(f"{unit_dir}/{fb.FIRSTBOOT_UNIT}", fb.firstboot_unit().encode()),
-        File(f"{unit_dir}/{fb.AGENT_UNIT}", fb.agent_unit(components).encode()),
+        File(f"{unit_dir}/{fb.AGENT_UNIT}", fb.agent_unit(components, mqtt_auth=auth).encode()),
     ]
     if components.mosquitto:
-        files.append(File("/etc/edgeflock/mosquitto.conf", fb.mosquitto_config().encode()))
-        files.append(File(f"{unit_dir}/{fb.MOSQUITTO_UNIT}", fb.mosquitto_unit().encode()))
+        conf, unit = fb.mosquitto_config(mqtt_auth=auth), fb.mosquitto_unit(mqtt_auth=auth)
+        files.append(File("/etc/edgeflock/mosquitto.conf", conf.encode()))
+        files.append(File(f"{unit_dir}/{fb.MOSQUITTO_UNIT}", unit.encode()))
     if components.containerd:
         files.append(File("/etc/edgeflock/containerd.toml", fb.containerd_config().encode()))
         files.append(File(f"{unit_dir}/{fb.CONTAINERD_UNIT}", fb.containerd_unit().encode()))
@@ -228,7 +232,9 @@ def prepare_image(o: PrepareOptions) -> PrepareResult:
     partial = o.output.with_name(o.output.name + ".partial")
     try:
         shutil.copyfile(o.image, partial)
-        result = _bake(str(partial), layout, token, gateway, node, settings, bundle)
+        result = _bake(
+            str(partial), layout, token, gateway, node, settings, bundle, mqtt_auth=o.mqtt_auth
+        )
         os.replace(partial, o.output)
     except OSError as exc:
         partial.unlink(missing_ok=True)
@@ -247,10 +253,12 @@ def _bake(
     node: str,
     settings: BootSettings,
     bundle: Bundle | None,
+    *,
+    mqtt_auth: bool = True,
 ) -> tuple[WrittenFile, ...]:
     root = Ext4Volume(image, layout.root.offset)
     boot = FatVolume(image, layout.boot.offset)
-    dirs, files, links = _root_files(token, gateway, node, bundle)
+    dirs, files, links = _root_files(token, gateway, node, bundle, mqtt_auth=mqtt_auth)
     free = root.free_bytes()
     need = _needed(files)
     if need > free:

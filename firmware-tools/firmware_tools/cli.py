@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--wifi-psk")
     pr.add_argument("--wifi-country", default="GB", help="regulatory domain (default GB)")
     pr.add_argument("--bundle", type=Path, help="directory made by 'edgeflash bundle'")
+    pr.add_argument(
+        "--mqtt-anonymous",
+        dest="mqtt_auth",
+        action="store_false",
+        help="local MQTT open to any local process (default: per-client logins and ACLs)",
+    )
 
     b = sub.add_parser("bundle", help="build the offline wheelhouse for the board")
     b.add_argument("--arch", required=True, choices=("aarch64", "armv7l"))
@@ -98,6 +104,7 @@ def _prepare(args: argparse.Namespace) -> int:
             wifi_psk=args.wifi_psk,
             wifi_country=args.wifi_country,
             bundle=args.bundle,
+            mqtt_auth=args.mqtt_auth,
         )
     )
     size = sum(f.size for f in result.files)

@@ -26,9 +26,11 @@ from cloudgateway._api import (
     parse_label_selector,
 )
 from cloudgateway._errors import GatewayError
+from cloudgateway._http import HttpConfig
 from cloudgateway._store import SqliteBackend, Store
 from cloudgateway._validate import MAX_OBJECT_BYTES, Invalid, validate
 from tests.cloudgateway.test_http import GUARD, Client, fetch
+from tests.conftest import wait_for
 
 TOKEN = "s3cret-admin-token"
 NS = "/api/v1/namespaces/default"
@@ -115,11 +117,13 @@ class Api:
         return Watch(client)
 
     async def wait_stat(self, name: str, value: int) -> None:
-        with trio.fail_after(GUARD):
-            while True:  # polled: the server updates counters as it goes
-                if self.server.statistics().get(name) == value:
-                    return
-                await trio.sleep(0.01)
+        # polled: the server updates counters as it goes, with no event to wait on
+        await wait_for(
+            lambda: self.server.statistics().get(name) == value,
+            timeout=GUARD,
+            interval=0.01,
+            what=f"API server statistics {name} == {value}",
+        )
 
 
 class Watch:
@@ -162,7 +166,7 @@ async def start_api(nursery: trio.Nursery, path: Path, **store_kw: Any) -> Async
     backend = SqliteBackend(str(path), node_of=failing_node_of)
     store = Store(backend, **store_kw)
     server = ApiServer(store, admin_token=TOKEN, node_names=lambda: ["pi-01", "pi-02"])
-    port = await nursery.start(server.run, "127.0.0.1", 0)
+    port = await nursery.start(server.run, HttpConfig(host="127.0.0.1", port=0))
     try:
         yield Api(port, server, store, backend)
     finally:

@@ -15,7 +15,7 @@ import h11
 import pytest
 import trio
 
-from cloudgateway._http import Request, Response, json_response, serve_http
+from cloudgateway._http import HttpConfig, Request, Response, json_response, serve_http
 from cloudgateway._pki import load_or_create_pki, server_ssl_context
 
 GUARD = 10  # seconds: a guard against hangs, never an assertion about speed
@@ -162,9 +162,17 @@ async def echo(request: Request) -> Response:
     )
 
 
-async def start(nursery: trio.Nursery, handler: Callable[[Request], Any] = echo, **kw: Any) -> int:
+async def start(
+    nursery: trio.Nursery,
+    handler: Callable[[Request], Any] = echo,
+    ssl_context: ssl.SSLContext | None = None,
+    **kw: Any,
+) -> int:
+    config = HttpConfig(host="127.0.0.1", port=0, **kw)
     port: int = await nursery.start(
-        lambda task_status: serve_http(handler, "127.0.0.1", 0, task_status=task_status, **kw)
+        lambda task_status: serve_http(
+            handler, config, ssl_context=ssl_context, task_status=task_status
+        )
     )
     return port
 
@@ -278,7 +286,7 @@ async def test_body_over_the_limit_is_a_413(nursery: trio.Nursery) -> None:
 
 
 async def test_slow_and_silent_clients_time_out(nursery: trio.Nursery) -> None:
-    port = await start(nursery, header_timeout=0.3)
+    port = await start(nursery, head_timeout=0.3, idle_timeout=0.3)
     with trio.fail_after(GUARD):
         # Half a request line, then nothing: 408 and the connection closes.
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -383,28 +391,72 @@ async def test_streamed_response_is_chunked_and_closed_when_the_client_leaves(
     await closed.wait()
 
 
-async def test_connection_limit(nursery: trio.Nursery) -> None:
-    port = await start(nursery, max_connections=1)
+async def _closed_by_server(stream: trio.SocketStream) -> bool:
+    try:
+        return await stream.receive_some(65536) == b""
+    except trio.BrokenResourceError:
+        return True  # reset instead of a clean close: closed all the same
+
+
+async def test_at_the_cap_the_longest_waiting_connection_makes_room(
+    nursery: trio.Nursery,
+) -> None:
+    entered, release = trio.Event(), trio.Event()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/wait":
+            entered.set()
+            await release.wait()
+        return await echo(request)
+
+    port = await start(nursery, handler, max_connections=2)
     with trio.fail_after(GUARD):
-        first = await Client.connect(port)
-        status, _, _ = await first.request("GET", "/one")
-        assert status == 200
-        # A second connection while the first is open is closed at once.
-        second = await trio.open_tcp_stream("127.0.0.1", port)
-        await second.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        try:
-            assert await second.receive_some(65536) == b""
-        except trio.BrokenResourceError:
-            pass  # reset instead of a clean close: refused all the same
-        await second.aclose()
-        await first.aclose()
-    # Once the first has gone, new connections are served.
-    while True:
-        try:
-            status, _, _ = await fetch(port, "GET", "/again")
-            break
-        except (trio.BrokenResourceError, h11.RemoteProtocolError):
-            await trio.sleep(0.01)  # the server has not yet noticed the close
+        busy = await Client.connect(port)
+        async with trio.open_nursery() as n:
+            n.start_soon(busy.request, "GET", "/wait")  # being answered: never shed
+            await entered.wait()
+            idle = await trio.open_tcp_stream("127.0.0.1", port)  # silent
+            # A third connection takes the silent one's place and is served.
+            newcomer = await Client.connect(port)
+            status, _, _ = await newcomer.request("GET", "/new")
+            assert status == 200
+            assert await _closed_by_server(idle)
+            await idle.aclose()
+            # Between keep-alive requests a connection waits too: the oldest
+            # such goes next.
+            another = await Client.connect(port)
+            status, _, _ = await another.request("GET", "/another")
+            assert status == 200
+            assert await _closed_by_server(newcomer.stream)
+            await newcomer.aclose()
+            release.set()
+        await busy.aclose()
+        await another.aclose()
+
+
+async def test_when_every_connection_is_busy_a_new_one_is_refused(
+    nursery: trio.Nursery,
+) -> None:
+    entered, release = trio.Event(), trio.Event()
+
+    async def handler(request: Request) -> Response:
+        entered.set()
+        await release.wait()
+        return await echo(request)
+
+    port = await start(nursery, handler, max_connections=1)
+    with trio.fail_after(GUARD):
+        busy = await Client.connect(port)
+        async with trio.open_nursery() as n:
+            n.start_soon(busy.request, "GET", "/wait")
+            await entered.wait()
+            second = await trio.open_tcp_stream("127.0.0.1", port)
+            await second.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert await _closed_by_server(second)
+            await second.aclose()
+            release.set()
+        await busy.aclose()
+    status, _, _ = await fetch(port, "GET", "/again")
     assert status == 200
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from edgeagent._config import AgentConfig
 from edgeagent._meta import Meta
 from edgeagent.edged import Edged, EdgedOptions
 from edgeproto import Apply, Entry, encode_object
-from tests.conftest import wait_for
+from tests.conftest import wait_for, wait_for_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "containerd"
@@ -43,12 +42,15 @@ class Containerd:
         """SIGKILL containerd alone (its shims and containers keep running), like a crash."""
         pid = int((self.dir / "containerd.pid").read_text())
         os.kill(pid, 9)
-        for _ in range(200):
+
+        def gone() -> bool:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                break
-            time.sleep(0.02)
+                return True
+            return False
+
+        wait_for_sync(gone, timeout=5, what=f"containerd (pid {pid}) gone after SIGKILL")
         # reap it if it was our child (it is not: setsid in the script)
         (self.dir / "containerd.pid").unlink()
 
@@ -176,14 +178,16 @@ class Node:
     async def wait_status(
         self, name: str, pred: Any, timeout: float = 20.0, namespace: str = "default"
     ) -> dict[str, Any]:
-        last = None
-        with trio.move_on_after(timeout):
-            while True:
-                last = await self.status(name, namespace)
-                if last is not None and pred(last):
-                    return last
-                await trio.sleep(0.05)
-        raise AssertionError(f"pod {name}: condition not met within {timeout} s; last {last!r}")
+        last: list[dict[str, Any] | None] = [None]
+
+        async def met() -> dict[str, Any] | None:
+            last[0] = st = await self.status(name, namespace)
+            return st if st is not None and pred(st) else None
+
+        def what() -> str:
+            return f"pod {name}: status {pred!r}; last status {last[0]!r}"
+
+        return dict(await wait_for(met, timeout, interval=0.05, what=what))
 
     def leftovers(self) -> list[str]:
         """containerd containers (sandboxes included) labelled with this node, pod

@@ -118,7 +118,8 @@ async def test_containerd_down_and_back(nursery: trio.Nursery, node: Node) -> No
         assert ready["status"] == "False" and ready["reason"] == "ContainerRuntimeDown"
         # A pod that arrives while containerd is down waits, it does not crash anything.
         await node.put(node.pod("late", [node.container()]))
-        await trio.sleep(1.0)
+        st = await node.wait_status("late", lambda s: s.get("reason") == "ContainerRuntimeDown")
+        assert st["phase"] == "Pending"
     finally:
         await trio.to_thread.run_sync(node.containerd.start)
     st = await node.wait_status("steady", lambda s: running(s) and "reason" not in s)

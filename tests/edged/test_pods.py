@@ -79,14 +79,12 @@ async def test_pod_with_configmap_volume_and_secret_env(nursery: trio.Nursery, n
     # The ConfigMap changes: the file in the running container follows (atomic swap).
     cm["data"] = {"greeting": "updated"}
     await node.put(cm)
-    with trio.fail_after(10):
-        while True:
-            _, out, _ = await edged.exec_sync(
-                "default", "web", None, ["cat", "/etc/conf/greeting"], 5
-            )
-            if out == b"updated":
-                break
-            await trio.sleep(0.05)
+
+    async def updated() -> bool:
+        _, out, _ = await edged.exec_sync("default", "web", None, ["cat", "/etc/conf/greeting"], 5)
+        return out == b"updated"
+
+    await wait_for(updated, timeout=10, interval=0.05)
 
     uid = pod["metadata"]["uid"]
     assert pod_cgroup_dirs(uid)

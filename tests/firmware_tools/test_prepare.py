@@ -322,6 +322,9 @@ def test_bundle_with_mosquitto_and_containerd_gets_their_units(
         in root.read("/etc/systemd/system/edgeflock-mosquitto.service").decode()
     )
     assert b"listener 1883 127.0.0.1" in root.read("/etc/edgeflock/mosquitto.conf")
+    # Local MQTT needs the agent's logins by default (issue 11, defect 19).
+    assert b"allow_anonymous false" in root.read("/etc/edgeflock/mosquitto.conf")
+    assert "--mqtt-auth --mqtt-auth-dir /var/lib/edgeflock/mqtt" in agent
     assert tomllib.loads(root.read("/etc/edgeflock/containerd.toml").decode())["grpc"][
         "address"
     ] == ("/run/edgeflock/containerd/containerd.sock")

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import trio
 
 from mappers._mqtt import MqttClient
+from tests.conftest import wait_for, wait_for_sync
 from tests.mqtt_fixtures import Broker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,11 +109,11 @@ class PtyPair:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 5
-        while not (os.path.exists(self.a) and os.path.exists(self.b)):
-            if time.monotonic() > deadline:
-                raise RuntimeError("socat did not create the pty pair")
-            time.sleep(0.01)
+        wait_for_sync(
+            lambda: os.path.exists(self.a) and os.path.exists(self.b),
+            timeout=5,
+            what=f"socat created the pty pair {self.a}, {self.b}",
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -216,14 +216,11 @@ async def watcher(mosquitto: Broker, nursery: trio.Nursery) -> AsyncIterator[Wat
 
 async def eventually(predicate: Any, timeout: float = 10.0, step: float = 0.02) -> None:
     """Poll ``predicate`` until it holds (for counters that have no event)."""
-    for _ in range(int(timeout / step)):
-        if predicate():
-            return
-        await trio.sleep(step)
-    raise AssertionError(f"not true within {timeout} s")
+    await wait_for(predicate, timeout, interval=step)
 
 
 def restart_broker(broker: Broker) -> None:
+    """Stop the broker (``stop`` returns once the process has exited, so every
+    client's connection is gone) and start it again on the same port."""
     broker.stop_sync()
-    time.sleep(0.3)
     broker.start_sync()

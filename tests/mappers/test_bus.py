@@ -37,7 +37,7 @@ class Slave:
             slave, req, buf = buf[0], buf[1:6], buf[8:]
             count = int.from_bytes(req[3:5], "big")
             pdu = bytes([3, 2 * count]) + b"\x00\x07" * count
-            await trio.sleep(self.delay)
+            await trio.sleep(self.delay)  # a slow device: the behaviour under test
             os.write(self.fd, rtu_frame(self.answer_as or slave, pdu))
             self.sent.append(time.monotonic())
 
@@ -73,7 +73,9 @@ async def test_late_answer_is_drained_and_wrong_slave_rejected(
         with pytest.raises(DeviceTimeout):
             await bus.transact(1, pdu, 0.05)
         slave.delay = 0.0
-        await trio.sleep(0.2)  # the late answer arrives meanwhile and must not be taken
+        # The late answer reaches our end of the line; it must not be taken.
+        with trio.fail_after(5):
+            await trio.lowlevel.wait_readable(bus._fd)
         assert await bus.transact(1, pdu, 1.0) == bytes([3, 2, 0, 7])
         assert bus.statistics()["stray_bytes"] == 7
         slave.answer_as = 9

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import trio
 
+from tests.conftest import wait_for
 from tests.mappers._docs import device, model, write_yaml
 from tests.mappers.conftest import Broker, PtyPair, Sim, Watcher, start_modbus_sim
 from tests.mappers.test_modbus_tcp import start_shell, twin_has
@@ -54,8 +55,18 @@ async def test_two_slaves_on_one_bus_read_and_write(
     delta = {"event_id": "d", "timestamp": 1, "twin": {}, "delta": {"setpoint": "-42"}}
     watcher.mqtt.publish("$hw/events/device/rtu-2/twin/update/delta", json.dumps(delta))
     await watcher.wait_for(twin_has("rtu-2", "setpoint", "-42"))
-    await trio.sleep(0.3)
-    assert watcher.twin_values("rtu-1")["setpoint"] == "0"  # slave 1 untouched
+    # Slave 1 is read again after the write to slave 2, and is untouched.
+    mark = len(watcher.messages)
+    await wait_for(
+        lambda: any(
+            t == "$hw/events/device/rtu-1/twin/update"
+            and isinstance(b, dict)
+            and "setpoint" in b.get("twin", {})
+            for t, b in watcher.messages[mark:]
+        ),
+        what="a report of rtu-1's setpoint read after the write to rtu-2",
+    )
+    assert watcher.twin_values("rtu-1")["setpoint"] == "0"
     stats = t1.bus.statistics()
     assert stats["timeouts"] == 0 and stats["crc_errors"] == 0
     assert stats["responses"] >= stats["requests"] - 1  # one may be in flight

@@ -1,0 +1,111 @@
+"""Admission under a flood of unauthenticated connections (issue 11, defect 12):
+idle or slow sockets on loopback against a real gateway must not keep a board
+with a valid certificate, or an admin, out."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+import edgeproto
+from cloudgateway._hub import HubConfig
+from edgeagent._hub import open_hub_connection
+from edgeagent._tls import client_ssl_context
+from edgeproto import Kind, Message
+from tests.cloudgateway.test_hub import hub_url
+from tests.conftest import Gateway, join_node, start_gateway, wait_for
+
+GUARD = 10.0  # seconds: against hangs; well under every timeout the flood could wait out
+
+
+@contextlib.asynccontextmanager
+async def flood(
+    port: int, count: int, first_bytes: bytes = b""
+) -> AsyncIterator[list[socket.socket]]:
+    """``count`` connections to ``port`` that send ``first_bytes`` and then nothing."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            socks.append(s)
+            if first_bytes:
+                await trio.lowlevel.wait_writable(s)
+                s.send(first_bytes)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def closed_by_peer(s: socket.socket) -> bool:
+    await trio.lowlevel.wait_readable(s)
+    try:
+        return s.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def sync_once(node_dir: Path, node: str) -> Message:
+    """Connect with the node's certificate, say hello, return the snapshot."""
+    async with open_hub_connection(
+        hub_url(node_dir),
+        client_ssl_context(node_dir),
+        connect_timeout=GUARD,
+        max_message=edgeproto.DEFAULT_MAX_MESSAGE,
+    ) as ws:
+        hello = Message(Kind.HELLO, body={"node": node, "last_rev": 0})
+        await ws.send_message(edgeproto.encode_message(hello))
+        return edgeproto.decode_message(await ws.get_message())
+
+
+async def test_idle_flood_does_not_keep_a_board_out(nursery: trio.Nursery, tmp_path: Path) -> None:
+    # Timeouts far beyond the test's guard: only admission itself can let the board in.
+    config = HubConfig(
+        max_handshakes=4, max_handshake_queue=8, first_byte_timeout=60, handshake_timeout=60
+    )
+    gw = await start_gateway(nursery, tmp_path / "gw", hub=config)
+    await join_node(gw, "pi-01", tmp_path / "pi-01")
+    hub = gw.running.hub
+    async with flood(gw.ports["hub"], 60):
+        await wait_for(lambda: hub.statistics()["half_open"] == 12)
+        with trio.fail_after(GUARD):
+            snap = await sync_once(tmp_path / "pi-01", "pi-01")
+        assert snap.kind is Kind.SNAPSHOT
+        # The oldest idle sockets made room; the board (newest) was not shed.
+        assert hub.statistics()["connections_shed"] >= 48
+
+
+async def test_silent_and_slow_connections_are_closed_at_their_deadlines(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    config = HubConfig(first_byte_timeout=0.2, handshake_timeout=0.5)
+    gw = await start_gateway(nursery, tmp_path / "gw", hub=config)
+    hub = gw.running.hub
+    with trio.fail_after(GUARD):
+        async with flood(gw.ports["hub"], 1) as (silent,):
+            assert await closed_by_peer(silent)
+        # The first bytes of a TLS record, then nothing: a slot is not held for long.
+        async with flood(gw.ports["hub"], 1, b"\x16\x03\x01\x02\x00") as (slow,):
+            assert await closed_by_peer(slow)
+    stats = hub.statistics()
+    assert stats["first_byte_timeouts"] == 1 and stats["handshake_timeouts"] == 1
+    assert stats["half_open"] == 0
+
+
+async def test_api_and_join_serve_under_an_idle_flood(gateway: Gateway, tmp_path: Path) -> None:
+    """More idle sockets than the HTTP servers' cap (512): the oldest make room."""
+    async with flood(gateway.ports["api"], 530), flood(gateway.ports["join"], 530):
+        code, _ = await wait_for(lambda: gateway.api("GET", "/api/v1/nodes"), timeout=GUARD)
+        assert code == 200
+        # Joining is an HTTPS request to the join endpoint.
+        await join_node(gateway, "pi-02", tmp_path / "pi-02")
+    api_http = gateway.running.api.http_statistics()
+    assert api_http["connections_shed"] >= 18
+    assert gateway.running.join_http.statistics()["connections_shed"] >= 18
