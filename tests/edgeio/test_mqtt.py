@@ -76,6 +76,10 @@ def test_paho_is_driven_from_one_place() -> None:
 
 
 def test_edgeio_imports_neither_paho_nor_its_users() -> None:
+    """edgeio sits beside edgeproto: the sans-io core does not import it, and it
+    imports none of the packages that use it (nor paho until a client runs)."""
+    for path in (ROOT / "edgeproto").rglob("*.py"):
+        assert not any(n.split(".")[0] == "edgeio" for n in _imports(path)), path
     probe = "import json, sys, edgeio; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
