@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 
 import edgeproto
+from edgeio import write_atomic
 
 from ._api import ApiServer
 from ._config import GatewayConfig
@@ -22,7 +23,7 @@ from ._health import NodeHealth
 from ._http import HttpServer, Request
 from ._hub import Hub
 from ._join import JoinService, TokenStore
-from ._pki import load_or_create_pki, server_ssl_context, write_atomic
+from ._pki import load_or_create_pki, server_ssl_context
 from ._store import AlreadyExists, SqliteBackend, Store
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ async def run_gateway(
 
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(health.run)
+            await nursery.start(health.run, hub.connected_nodes)
             hub_port = await nursery.start(hub.run)
             join = JoinService(
                 pki, tokens, hub_url=_hub_url_for(config, hub_port), on_joined=on_joined
