@@ -63,7 +63,9 @@ def load_admin_token(data_dir: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    token = secrets.token_urlsafe(32)
+    # Hex, not base64url: a token starting with "-" reads as an option to
+    # edgectl's and kubectl's argument parsers ("--token -x...").
+    token = secrets.token_hex(32)
     write_atomic(path, (token + "\n").encode(), 0o600)
     return token
 
