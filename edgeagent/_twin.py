@@ -51,11 +51,10 @@ from edgeproto.twin import TwinError, TwinProperty
 
 from ._config import AgentConfig
 from ._meta import Meta, MetaError
+from ._upload import Uploads
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 8192  # an event, not a file transfer
-MAX_UPLOAD_TOPIC = 200
 _RETRY_FIRST, _RETRY_MAX = 0.5, 30.0  # a failed flush (full disk) is retried
 
 __all__ = ["HISTORY_ANNOTATION", "DeviceTwin", "edge_bus_modules"]
@@ -173,7 +172,7 @@ class _Pending:
     desired: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
     history: dict[tuple[str, str, int], tuple[str, int]] = field(default_factory=dict)
     purge: set[str] = field(default_factory=set)  # devices whose rows all go
-    uploads: list[tuple[str, Any, int]] = field(default_factory=list)  # (topic, payload, ms)
+    uploads: list[tuple[str, Any, int]] = field(default_factory=list)  # taken from Uploads
 
     def __bool__(self) -> bool:
         return bool(
@@ -201,9 +200,10 @@ class DeviceTwin:
         self._observed: dict[tuple[str, str], str] = {}  # desired known when reported
         self._history_seq: dict[tuple[str, str], int] = {}
         self._pending = _Pending()
-        self._uploads = 0  # makes each upload's outbox key unique
         self._dirty = trio.Event()
         self.counters: Counter[str] = Counter()
+        # Events for the cloud share the twin's write batches (one transaction).
+        self.uploads = Uploads(config.node, self.counters, self._mark)
 
     def attach(self, publish: Publish) -> None:
         self._publish = publish
@@ -212,7 +212,7 @@ class DeviceTwin:
         """Receivers for every subscription of :data:`edgeproto.topics.SUBSCRIPTIONS`."""
         dev, node = topics.DEVICE_PREFIX + "+", topics.NODE_PREFIX + "+"
         return {
-            topics.UPLOAD_PREFIX + "#": self._on_upload,
+            **self.uploads.routes(),
             dev + topics.STATE_UPDATE: self._on_state_update,
             dev + topics.TWIN_UPDATE: self._on_twin_update,
             dev + topics.TWIN_GET: self._on_twin_get,
@@ -343,7 +343,7 @@ class DeviceTwin:
     # ---- persistence -------------------------------------------------------------
 
     def _mark(self) -> None:
-        if self._pending:
+        if self._pending or self.uploads:
             self._dirty.set()
 
     async def _flusher(self) -> None:
@@ -359,6 +359,7 @@ class DeviceTwin:
             last = trio.current_time()
             self._dirty = trio.Event()
             pending, self._pending = self._pending, _Pending()
+            pending.uploads = self.uploads.take()
             try:
                 await self._flush(pending)
             except MetaError as exc:
@@ -386,7 +387,7 @@ class DeviceTwin:
         for d, v in p.desired.items():
             q.desired[d] = {**v, **q.desired.get(d, {})}
         q.history = {**p.history, **q.history}
-        q.uploads[:0] = p.uploads
+        self.uploads.restore(p.uploads)
 
     async def _flush(self, p: _Pending) -> None:
         upserts: list[tuple[str, str, str]] = []
@@ -416,11 +417,7 @@ class DeviceTwin:
                 entry = {"propertyName": prop, "value": value, "timestamp": str(ts)}
                 body = cbor2.dumps({"history": [entry]})
                 items.append((f"{d.key}#h{prop}.{slot}", "twin-history", body, True))
-        node_key = edgeproto.make_key("nodes", "", self._cfg.node)
-        for what, payload, ms in p.uploads:  # each one its own row: events never coalesce
-            self._uploads += 1
-            body = cbor2.dumps({"topic": what, "payload": payload, "timestamp": ms})
-            items.append((f"{node_key}#up{ms}.{self._uploads}", "event", body, False))
+        items += self.uploads.outbox(p.uploads)
 
         def write(conn: apsw.Connection) -> Outbox:
             if upserts:
@@ -613,33 +610,6 @@ class DeviceTwin:
         # KubeEdge's cloud sync topic: in edgeflock cloud changes arrive through the
         # gateway's sync, never from the local bus.
         self.counters["cloud_updated_ignored"] += 1
-
-    def _on_upload(self, topic: str, payload: bytes) -> None:
-        """``$hw/events/upload/<what>``: an event from a mapper or an app, sent to
-        the cloud (where it becomes a Kubernetes Event on this node). The payload
-        is JSON, or else UTF-8 text kept as a string."""
-        what = topic[len(topics.UPLOAD_PREFIX) :]
-        reason = ""
-        if not what or len(what) > MAX_UPLOAD_TOPIC:
-            reason = f"the topic's suffix must be 1-{MAX_UPLOAD_TOPIC} characters"
-        elif len(payload) > MAX_UPLOAD_BYTES:
-            reason = f"payload of {len(payload)} bytes is over {MAX_UPLOAD_BYTES}"
-        else:
-            try:
-                text = payload.decode("utf-8")
-            except UnicodeDecodeError:
-                reason = "payload is neither JSON nor UTF-8 text"
-        if reason:
-            self.counters["uploads_rejected"] += 1
-            log.warning("twin: upload on %s rejected: %s", topic, reason)
-            return
-        try:
-            body: Any = json.loads(text)
-        except ValueError:
-            body = text
-        self._pending.uploads.append((what, body, _now_ms()))
-        self.counters["uploads"] += 1
-        self._mark()
 
 
 def edge_bus_modules(config: AgentConfig, meta: Meta) -> list[tuple[str, Callable[..., Any]]]:
