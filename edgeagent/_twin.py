@@ -10,9 +10,16 @@ Writes are batched for SD cards: a change marks rows dirty and a flusher
 writes everything dirty at most once per ~65 ms window in ONE transaction,
 together with the device status reports for the gateway (the outbox row of a
 device is coalesced: the latest full twin list wins, so a gateway down for
-days costs one row per device). Answers on MQTT are sent when the in-memory
-document changed; a crash within the window loses at most that window, which
-the mapper's next report repairs.
+days costs one row per device).
+
+Nothing is told before it is on disk: every message the twin publishes while
+a change is not yet committed (update, state and get results, documents,
+deltas, membership) waits for the commit of the batch that holds that change
+and goes out when it commits. A crash before the commit loses updates that no
+device was told were accepted (it resends them). When the commit fails (a
+full disk), each waiting request is answered with KubeEdge's error result,
+code 500; the changes stay in memory and are written when the store takes them
+again; pushes (documents, deltas) wait for that commit.
 
 Cloud → edge: a Device's ``spec.properties[].desired.value`` becomes the
 twin's expected value (cloud version bumped) and, when it differs from the
@@ -77,6 +84,10 @@ CREATE TABLE IF NOT EXISTS twin_device(
 """
 
 Publish = Callable[[str, bytes, int], bool]  # (topic, payload, qos)
+# A message waiting for a commit: (topic, payload, qos, what to send instead
+# when the commit fails: an error result for a request, None for a push that
+# waits for the next commit).
+Waiting = tuple[str, bytes, int, bytes | None]
 Outbox = list[tuple[str, str, bytes, bool]]
 
 
@@ -173,8 +184,10 @@ class _Pending:
     history: dict[tuple[str, str, int], tuple[str, int]] = field(default_factory=dict)
     purge: set[str] = field(default_factory=set)  # devices whose rows all go
     uploads: list[tuple[str, Any, int]] = field(default_factory=list)  # taken from Uploads
+    answers: list[Waiting] = field(default_factory=list)  # published once this commits
 
     def __bool__(self) -> bool:
+        """Something to write (answers alone write nothing)."""
         return bool(
             self.rows
             or self.states
@@ -200,7 +213,9 @@ class DeviceTwin:
         self._observed: dict[tuple[str, str], str] = {}  # desired known when reported
         self._history_seq: dict[tuple[str, str], int] = {}
         self._pending = _Pending()
+        self._saving = False  # a batch is being committed
         self._dirty = trio.Event()
+        self._flushed = trio.Event()  # set after every commit (or failed attempt)
         self.counters: Counter[str] = Counter()
         # Events for the cloud share the twin's write batches (one transaction).
         self.uploads = Uploads(config.node, self.counters, self._mark)
@@ -226,6 +241,12 @@ class DeviceTwin:
 
     def twin(self, device: str) -> dict[str, TwinProperty]:
         return dict(self._twins.get(device, {}))
+
+    async def wait_flushed(self) -> None:
+        """Wait until every change made so far is committed and every message
+        that waited for it is published."""
+        while self._pending or self._pending.answers or self._saving or self.uploads:
+            await self._flushed.wait()
 
     # ---- the service ---------------------------------------------------------------
 
@@ -330,7 +351,7 @@ class DeviceTwin:
                 "removed_devices": [{"id": d.name, "name": d.name} for d in removed],
             }
             topic = topics.membership_topic(self._cfg.node, topics.MEMBERSHIP_UPDATED)
-            self._publish(topic, tw.encode(body), 1)
+            self._emit(topic, tw.encode(body), 1)
 
     def on_broker_connected(self) -> None:
         """Re-send every outstanding delta (a mapper may have missed them)."""
@@ -343,8 +364,27 @@ class DeviceTwin:
     # ---- persistence -------------------------------------------------------------
 
     def _mark(self) -> None:
-        if self._pending or self.uploads:
+        if self._pending or self._pending.answers or self.uploads:
             self._dirty.set()
+
+    def _emit(self, topic: str, payload: bytes, qos: int, failed: bytes | None = None) -> None:
+        """Publish now when everything the twin holds is on disk; else with the
+        commit of the next batch (``failed`` instead if that commit fails)."""
+        if self._pending or self._saving:
+            self._pending.answers.append((topic, payload, qos, failed))
+            self._dirty.set()
+        else:
+            self._publish(topic, payload, qos)
+
+    def _answer_batch(self, answers: list[Waiting], error: str | None) -> None:
+        """The batch committed (``error`` None) or failed: send what waited on it."""
+        for topic, payload, qos, failed in answers:
+            if error is None:
+                self._publish(topic, payload, qos)
+            elif failed is not None:
+                self._publish(topic, failed, qos)
+            else:
+                self._pending.answers.append((topic, payload, qos, None))
 
     async def _flusher(self) -> None:
         # At most one transaction per window: a change after a quiet spell is
@@ -360,23 +400,39 @@ class DeviceTwin:
             self._dirty = trio.Event()
             pending, self._pending = self._pending, _Pending()
             pending.uploads = self.uploads.take()
+            self._saving = True
             try:
-                await self._flush(pending)
+                if pending or pending.uploads:
+                    await self._flush(pending)
             except MetaError as exc:
                 # A full disk, most likely. Nothing is lost: what could not be
                 # written stays in memory (merged with what comes meanwhile)
-                # and is written when the store takes it again.
+                # and is written when the store takes it again. Requests that
+                # waited for this commit are answered with an error now.
+                self._saving = False
                 self._restore(pending)
+                self._answer_batch(pending.answers, str(exc))
                 self.counters["flush_failures"] += 1
+                self._flushed.set()
+                self._flushed = trio.Event()
                 log.warning("twin: cannot write (%s); retrying in %.1f s", exc, retry)
                 await trio.sleep(retry)
                 retry = min(retry * 2, _RETRY_MAX)
                 self._dirty.set()
                 continue
             except BaseException:
+                self._saving = False
                 self._restore(pending)
                 raise
+            self._saving = False
+            self._answer_batch(pending.answers, None)
+            if not self._pending and self._pending.answers:
+                # Waited only for this commit (they came while it ran): out now.
+                self._answer_batch(self._pending.answers, None)
+                self._pending.answers = []
             retry = _RETRY_FIRST
+            self._flushed.set()
+            self._flushed = trio.Event()
 
     def _restore(self, p: _Pending) -> None:
         q = self._pending
@@ -478,16 +534,23 @@ class DeviceTwin:
 
     # ---- MQTT receivers (trio thread, must not block) --------------------------------
 
-    def _send(self, device: str, suffix: str, body: dict[str, Any]) -> None:
+    def _send(
+        self, device: str, suffix: str, body: dict[str, Any], *, request: str | None = None
+    ) -> None:
+        """``body`` to the device once what it shows is on disk. ``request`` (its
+        event id) makes it the answer to a request, answered with an error
+        instead when the commit fails."""
         # Answers are QoS 0 (KubeEdge's default; a client that is gone misses them
         # anyway); deltas are QoS 1 and wait in paho's queue across a reconnect.
         qos = 1 if suffix == topics.TWIN_UPDATE_DELTA else 0
-        self._publish(topics.device_topic(device, suffix), tw.encode(body), qos)
+        failed = None if request is None else _write_failed(request, "code" in body, body)
+        self._emit(topics.device_topic(device, suffix), tw.encode(body), qos, failed)
 
     def _fail(self, device: str, suffix: str, what: str, err: TwinError) -> None:
         self.counters[f"{what}_{err.code}"] += 1
         log.debug("twin: %s of %s rejected: %s", what, device, err)
-        self._send(device, suffix, tw.error_message(err.event_id, _now_ms(), err.code, err.reason))
+        body = tw.error_message(err.event_id, _now_ms(), err.code, err.reason)
+        self._send(device, suffix, body, request=err.event_id)
 
     def _device_of(self, topic: str) -> str:
         parsed = topics.parse_device_topic(topic)
@@ -529,7 +592,10 @@ class DeviceTwin:
                 p.desired[dev][name] = exp.value
         self._mark()
         self._send(
-            dev, topics.TWIN_UPDATE_RESULT, tw.twin_message(update.event_id, now, merge.result)
+            dev,
+            topics.TWIN_UPDATE_RESULT,
+            tw.twin_message(update.event_id, now, merge.result),
+            request=update.event_id,
         )
         if merge.changed:
             self._send(
@@ -552,7 +618,8 @@ class DeviceTwin:
             self._fail(dev, topics.TWIN_GET_RESULT, "twin_get", err)
             return
         self.counters["twin_gets"] += 1
-        self._send(dev, topics.TWIN_GET_RESULT, tw.twin_message(ev, now, self._twins.get(dev, {})))
+        body = tw.twin_message(ev, now, self._twins.get(dev, {}))
+        self._send(dev, topics.TWIN_GET_RESULT, body, request=ev)
 
     def _on_state_update(self, topic: str, payload: bytes) -> None:
         dev = self._device_of(topic)
@@ -577,7 +644,7 @@ class DeviceTwin:
             "timestamp": now,
             "device": {"name": dev, "state": state, "last_online": last_online},
         }
-        self._send(dev, topics.STATE_UPDATE_RESULT, body)
+        self._send(dev, topics.STATE_UPDATE_RESULT, body, request=ev)
 
     def _on_membership(self, topic: str, payload: bytes) -> None:
         parsed = topics.parse_node_topic(topic)
@@ -591,12 +658,13 @@ class DeviceTwin:
             else topics.MEMBERSHIP_DETAIL_RESULT
         )
         now = _now_ms()
+        topic = topics.membership_topic(node, result)
         try:
             ev, _ = tw.parse_base(payload)
         except TwinError as err:
             self.counters[f"membership_{err.code}"] += 1
             body = tw.error_message(err.event_id, now, err.code, err.reason)
-            self._publish(topics.membership_topic(node, result), tw.encode(body), 0)
+            self._emit(topic, tw.encode(body), 0, tw.encode(body))
             return
         self.counters["membership_gets"] += 1
         devices = [
@@ -604,12 +672,22 @@ class DeviceTwin:
             for n, d in sorted(self._devices.items())
         ]
         body = {"event_id": ev, "timestamp": now, "devices": devices}
-        self._publish(topics.membership_topic(node, result), tw.encode(body), 0)
+        self._emit(topic, tw.encode(body), 0, _write_failed(ev, False, body))
 
     def _on_cloud_updated(self, topic: str, payload: bytes) -> None:
         # KubeEdge's cloud sync topic: in edgeflock cloud changes arrive through the
         # gateway's sync, never from the local bus.
         self.counters["cloud_updated_ignored"] += 1
+
+
+def _write_failed(event_id: str, is_error: bool, body: dict[str, Any]) -> bytes:
+    """What a request is answered when the commit it waited for fails: its own
+    error result if it was refused anyway, else KubeEdge's error result (500,
+    as edgecore answers a twin update whose database write failed)."""
+    if is_error:
+        return tw.encode(body)
+    reason = "Update device twin failed due to writing sql error"
+    return tw.encode(tw.error_message(event_id, _now_ms(), tw.INTERNAL_ERROR, reason))
 
 
 def edge_bus_modules(config: AgentConfig, meta: Meta) -> list[tuple[str, Callable[..., Any]]]:
