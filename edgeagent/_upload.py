@@ -2,14 +2,17 @@
 
 What a mapper or an app publishes there becomes a node ``event`` report (and at
 the gateway a Kubernetes Event about this node). The payload is JSON, or else
-UTF-8 text kept as a string. Accepted events wait here until the twin's next
-batch writes them, each as its own outbox row (events never coalesce), in the
-same transaction as the twin's rows.
+UTF-8 text kept as a string. What the gateway could not use (too big, not
+UTF-8, nested too deep, strings that are not valid Unicode: the limits of
+``edgeproto.events``, shared with the gateway) is refused here and counted, so
+no local process can put a report in the outbox that is never acknowledged.
+Accepted events wait here until the twin's next batch writes them, each as its
+own outbox row (events never coalesce), in the same transaction as the twin's
+rows.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -19,14 +22,14 @@ from typing import Any
 import cbor2
 
 import edgeproto
-from edgeproto import topics
+from edgeproto import events, topics
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MAX_UPLOAD_BYTES", "MAX_UPLOAD_TOPIC", "Uploads"]
 
-MAX_UPLOAD_BYTES = 8192  # an event, not a file transfer
-MAX_UPLOAD_TOPIC = 200
+MAX_UPLOAD_BYTES = events.MAX_EVENT_PAYLOAD
+MAX_UPLOAD_TOPIC = events.MAX_EVENT_TOPIC
 
 Upload = tuple[str, Any, int]  # (what, payload, ms)
 OutboxItem = tuple[str, str, bytes, bool]  # (key, op, body, coalesce)
@@ -65,7 +68,7 @@ class Uploads:
         items: list[OutboxItem] = []
         for what, payload, ms in taken:  # each one its own row: events never coalesce
             self._seq += 1
-            body = cbor2.dumps({"topic": what, "payload": payload, "timestamp": ms})
+            body = cbor2.dumps(events.event_body(what, payload, ms))
             items.append((f"{self._node_key}#up{ms}.{self._seq}", "event", body, False))
         return items
 
@@ -73,25 +76,21 @@ class Uploads:
         """``$hw/events/upload/<what>``: an event from a mapper or an app, sent to
         the cloud (where it becomes a Kubernetes Event on this node). The payload
         is JSON, or else UTF-8 text kept as a string."""
-        what = topic[len(topics.UPLOAD_PREFIX) :]
-        reason = ""
-        if not what or len(what) > MAX_UPLOAD_TOPIC:
-            reason = f"the topic's suffix must be 1-{MAX_UPLOAD_TOPIC} characters"
-        elif len(payload) > MAX_UPLOAD_BYTES:
-            reason = f"payload of {len(payload)} bytes is over {MAX_UPLOAD_BYTES}"
-        else:
-            try:
-                text = payload.decode("utf-8")
-            except UnicodeDecodeError:
-                reason = "payload is neither JSON nor UTF-8 text"
-        if reason:
-            self._counters["uploads_rejected"] += 1
-            log.warning("twin: upload on %s rejected: %s", topic, reason)
-            return
+        what, ms = topic[len(topics.UPLOAD_PREFIX) :], _now_ms()
         try:
-            body: Any = json.loads(text)
-        except ValueError:
-            body = text
-        self._queued.append((what, body, _now_ms()))
+            body = events.parse_upload(what, payload)
+            events.event_body(what, body, ms)  # all that the gateway checks
+        except events.EventError as exc:
+            self._counters["uploads_rejected"] += 1
+            # Once at WARNING, then DEBUG: a flood must not flood the log too.
+            first = self._counters["uploads_rejected"] == 1
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "upload on %s rejected: %s",
+                topic,
+                exc,
+            )
+            return
+        self._queued.append((what, body, ms))
         self._counters["uploads"] += 1
         self._wake()

@@ -16,7 +16,7 @@ import trio
 
 from edgeproto import topics
 from tests.conftest import Agent, Gateway, join_node, start_agent, start_gateway, wait_for
-from tests.mqtt_fixtures import Broker, open_broker, open_client
+from tests.mqtt_fixtures import Broker, MqttClient, open_broker, open_client
 
 
 @pytest.fixture
@@ -328,3 +328,53 @@ def agent_objects(tmp_path: Path) -> dict[str, int]:
     from edgeagent._cli import agent_status
 
     return dict(agent_status(tmp_path / "agent")["objects"])
+
+
+async def test_hostile_uploads_cannot_stall_the_boards_reports(
+    nursery: trio.Nursery, gateway: Gateway, tmp_path: Path, broker: Broker
+) -> None:
+    """Any local process may publish on ``$hw/events/upload/#``. 80 uploads the
+    gateway could not decode or keep (nested 400 deep: more than the outbox's
+    in-flight window of 64) are refused at the edge; twin values still reach
+    the gateway."""
+    agent = await setup_node(nursery, gateway, tmp_path, broker, ["thermo-h"])
+    mapper = await open_client(nursery, broker.url, (topics.DEVICE_PREFIX + "+/twin/update/+",))
+    await mapper_accepted(mapper, "thermo-h")
+    for i in range(80):
+        deep = b"[" * 400 + b"]" * 400 if i % 2 else b'{"a":' * 399 + b"1" + b"}" * 399
+        mapper.publish(topics.UPLOAD_PREFIX + f"evil/{i}", deep)
+    mapper.publish(topics.UPLOAD_PREFIX + "evil/surrogate", b'{"s": "\\ud800"}')
+    mapper.publish(topics.UPLOAD_PREFIX + "fine", b'{"ok": true}')
+    # Answered once its batch committed: the uploads before it are in the outbox
+    # (if accepted there), ahead of the report of the next value.
+    result_topic = topics.device_topic("thermo-h", topics.TWIN_UPDATE_RESULT)
+    mapper.publish(topics.device_topic("thermo-h", topics.TWIN_UPDATE), report({}, "after"))
+    await mapper.wait_for(result_topic, lambda b: b.get("event_id") == "after")
+    mapper.publish(
+        topics.device_topic("thermo-h", topics.TWIN_UPDATE), report({"temperature": "7"})
+    )
+
+    async def shows() -> bool:
+        code, body = await gateway.api("GET", f"{API}/devices/thermo-h")
+        return code == 200 and reported(body).get("temperature") == "7"
+
+    await wait_for(shows, timeout=10)
+    code, body = await gateway.api("GET", "/api/v1/namespaces/default/events")
+    assert code == 200, body
+    assert [e["message"] for e in body["items"]] == ['{"ok":true}']
+    await wait_for(lambda: agent.status()["outbox"] == 0, timeout=10)
+
+
+async def mapper_accepted(mapper: MqttClient, name: str) -> None:
+    """Publish a probe until the twin answers it (the agent's bus subscribes
+    after the agent starts; a message before that is not delivered)."""
+    result_topic = topics.device_topic(name, topics.TWIN_UPDATE_RESULT)
+
+    async def accepted() -> bool:
+        mapper.publish(topics.device_topic(name, topics.TWIN_UPDATE), report({}, "probe"))
+        with trio.move_on_after(0.2):
+            await mapper.wait_for(result_topic, lambda b: "code" not in b)
+            return True
+        return False
+
+    await wait_for(accepted, timeout=10)
