@@ -109,6 +109,7 @@ class EventBus:
         self._connected_now = False
         self._lost = False
         self.connected = False
+        self.subscribed = False  # the broker acknowledged this connection's subscriptions
         self.counters: Counter[str] = Counter()
 
     def add_on_connect(self, hook: Callable[[], None]) -> None:
@@ -142,6 +143,7 @@ class EventBus:
         client.on_connect = self._on_connect_cb
         client.on_disconnect = self._on_disconnect_cb
         client.on_message = self._on_message_cb
+        client.on_subscribe = self._on_subscribe_cb
         client.on_socket_close = self._on_socket_close_cb
         client.on_socket_register_write = self._on_register_write_cb
         client.on_socket_unregister_write = self._on_unregister_write_cb
@@ -162,13 +164,13 @@ class EventBus:
                 else:
                     began = trio.current_time()
                     await self._serve_connection(client)
-                    self.connected = False
+                    self.connected = self.subscribed = False
                     if trio.current_time() - began > 10:
                         delay = self._backoff[0]
                 await trio.sleep(random.uniform(0, delay))
                 delay = min(self._backoff[1], delay * 2)
         finally:
-            self.connected = False
+            self.connected = self.subscribed = False
             self._client = None
             sock = client.socket()
             try:
@@ -305,10 +307,16 @@ class EventBus:
     def _on_disconnect_cb(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
-        self.connected = False
+        self.connected = self.subscribed = False
         self._lost = True
         self.counters["disconnects"] += 1
         log.info("mqtt: disconnected from %s:%d: %s", self._host, self._port, reason)
+
+    def _on_subscribe_cb(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        self.subscribed = True
+        self.counters["subscribed"] += 1
 
     def _on_message_cb(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._inbox.append((msg.topic, bytes(msg.payload)))
@@ -339,6 +347,7 @@ class _Client(Protocol):
     on_connect: Any
     on_disconnect: Any
     on_message: Any
+    on_subscribe: Any
     on_socket_close: Any
     on_socket_register_write: Any
     on_socket_unregister_write: Any

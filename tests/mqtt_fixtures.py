@@ -149,6 +149,5 @@ async def open_client(
         subscriptions=subscriptions,
     )
     await nursery.start(c.bus.run)
-    await until(lambda: c.bus.connected)
-    await trio.sleep(0.05)  # SUBACK
+    await until(lambda: c.bus.subscribed)  # SUBACK: the broker routes to it
     return c
