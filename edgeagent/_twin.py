@@ -45,7 +45,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 import cbor2
@@ -84,10 +84,6 @@ CREATE TABLE IF NOT EXISTS twin_device(
 """
 
 Publish = Callable[[str, bytes, int], bool]  # (topic, payload, qos)
-# A message waiting for a commit: (topic, payload, qos, what to send instead
-# when the commit fails: an error result for a request, None for a push that
-# waits for the next commit).
-Waiting = tuple[str, bytes, int, bytes | None]
 Outbox = list[tuple[str, str, bytes, bool]]
 
 
@@ -173,6 +169,18 @@ def _twin_type(model_type: str) -> str:
     return model_type if model_type in known else "string"
 
 
+class _Waiting(NamedTuple):
+    """A message waiting for a commit."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    # The event id when it answers a request: answered with an error instead if
+    # the commit fails. None for a push: it waits for the next commit.
+    request: str | None = None
+    refusal: bool = False  # an error result already: sent as it is either way
+
+
 @dataclass
 class _Pending:
     """What the next flush writes."""
@@ -184,7 +192,7 @@ class _Pending:
     history: dict[tuple[str, str, int], tuple[str, int]] = field(default_factory=dict)
     purge: set[str] = field(default_factory=set)  # devices whose rows all go
     uploads: list[tuple[str, Any, int]] = field(default_factory=list)  # taken from Uploads
-    answers: list[Waiting] = field(default_factory=list)  # published once this commits
+    answers: list[_Waiting] = field(default_factory=list)  # published once this commits
 
     def __bool__(self) -> bool:
         """Something to write (answers alone write nothing)."""
@@ -351,7 +359,7 @@ class DeviceTwin:
                 "removed_devices": [{"id": d.name, "name": d.name} for d in removed],
             }
             topic = topics.membership_topic(self._cfg.node, topics.MEMBERSHIP_UPDATED)
-            self._emit(topic, tw.encode(body), 1)
+            self._emit(_Waiting(topic, tw.encode(body), 1))
 
     def on_broker_connected(self) -> None:
         """Re-send every outstanding delta (a mapper may have missed them)."""
@@ -367,24 +375,28 @@ class DeviceTwin:
         if self._pending or self._pending.answers or self.uploads:
             self._dirty.set()
 
-    def _emit(self, topic: str, payload: bytes, qos: int, failed: bytes | None = None) -> None:
+    def _emit(self, msg: _Waiting) -> None:
         """Publish now when everything the twin holds is on disk; else with the
-        commit of the next batch (``failed`` instead if that commit fails)."""
+        commit of the next batch."""
         if self._pending or self._saving:
-            self._pending.answers.append((topic, payload, qos, failed))
+            self._pending.answers.append(msg)
             self._dirty.set()
         else:
-            self._publish(topic, payload, qos)
+            self._publish(msg.topic, msg.payload, msg.qos)
 
-    def _answer_batch(self, answers: list[Waiting], error: str | None) -> None:
-        """The batch committed (``error`` None) or failed: send what waited on it."""
-        for topic, payload, qos, failed in answers:
-            if error is None:
-                self._publish(topic, payload, qos)
-            elif failed is not None:
-                self._publish(topic, failed, qos)
+    def _answer_batch(self, answers: list[_Waiting], error: str | None) -> None:
+        """The batch committed (``error`` None) or failed: send what waited on it.
+        On failure a request is answered as edgecore answers a twin update whose
+        database write failed: KubeEdge's error result, code 500."""
+        for msg in answers:
+            if error is None or msg.refusal:
+                self._publish(msg.topic, msg.payload, msg.qos)
+            elif msg.request is not None:
+                reason = f"Update device twin failed due to writing sql error: {error}"
+                body = tw.error_message(msg.request, _now_ms(), tw.INTERNAL_ERROR, reason)
+                self._publish(msg.topic, tw.encode(body), msg.qos)
             else:
-                self._pending.answers.append((topic, payload, qos, None))
+                self._pending.answers.append(msg)
 
     async def _flusher(self) -> None:
         # At most one transaction per window: a change after a quiet spell is
@@ -535,22 +547,28 @@ class DeviceTwin:
     # ---- MQTT receivers (trio thread, must not block) --------------------------------
 
     def _send(
-        self, device: str, suffix: str, body: dict[str, Any], *, request: str | None = None
+        self,
+        device: str,
+        suffix: str,
+        body: dict[str, Any],
+        *,
+        request: str | None = None,
+        refusal: bool = False,
     ) -> None:
         """``body`` to the device once what it shows is on disk. ``request`` (its
         event id) makes it the answer to a request, answered with an error
-        instead when the commit fails."""
+        instead when the commit fails (unless it is a ``refusal`` already)."""
         # Answers are QoS 0 (KubeEdge's default; a client that is gone misses them
         # anyway); deltas are QoS 1 and wait in paho's queue across a reconnect.
         qos = 1 if suffix == topics.TWIN_UPDATE_DELTA else 0
-        failed = None if request is None else _write_failed(request, "code" in body, body)
-        self._emit(topics.device_topic(device, suffix), tw.encode(body), qos, failed)
+        topic = topics.device_topic(device, suffix)
+        self._emit(_Waiting(topic, tw.encode(body), qos, request, refusal))
 
     def _fail(self, device: str, suffix: str, what: str, err: TwinError) -> None:
         self.counters[f"{what}_{err.code}"] += 1
         log.debug("twin: %s of %s rejected: %s", what, device, err)
         body = tw.error_message(err.event_id, _now_ms(), err.code, err.reason)
-        self._send(device, suffix, body, request=err.event_id)
+        self._send(device, suffix, body, request=err.event_id, refusal=True)
 
     def _device_of(self, topic: str) -> str:
         parsed = topics.parse_device_topic(topic)
@@ -664,7 +682,7 @@ class DeviceTwin:
         except TwinError as err:
             self.counters[f"membership_{err.code}"] += 1
             body = tw.error_message(err.event_id, now, err.code, err.reason)
-            self._emit(topic, tw.encode(body), 0, tw.encode(body))
+            self._emit(_Waiting(topic, tw.encode(body), 0, err.event_id, refusal=True))
             return
         self.counters["membership_gets"] += 1
         devices = [
@@ -672,22 +690,12 @@ class DeviceTwin:
             for n, d in sorted(self._devices.items())
         ]
         body = {"event_id": ev, "timestamp": now, "devices": devices}
-        self._emit(topic, tw.encode(body), 0, _write_failed(ev, False, body))
+        self._emit(_Waiting(topic, tw.encode(body), 0, ev))
 
     def _on_cloud_updated(self, topic: str, payload: bytes) -> None:
         # KubeEdge's cloud sync topic: in edgeflock cloud changes arrive through the
         # gateway's sync, never from the local bus.
         self.counters["cloud_updated_ignored"] += 1
-
-
-def _write_failed(event_id: str, is_error: bool, body: dict[str, Any]) -> bytes:
-    """What a request is answered when the commit it waited for fails: its own
-    error result if it was refused anyway, else KubeEdge's error result (500,
-    as edgecore answers a twin update whose database write failed)."""
-    if is_error:
-        return tw.encode(body)
-    reason = "Update device twin failed due to writing sql error"
-    return tw.encode(tw.error_message(event_id, _now_ms(), tw.INTERNAL_ERROR, reason))
 
 
 def edge_bus_modules(config: AgentConfig, meta: Meta) -> list[tuple[str, Callable[..., Any]]]:
