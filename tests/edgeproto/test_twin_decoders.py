@@ -3,9 +3,9 @@ declared error for twin requests), whatever the input: deep nesting, huge
 numbers, NaN and infinities, long strings, bytes that are not UTF-8.
 
 20,000 examples, each fed to every decoder. An example is a hostile JSON value
-put in one field of a request or stored row (``TEMPLATES``), or raw bytes: two
-or three draws, so that Hypothesis spends its time on examples, not on
-generating them."""
+(``LEAVES``) put in one field of a request or stored row (``TEMPLATES``),
+maybe followed by bytes that are not UTF-8, or raw bytes: a few integer draws,
+so that Hypothesis spends its time on examples, not on generating them."""
 
 from __future__ import annotations
 
@@ -49,34 +49,45 @@ TEMPLATES = [
     '{"actual":{"value":"x"},"expected_version":{"cloud":1,"edge":@}}',
 ]
 
-deep = st.builds(
-    lambda n, o: o[0] * n + o[1] + o[2] * n,
-    st.integers(0, 40_000),
-    st.sampled_from(
-        [("[", "", "]"), ('{"a":', "1", "}"), ("[", "1", "]"), ('{"value":', "1", "}")]
+# A hostile JSON value of size ``n``, one kind per entry.
+LEAVES = [
+    lambda n: "[" * n + "]" * n,  # deep: past the parser's recursion limit too
+    lambda n: '{"a":' * n + "1" + "}" * n,
+    lambda n: "[" * n + '"x"' + "]" * n,
+    lambda n: "9" * (n % 6000 + 1),  # huge: past int()'s 4300-digit limit too
+    lambda n: "-" + "9" * (n % 6000 + 1),
+    lambda n: f"{n}.{n}e{n % 700}",  # finite, or inf once parsed
+    lambda n: json.dumps("a" * 2 * n),  # long: past the 64 KiB message limit too
+    lambda n: json.dumps(chr(n % 0x110000), ensure_ascii=False),  # any code point
+    lambda n: json.dumps(chr(n % 0x110000)),  # as a \\u escape, lone surrogates too
+    lambda n: str(n),
+    lambda n: str(-n),
+    *(
+        (lambda n, v=v: v)
+        for v in ["NaN", "Infinity", "-Infinity", "1e999", "-0", "1.5", "null", "true",
+                  "false", "[]", "{}", '""', "{", '"int"', '"string"', '"\\u0000"']
     ),
-)
-numbers = st.one_of(
-    st.integers(-(10**30), 10**30).map(str),
-    st.integers(1, 6000).map(lambda n: "9" * n),  # past int()'s 4300-digit limit too
-    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1e-999", "-0", "1.5"]),
-    st.floats().map(json.dumps),
-)
-strings = st.one_of(
-    st.text(max_size=10).map(json.dumps),
-    st.integers(0, 70_000).map(lambda n: json.dumps("a" * n)),
-    st.sampled_from(['"\\ud800"', '"\\u0000"', '"\\udfff\\ud800"', '"int"', '"string"']),
-)
-leaves = st.one_of(
-    deep, numbers, strings, st.sampled_from(["null", "true", "false", "[]", "{}", '""', "{"])
-)
-filled = st.builds(lambda t, v: t.replace("@", v).encode("utf-8", "surrogatepass"),
-                   st.sampled_from(TEMPLATES), leaves)  # fmt: skip
-payloads = st.one_of(
-    filled,
-    st.binary(max_size=64),  # not UTF-8, BOMs, UTF-16 guesses...
-    st.builds(lambda p, b: p + b, filled, st.binary(min_size=1, max_size=4)),
-)
+]  # fmt: skip
+TAILS = [b"", b"\xff", b"\x00", b"\xed\xa0\x80", b"\xc3"]  # not UTF-8 after the JSON
+
+
+def build(seed: int) -> bytes:
+    """The example ``seed`` stands for: a template, a leaf, its size (small or
+    large) and a tail; or, one time in eight, the seed's own bytes (not UTF-8,
+    BOMs, UTF-16 guesses)."""
+    if seed % 8 == 7:
+        return (seed >> 3).to_bytes(16, "little").rstrip(b"\0")
+    seed, template = divmod(seed >> 3, len(TEMPLATES))
+    seed, leaf = divmod(seed, len(LEAVES))
+    seed, tail = divmod(seed, len(TAILS))
+    seed, big = divmod(seed, 2)
+    text = TEMPLATES[template].replace("@", LEAVES[leaf](seed % (40_000 if big else 64)))
+    return text.encode("utf-8", "surrogatepass") + TAILS[tail]
+
+
+# One integer draw per example: Hypothesis's cost per example is then close to
+# its floor, and shrinking the integer shrinks the example.
+payloads = st.integers(0, 2**128).map(build)
 
 
 def _loaded(payload: bytes) -> Any:
