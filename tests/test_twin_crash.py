@@ -86,7 +86,7 @@ async def test_kill_9_right_after_answers_loses_no_accepted_update(
     rng = random.Random(14)
     value = 0
     lost: list[str] = []
-    for rnd in range(4):
+    for rnd in range(3):
         proc = spawn_agent(data, broker.url)
         try:
             # Up once it answers (it subscribes after start-up).
@@ -114,4 +114,4 @@ async def test_kill_9_right_after_answers_loses_no_accepted_update(
         told, have = accepted(mapper), stored(data)
         lost += [f"{p}={v} (stored {have.get(p)})" for p, v in told.items() if have.get(p, -1) < v]
     assert not lost, f"answered as accepted but not stored after kill -9: {lost}"
-    assert value > 40
+    assert value > 30
