@@ -88,6 +88,10 @@ class EventBus:
     def connected(self) -> bool:
         return self._mqtt.connected
 
+    @property
+    def subscribed(self) -> bool:
+        return self._mqtt.subscribed
+
     async def wait_subscribed(self) -> None:
         """Return once the broker has acknowledged the current connection's
         subscriptions."""

@@ -142,6 +142,11 @@ class MqttClient:
         """Return once connected (at once if connected now)."""
         await self._connected.wait()
 
+    @property
+    def subscribed(self) -> bool:
+        """The broker has acknowledged this connection's subscriptions."""
+        return self._subscribed.is_set()
+
     async def wait_subscribed(self) -> None:
         """Return once the broker has acknowledged the subscriptions renewed at
         the current connection (messages published after that reach us)."""

@@ -52,8 +52,7 @@ async def test_routes_publish_and_survive_a_broker_restart(
     bus.add_on_connect(lambda: connects.append(1))
     await nursery.start(bus.run)
     peer = await open_client(nursery, broker.url, ("out/#",))
-    await until(lambda: connects)
-    await trio.sleep(0.05)
+    await until(lambda: connects and bus.subscribed)  # SUBACK: the broker routes to us
 
     twin_update = topics.device_topic("d", topics.TWIN_UPDATE)
     peer.publish(twin_update, b"boom")  # a failing receiver is counted, nothing else
@@ -95,8 +94,8 @@ async def test_starts_without_broker_and_connects_when_it_appears(
     b = Broker(tmp_path / "late", free_port())
     bus = EventBus(b.url, "early", dict.fromkeys(topics.SUBSCRIPTIONS, lambda t, p: None))
     await nursery.start(bus.run)  # returns although nothing listens yet
-    await trio.sleep(0.3)
-    assert not bus.connected and bus.statistics()["connect_failures"] >= 1
+    await until(lambda: bus.statistics().get("connect_failures", 0) >= 1)
+    assert not bus.connected and not bus.subscribed
     await b.start()
     try:
         await until(lambda: bus.connected, timeout=10)
