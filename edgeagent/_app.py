@@ -82,12 +82,13 @@ async def supervise(
 async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = None) -> None:
     """Run the agent until cancelled. ``pod_streams`` serves the cloud's logs and
     exec requests when edged does not (edged takes over when ``config.cri`` is set)."""
-    meta = Meta(config.meta_path, outbox_max=config.outbox_max)
+    meta = Meta(config.meta_path, outbox_max=config.outbox_max, writable_retry=config.storage_retry)
     try:
         await meta.set_state(pid=os.getpid(), node=config.node, hub=config.hub_url)
         hub = HubClient(config, meta, lambda: client_ssl_context(config.data_dir))
         hub.pod_streams = pod_streams
         modules: list[tuple[str, Service]] = [
+            ("meta", meta.run),  # makes a read-only store (full card) writable again
             ("hub", hub.run),
             ("nodestatus", NodeStatusReporter(config, meta).run),
         ]

@@ -164,13 +164,7 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
     }
     if not path.exists():
         return nothing_yet
-    try:
-        # Read-only: a reader beside a running agent must never take a write
-        # lock, create tables or upgrade the store under it.
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-        conn.setbusytimeout(5000)
-    except apsw.Error as exc:
-        raise SystemExit(f"error: cannot read {path}: {exc}") from exc
+    conn = _open_for_status(path)
     try:
         if not conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
@@ -208,6 +202,29 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
         "outbox_dropped": int(state.get("outbox_dropped") or 0),
         "last_resync": state.get("last_resync"),
     }
+
+
+def _open_for_status(path: Path) -> Any:
+    """The store opened read-only. A reader beside a running agent must never
+    take a write lock, create tables or upgrade the store under it."""
+    import apsw
+
+    from ._meta import MetaError, open_meta_read_only
+
+    conn: apsw.Connection | None = None
+    try:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        conn.setbusytimeout(1000)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        conn.setbusytimeout(5000)
+        return conn
+    except apsw.Error:
+        if conn is not None:
+            conn.close()
+    try:  # a full or read-only card: read it the ways the agent itself does then
+        return open_meta_read_only(path, busy_timeout_ms=200)
+    except MetaError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 def _status(data_dir: Path, output: str) -> int:

@@ -26,7 +26,7 @@ from edgeproto import AgentSync, Kind, Message, ProtocolError
 
 from ._config import AgentConfig
 from ._lean import import_trio_websocket, trim_heap
-from ._meta import Meta
+from ._meta import Meta, MetaError
 from ._streams import PodStreams, StreamServer
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class HubClient:
         self._acks: list[int] = []
         self._acks_waiting = trio.Event()
         self._synced = False
+        self._storing = True  # False: a session on a read-only store applies nothing
         # Set by the app when edged runs: serves the cloud's logs/exec streams.
         self.pod_streams: PodStreams | None = None
         self._stream_server: StreamServer | None = None
@@ -145,6 +146,7 @@ class HubClient:
                 trio.BrokenResourceError,
                 trio.TooSlowError,
                 ProtocolError,
+                MetaError,  # a change could not be stored (full card): not acked, resent
             ) as exc:
                 self.counters["disconnects"] += 1
                 synced = False
@@ -197,6 +199,7 @@ class HubClient:
         async def send(msg: Message) -> None:
             await self._send(ws, msg)
 
+        self._storing = self._meta.storage_problem is None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ack_writer)
@@ -205,6 +208,8 @@ class HubClient:
                 )
                 nursery.start_soon(self._pinger, ws)
                 nursery.start_soon(self._outbox_sender, ws)
+                if not self._storing:
+                    nursery.start_soon(self._resync_when_writable, nursery.cancel_scope)
                 while True:
                     with trio.move_on_after(cfg.heartbeat * 3) as idle:
                         data = await ws.get_message()
@@ -215,6 +220,13 @@ class HubClient:
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush_acks()
+
+    async def _resync_when_writable(self, session: trio.CancelScope) -> None:
+        """End a session begun on a read-only store once it is writable: the
+        next one resyncs what this one could not store."""
+        await self._meta.wait_writable()
+        log.info("store writable again: reconnecting to resync")
+        session.cancel()
 
     async def _flush_acks(self) -> None:
         if self._acks:
@@ -280,6 +292,16 @@ class HubClient:
             return False
         if batch is None:
             return False
+        if not self._storing:
+            # The store was read-only (a full card) when this session began:
+            # nothing is applied, so nothing is acked; the session ends when the
+            # store is writable, and the next one resyncs.
+            self.counters["sync_batches_not_stored"] += 1
+            if batch.resync is None:
+                return False
+            self.connected = True
+            log.warning("resync received but not stored: the store is read-only")
+            return True
         extra: dict[str, Any] = {}
         if batch.resync is not None:
             r = batch.resync

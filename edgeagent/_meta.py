@@ -147,7 +147,7 @@ def _check_version(path: Path, conn: apsw.Connection) -> int:
     return version
 
 
-def open_meta_read_only(path: Path) -> apsw.Connection:
+def open_meta_read_only(path: Path, *, busy_timeout_ms: int = 5000) -> apsw.Connection:
     """Open an existing store without writing anything, for a full or
     read-only card, where opening it for writing fails (SQLite must create the
     WAL's index file). Tried in turn: a plain read-only open (the WAL's files
@@ -167,7 +167,7 @@ def open_meta_read_only(path: Path) -> apsw.Connection:
         conn: apsw.Connection | None = None
         try:
             conn = apsw.Connection(name, flags=flags)
-            conn.setbusytimeout(5000)
+            conn.setbusytimeout(busy_timeout_ms)
             conn.execute("PRAGMA query_only=1")  # this connection never writes
             if exclusive:
                 conn.execute("PRAGMA locking_mode=EXCLUSIVE")
