@@ -69,13 +69,8 @@ async def open_hub_connection(
             await stream.do_handshake()
         async with trio.open_nursery() as nursery:
             with trio.fail_after(connect_timeout):
-                ws = await tws.wrap_client_stream(
-                    nursery,
-                    stream,
-                    f"{host}:{port}",
-                    url.path or "/",
-                    message_queue_size=4,
-                    max_message_size=max_message,
+                ws = await _websocket_handshake(
+                    nursery, stream, f"{host}:{port}", url.path or "/", max_message
                 )
             try:
                 yield ws
@@ -87,6 +82,79 @@ async def open_hub_connection(
         raise edgeproto.first_leaf(group, skip=(trio.Cancelled,)) from None
     finally:
         await trio.aclose_forcefully(stream)
+
+
+class _WatchedStream(trio.abc.Stream):
+    """The TLS stream as trio-websocket sees it, noting when the peer ends the
+    connection. trio-websocket's client handshake waits for the server's answer
+    even after its reader has seen the connection end (a TLS alert rejecting
+    our certificate arrives after our side of the TLS 1.3 handshake is done):
+    this is how the caller learns of it at once."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ended = trio.Event()
+        self.why: BaseException | None = None
+
+    def _end(self, why: BaseException | None) -> None:
+        if not self.ended.is_set():
+            self.why = why
+            self.ended.set()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.stream.send_all(data)
+        except trio.BrokenResourceError as exc:
+            self._end(exc)
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except trio.BrokenResourceError as exc:
+            self._end(exc)
+            raise
+        if not data:
+            self._end(None)
+        return data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def _websocket_handshake(
+    nursery: trio.Nursery, stream: trio.abc.Stream, host: str, path: str, max_message: int
+) -> tws.WebSocketConnection:
+    """The WebSocket upgrade over ``stream``; a peer that ends the connection
+    before answering (a TLS alert, a reset, a close) fails it at once."""
+    watched = _WatchedStream(stream)
+    ws: tws.WebSocketConnection | None = None
+    async with trio.open_nursery() as race:
+
+        async def cancel_when_ended() -> None:
+            await watched.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(cancel_when_ended)
+        ws = await tws.wrap_client_stream(
+            nursery,
+            watched,  # type: ignore[arg-type]  # any trio Stream works; the hint is narrow
+            host,
+            path,
+            message_queue_size=4,
+            max_message_size=max_message,
+        )
+        race.cancel_scope.cancel()
+    if ws is None:
+        cause = watched.why.__cause__ if watched.why is not None else None
+        detail = f": {cause}" if cause is not None else " (connection closed)"
+        raise trio.BrokenResourceError(
+            f"the gateway ended the connection during the handshake{detail}"
+        ) from watched.why
+    return ws
 
 
 class _Retry(Exception):
