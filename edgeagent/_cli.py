@@ -116,10 +116,31 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
 
     try:
         trio.run(main_task)
-    except AgentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # start-up errors: one line each, the traceback at DEBUG
+        return print_errors(exc)
     return 0
+
+
+def print_errors(exc: BaseException) -> int:
+    """Print one ``error: ...`` line per failure inside ``exc`` (exception
+    groups flattened); the traceback is logged at DEBUG. Returns the exit code."""
+    from ._errors import AgentError
+
+    for leaf in _leaves(exc):
+        known = isinstance(leaf, AgentError | OSError)
+        print(
+            f"error: {leaf}" if known else f"error: {type(leaf).__name__}: {leaf}", file=sys.stderr
+        )
+    log.debug("traceback of the error above", exc_info=exc)
+    return 1
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    import trio
+
+    return [] if isinstance(exc, trio.Cancelled) else [exc]
 
 
 async def _stop_on_signal(signals: Any, scope: Any) -> None:
