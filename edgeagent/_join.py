@@ -4,6 +4,7 @@ CSR for a fresh key, store the node certificate. Only this path imports
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,12 +48,69 @@ def spki_pin(cert_pem: bytes) -> str:
 def _write(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # nothing half-written left behind
+        raise
+
+
+class _Staged:
+    """The enrollment written in two steps around the token's redemption.
+
+    Before: the data dir is created, the new key written beside the old one
+    (``node.key.new``) and room reserved for the rest (``join.pending``, 64 KiB):
+    a read-only or full card fails here, with the token still unused. After:
+    the reservation is freed, the certificate, CA and enrollment are written
+    beside their old versions, then everything is renamed into place (renames
+    need no room)."""
+
+    RESERVE = 64 * 1024
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir
+        self.pending = data_dir / "join.pending"
+
+    def prepare(self, key_pem: bytes) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write(self.dir / "node.key.new", key_pem, 0o600)
+            _write(self.pending, bytes(self.RESERVE), 0o600)
+        except OSError as exc:
+            self.discard()
+            raise JoinFailed(
+                f"cannot write to {self.dir} ({exc}); the token was not used: "
+                "free some space or make the directory writable and run join again"
+            ) from None
+
+    def discard(self) -> None:
+        for name in ("node.key.new", "join.pending"):
+            with contextlib.suppress(OSError):
+                (self.dir / name).unlink()
+
+    def commit(self, files: dict[str, tuple[bytes, int]]) -> None:
+        try:
+            self.pending.unlink()
+            for name, (data, mode) in files.items():
+                _write(self.dir / (name + ".new"), data, mode)
+            for name in ("node.key", *files):
+                os.replace(self.dir / (name + ".new"), self.dir / name)
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise JoinFailed(
+                f"cannot write to {self.dir} after the gateway enrolled this board ({exc}); "
+                "the token is spent: ask for a new one"
+            ) from None
 
 
 def _request(url: str, ctx: ssl.SSLContext, timeout: float, body: Any = None) -> Any:
@@ -106,33 +164,38 @@ def join(gateway_url: str, token: str, data_dir: Path, *, timeout: float = 15.0)
     # Ed25519: the gateway holds one parsed client certificate per connected
     # node, and an Ed25519 key is ~1.8 KiB smaller there than a P-256 one.
     key = ed25519.Ed25519PrivateKey.generate()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeflock-node")]))
         .sign(key, None)
     )
-    answer = _request(
-        f"{base}/v1/join",
-        verified,
-        timeout,
-        {"token": secret, "csr": csr.public_bytes(serialization.Encoding.PEM).decode()},
-    )
+    # The token is single-use: everything that can fail here (a read-only or
+    # full card) is tried before it is spent.
+    staged = _Staged(data_dir)
+    staged.prepare(key_pem)
     try:
+        answer = _request(
+            f"{base}/v1/join",
+            verified,
+            timeout,
+            {"token": secret, "csr": csr.public_bytes(serialization.Encoding.PEM).decode()},
+        )
         node, cert, hub = str(answer["node"]), str(answer["certificate"]), str(answer["hub"])
     except (KeyError, TypeError) as exc:
+        staged.discard()
         raise JoinFailed(f"gateway answer lacks {exc}") from None
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        _write(data_dir / "node.key", key_pem, 0o600)
-        _write(data_dir / "node.crt", cert.encode(), 0o644)
-        _write(data_dir / "ca.crt", ca_pem, 0o644)
-        enrollment = {"node": node, "hub": hub, "gateway": base}
-        _write(data_dir / "enrollment.json", json.dumps(enrollment, indent=2).encode(), 0o644)
-    except OSError as exc:
-        raise JoinFailed(f"cannot write to {data_dir}: {exc}") from None
+    except BaseException:
+        staged.discard()
+        raise
+    enrollment = {"node": node, "hub": hub, "gateway": base}
+    staged.commit(
+        {
+            "node.crt": (cert.encode(), 0o644),
+            "ca.crt": (ca_pem, 0o644),
+            "enrollment.json": (json.dumps(enrollment, indent=2).encode(), 0o644),
+        }
+    )
     return Enrollment(node, hub, base)
