@@ -50,6 +50,7 @@ __all__ = [
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1  # PRAGMA user_version of the store this agent writes
+MIN_FREE_BYTES = 256 * 1024  # a read-only store (full card) is written again past this
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects(
@@ -189,10 +190,10 @@ def open_meta_read_only(path: Path, *, busy_timeout_ms: int = 5000) -> apsw.Conn
     raise MetaError(f"cannot open {path} even read-only: {'; '.join(errors)}")
 
 
-def _storage_problem(path: Path, exc: MetaError) -> StorageProblem | None:
-    """Why ``path`` cannot be opened for writing, when that is the card's fault
-    (full or read-only) rather than the file's."""
-    if not isinstance(exc.__cause__, _STORAGE_ERRORS) or not path.is_file():
+def _storage_problem(path: Path, exc: BaseException | None) -> StorageProblem | None:
+    """Why ``path`` cannot be written, when that is the card's fault (full or
+    read-only) rather than the file's; ``exc`` is SQLite's error."""
+    if not isinstance(exc, _STORAGE_ERRORS) or not path.is_file():
         return None
     try:
         st = os.statvfs(path.parent)
@@ -202,14 +203,24 @@ def _storage_problem(path: Path, exc: MetaError) -> StorageProblem | None:
     if read_only:
         return StorageProblem(
             "EdgeStorageReadOnly",
-            f"the agent's store {path} is on a read-only filesystem ({exc.__cause__}); "
+            f"the agent's store {path} is on a read-only filesystem ({exc}); "
             "serving the last known objects, changes from the cloud wait",
         )
     return StorageProblem(
         "EdgeStorageFull",
-        f"the agent's store {path} cannot be written ({exc.__cause__}): the disk is "
+        f"the agent's store {path} cannot be written ({exc}): the disk is "
         "probably full; serving the last known objects, changes from the cloud wait",
     )
+
+
+def _has_room(path: Path) -> bool:
+    """Room for the store to work again: a card that is only just not full
+    would flip the store between read-only and writable."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return not st.f_flag & os.ST_RDONLY and st.f_bavail * st.f_frsize >= MIN_FREE_BYTES
 
 
 class _MetaSync:
@@ -219,26 +230,29 @@ class _MetaSync:
         self.path = path
         self.outbox_max = outbox_max
         self.problem: StorageProblem | None = None
-        try:
-            self.conn = open_meta_sync(path)
-        except MetaError as exc:
-            problem = _storage_problem(path, exc)
-            if problem is None:
-                raise
-            self.conn = open_meta_read_only(path)
-            self.problem = problem
-            log.warning("%s", problem.message)
         # While read-only: state and reports kept in memory, and the stored
         # reports the gateway acked, all written when the store is writable.
         self.mem_state: dict[str, Any] = {}
         self.mem_outbox: dict[str, tuple[OutboxItem, bool, float]] = {}
         self.mem_acked: set[int] = set()
         self.mem_seq = 0
-        if self.problem is not None:
-            self.mem_seq = max(
-                int(self._scalar("SELECT max(seq) FROM outbox") or 0),
-                int(self.get_state("outbox_seq", 0)),
-            )
+        try:
+            self.conn = open_meta_sync(path)
+        except MetaError as exc:
+            problem = _storage_problem(path, exc.__cause__)
+            if problem is None:
+                raise
+            self.conn = open_meta_read_only(path)
+            self.keep_in_memory(problem)
+
+    def keep_in_memory(self, problem: StorageProblem) -> None:
+        """From now on, until ``try_writable``: the store is only read."""
+        log.warning("%s", problem.message)
+        self.mem_seq = max(
+            int(self._scalar("SELECT max(seq) FROM outbox") or 0),
+            int(self.get_state("outbox_seq", 0)),
+        )
+        self.problem = problem
 
     def close(self) -> None:
         self.conn.close()
@@ -248,6 +262,8 @@ class _MetaSync:
         False (and still read-only) while the card is still full or read-only."""
         if self.problem is None:
             return True
+        if not _has_room(self.path):
+            return False
         self.conn.close()
         try:
             conn = open_meta_sync(self.path)
@@ -483,9 +499,8 @@ class Meta:
         self._limiter = trio.CapacityLimiter(1)
         self._changed = trio.Event()
         self._outbox_changed = trio.Event()
-        self._writable = trio.Event()
-        if self._sync.problem is None:
-            self._writable.set()
+        self._storage_event = trio.Event()
+        self.storage_generation = 0
         self._writable_retry = writable_retry
         self.generation = 0
         self.outbox_generation = 0
@@ -500,32 +515,61 @@ class Meta:
         return self._sync.problem
 
     async def wait_writable(self) -> None:
-        await self._writable.wait()
+        while self._sync.problem is not None:
+            await self.wait_storage_changed(self.storage_generation)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """While the store is read-only, try every ``writable_retry`` seconds to
-        open it for writing again."""
+        """Whenever the store is read-only, try every ``writable_retry`` seconds
+        to write to it again."""
         task_status.started()
-        while self._sync.problem is not None:
+        while True:
+            while self._sync.problem is None:
+                await self.wait_storage_changed(self.storage_generation)
             await trio.sleep(self._writable_retry)
             self.counters["writable_attempts"] += 1
             if await self._call(self._sync.try_writable):
                 log.warning("store %s is writable again", self._sync.path)
-                self._writable.set()
-        await trio.sleep_forever()
+                self._storage_changed()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         except apsw.Error as exc:
             self.counters["meta_errors"] += 1
+            problem = None if self._sync.problem else _storage_problem(self._sync.path, exc)
+            if problem is not None:  # the card filled up (or went read-only) under us
+                await trio.to_thread.run_sync(
+                    self._sync.keep_in_memory, problem, limiter=self._limiter
+                )
+                self._storage_changed()
             raise MetaError(f"metadata store: {exc}") from exc
+
+    async def _call_or_keep(self, fn: Callable[..., T], *args: Any) -> T:
+        """``_call`` for what is kept in memory while the store is read-only:
+        when this very call found the card full, it is made again, in memory."""
+        try:
+            return await self._call(fn, *args)
+        except MetaError:
+            if self._sync.problem is None:
+                raise
+            return await self._call(fn, *args)
+
+    def _storage_changed(self) -> None:
+        self.storage_generation += 1
+        self._storage_event.set()
+        self._storage_event = trio.Event()
+
+    async def wait_storage_changed(self, generation: int) -> int:
+        """Wait until the store became read-only or writable after ``generation``."""
+        while self.storage_generation == generation:
+            await self._storage_event.wait()
+        return self.storage_generation
 
     async def get_state(self, name: str, default: Any = None) -> Any:
         return await self._call(self._sync.get_state, name, default)
 
     async def set_state(self, **items: Any) -> None:
-        await self._call(self._sync.set_state, items)
+        await self._call_or_keep(self._sync.set_state, items)
 
     async def apply(self, batch: Apply, **extra_state: Any) -> None:
         await self._call(self._sync.apply, batch, extra_state)
@@ -549,7 +593,7 @@ class Meta:
         return await self._call(self._sync.counts)
 
     async def enqueue(self, items: list[tuple[str, str, bytes, bool]]) -> None:
-        self._enqueued(await self._call(self._sync.enqueue, items))
+        self._enqueued(await self._call_or_keep(self._sync.enqueue, items))
 
     def _enqueued(self, dropped: int) -> None:
         """Count what the bound dropped and wake the outbox's sender."""
@@ -589,7 +633,7 @@ class Meta:
         return await self._call(self._sync.outbox_after, seq, limit)
 
     async def outbox_ack(self, seqs: list[int]) -> None:
-        await self._call(self._sync.outbox_ack, seqs)
+        await self._call_or_keep(self._sync.outbox_ack, seqs)
 
     async def outbox_depth(self) -> int:
         return await self._call(self._sync.outbox_depth)

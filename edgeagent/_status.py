@@ -122,16 +122,15 @@ class NodeStatusReporter:
         key = edgeproto.make_key("nodes", "", self._cfg.node)
         task_status.started()
         while True:
+            storage = self._meta.storage_generation
             status = node_status(self._cfg, self._meta.storage_problem)
             comparable = {**status, "nodeInfo": {**status["nodeInfo"], "bootID": ""}}
             if comparable != self._last:
                 await self._meta.enqueue([(key, "status", cbor2.dumps({"status": status}), True)])
                 self._last = comparable
-            if self._meta.storage_problem is None:
-                await trio.sleep(self._cfg.status_interval)
-            else:
-                with trio.move_on_after(self._cfg.status_interval):
-                    await self._meta.wait_writable()  # DiskPressure clears at once
+            with trio.move_on_after(self._cfg.status_interval):
+                # a card that fills up or has room again is reported at once
+                await self._meta.wait_storage_changed(storage)
 
 
 def pending_status(pod: dict[str, Any], since: str) -> dict[str, Any]:

@@ -241,3 +241,40 @@ async def test_an_unopenable_store_on_a_full_card_is_still_an_error(small_fs: Pa
     fill_up(small_fs)
     with pytest.raises(MetaError, match=r"meta\.db"):
         Meta(small_fs / "meta.db")
+
+
+async def test_a_card_filling_up_under_a_running_store_turns_it_read_only(small_fs: Path) -> None:
+    """The store was opened writable, then the card fills (a real tmpfs): the
+    write that finds it full switches the store to read-only, and what can be
+    kept in memory is (reports, state) instead of failing."""
+    import trio
+
+    path = small_fs / "meta.db"
+    meta = Meta(path, writable_retry=0.02)
+    await meta.apply(Apply([e("configmaps/d/a", 1)], [], 1))
+    filler = fill_up(small_fs)
+    body = b"x" * 4000
+    for i in range(1000):  # the WAL may take a few writes before the card says full
+        await meta.enqueue([(f"pods/d/p{i}", "status", body, True)])
+        if meta.storage_problem is not None:
+            break
+    problem = meta.storage_problem
+    assert problem is not None and problem.reason == "EdgeStorageFull"
+    assert len(await meta.outbox_after(0, 10_000)) == i + 1  # the failed one too, in memory
+    with pytest.raises(MetaError, match="cannot apply changes"):
+        await meta.apply(Apply([e("configmaps/d/b", 2)], [], 2))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(meta.run)
+        await wait_for(lambda: meta.counters["writable_attempts"] >= 3)  # still full
+        assert meta.storage_problem is not None
+        filler.unlink()
+        with trio.fail_after(10):
+            await meta.wait_writable()
+        nursery.cancel_scope.cancel()
+    meta.close()
+    again = Meta(path)
+    try:
+        assert again.storage_problem is None
+        assert len(await again.outbox_after(0, 10_000)) == i + 1
+    finally:
+        again.close()
