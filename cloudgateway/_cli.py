@@ -120,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one line per error, the traceback at DEBUG
         for leaf in _leaves(exc):
             if isinstance(leaf, OSError) and leaf.errno in _LISTEN_ERRNOS and args.cmd == "serve":
-                listen = ", ".join(
-                    f"{what} {h}:{p}"
-                    for what, (h, p) in (("hub", args.hub), ("join", args.join), ("api", args.api))
+                given = (("hub", args.hub), ("join", args.join), ("api", args.api))
+                listen = ", ".join(f"{w} {a[0]}:{a[1]}" for w, a in given if isinstance(a, tuple))
+                print(
+                    f"error: cannot listen on one of {listen or 'the addresses'}: {leaf}",
+                    file=sys.stderr,
                 )
-                print(f"error: cannot listen on one of {listen}: {leaf}", file=sys.stderr)
             elif isinstance(leaf, GatewayError | OSError):
                 print(f"error: {leaf}", file=sys.stderr)
             else:
