@@ -48,69 +48,12 @@ def spki_pin(cert_pem: bytes) -> str:
 def _write(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()  # nothing half-written left behind
-        raise
-
-
-class _Staged:
-    """The enrollment written in two steps around the token's redemption.
-
-    Before: the data dir is created, the new key written beside the old one
-    (``node.key.new``) and room reserved for the rest (``join.pending``, 64 KiB):
-    a read-only or full card fails here, with the token still unused. After:
-    the reservation is freed, the certificate, CA and enrollment are written
-    beside their old versions, then everything is renamed into place (renames
-    need no room)."""
-
-    RESERVE = 64 * 1024
-
-    def __init__(self, data_dir: Path) -> None:
-        self.dir = data_dir
-        self.pending = data_dir / "join.pending"
-
-    def prepare(self, key_pem: bytes) -> None:
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write(self.dir / "node.key.new", key_pem, 0o600)
-            _write(self.pending, bytes(self.RESERVE), 0o600)
-        except OSError as exc:
-            self.discard()
-            raise JoinFailed(
-                f"cannot write to {self.dir} ({exc}); the token was not used: "
-                "free some space or make the directory writable and run join again"
-            ) from None
-
-    def discard(self) -> None:
-        for name in ("node.key.new", "join.pending"):
-            with contextlib.suppress(OSError):
-                (self.dir / name).unlink()
-
-    def commit(self, files: dict[str, tuple[bytes, int]]) -> None:
-        try:
-            self.pending.unlink()
-            for name, (data, mode) in files.items():
-                _write(self.dir / (name + ".new"), data, mode)
-            for name in ("node.key", *files):
-                os.replace(self.dir / (name + ".new"), self.dir / name)
-            fd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise JoinFailed(
-                f"cannot write to {self.dir} after the gateway enrolled this board ({exc}); "
-                "the token is spent: ask for a new one"
-            ) from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 def _request(url: str, ctx: ssl.SSLContext, timeout: float, body: Any = None) -> Any:
@@ -134,6 +77,54 @@ def _request(url: str, ctx: ssl.SSLContext, timeout: float, body: Any = None) ->
         raise JoinFailed(f"cannot reach the gateway at {url}: {exc}") from None
     except ValueError as exc:
         raise JoinFailed(f"gateway answered with invalid JSON: {exc}") from None
+
+
+class _Staged:
+    """The enrollment written in two steps around the token's redemption.
+
+    Before: the data dir is created, the new key written beside the old one
+    (``node.key.new``) and room reserved for the rest (``join.pending``, 64 KiB):
+    a read-only or full card fails here, with the token still unused. After:
+    the reservation is freed, the certificate and CA written beside their old
+    versions, the three renamed into place (renames need no room), and the
+    enrollment written last."""
+
+    RESERVE = 64 * 1024
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir
+        self.pending = data_dir / "join.pending"
+
+    def prepare(self, key_pem: bytes) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write(self.dir / "node.key.new", key_pem, 0o600)
+            _write(self.pending, bytes(self.RESERVE), 0o600)
+        except OSError as exc:
+            self.discard()
+            raise JoinFailed(
+                f"cannot write to {self.dir} ({exc}); the token was not used: "
+                "free some space or make the directory writable and run join again"
+            ) from None
+
+    def discard(self) -> None:
+        for name in ("node.key.new", "node.key.new.tmp", "join.pending", "join.pending.tmp"):
+            with contextlib.suppress(OSError):
+                (self.dir / name).unlink()
+
+    def commit(self, cert: bytes, ca: bytes, enrollment: bytes) -> None:
+        try:
+            self.pending.unlink()
+            _write(self.dir / "node.crt.new", cert, 0o644)
+            _write(self.dir / "ca.crt.new", ca, 0o644)
+            for name in ("node.key", "node.crt", "ca.crt"):
+                (self.dir / (name + ".new")).replace(self.dir / name)
+            _write(self.dir / "enrollment.json", enrollment, 0o644)  # last: enrolled now
+        except OSError as exc:
+            raise JoinFailed(
+                f"cannot write to {self.dir} after the gateway enrolled this board ({exc}); "
+                "the token is spent: ask for a new one"
+            ) from None
 
 
 def join(gateway_url: str, token: str, data_dir: Path, *, timeout: float = 15.0) -> Enrollment:
@@ -191,11 +182,5 @@ def join(gateway_url: str, token: str, data_dir: Path, *, timeout: float = 15.0)
         staged.discard()
         raise
     enrollment = {"node": node, "hub": hub, "gateway": base}
-    staged.commit(
-        {
-            "node.crt": (cert.encode(), 0o644),
-            "ca.crt": (ca_pem, 0o644),
-            "enrollment.json": (json.dumps(enrollment, indent=2).encode(), 0o644),
-        }
-    )
+    staged.commit(cert.encode(), ca_pem, json.dumps(enrollment, indent=2).encode())
     return Enrollment(node, hub, base)
