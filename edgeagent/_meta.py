@@ -8,10 +8,11 @@ or the outbox resends (not acked). Each sync batch is one transaction with its
 last_rev, committed before the ack.
 
 A store that cannot be opened for writing because its card is full or
-read-only is opened read-only instead (``storage_problem`` says why): the
-agent serves the objects it has, keeps state and reports in memory, and
-``Meta.run`` keeps trying to open the store for writing; once it can, what was
-kept in memory is written and the store is writable again.
+read-only is opened read-only instead, and a write that finds the card so at
+run time switches the store to read-only too (``storage_problem`` says why):
+the agent serves the objects it has, keeps state and reports in memory, and
+``Meta.run`` keeps trying to open the store for writing; once the card has
+room again, what was kept in memory is written and the store is writable.
 """
 
 from __future__ import annotations
