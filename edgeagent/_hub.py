@@ -26,7 +26,7 @@ from edgeproto import AgentSync, Kind, Message, ProtocolError
 
 from ._config import AgentConfig
 from ._lean import import_trio_websocket, trim_heap
-from ._meta import Meta
+from ._meta import Meta, MetaError
 from ._streams import PodStreams, StreamServer
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,8 @@ async def open_hub_connection(
             await stream.do_handshake()
         async with trio.open_nursery() as nursery:
             with trio.fail_after(connect_timeout):
-                ws = await tws.wrap_client_stream(
-                    nursery,
-                    stream,
-                    f"{host}:{port}",
-                    url.path or "/",
-                    message_queue_size=4,
-                    max_message_size=max_message,
+                ws = await _websocket_handshake(
+                    nursery, stream, f"{host}:{port}", url.path or "/", max_message
                 )
             try:
                 yield ws
@@ -87,6 +82,79 @@ async def open_hub_connection(
         raise edgeproto.first_leaf(group, skip=(trio.Cancelled,)) from None
     finally:
         await trio.aclose_forcefully(stream)
+
+
+class _WatchedStream(trio.abc.Stream):
+    """The TLS stream as trio-websocket sees it, noting when the peer ends the
+    connection. trio-websocket's client handshake waits for the server's answer
+    even after its reader has seen the connection end (a TLS alert rejecting
+    our certificate arrives after our side of the TLS 1.3 handshake is done):
+    this is how the caller learns of it at once."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ended = trio.Event()
+        self.why: BaseException | None = None
+
+    def _end(self, why: BaseException | None) -> None:
+        if not self.ended.is_set():
+            self.why = why
+            self.ended.set()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.stream.send_all(data)
+        except trio.BrokenResourceError as exc:
+            self._end(exc)
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except trio.BrokenResourceError as exc:
+            self._end(exc)
+            raise
+        if not data:
+            self._end(None)
+        return data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def _websocket_handshake(
+    nursery: trio.Nursery, stream: trio.abc.Stream, host: str, path: str, max_message: int
+) -> tws.WebSocketConnection:
+    """The WebSocket upgrade over ``stream``; a peer that ends the connection
+    before answering (a TLS alert, a reset, a close) fails it at once."""
+    watched = _WatchedStream(stream)
+    ws: tws.WebSocketConnection | None = None
+    async with trio.open_nursery() as race:
+
+        async def cancel_when_ended() -> None:
+            await watched.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(cancel_when_ended)
+        ws = await tws.wrap_client_stream(
+            nursery,
+            watched,  # type: ignore[arg-type]  # any trio Stream works; the hint is narrow
+            host,
+            path,
+            message_queue_size=4,
+            max_message_size=max_message,
+        )
+        race.cancel_scope.cancel()
+    if ws is None:
+        cause = watched.why.__cause__ if watched.why is not None else None
+        detail = f": {cause}" if cause is not None else " (connection closed)"
+        raise trio.BrokenResourceError(
+            f"the gateway ended the connection during the handshake{detail}"
+        ) from watched.why
+    return ws
 
 
 class _Retry(Exception):
@@ -114,6 +182,7 @@ class HubClient:
         self._acks: list[int] = []
         self._acks_waiting = trio.Event()
         self._synced = False
+        self._storing = True  # False: a session on a read-only store applies nothing
         # Set by the app when edged runs: serves the cloud's logs/exec streams.
         self.pod_streams: PodStreams | None = None
         self._stream_server: StreamServer | None = None
@@ -145,6 +214,7 @@ class HubClient:
                 trio.BrokenResourceError,
                 trio.TooSlowError,
                 ProtocolError,
+                MetaError,  # a change could not be stored (full card): not acked, resent
             ) as exc:
                 self.counters["disconnects"] += 1
                 synced = False
@@ -197,6 +267,7 @@ class HubClient:
         async def send(msg: Message) -> None:
             await self._send(ws, msg)
 
+        self._storing = self._meta.storage_problem is None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ack_writer)
@@ -205,6 +276,8 @@ class HubClient:
                 )
                 nursery.start_soon(self._pinger, ws)
                 nursery.start_soon(self._outbox_sender, ws)
+                if not self._storing:
+                    nursery.start_soon(self._resync_when_writable, nursery.cancel_scope)
                 while True:
                     with trio.move_on_after(cfg.heartbeat * 3) as idle:
                         data = await ws.get_message()
@@ -215,6 +288,13 @@ class HubClient:
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush_acks()
+
+    async def _resync_when_writable(self, session: trio.CancelScope) -> None:
+        """End a session begun on a read-only store once it is writable: the
+        next one resyncs what this one could not store."""
+        await self._meta.wait_writable()
+        log.info("store writable again: reconnecting to resync")
+        session.cancel()
 
     async def _flush_acks(self) -> None:
         if self._acks:
@@ -280,6 +360,16 @@ class HubClient:
             return False
         if batch is None:
             return False
+        if not self._storing:
+            # The store was read-only (a full card) when this session began:
+            # nothing is applied, so nothing is acked; the session ends when the
+            # store is writable, and the next one resyncs.
+            self.counters["sync_batches_not_stored"] += 1
+            if batch.resync is None:
+                return False
+            self.connected = True
+            log.warning("resync received but not stored: the store is read-only")
+            return True
         extra: dict[str, Any] = {}
         if batch.resync is not None:
             r = batch.resync
