@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeio import write_atomic as _write
+from edgeio import write_atomic
 
 from ._errors import AgentError
 
@@ -88,8 +88,8 @@ class _Staged:
     def prepare(self, key_pem: bytes) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write(self.dir / "node.key.new", key_pem, 0o600)
-            _write(self.pending, bytes(self.RESERVE), 0o600)
+            write_atomic(self.dir / "node.key.new", key_pem, 0o600)
+            write_atomic(self.pending, bytes(self.RESERVE), 0o600)
         except OSError as exc:
             self.discard()
             raise JoinFailed(
@@ -105,11 +105,11 @@ class _Staged:
     def commit(self, cert: bytes, ca: bytes, enrollment: bytes) -> None:
         try:
             self.pending.unlink()
-            _write(self.dir / "node.crt.new", cert, 0o644)
-            _write(self.dir / "ca.crt.new", ca, 0o644)
+            write_atomic(self.dir / "node.crt.new", cert, 0o644)
+            write_atomic(self.dir / "ca.crt.new", ca, 0o644)
             for name in ("node.key", "node.crt", "ca.crt"):
                 (self.dir / (name + ".new")).replace(self.dir / name)
-            _write(self.dir / "enrollment.json", enrollment, 0o644)  # last: enrolled now
+            write_atomic(self.dir / "enrollment.json", enrollment, 0o644)  # last: enrolled now
         except OSError as exc:
             raise JoinFailed(
                 f"cannot write to {self.dir} after the gateway enrolled this board ({exc}); "
