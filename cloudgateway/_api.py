@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -31,6 +32,7 @@ from edgeproto import Resource
 from ._backend import normalized_object, settle_new, settle_replacement, with_status
 from ._errors import GatewayError
 from ._http import HttpConfig, HttpServer, Request, Response, json_response, status_body
+from ._kproto import PROTOBUF, ProtobufError, decode_object
 from ._patch import PatchError, apply_json_patch, apply_strategic_merge_patch, merge_patch
 from ._podstream import StreamOpener, exec_in_pod, exec_websocket, pod_logs, wants_websocket
 from ._revocation import revocation_key, revoke_node
@@ -383,9 +385,29 @@ def _line(kind: str, obj: Any) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
 
+def _as_json(req: Request) -> Request:
+    """``req`` with a protobuf body (kubectl's typed writes) read into JSON."""
+    ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != PROTOBUF:
+        return req
+    try:
+        obj = decode_object(req.body)
+    except ProtobufError as exc:
+        raise ApiError(415, "UnsupportedMediaType", str(exc)) from None
+    headers = {**req.headers, "content-type": "application/json"}
+    return dataclasses.replace(req, body=json.dumps(obj).encode(), headers=headers)
+
+
 def _dry_run(req: Request) -> bool:
-    """``dryRun=All``: do everything but write. Any other value is a 400."""
-    values = req.query.get("dryRun", [])
+    """``dryRun=All`` (for DELETE also in the body's DeleteOptions, where
+    kubectl puts it): do everything but write. Any other value is a 400."""
+    values: list[Any] = list(req.query.get("dryRun", []))
+    if req.method == "DELETE" and req.body.strip():
+        opts = _parse_json(req.body, "DeleteOptions")
+        in_body = opts.get("dryRun") if isinstance(opts, dict) else None
+        if in_body is not None and not isinstance(in_body, list):
+            raise ApiError(400, "BadRequest", "DeleteOptions.dryRun must be a list")
+        values += in_body or []
     for v in values:
         if v != "All":
             raise ApiError(
@@ -508,7 +530,7 @@ class ApiServer:
     async def handle(self, request: Request) -> Response:
         self._requests += 1
         try:
-            resp = await self._dispatch(request)
+            resp = await self._dispatch(_as_json(request))
         except ApiError as exc:
             resp = json_response(exc.code, exc.status())
         except StreamError as exc:

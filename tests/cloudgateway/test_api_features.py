@@ -193,11 +193,21 @@ async def test_dry_run_checks_everything_and_writes_nothing(api: Api) -> None:
     assert got["data"] == {"k": "v1"}
     _, got = await api.call("GET", f"{NS}/pods/web")
     assert got == pod_
+    # kubectl delete --dry-run=server says it in the DeleteOptions body.
+    status, body = await api.call(
+        "DELETE", f"{NS}/configmaps/x", {"kind": "DeleteOptions", "dryRun": ["All"]}
+    )
+    assert status == 200 and body["metadata"]["name"] == "x"
+    status, body = await api.call("DELETE", f"{NS}/configmaps", {"dryRun": ["All"]})
+    assert status == 200 and names(body) == ["x"]
+    status, body = await api.call("DELETE", f"{NS}/configmaps/x", {"dryRun": "All"})
+    assert status == 400
     # Only "All" is a dryRun value.
     for method, path, body_ in (
         ("POST", f"{NS}/configmaps?dryRun=Some", cm("y")),
         ("DELETE", f"{NS}/configmaps/x?dryRun=", None),
         ("PUT", f"{NS}/configmaps/x?dryRun=all", new),
+        ("DELETE", f"{NS}/configmaps/x", {"dryRun": ["All", "Some"]}),
     ):
         status, body = await api.call(method, path, body_)
         assert status == 400, (method, path)
@@ -379,3 +389,28 @@ async def test_initial_namespaces_are_created_once(nursery: trio.Nursery, tmp_pa
         assert a.store.current_rev() == rev + 2
         _, body = await a.call("GET", "/api/v1/namespaces")
         assert len(body["items"]) == 4
+
+
+# ---- protobuf bodies ---------------------------------------------------------------------
+
+
+async def test_protobuf_bodies_of_kinds_not_read_are_415(api: Api) -> None:
+    """kubectl's typed writes are protobuf (test_kubectl.py runs them); other
+    kinds, and bodies that are not Kubernetes protobuf, get a clear 415."""
+    from google.protobuf import descriptor_pb2
+
+    # A runtime.Unknown (typeMeta = 1: apiVersion = 1, kind = 2; raw = 2) for a
+    # Pod, spelled with protobuf's own descriptor messages as a wire encoder.
+    type_meta = descriptor_pb2.FieldDescriptorProto(name="v1", extendee="Pod")
+    assert type_meta.SerializeToString() == b"\n\x02v1\x12\x03Pod"
+    unknown = b"\n" + bytes([len(type_meta.SerializeToString())]) + type_meta.SerializeToString()
+    ctype = "application/vnd.kubernetes.protobuf"
+    for raw, words in (
+        (b"k8s\x00" + unknown, "not v1 Pod"),
+        (b"k8s\x00\xff\xff", "does not decode"),
+        (b"\x0a\x02v1", "starts with"),
+    ):
+        status, body = await api.call("POST", f"{NS}/pods", raw=raw, ctype=ctype)
+        assert status == 415, raw
+        assert_status(body, 415, "UnsupportedMediaType")
+        assert words in body["message"]
