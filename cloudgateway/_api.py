@@ -96,6 +96,9 @@ _AUTHZ_REVIEWS = {
     "selfsubjectaccessreviews": "SelfSubjectAccessReview",
     "selfsubjectrulesreviews": "SelfSubjectRulesReview",
 }
+# Core kinds edgeflock does not run but kubectl looks for (``kubectl cluster-info``
+# lists kube-system's Services): served read-only and always empty.
+_ABSENT = {"services": ("Service", ("service", "svc"))}
 _LIST_BATCH = 500  # records read per store call while filling a page of a paged list
 _STATUS_VERBS = ["get", "patch", "update"]
 _MERGE_PATCH = "application/merge-patch+json"
@@ -573,6 +576,10 @@ class ApiServer:
             return await self._review(req, rest, path)
         if not rest:
             return self._discovery(req, self._resource_list(group, version, path))
+        if (group, version) == ("", "v1"):
+            inner = rest[2:] if rest[0] == "namespaces" and len(rest) >= 3 else rest
+            if inner[0] in _ABSENT:
+                return self._absent(req, inner, path)
         target = self._route(group, version, rest, path)
         return await self._serve(req, target)
 
@@ -633,12 +640,44 @@ class ApiServer:
                     "verbs": _STATUS_VERBS,
                 }
             )
+        if (group, version) == ("", "v1"):
+            for name, (kind, aliases) in _ABSENT.items():
+                items.append(
+                    {
+                        "name": name,
+                        "singularName": aliases[0],
+                        "namespaced": True,
+                        "kind": kind,
+                        "verbs": ["get", "list"],
+                        "shortNames": list(aliases[1:]),
+                    }
+                )
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
             "groupVersion": f"{group}/{version}" if group else version,
             "resources": items,
         }
+
+    def _absent(self, req: Request, rest: list[str], path: str) -> Response:
+        """A kind of ``_ABSENT`` (``rest``: its name, maybe an object's name):
+        its lists are empty, its objects not found."""
+        if req.method not in ("GET", "HEAD"):
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}")
+        if len(rest) > 2 or not all(rest):
+            raise _not_found_path(path)
+        name = rest[0]
+        kind = _ABSENT[name][0]
+        if len(rest) == 2:
+            msg = f'{name} "{rest[1]}" not found (edgeflock runs no {kind}s)'
+            raise ApiError(404, "NotFound", msg, name=rest[1], kind=name)
+        meta = {"resourceVersion": str(self._store.current_rev())}
+        if _wants_table(req):
+            table = table_of(name, [], time.time(), meta["resourceVersion"])
+            return json_response(200, table)
+        return json_response(
+            200, {"kind": f"{kind}List", "apiVersion": "v1", "metadata": meta, "items": []}
+        )
 
     def _route(self, group: str, version: str, rest: list[str], path: str) -> _Target:
         if any(not p for p in rest):

@@ -246,7 +246,11 @@ async def test_discovery(api: Api) -> None:
     assert status == 200 and body["kind"] == "APIResourceList" and body["groupVersion"] == "v1"
     by_name = {r["name"]: r for r in body["resources"]}
     core = [r for r in edgeproto.RESOURCES if not r.group]
-    assert set(by_name) == {*(r.name for r in core), *(f"{r.name}/status" for r in core)}
+    assert set(by_name) == {
+        *(r.name for r in core),
+        *(f"{r.name}/status" for r in core),
+        "services",  # read-only and empty, for kubectl cluster-info
+    }
     assert by_name["pods"] == {
         "name": "pods",
         "singularName": "pod",

@@ -324,6 +324,27 @@ async def test_version_has_every_field_of_version_info(api: Api) -> None:
         assert isinstance(body[field], str) and body[field], field
 
 
+async def test_services_are_an_empty_read_only_kind(api: Api) -> None:
+    status, body = await api.call("GET", "/api/v1")
+    services = next(r for r in body["resources"] if r["name"] == "services")
+    assert services["verbs"] == ["get", "list"] and services["shortNames"] == ["svc"]
+    for path in ("/api/v1/services", "/api/v1/namespaces/kube-system/services"):
+        status, body = await api.call("GET", f"{path}?labelSelector=a%3Db")
+        assert status == 200 and body["kind"] == "ServiceList" and body["items"] == []
+    status, body = await api.call("GET", "/api/v1/namespaces/default/services/web")
+    assert status == 404
+    assert_status(body, 404, "NotFound")
+    status, body = await api.call("POST", "/api/v1/namespaces/default/services", {})
+    assert status == 405
+    status, body = await api.call("GET", "/api/v1/namespaces/default/services/web/x/y")
+    assert status == 404
+    # A namespace may still be called "services".
+    status, body = await api.call("POST", "/api/v1/namespaces", {"metadata": {"name": "services"}})
+    assert status == 201
+    status, body = await api.call("GET", "/api/v1/namespaces/services")
+    assert status == 200 and body["kind"] == "Namespace"
+
+
 # ---- namespaces -------------------------------------------------------------------------
 
 

@@ -130,7 +130,7 @@ async def test_kubectl_chunks_dry_runs_and_diffs(gw: Gateway, tmp_path: Path) ->
     assert gw.store.current_rev() == rev
 
 
-async def test_kubectl_events_auth_and_version(gw: Gateway) -> None:
+async def test_kubectl_events_auth_version_and_cluster_info(gw: Gateway) -> None:
     for name, kind, about in (("e1", "Node", "pi-01"), ("e2", "Node", "pi-02"), ("e3", "Pod", "x")):
         await gw.store.create(
             f"events/default/{name}",
@@ -152,5 +152,7 @@ async def test_kubectl_events_auth_and_version(gw: Gateway) -> None:
     assert await ok(gw, "auth", "can-i", "delete", "devices.devices.kubeedge.io") == "yes\n"
     out = await ok(gw, "auth", "can-i", "--list")
     assert "*.*" in out
+    out = await ok(gw, "cluster-info")
+    assert f"Kubernetes control plane is running at https://127.0.0.1:{gw.ports['api']}" in out
     out = await ok(gw, "version", "-o", "json")
     assert json.loads(out)["serverVersion"]["gitVersion"] == "v1.30.0-edgeflock"
