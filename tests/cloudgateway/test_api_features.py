@@ -435,3 +435,23 @@ async def test_protobuf_bodies_of_kinds_not_read_are_415(api: Api) -> None:
         assert status == 415, raw
         assert_status(body, 415, "UnsupportedMediaType")
         assert words in body["message"]
+
+
+async def test_edgectl_gets_and_deletes_namespaces(api: Api) -> None:
+    from tests.cloudgateway.test_ctl import run_ctl
+
+    await api.namespace("team")
+    await api.create("/api/v1/namespaces/team/configmaps", cm("a"))
+    rc, out, _ = await run_ctl(api, "get", "ns")
+    assert rc == 0 and [line.split()[:2] for line in out.splitlines()] == [
+        ["NAME", "STATUS"],
+        ["default", "Active"],
+        ["kube-node-lease", "Active"],
+        ["kube-public", "Active"],
+        ["kube-system", "Active"],
+        ["team", "Active"],
+    ]
+    rc, out, err = await run_ctl(api, "delete", "ns", "team")
+    assert rc == 0, err
+    status, _ = await api.call("GET", "/api/v1/namespaces/team/configmaps/a")
+    assert status == 404
