@@ -706,8 +706,10 @@ class ApiServer:
 
     async def _serve(self, req: Request, t: _Target) -> Response:
         m = req.method
-        if m in ("POST", "PUT", "PATCH", "DELETE"):
-            _dry_run(req)  # an unknown dryRun value is refused before anything runs
+        if m in ("POST", "PUT", "PATCH", "DELETE") and _dry_run(req):
+            # (an unknown dryRun value is refused before anything runs)
+            if t.subresource in (*_POD_STREAMS, "revocation"):
+                raise ApiError(400, "BadRequest", f"dryRun is not supported on {t.subresource}")
         if t.name is None:
             if m in ("GET", "HEAD"):
                 if m == "GET" and req.flag("watch"):

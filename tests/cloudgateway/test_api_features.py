@@ -202,6 +202,13 @@ async def test_dry_run_checks_everything_and_writes_nothing(api: Api) -> None:
     assert status == 200 and names(body) == ["x"]
     status, body = await api.call("DELETE", f"{NS}/configmaps/x", {"dryRun": "All"})
     assert status == 400
+    # Where nothing can be checked without doing it, dryRun is refused.
+    await api.create("/api/v1/nodes", {"metadata": {"name": "pi-01"}})
+    status, body = await api.call("POST", "/api/v1/nodes/pi-01/revocation?dryRun=All", {})
+    assert status == 400
+    status, body = await api.call("GET", "/api/v1/nodes/pi-01/revocation")
+    assert status == 404  # not revoked
+    rev = api.store.current_rev()
     # Only "All" is a dryRun value.
     for method, path, body_ in (
         ("POST", f"{NS}/configmaps?dryRun=Some", cm("y")),
