@@ -33,6 +33,7 @@ from ._backend import normalized_object, settle_new, settle_replacement, with_st
 from ._errors import GatewayError
 from ._http import HttpConfig, HttpServer, Request, Response, json_response, status_body
 from ._kproto import PROTOBUF, ProtobufError, decode_object
+from ._openapi import openapi_v2, openapi_v3, openapi_v3_index
 from ._patch import PatchError, apply_json_patch, apply_strategic_merge_patch, merge_patch
 from ._podstream import StreamOpener, exec_in_pod, exec_websocket, pod_logs, wants_websocket
 from ._revocation import revocation_key, revoke_node
@@ -388,6 +389,46 @@ def _line(kind: str, obj: Any) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
 
+_FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
+
+
+class _UnknownFields:
+    """A write's ``fieldValidation``: fields its kind's schema does not know are
+    dropped (Ignore), dropped and named in ``Warning`` headers (Warn, the
+    default), or make the request fail (Strict), as kube-apiserver does."""
+
+    __slots__ = ("found", "mode")
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.found: list[str] = []
+
+    @classmethod
+    def of(cls, req: Request) -> _UnknownFields:
+        mode = req.param("fieldValidation") or "Warn"
+        if mode not in _FIELD_VALIDATION:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"fieldValidation must be one of {', '.join(_FIELD_VALIDATION)}, not {mode!r}",
+            )
+        return cls(mode)
+
+    def check(self, found: list[str]) -> None:
+        if found and self.mode == "Strict":
+            raise ApiError(
+                400,
+                "BadRequest",
+                "strict decoding error: " + ", ".join(f'unknown field "{f}"' for f in found),
+            )
+        self.found = found
+
+    def warn(self, resp: Response) -> Response:
+        if self.mode == "Warn":
+            resp.headers.extend(("warning", f'299 - "unknown field \\"{f}\\""') for f in self.found)
+        return resp
+
+
 def _as_json(req: Request) -> Request:
     """``req`` with a protobuf body (kubectl's typed writes) read into JSON."""
     ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -557,6 +598,8 @@ class ApiServer:
         if path == "/version":
             return json_response(200, VERSION_INFO)
         self._authorize(req)
+        if path == "/openapi/v2" or path.startswith("/openapi/v3"):
+            return self._openapi(req, path)
         if path == "/metrics":
             return Response(200, self._metrics_text(), [("content-type", "text/plain")])
         parts = path.strip("/").split("/")
@@ -808,11 +851,29 @@ class ApiServer:
             ],
         )
 
-    def _validate(self, t: _Target, obj: Any, name: str | None) -> dict[str, Any]:
+    def _validate(
+        self, t: _Target, obj: Any, name: str | None, fields: _UnknownFields | None = None
+    ) -> dict[str, Any]:
+        found: list[str] = []
         try:
-            return validate(t.resource, obj, namespace=t.namespace, name=name)
+            out = validate(t.resource, obj, namespace=t.namespace, name=name, unknown=found)
         except Invalid as exc:
             raise self._invalid(exc) from None
+        if fields is not None:
+            fields.check(found)
+        return out
+
+    def _openapi(self, req: Request, path: str) -> Response:
+        if req.method not in ("GET", "HEAD"):
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {path}")
+        if path == "/openapi/v2":
+            return json_response(200, openapi_v2())
+        if path == "/openapi/v3":
+            return json_response(200, openapi_v3_index())
+        doc = openapi_v3(path.removeprefix("/openapi/v3/"))
+        if doc is None:
+            raise _not_found_path(path)
+        return json_response(200, doc)
 
     # ---- verbs ---------------------------------------------------------------------
 
@@ -834,7 +895,8 @@ class ApiServer:
                         secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5)
                     )
                     body = {**body, "metadata": {**meta, "name": gen + suffix}}
-        obj = self._validate(t, body, None)
+        fields = _UnknownFields.of(req)
+        obj = self._validate(t, body, None, fields)
         name = obj["metadata"]["name"]
         meta = obj["metadata"]
         # The server's, as Kubernetes does: kubectl sends creationTimestamp: null.
@@ -852,7 +914,7 @@ class ApiServer:
             except NotFound:
                 new = normalized_object(key, obj)
                 settle_new(new)
-                return json_response(201, new)
+                return fields.warn(json_response(201, new))
             except StoreError as exc:
                 raise self._store_error(t, name, exc) from None
             raise self._store_error(t, name, AlreadyExists(f"{key} already exists", key=key))
@@ -860,7 +922,7 @@ class ApiServer:
             ev = await self._store.create(key, obj)
         except StoreError as exc:
             raise self._store_error(t, name, exc) from None
-        return json_response(201, ev.record.value)
+        return fields.warn(json_response(201, ev.record.value))
 
     def _check_namespace(self, name: str) -> None:
         if not is_dns_label(name):
@@ -898,7 +960,8 @@ class ApiServer:
         subresource writes (as Kubernetes does)."""
         assert t.name is not None
         body = _parse_json(req.body)
-        obj = self._validate(t, body, t.name)
+        fields = _UnknownFields.of(req)
+        obj = self._validate(t, body, t.name, fields)
         expect = _resource_version(obj, "metadata.resourceVersion")
 
         def edit(cur: Record) -> dict[str, Any]:
@@ -909,7 +972,7 @@ class ApiServer:
                 new.pop("status", None)
             return new
 
-        return await self._read_modify_write(t, expect, edit, dry_run=_dry_run(req))
+        return fields.warn(await self._read_modify_write(t, expect, edit, dry_run=_dry_run(req)))
 
     async def _read_modify_write(
         self,
@@ -1026,15 +1089,17 @@ class ApiServer:
                 t, expect, edit_status, status=True, dry_run=_dry_run(req)
             )
 
+        fields = _UnknownFields.of(req)
+
         def edit(cur: Record) -> dict[str, Any]:
-            obj = self._validate(t, patched(cur), name)
+            obj = self._validate(t, patched(cur), name, fields)
             if "status" in cur.value:
                 obj["status"] = cur.value["status"]
             else:
                 obj.pop("status", None)
             return obj
 
-        return await self._read_modify_write(t, expect, edit, dry_run=_dry_run(req))
+        return fields.warn(await self._read_modify_write(t, expect, edit, dry_run=_dry_run(req)))
 
     async def _delete(self, req: Request, t: _Target) -> Response:
         assert t.name is not None

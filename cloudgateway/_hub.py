@@ -395,7 +395,6 @@ class Hub:
                 stream.abort(502, "BadGateway", f"node {node} disconnected")
             if self._sessions.get(node) is session:
                 del self._sessions[node]
-                self._health.disconnected(node)
                 self._watch(session, View({}, frozenset()))
             log.info("node %s disconnected", node)
 

@@ -10,18 +10,18 @@ of strings as sets (``finalizers``). It adds directives: ``$patch``
 ``$retainKeys`` (keep only these keys of the original map),
 ``$setElementOrder/<list>`` (the order of a merged list) and
 ``$deleteFromPrimitiveList/<list>`` (values to remove from a set-like list).
-The field table below is transcribed from the ``patchStrategy`` and
-``patchMergeKey`` tags of Kubernetes' core/v1, apps/v1 and meta/v1 types.
+Which lists merge, and by which key, is read from the API's schemas
+(``_apischema``), where it is transcribed from the ``patchStrategy`` and
+``patchMergeKey`` tags of Kubernetes' types.
 
 Pure functions over JSON values: no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
+from ._apischema import KIND_SCHEMAS, Schema
 from ._errors import GatewayError
 
 __all__ = [
@@ -39,104 +39,29 @@ class PatchError(GatewayError):
     failed JSON patch test or path (the API answers 422)."""
 
 
-# ---- the field table -------------------------------------------------------------
+# ---- merge keys, from the API's schemas --------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Field:
-    type: str | None = None  # the struct type of the value, or of a list's elements
-    merge: bool = False  # patchStrategy merge (a list merged, not replaced)
-    key: str | None = None  # patchMergeKey of a merged list of objects
+def patch_schema_for(kind: str) -> Schema | None:
+    """The schema whose merge keys apply to objects of ``kind`` (None: no
+    merged lists, a strategic patch acts as a merge patch)."""
+    return KIND_SCHEMAS.get(kind)
 
 
-def _merge(key: str | None, type_: str | None = None) -> _Field:
-    return _Field(type_, True, key)
+def _field(schema: Schema | None, key: str) -> Schema | None:
+    if schema is None:
+        return None
+    if schema.values is not None:
+        return schema.values
+    return schema.properties.get(key)
 
 
-_CONTAINER: Final = {
-    "ports": _merge("containerPort"),
-    "env": _merge("name"),
-    "volumeMounts": _merge("mountPath"),
-    "volumeDevices": _merge("devicePath"),
-}
-
-_TYPES: Final[dict[str, dict[str, _Field]]] = {
-    "ObjectMeta": {
-        "finalizers": _merge(None),
-        "ownerReferences": _merge("uid"),
-    },
-    "Object": {"metadata": _Field("ObjectMeta")},
-    "Pod": {
-        "metadata": _Field("ObjectMeta"),
-        "spec": _Field("PodSpec"),
-        "status": _Field("PodStatus"),
-    },
-    "PodTemplateSpec": {"metadata": _Field("ObjectMeta"), "spec": _Field("PodSpec")},
-    "PodSpec": {
-        "volumes": _merge("name"),  # and retainKeys, carried by $retainKeys in each element
-        "initContainers": _merge("name", "Container"),
-        "containers": _merge("name", "Container"),
-        "ephemeralContainers": _merge("name", "Container"),
-        "imagePullSecrets": _merge("name"),
-        "hostAliases": _merge("ip"),
-        "topologySpreadConstraints": _merge("topologyKey"),
-        "schedulingGates": _merge("name"),
-        "resourceClaims": _merge("name"),
-    },
-    "Container": _CONTAINER,
-    "PodStatus": {
-        "conditions": _merge("type"),
-        "hostIPs": _merge("ip"),
-        "podIPs": _merge("ip"),
-        "resourceClaimStatuses": _merge("name"),
-        "containerStatuses": _Field("ContainerStatus"),
-        "initContainerStatuses": _Field("ContainerStatus"),
-        "ephemeralContainerStatuses": _Field("ContainerStatus"),
-    },
-    "ContainerStatus": {
-        "volumeMounts": _merge("mountPath"),
-        "allocatedResourcesStatus": _merge("name"),
-    },
-    "Node": {
-        "metadata": _Field("ObjectMeta"),
-        "spec": _Field("NodeSpec"),
-        "status": _Field("NodeStatus"),
-    },
-    "NodeSpec": {"podCIDRs": _merge(None)},
-    "NodeStatus": {"conditions": _merge("type"), "addresses": _merge("type")},
-    "Namespace": {"metadata": _Field("ObjectMeta"), "status": _Field("NamespaceStatus")},
-    "NamespaceStatus": {"conditions": _merge("type")},
-    "Workload": {  # apps/v1 DaemonSet, Deployment, ReplicaSet, StatefulSet
-        "metadata": _Field("ObjectMeta"),
-        "spec": _Field("WorkloadSpec"),
-        "status": _Field("WorkloadStatus"),
-    },
-    "WorkloadSpec": {"template": _Field("PodTemplateSpec")},
-    "WorkloadStatus": {"conditions": _merge("type")},
-}
-
-_KINDS: Final = {
-    "Pod": "Pod",
-    "Node": "Node",
-    "Namespace": "Namespace",
-    "DaemonSet": "Workload",
-    "Deployment": "Workload",
-    "ReplicaSet": "Workload",
-    "StatefulSet": "Workload",
-}
-
-_NO_FIELDS: Final[dict[str, _Field]] = {}
-_PLAIN: Final = _Field()
+def _merged(field: Schema | None) -> bool:
+    return field is not None and field.type == "array" and field.merge
 
 
-def patch_schema_for(kind: str) -> str:
-    """The root type whose field table applies to objects of ``kind``; kinds with
-    no merged lists (ConfigMap, Secret, Event, Device, ...) get plain metadata."""
-    return _KINDS.get(kind, "Object")
-
-
-def _fields(type_: str | None) -> Mapping[str, _Field]:
-    return _TYPES.get(type_ or "", _NO_FIELDS)
+def _items(field: Schema | None) -> Schema | None:
+    return field.items if field is not None else None
 
 
 # ---- JSON merge patch ------------------------------------------------------------
@@ -200,7 +125,7 @@ def apply_strategic_merge_patch(original: Any, patch: Any, kind: str) -> dict[st
     return {} if out is _DELETED else out
 
 
-def _apply_map(original: dict[str, Any], patch: dict[str, Any], type_: str | None) -> Any:
+def _apply_map(original: dict[str, Any], patch: dict[str, Any], schema: Schema | None) -> Any:
     directive = patch.get(_PATCH)
     if directive == "delete":
         return _DELETED
@@ -208,7 +133,6 @@ def _apply_map(original: dict[str, Any], patch: dict[str, Any], type_: str | Non
         original = {}
     elif directive not in (None, "merge"):
         raise PatchError(f"unknown $patch directive {directive!r} in a map")
-    fields = _fields(type_)
     out = dict(original)
     retain = patch.get(_RETAIN)
     if retain is not None:
@@ -232,21 +156,21 @@ def _apply_map(original: dict[str, Any], patch: dict[str, Any], type_: str | Non
             continue
         if k.startswith("$"):
             raise PatchError(f"unknown patch directive {k!r}")
-        field = fields.get(k, _PLAIN)
+        field = _field(schema, k)
         if v is None:
             out.pop(k, None)
         elif isinstance(v, dict):
             cur = out.get(k)
-            merged = _apply_map(cur if isinstance(cur, dict) else {}, v, field.type)
+            merged = _apply_map(cur if isinstance(cur, dict) else {}, v, field)
             if merged is _DELETED:
                 out.pop(k, None)
             else:
                 out[k] = merged
-        elif isinstance(v, list) and field.merge:
+        elif isinstance(v, list) and field is not None and _merged(field):
             cur = out.get(k)
             out[k] = _apply_list(cur if isinstance(cur, list) else [], v, field, k)
         elif isinstance(v, list):
-            out[k] = [_strip(e, field.type) for e in v]
+            out[k] = [_strip(e, _items(field)) for e in v]
         else:
             out[k] = v
     for name, values in removals.items():
@@ -258,17 +182,17 @@ def _apply_map(original: dict[str, Any], patch: dict[str, Any], type_: str | Non
     for name, order in orders.items():
         if not isinstance(order, list):
             raise PatchError(f"{_ORDER}{name} must be a list")
-        field = fields.get(name, _PLAIN)
+        field = _field(schema, name)
         cur = out.get(name)
-        if isinstance(cur, list) and field.merge:
-            out[name] = _ordered(cur, order, original.get(name), field.key, name)
+        if isinstance(cur, list) and field is not None and _merged(field):
+            out[name] = _ordered(cur, order, original.get(name), field.merge_key, name)
     return out
 
 
-def _strip(value: Any, type_: str | None) -> Any:
+def _strip(value: Any, schema: Schema | None) -> Any:
     """A value from a patch that replaces: its directives applied against nothing."""
     if isinstance(value, dict):
-        r = _apply_map({}, value, type_)
+        r = _apply_map({}, value, schema)
         return {} if r is _DELETED else r
     return value
 
@@ -279,8 +203,8 @@ def _element_key(item: Any, key: str, name: str) -> Any:
     return item[key]
 
 
-def _apply_list(original: list[Any], patch: list[Any], field: _Field, name: str) -> list[Any]:
-    key = field.key
+def _apply_list(original: list[Any], patch: list[Any], field: Schema, name: str) -> list[Any]:
+    key, element = field.merge_key, field.items
     if key is None:  # a set of primitives: union, in order
         if any(isinstance(x, dict) for x in patch):
             if {_PATCH: "replace"} in patch:
@@ -290,7 +214,7 @@ def _apply_list(original: list[Any], patch: list[Any], field: _Field, name: str)
         out += [x for x in patch if x not in original]
         return out
     if any(isinstance(x, dict) and x.get(_PATCH) == "replace" for x in patch):
-        return [_strip(x, field.type) for x in patch if not (isinstance(x, dict) and _PATCH in x)]
+        return [_strip(x, element) for x in patch if not (isinstance(x, dict) and _PATCH in x)]
     out = list(original)
     index: dict[Any, int] = {}
     for i, item in enumerate(out):
@@ -307,12 +231,12 @@ def _apply_list(original: list[Any], patch: list[Any], field: _Field, name: str)
         if directive not in (None, "merge"):
             raise PatchError(f"unknown $patch directive {directive!r} in {name}")
         if k in index and index[k] not in removed:
-            merged = _apply_map(out[index[k]], item, field.type)
+            merged = _apply_map(out[index[k]], item, element)
             out[index[k]] = merged
         else:
             index[k] = len(out)
             removed.discard(index[k])
-            out.append(_strip(item, field.type))
+            out.append(_strip(item, element))
     return [x for i, x in enumerate(out) if i not in removed and x is not _DELETED]
 
 
@@ -372,9 +296,8 @@ def create_strategic_merge_patch(original: Any, modified: Any, kind: str) -> dic
 
 
 def _diff_map(
-    original: dict[str, Any], modified: dict[str, Any], type_: str | None
+    original: dict[str, Any], modified: dict[str, Any], schema: Schema | None
 ) -> dict[str, Any]:
-    fields = _fields(type_)
     patch: dict[str, Any] = {}
     for k in original:
         if k not in modified:
@@ -383,12 +306,12 @@ def _diff_map(
         old = original.get(k, _DELETED)
         if old == new and type(old) is type(new):
             continue
-        field = fields.get(k, _PLAIN)
+        field = _field(schema, k)
         if isinstance(old, dict) and isinstance(new, dict):
-            sub = _diff_map(old, new, field.type)
+            sub = _diff_map(old, new, field)
             if sub:
                 patch[k] = sub
-        elif isinstance(old, list) and isinstance(new, list) and field.merge:
+        elif isinstance(old, list) and isinstance(new, list) and field and _merged(field):
             _diff_list(patch, k, old, new, field)
         elif isinstance(new, dict) and old is not _DELETED:
             patch[k] = {**new, _PATCH: "replace"}
@@ -398,9 +321,9 @@ def _diff_map(
 
 
 def _diff_list(
-    patch: dict[str, Any], name: str, old: list[Any], new: list[Any], field: _Field
+    patch: dict[str, Any], name: str, old: list[Any], new: list[Any], field: Schema
 ) -> None:
-    key = field.key
+    key = field.merge_key
     if key is None:
         added = [x for x in new if x not in old]
         gone = [x for x in old if x not in new]
@@ -418,7 +341,7 @@ def _diff_list(
         if prev is None:
             elements.append(item)
             continue
-        sub = _diff_map(prev, item, field.type)
+        sub = _diff_map(prev, item, field.items)
         if sub:
             elements.append({**sub, key: item[key]})
     for item in old:

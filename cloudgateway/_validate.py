@@ -13,15 +13,16 @@ import binascii
 import copy
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import edgeproto
 
+from ._apischema import KIND_SCHEMAS, Schema
 from ._errors import GatewayError
 
-__all__ = ["MAX_DEPTH", "MAX_OBJECT_BYTES", "Cause", "Invalid", "validate"]
+__all__ = ["FORMATS", "MAX_DEPTH", "MAX_OBJECT_BYTES", "Cause", "Invalid", "validate"]
 
 MAX_OBJECT_BYTES = 1 << 20  # etcd's default request limit is 1.5 MiB; stay under it
 MAX_DEPTH = 64  # nesting of objects and arrays; real manifests stay far below this
@@ -36,8 +37,6 @@ _SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 _LABEL = re.compile(_DNS_LABEL)
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
-_RESTART_POLICIES = ("Always", "OnFailure", "Never")
-_PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +107,20 @@ def _too_deep(obj: Any, limit: int) -> bool:
 
 
 def validate(
-    resource: edgeproto.Resource, obj: Any, *, namespace: str | None, name: str | None
+    resource: edgeproto.Resource,
+    obj: Any,
+    *,
+    namespace: str | None,
+    name: str | None,
+    unknown: list[str] | None = None,
 ) -> dict[str, Any]:
     """A normalized copy of ``obj`` as a ``resource`` object, or ``Invalid``.
 
     ``namespace`` and ``name`` are the ones in the request URL (None when the
-    URL has none); the object's own must agree with them."""
+    URL has none); the object's own must agree with them. The object is checked
+    against its kind's schema (``_apischema``); fields the schema does not know
+    are dropped, as a Kubernetes API server drops them, and their paths appended
+    to ``unknown`` when a list is given (for ``fieldValidation``)."""
     kind = resource.kind
     if not isinstance(obj, dict):
         raise Invalid(kind, name or "", [Cause("", INVALID, "the object must be a JSON object")])
@@ -146,7 +153,6 @@ def validate(
         )
     elif name is not None and oname != name:
         causes.bad("metadata.name", f"{oname!r} does not match the name in the URL ({name!r})")
-    _check_metadata(meta, causes)
     if resource.namespaced:
         ns = meta.get("namespace")
         if ns is None or ns == "":
@@ -163,6 +169,14 @@ def validate(
     status = out.get("status")
     if status is not None and not isinstance(status, dict):
         causes.bad("status", "must be an object")
+    found: list[tuple[dict[str, Any], str, str]] = []
+    schema = KIND_SCHEMAS.get(kind)
+    if schema is not None:
+        _walk(schema, out, "", causes, found)
+    for parent, key, path in found:
+        parent.pop(key, None)
+        if unknown is not None:
+            unknown.append(path)
     check = _CHECKS.get(kind)
     if check is not None:
         check(out, causes)
@@ -179,184 +193,199 @@ def validate(
     return out
 
 
-def _check_metadata(meta: dict[str, Any], causes: _Causes) -> None:
-    for section in ("labels", "annotations"):
-        m = meta.get(section)
-        if m is None:
-            continue
-        if not isinstance(m, dict):
-            causes.bad(f"metadata.{section}", "must be a map of string keys to string values")
-            continue
-        for k, v in m.items():
-            if not is_qualified_name(k):
-                causes.bad(
-                    f"metadata.{section}",
-                    f"{k!r}: keys are [prefix/]name, name at most 63 characters of "
-                    "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric",
-                )
-            elif not isinstance(v, str):
-                causes.bad(f"metadata.{section}.{k}", "value must be a string")
-            elif section == "labels" and not is_label_value(v):
-                causes.bad(
-                    f"metadata.labels.{k}",
-                    f"{v!r}: a label value is at most 63 characters of alphanumerics, "
-                    "'-', '_' or '.', starting and ending with an alphanumeric",
-                )
-    for f in ("resourceVersion", "uid", "creationTimestamp", "generateName"):
-        v = meta.get(f)
-        if v is not None and not isinstance(v, str):
-            causes.bad(f"metadata.{f}", "must be a string")
+# ---- the schema walk ---------------------------------------------------------------
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
+_TYPE_WORDS = {
+    "object": "an object",
+    "array": "a list",
+    "string": "a string",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "a boolean",
+}
+_PROPERTY_TYPES = ("int", "float", "double", "string", "boolean", "bytes", "stream")
 
 
-def _string_list(c: dict[str, Any], key: str, field: str, causes: _Causes) -> None:
-    v = c.get(key)
-    if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
-        causes.bad(field, "must be a list of strings")
+def _is_base64(v: str) -> bool:
+    try:
+        base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
-def _objects(
-    parent: dict[str, Any], key: str, field: str, causes: _Causes
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(field[i], item)`` for each object in the list ``parent[key]``; a value
-    that is not a list, or an item that is not an object, is a cause."""
-    items = parent.get(key)
-    if items is None:
+Check = Callable[[Any], tuple[str, str] | None]  # value -> (reason, message) or None
+
+
+def _rule(ok: Callable[[Any], bool], message: str, reason: str = INVALID) -> Check:
+    return lambda v: None if ok(v) else (reason, message.format(v=v))
+
+
+def _env_name(v: Any) -> tuple[str, str] | None:
+    if not v:
+        return REQUIRED, "name is required"
+    return (INVALID, f"{v!r}: must not contain '='") if "=" in v else None
+
+
+def _property_name(v: Any) -> tuple[str, str] | None:
+    if not v:
+        return REQUIRED, "name is required"
+    if len(v) > 128 or "/" in v or "#" in v or "+" in v:
+        return INVALID, f"{v!r}: at most 128 characters, no '/', '#' or '+'"
+    return None
+
+
+FORMATS: dict[str, Check] = {
+    "label-value": _rule(
+        is_label_value,
+        "{v!r}: a label value is at most 63 characters of alphanumerics, '-', '_' or '.', "
+        "starting and ending with an alphanumeric",
+    ),
+    "qualified-name": _rule(
+        is_qualified_name,
+        "{v!r}: keys are [prefix/]name, name at most 63 characters of alphanumerics, "
+        "'-', '_' or '.', starting and ending with an alphanumeric",
+    ),
+    "data-key": _rule(
+        lambda k: len(k) <= 253 and _DATA_KEY.fullmatch(k) is not None,
+        "{v!r}: a key is at most 253 characters of alphanumerics, '-', '_' or '.'",
+    ),
+    "base64": _rule(_is_base64, "value must be valid base64"),
+    "dns-label": _rule(is_dns_label, "{v!r}: must be a DNS-1123 label"),
+    "dns-subdomain": _rule(is_subdomain, "{v!r}: must be a DNS-1123 subdomain"),
+    "node-name": _rule(lambda v: v == "" or is_subdomain(v), "{v!r} is not a valid node name"),
+    "port": _rule(lambda v: 0 < v < 65536, "{v!r}: must be between 1 and 65535"),
+    "image": _rule(lambda v: bool(v.strip()), "image is required", REQUIRED),
+    "non-empty": _rule(bool, "must not be empty", REQUIRED),
+    "env-name": _env_name,
+    "property-name": _property_name,
+    "property-type": _rule(
+        lambda v: v.lower() in _PROPERTY_TYPES,
+        "{v!r}: one of " + ", ".join(_PROPERTY_TYPES),
+        NOT_SUPPORTED,
+    ),
+    "number-or-string": _rule(
+        lambda v: isinstance(v, str | int | float) and not isinstance(v, bool),
+        "must be a number or a numeric string",
+    ),
+}
+
+
+def _has_type(value: Any, t: str) -> bool:
+    if isinstance(value, bool) and t in ("integer", "number"):
+        return False
+    return isinstance(value, _TYPES[t])
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _walk(
+    schema: Schema,
+    value: Any,
+    path: str,
+    causes: _Causes,
+    unknown: list[tuple[dict[str, Any], str, str]],
+) -> None:
+    t = schema.type
+    if t is not None and not _has_type(value, t):
+        causes.bad(path, f"must be {_TYPE_WORDS[t]}")
         return
-    if not isinstance(items, list):
-        causes.bad(field, "must be a list")
+    if schema.enum and value not in schema.enum:
+        causes.bad(path, f"{value!r}: must be one of {', '.join(schema.enum)}", NOT_SUPPORTED)
         return
-    for i, item in enumerate(items):
-        if isinstance(item, dict):
-            yield f"{field}[{i}]", item
-        else:
-            causes.bad(f"{field}[{i}]", "must be an object")
+    if schema.format is not None and (check := FORMATS.get(schema.format)) is not None:
+        problem = check(value)
+        if problem is not None:
+            causes.bad(path, problem[1], problem[0])
+            return
+    if schema.minimum is not None and value < schema.minimum:
+        causes.bad(path, f"{value!r}: must be at least {schema.minimum}")
+    if schema.max_length is not None and len(value) > schema.max_length:
+        causes.bad(path, f"longer than {schema.max_length} characters")
+    if t == "object" and schema.values is not None:
+        key_check = FORMATS.get(schema.keys or "")
+        for k, v in value.items():
+            problem = key_check(k) if key_check is not None else None
+            if problem is not None:
+                causes.bad(path, problem[1], problem[0])
+                continue
+            sub = f"{path}[{k}]" if schema.keys == "data-key" else _join(path, k)
+            _walk(schema.values, v, sub, causes, unknown)
+    elif t == "object":
+        for k in schema.required:
+            if value.get(k) is None:
+                prop = schema.properties.get(k)
+                causes.required(_join(path, k), (prop and prop.message) or f"{k} is required")
+        for k, v in value.items():
+            prop = schema.properties.get(k)
+            if prop is None:
+                if not schema.open:
+                    unknown.append((value, k, _join(path, k)))
+            elif v is not None:
+                _walk(prop, v, _join(path, k), causes, unknown)
+    elif t == "array":
+        if len(value) < schema.min_items:
+            causes.required(path, schema.message or "Required value")
+        seen: set[Any] = set()
+        for i, item in enumerate(value):
+            sub = f"{path}[{i}]"
+            if schema.items is not None:
+                _walk(schema.items, item, sub, causes, unknown)
+            if schema.unique and schema.merge_key and isinstance(item, dict):
+                k = item.get(schema.merge_key)
+                if isinstance(k, str | int) and not isinstance(k, bool):
+                    if k in seen:
+                        causes.bad(f"{sub}.{schema.merge_key}", f"duplicate {k!r}", DUPLICATE)
+                    seen.add(k)
 
 
-def _check_container(c: Any, f: str, names: set[str], causes: _Causes) -> None:
-    if not isinstance(c, dict):
-        causes.bad(f, "must be an object")
-        return
-    n = c.get("name")
-    if n is None:
-        causes.required(f"{f}.name")
-    elif not is_dns_label(n):
-        causes.bad(f"{f}.name", f"{n!r}: must be a DNS-1123 label")
-    elif n in names:
-        causes.bad(f"{f}.name", f"duplicate container name {n!r}", DUPLICATE)
-    else:
-        names.add(n)
-    image = c.get("image")
-    if image is None or (isinstance(image, str) and not image.strip()):
-        causes.required(f"{f}.image", "image is required")
-    elif not isinstance(image, str):
-        causes.bad(f"{f}.image", "must be a string")
-    _string_list(c, "command", f"{f}.command", causes)
-    _string_list(c, "args", f"{f}.args", causes)
-    for ef, e in _objects(c, "env", f"{f}.env", causes):
-        en = e.get("name")
-        if not isinstance(en, str) or not en:
-            causes.required(f"{ef}.name", "name is required")
-        elif "=" in en:
-            causes.bad(f"{ef}.name", f"{en!r}: must not contain '='")
-        if "value" in e and not isinstance(e["value"], str):
-            causes.bad(f"{ef}.value", "must be a string")
-        if "valueFrom" in e and not isinstance(e["valueFrom"], dict):
-            causes.bad(f"{ef}.valueFrom", "must be an object")
-    for pf, p in _objects(c, "ports", f"{f}.ports", causes):
-        cp = p.get("containerPort")
-        if cp is None:
-            causes.required(f"{pf}.containerPort")
-        elif not _is_port(cp):
-            causes.bad(f"{pf}.containerPort", f"{cp!r}: must be between 1 and 65535")
-        hp = p.get("hostPort")
-        if hp is not None and not _is_port(hp):
-            causes.bad(f"{pf}.hostPort", f"{hp!r}: must be between 1 and 65535")
-        proto = p.get("protocol")
-        if proto is not None and proto not in _PROTOCOLS:
-            causes.bad(f"{pf}.protocol", f"{proto!r}: must be one of {_PROTOCOLS}", NOT_SUPPORTED)
-
-
-def _is_port(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536
+# ---- what a schema cannot say ------------------------------------------------------
 
 
 def _check_pod(obj: dict[str, Any], causes: _Causes) -> None:
+    """An init container's name must not be a container's (each list is unique
+    by its schema)."""
     spec = obj.get("spec")
-    if spec is None:
-        causes.required("spec", "spec is required")
-        return
     if not isinstance(spec, dict):
-        causes.bad("spec", "must be an object")
         return
-    node = spec.get("nodeName")
-    if node is not None and node != "" and not is_subdomain(node):
-        causes.bad("spec.nodeName", f"{node!r} is not a valid node name")
-    policy = spec.get("restartPolicy")
-    if policy is not None and policy not in _RESTART_POLICIES:
-        causes.bad(
-            "spec.restartPolicy", f"{policy!r}: must be one of {_RESTART_POLICIES}", NOT_SUPPORTED
-        )
-    names: set[str] = set()
-    for section in ("containers", "initContainers"):
+
+    def names(section: str) -> list[Any]:
         cs = spec.get(section)
-        if cs is None and section == "initContainers":
-            continue
-        if cs is None or cs == []:
-            causes.required(f"spec.{section}", "at least one container is required")
-            continue
-        if not isinstance(cs, list):
-            causes.bad(f"spec.{section}", "must be a list")
-            continue
-        for i, c in enumerate(cs):
-            _check_container(c, f"spec.{section}[{i}]", names, causes)
-    vnames: set[str] = set()
-    for vf, v in _objects(spec, "volumes", "spec.volumes", causes):
-        vn = v.get("name")
-        if vn is None:
-            causes.required(f"{vf}.name")
-        elif not is_dns_label(vn):
-            causes.bad(f"{vf}.name", f"{vn!r}: must be a DNS-1123 label")
-        elif vn in vnames:
-            causes.bad(f"{vf}.name", f"duplicate volume {vn!r}", DUPLICATE)
-        else:
-            vnames.add(vn)
+        return (
+            [c.get("name") if isinstance(c, dict) else None for c in cs or []]
+            if (isinstance(cs, list))
+            else []
+        )
 
-
-def _check_data(field: str, data: Any, causes: _Causes, *, b64: bool) -> None:
-    if data is None:
-        return
-    if not isinstance(data, dict):
-        causes.bad(field, "must be a map of string keys to string values")
-        return
-    for k, v in data.items():
-        if not isinstance(k, str) or len(k) > 253 or _DATA_KEY.fullmatch(k) is None:
+    taken = {n for n in names("containers") if isinstance(n, str)}
+    for i, n in enumerate(names("initContainers")):
+        if n in taken:
             causes.bad(
-                field, f"{k!r}: a key is at most 253 characters of alphanumerics, '-', '_' or '.'"
+                f"spec.initContainers[{i}].name", f"duplicate container name {n!r}", DUPLICATE
             )
-        elif not isinstance(v, str):
-            causes.bad(f"{field}[{k}]", "value must be a string")
-        elif b64:
-            try:
-                base64.b64decode(v, validate=True)
-            except (binascii.Error, ValueError):
-                causes.bad(f"{field}[{k}]", "value must be valid base64")
 
 
 def _check_configmap(obj: dict[str, Any], causes: _Causes) -> None:
     data, binary = obj.get("data"), obj.get("binaryData")
-    _check_data("data", data, causes, b64=False)
-    _check_data("binaryData", binary, causes, b64=True)
     if isinstance(data, dict) and isinstance(binary, dict):
         for k in sorted(set(data) & set(binary)):
             causes.bad(f"binaryData[{k}]", "duplicate of a key in data", DUPLICATE)
 
 
 def _check_secret(obj: dict[str, Any], causes: _Causes) -> None:
+    """``stringData`` is folded into ``data`` (base64); ``type`` defaults to Opaque."""
     string_data = obj.pop("stringData", None)
-    before = len(causes.items)
-    _check_data("stringData", string_data, causes, b64=False)
-    _check_data("data", obj.get("data"), causes, b64=True)
-    if len(causes.items) == before and isinstance(string_data, dict):
+    if not causes.items and isinstance(string_data, dict):
         data = obj.get("data")
         merged: dict[str, Any] = dict(data) if isinstance(data, dict) else {}
         for k, v in string_data.items():
@@ -365,137 +394,11 @@ def _check_secret(obj: dict[str, Any], causes: _Causes) -> None:
             except UnicodeEncodeError:
                 causes.bad(f"stringData[{k}]", "value is not valid Unicode text")
         obj["data"] = merged
-    t = obj.setdefault("type", "Opaque")
-    if not isinstance(t, str) or not t:
-        causes.bad("type", "must be a non-empty string")
-
-
-def _check_node(obj: dict[str, Any], causes: _Causes) -> None:
-    spec = obj.get("spec")
-    if spec is not None and not isinstance(spec, dict):
-        causes.bad("spec", "must be an object")
-    elif isinstance(spec, dict):
-        u = spec.get("unschedulable")
-        if u is not None and not isinstance(u, bool):
-            causes.bad("spec.unschedulable", "must be a boolean")
-
-
-# ---- devices.kubeedge.io/v1beta1 -------------------------------------------------------
-
-_PROPERTY_TYPES = ("int", "float", "double", "string", "boolean", "bytes", "stream")
-_ACCESS_MODES = ("ReadWrite", "ReadOnly")
-_MAX_TWIN_VALUE = 4096  # a desired value travels in every twin message; keep it small
-
-
-def _property_name(item: dict[str, Any], field: str, names: set[str], causes: _Causes) -> None:
-    name = item.get("name")
-    if not isinstance(name, str) or not name:
-        causes.required(f"{field}.name", "name is required")
-    elif len(name) > 128 or "/" in name or "#" in name or "+" in name:
-        causes.bad(f"{field}.name", f"{name!r}: at most 128 characters, no '/', '#' or '+'")
-    elif name in names:
-        causes.bad(f"{field}.name", f"{name!r}: duplicate property", DUPLICATE)
-    else:
-        names.add(name)
-
-
-def _check_cycle(prop: dict[str, Any], key: str, field: str, causes: _Causes) -> None:
-    v = prop.get(key)
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-        causes.bad(f"{field}.{key}", f"{v!r}: milliseconds, a whole number >= 0")
-
-
-def _check_devicemodel(obj: dict[str, Any], causes: _Causes) -> None:
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        causes.required("spec", "spec is required")
-        return
-    names: set[str] = set()
-    for f, prop in _objects(spec, "properties", "spec.properties", causes):
-        _property_name(prop, f, names, causes)
-        t = prop.get("type")
-        if t is not None and (not isinstance(t, str) or t.lower() not in _PROPERTY_TYPES):
-            causes.bad(f"{f}.type", f"{t!r}: one of {', '.join(_PROPERTY_TYPES)}", NOT_SUPPORTED)
-        mode = prop.get("accessMode")
-        if mode is not None and mode not in _ACCESS_MODES:
-            causes.bad(f"{f}.accessMode", f"{mode!r}: ReadWrite or ReadOnly", NOT_SUPPORTED)
-        for bound in ("minimum", "maximum"):
-            b = prop.get(bound)
-            if b is not None and not isinstance(b, str | int | float):
-                causes.bad(f"{f}.{bound}", "must be a number or a numeric string")
-    protocol = spec.get("protocol")
-    if protocol is not None and not isinstance(protocol, str):
-        causes.bad("spec.protocol", "must be a string (the protocol name)")
-
-
-def _check_device(obj: dict[str, Any], causes: _Causes) -> None:
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        causes.required("spec", "spec is required")
-        return
-    ref = spec.get("deviceModelRef")
-    if not isinstance(ref, dict) or not isinstance(ref.get("name"), str) or not ref["name"]:
-        causes.required("spec.deviceModelRef.name", "the DeviceModel's name is required")
-    node = spec.get("nodeName")
-    if node is not None and not is_subdomain(node):
-        causes.bad("spec.nodeName", f"{node!r}: must be a node name (DNS-1123 subdomain)")
-    protocol = spec.get("protocol")
-    if protocol is not None:
-        if not isinstance(protocol, dict):
-            causes.bad("spec.protocol", "must be an object")
-        else:
-            pn = protocol.get("protocolName")
-            if pn is not None and not isinstance(pn, str):
-                causes.bad("spec.protocol.protocolName", "must be a string")
-            cd = protocol.get("configData")
-            if cd is not None and not isinstance(cd, dict):
-                causes.bad("spec.protocol.configData", "must be an object")
-    names: set[str] = set()
-    for f, prop in _objects(spec, "properties", "spec.properties", causes):
-        _property_name(prop, f, names, causes)
-        desired = prop.get("desired")
-        if desired is not None:
-            if not isinstance(desired, dict):
-                causes.bad(f"{f}.desired", "must be an object with a value")
-            else:
-                v = desired.get("value")
-                if v is not None and not isinstance(v, str):
-                    causes.bad(f"{f}.desired.value", "twin values are strings (quote numbers)")
-                elif isinstance(v, str) and len(v) > _MAX_TWIN_VALUE:
-                    causes.bad(f"{f}.desired.value", f"longer than {_MAX_TWIN_VALUE} characters")
-        visitors = prop.get("visitors")
-        if visitors is not None and not isinstance(visitors, dict):
-            causes.bad(f"{f}.visitors", "must be an object")
-        elif isinstance(visitors, dict):
-            cd = visitors.get("configData")
-            if cd is not None and not isinstance(cd, dict):
-                causes.bad(f"{f}.visitors.configData", "must be an object")
-        _check_cycle(prop, "collectCycle", f, causes)
-        _check_cycle(prop, "reportCycle", f, causes)
-        rtc = prop.get("reportToCloud")
-        if rtc is not None and not isinstance(rtc, bool):
-            causes.bad(f"{f}.reportToCloud", "must be a boolean")
-
-
-def _check_event(obj: dict[str, Any], causes: _Causes) -> None:
-    involved = obj.get("involvedObject")
-    if not isinstance(involved, dict):
-        causes.required("involvedObject", "an Event is about an object: kind and name")
-    else:
-        for f in ("kind", "name"):
-            if not isinstance(involved.get(f), str) or not involved.get(f):
-                causes.required(f"involvedObject.{f}")
-    for f in ("reason", "message", "type"):
-        if f in obj and not isinstance(obj[f], str):
-            causes.bad(f, "must be a string")
+    obj.setdefault("type", "Opaque")
 
 
 _CHECKS: dict[str, Callable[[dict[str, Any], _Causes], None]] = {
     "Pod": _check_pod,
     "ConfigMap": _check_configmap,
     "Secret": _check_secret,
-    "Node": _check_node,
-    "Device": _check_device,
-    "DeviceModel": _check_devicemodel,
-    "Event": _check_event,
 }

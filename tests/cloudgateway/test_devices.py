@@ -76,7 +76,7 @@ async def test_device_validation_names_every_bad_field(gateway: Gateway) -> None
     assert code == 422, body
     fields = {c["field"] for c in body["details"]["causes"]}
     assert fields == {
-        "spec.deviceModelRef.name",
+        "spec.deviceModelRef",
         "spec.properties[0].collectCycle",
         "spec.properties[1].desired.value",
         "spec.properties[2].name",

@@ -200,8 +200,8 @@ async def test_node_becomes_not_ready_only_after_grace(
     # Disconnected: still Ready within the grace period (a health check after
     # the hub has seen the disconnect leaves it; the clock-driven cases are in
     # test_health.py)...
-    await wait_for(lambda: not gw.running.health.is_connected("flaky"))
-    await gw.running.health.check()
+    await wait_for(lambda: "flaky" not in gw.running.hub.connected_nodes())
+    await gw.running.health.check(gw.running.hub.connected_nodes())
     assert await ready() == "True"
     # ...and NotReady (Unknown) after it.
     await wait_for(lambda: _is(ready, "Unknown"), timeout=5)

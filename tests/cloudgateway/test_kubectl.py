@@ -86,6 +86,11 @@ async def test_kubectl_namespaces_and_typed_writes(gw: Gateway) -> None:
     ]
     # kubectl 1.32 sends these as protobuf.
     assert await ok(gw, "create", "namespace", "team") == "namespace/team created\n"
+    manifest = gw.data_dir.parent / "ns.json"
+    manifest.write_text(
+        json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t2"}})
+    )
+    assert await ok(gw, "apply", "-f", str(manifest)) == "namespace/t2 created\n"
     await ok(
         gw, "-n", "team", "create", "configmap", "x", "--from-literal=a=b", "--from-literal=e="
     )
@@ -97,6 +102,8 @@ async def test_kubectl_namespaces_and_typed_writes(gw: Gateway) -> None:
     assert secret["data"] == {"a": "Yg=="} and secret["type"] == "Opaque"
     code, _, err = await run(gw, "-n", "nowhere", "create", "configmap", "z", "--from-literal=a=b")
     assert code == 1 and 'namespaces "nowhere" not found' in err
+    out = await ok(gw, "explain", "namespace.status.phase")
+    assert "FIELD: phase <string>" in out
     out = await ok(gw, "get", "ns", "team")
     assert out.split()[3:5] == ["team", "Active"]
     assert await ok(gw, "delete", "ns", "team") == 'namespace "team" deleted\n'
@@ -116,7 +123,7 @@ async def test_kubectl_chunks_dry_runs_and_diffs(gw: Gateway, tmp_path: Path) ->
     doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c0"}, "data": {"i": "9"}}
     manifest.write_text(json.dumps(doc))
     rev = gw.store.current_rev()
-    out = await ok(gw, "apply", "--validate=false", "--dry-run=server", "-f", str(manifest))
+    out = await ok(gw, "apply", "--dry-run=server", "-f", str(manifest))
     assert "(server dry run)" in out
     code, out, err = await run(gw, "diff", "-f", str(manifest))
     assert code == 1, err  # 1: there are differences
