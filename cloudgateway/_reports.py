@@ -1,0 +1,199 @@
+"""Edge → cloud: what a node reports (``report`` messages) and may read
+(``request`` messages) through its hub connection.
+
+A node writes its own Node's status and the status of the pods and devices
+bound to it, the desired values set at the edge of its devices, the twin
+history its devices reported while it was offline, and Events. Each report is
+answered by an ``ack`` naming its id (the agent's outbox sequence number).
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import edgeproto
+from edgeproto import Message, ProtocolError
+
+from ._events import edge_event
+from ._health import NodeHealth
+from ._store import AlreadyExists, NotFound, Record, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TWIN_HISTORY", "ReportOp", "Reports"]
+
+# Besides its own Node, a node writes the status of these objects when bound to it.
+_NODE_WRITABLE = frozenset({"pods", "devices"})
+TWIN_HISTORY = 100  # values kept per device property in status.twinHistory
+
+
+class ReportOp(enum.StrEnum):
+    STATUS = "status"  # any object the node may write: its .status
+    DESIRED = "desired"  # devices: desired values set at the edge
+    TWIN_HISTORY = "twin-history"  # devices: values reported while offline
+    EVENT = "event"  # the node's own Node: an edge event, kept as an Event
+
+
+class Reports:
+    """Applies nodes' reports to the store; ``counters`` is the hub's."""
+
+    def __init__(self, store: Store, health: NodeHealth, counters: Counter[str]) -> None:
+        self._store = store
+        self._health = health
+        self.counters = counters
+
+    def _may_write(self, node: str, key: str, rec_node: str | None) -> bool:
+        """A node writes its own Node, and the status of pods and devices bound to it."""
+        resource, _, name = key.split("/", 2)
+        if resource == "nodes":
+            return name == node
+        return resource in _NODE_WRITABLE and rec_node == node
+
+    async def handle(self, node: str, msg: Message) -> dict[str, Any]:
+        """Apply one report from ``node``; the body of its ack."""
+        key, error = msg.res or "", None
+        status: dict[str, Any] = {}
+        desired: dict[str, str] = {}
+        history: list[dict[str, str]] = []
+        event: dict[str, Any] = {}
+        try:
+            edgeproto.split_key(key)
+            if msg.op == ReportOp.STATUS:
+                got = msg.body.get("status")
+                if not isinstance(got, dict):
+                    raise ProtocolError("a status report needs a status map", code="bad-field")
+                status = got
+            elif msg.op == ReportOp.DESIRED and key.startswith("devices/"):
+                want = msg.body.get("desired")
+                if not isinstance(want, dict) or not want:
+                    raise ProtocolError("desired must be a non-empty map", code="bad-field")
+                desired = {
+                    k: v for k, v in want.items() if isinstance(k, str) and isinstance(v, str)
+                }
+                if len(desired) != len(want):
+                    raise ProtocolError(
+                        "desired must map property names to strings", code="bad-field"
+                    )
+            elif msg.op == ReportOp.TWIN_HISTORY and key.startswith("devices/"):
+                history = _history_entries(msg.body.get("history"))
+            elif msg.op == ReportOp.EVENT and key.startswith("nodes/"):
+                event = edge_event(key.rsplit("/", 1)[1], msg.id, msg.body)
+            else:
+                raise ProtocolError(f"unsupported report op {msg.op!r} for {key}", code="bad-field")
+            rec = await self._store.get(key)
+            if not self._may_write(node, key, rec.node):
+                self.counters["forbidden"] += 1
+                error = {"code": 403, "message": f"node {node} may not write {key}"}
+            elif msg.op == ReportOp.DESIRED:
+                await self._set_desired(key, desired)
+            elif msg.op == ReportOp.TWIN_HISTORY:
+                await self._add_history(key, history)
+            elif msg.op == ReportOp.EVENT:
+                await self._record_event(event)
+            elif key.startswith("nodes/"):
+                await self._health.merge_node_status(node, status)
+            else:
+                await self._store.update_status(key, status)
+        except ProtocolError as exc:
+            self.counters["reports_malformed"] += 1
+            error = {"code": 400, "message": str(exc)}
+        except NotFound:
+            error = {"code": 404, "message": f"{key} not found"}
+        except StoreError as exc:
+            error = {"code": 409, "message": str(exc)}
+        if error is not None:
+            self.counters["reports_rejected"] += 1
+            log.debug("report %s from %s rejected: %s", key, node, error)
+            return {"error": error}
+        self.counters["reports"] += 1
+        return {}
+
+    async def _set_desired(self, key: str, desired: dict[str, str]) -> None:
+        """A desired value set at the edge becomes the device's spec desired value."""
+
+        def edit(rec: Record) -> dict[str, Any]:
+            obj = copy.deepcopy(rec.value)
+            props = (obj.get("spec") or {}).get("properties")
+            known = {p.get("name"): p for p in props or [] if isinstance(p, dict)}
+            unknown = sorted(set(desired) - set(known))
+            if unknown:
+                raise ProtocolError(f"{key} has no properties {unknown}", code="bad-field")
+            for name, value in desired.items():
+                d = known[name].get("desired")
+                d = d if isinstance(d, dict) else {}
+                d["value"] = value
+                known[name]["desired"] = d
+            return obj
+
+        await self._store.modify(key, edit)
+
+    async def _add_history(self, key: str, entries: list[dict[str, str]]) -> None:
+        """Values a device reported while its node was offline, kept (the newest
+        ``TWIN_HISTORY`` per property, in timestamp order) in
+        ``status.twinHistory[property]``; the latest value stays in ``twins``."""
+
+        def edit(rec: Record) -> dict[str, Any]:
+            status = copy.deepcopy(rec.value.get("status") or {})
+            kept = status.get("twinHistory")
+            kept = kept if isinstance(kept, dict) else {}
+            for e in entries:
+                ring = kept.get(e["propertyName"])
+                ring = ring if isinstance(ring, list) else []
+                item = {"value": e["value"], "timestamp": e["timestamp"]}
+                if item not in ring:
+                    ring.append(item)
+                ring.sort(key=lambda i: int(i.get("timestamp") or 0))
+                kept[e["propertyName"]] = ring[-TWIN_HISTORY:]
+            status["twinHistory"] = kept
+            return status
+
+        await self._store.modify(key, edit, status=True)
+
+    async def _record_event(self, event: dict[str, Any]) -> None:
+        meta = event["metadata"]
+        key = edgeproto.make_key("events", meta["namespace"], meta["name"])
+        try:
+            await self._store.create(key, event)
+            self.counters["edge_events"] += 1
+        except AlreadyExists:
+            self.counters["edge_events_resent"] += 1  # the outbox resends until acked
+
+    async def request(self, node: str, sent: Mapping[str, int], msg: Message) -> dict[str, Any]:
+        """``request{op: get, res: key}``: a node may read objects in its own view
+        (``sent``) only; the body of the response."""
+        key = msg.res or ""
+        if msg.op != "get":
+            return {"error": {"code": 400, "message": f"unsupported request op {msg.op!r}"}}
+        if key not in sent:
+            self.counters["forbidden"] += 1
+            return {"error": {"code": 403, "message": f"{key} is not in node {node}'s view"}}
+        try:
+            rec = await self._store.get(key)
+        except NotFound:
+            return {"error": {"code": 404, "message": f"{key} not found"}}
+        return {"object": edgeproto.encode_object(rec.value), "rev": rec.mod_rev}
+
+
+def _history_entries(raw: Any) -> list[dict[str, str]]:
+    if not isinstance(raw, list) or not raw or len(raw) > 1000:
+        raise ProtocolError("history must be a list of 1..1000 entries", code="bad-field")
+    out = []
+    for e in raw:
+        if not isinstance(e, dict):
+            raise ProtocolError("a history entry must be a map", code="bad-field")
+        name, value, ts = e.get("propertyName"), e.get("value"), e.get("timestamp")
+        if not (isinstance(name, str) and isinstance(value, str) and isinstance(ts, str)):
+            raise ProtocolError(
+                "a history entry needs string propertyName, value and timestamp", code="bad-field"
+            )
+        if not ts.isdigit():
+            raise ProtocolError(
+                "a history timestamp is milliseconds since the epoch", code="bad-field"
+            )
+        out.append({"propertyName": name, "value": value, "timestamp": ts})
+    return out
