@@ -74,7 +74,7 @@ class Hub:
         self.counters: Counter[str] = Counter()
         self._sync = HubSync(store, config, self.counters)
         self._sessions = self._sync.sessions
-        self._reports = Reports(store, health, self.counters)
+        self._reports = Reports(store, self.counters)
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)
         self._handshakes = trio.CapacityLimiter(config.max_handshakes)
         self._waiting = 0

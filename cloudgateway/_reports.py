@@ -19,13 +19,14 @@ from typing import Any
 import edgeproto
 from edgeproto import Message, ProtocolError
 
+from ._errors import GatewayError
 from ._events import edge_event
-from ._health import NodeHealth
+from ._health import merge_node_status
 from ._store import AlreadyExists, NotFound, Record, Store, StoreError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TWIN_HISTORY", "ReportOp", "Reports"]
+__all__ = ["TWIN_HISTORY", "Rejected", "ReportOp", "Reports"]
 
 # Besides its own Node, a node writes the status of these objects when bound to it.
 _NODE_WRITABLE = frozenset({"pods", "devices"})
@@ -39,69 +40,34 @@ class ReportOp(enum.StrEnum):
     EVENT = "event"  # the node's own Node: an edge event, kept as an Event
 
 
+class Rejected(GatewayError):
+    """A report that will never succeed as sent: answered with ``code`` (an HTTP
+    status) and final, so the agent's outbox lets go of it."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class Reports:
     """Applies nodes' reports to the store; ``counters`` is the hub's."""
 
-    def __init__(self, store: Store, health: NodeHealth, counters: Counter[str]) -> None:
+    def __init__(self, store: Store, counters: Counter[str]) -> None:
         self._store = store
-        self._health = health
         self.counters = counters
-
-    def _may_write(self, node: str, key: str, rec_node: str | None) -> bool:
-        """A node writes its own Node, and the status of pods and devices bound to it."""
-        resource, _, name = key.split("/", 2)
-        if resource == "nodes":
-            return name == node
-        return resource in _NODE_WRITABLE and rec_node == node
 
     async def handle(self, node: str, msg: Message) -> dict[str, Any]:
         """Apply one report from ``node``; the body of its ack."""
         key, error = msg.res or "", None
-        status: dict[str, Any] = {}
-        desired: dict[str, str] = {}
-        history: list[dict[str, str]] = []
-        event: dict[str, Any] = {}
         try:
-            edgeproto.split_key(key)
-            if msg.op == ReportOp.STATUS:
-                got = msg.body.get("status")
-                if not isinstance(got, dict):
-                    raise ProtocolError("a status report needs a status map", code="bad-field")
-                status = got
-            elif msg.op == ReportOp.DESIRED and key.startswith("devices/"):
-                want = msg.body.get("desired")
-                if not isinstance(want, dict) or not want:
-                    raise ProtocolError("desired must be a non-empty map", code="bad-field")
-                desired = {
-                    k: v for k, v in want.items() if isinstance(k, str) and isinstance(v, str)
-                }
-                if len(desired) != len(want):
-                    raise ProtocolError(
-                        "desired must map property names to strings", code="bad-field"
-                    )
-            elif msg.op == ReportOp.TWIN_HISTORY and key.startswith("devices/"):
-                history = _history_entries(msg.body.get("history"))
-            elif msg.op == ReportOp.EVENT and key.startswith("nodes/"):
-                event = edge_event(key.rsplit("/", 1)[1], msg.id, msg.body)
-            else:
-                raise ProtocolError(f"unsupported report op {msg.op!r} for {key}", code="bad-field")
-            rec = await self._store.get(key)
-            if not self._may_write(node, key, rec.node):
-                self.counters["forbidden"] += 1
-                error = {"code": 403, "message": f"node {node} may not write {key}"}
-            elif msg.op == ReportOp.DESIRED:
-                await self._set_desired(key, desired)
-            elif msg.op == ReportOp.TWIN_HISTORY:
-                await self._add_history(key, history)
-            elif msg.op == ReportOp.EVENT:
-                await self._record_event(event)
-            elif key.startswith("nodes/"):
-                await self._health.merge_node_status(node, status)
-            else:
-                await self._store.update_status(key, status)
+            await self._apply(node, msg, key)
         except ProtocolError as exc:
             self.counters["reports_malformed"] += 1
             error = {"code": 400, "message": str(exc)}
+        except Rejected as exc:
+            if exc.code == 403:
+                self.counters["forbidden"] += 1
+            error = {"code": exc.code, "message": str(exc)}
         except NotFound:
             error = {"code": 404, "message": f"{key} not found"}
         except StoreError as exc:
@@ -113,10 +79,57 @@ class Reports:
         self.counters["reports"] += 1
         return {}
 
-    async def _set_desired(self, key: str, desired: dict[str, str]) -> None:
+    async def _apply(self, node: str, msg: Message, key: str) -> None:
+        resource, _, name = edgeproto.split_key(key)
+        if msg.op == ReportOp.STATUS:
+            status = msg.body.get("status")
+            if not isinstance(status, dict):
+                raise ProtocolError("a status report needs a status map", code="bad-field")
+            await self._write_status(node, key, status)
+        elif msg.op == ReportOp.DESIRED and resource == "devices":
+            want = msg.body.get("desired")
+            if not isinstance(want, dict) or not want:
+                raise ProtocolError("desired must be a non-empty map", code="bad-field")
+            desired = {k: v for k, v in want.items() if isinstance(k, str) and isinstance(v, str)}
+            if len(desired) != len(want):
+                raise ProtocolError("desired must map property names to strings", code="bad-field")
+            await self._set_desired(node, key, desired)
+        elif msg.op == ReportOp.TWIN_HISTORY and resource == "devices":
+            await self._add_history(node, key, _history_entries(msg.body.get("history")))
+        elif msg.op == ReportOp.EVENT and resource == "nodes":
+            event = edge_event(name, msg.id, msg.body)
+            if name != node:
+                raise Rejected(403, f"node {node} may not write {key}")
+            await self._record_event(event)
+        else:
+            raise ProtocolError(f"unsupported report op {msg.op!r} for {key}", code="bad-field")
+
+    async def _write_status(self, node: str, key: str, reported: dict[str, Any]) -> None:
+        """A board's status of one of its objects, read, checked and written in
+        one store transaction: the fields the gateway owns are kept (a Node's
+        Ready condition, a Device's twinHistory), and an object bound to another
+        node in the meantime is refused, not overwritten."""
+        resource = key.split("/", 1)[0]
+
+        def edit(rec: Record) -> dict[str, Any]:
+            _check_owner(node, rec)
+            current = rec.value.get("status")
+            if resource == "nodes":
+                return merge_node_status(current, reported)
+            status = dict(reported)
+            if resource == "devices":
+                status.pop("twinHistory", None)  # the gateway's, never the board's
+                if isinstance(current, dict) and "twinHistory" in current:
+                    status["twinHistory"] = current["twinHistory"]
+            return status
+
+        await self._store.modify(key, edit, status=True)
+
+    async def _set_desired(self, node: str, key: str, desired: dict[str, str]) -> None:
         """A desired value set at the edge becomes the device's spec desired value."""
 
         def edit(rec: Record) -> dict[str, Any]:
+            _check_owner(node, rec)
             obj = copy.deepcopy(rec.value)
             props = (obj.get("spec") or {}).get("properties")
             known = {p.get("name"): p for p in props or [] if isinstance(p, dict)}
@@ -132,12 +145,13 @@ class Reports:
 
         await self._store.modify(key, edit)
 
-    async def _add_history(self, key: str, entries: list[dict[str, str]]) -> None:
+    async def _add_history(self, node: str, key: str, entries: list[dict[str, str]]) -> None:
         """Values a device reported while its node was offline, kept (the newest
         ``TWIN_HISTORY`` per property, in timestamp order) in
         ``status.twinHistory[property]``; the latest value stays in ``twins``."""
 
         def edit(rec: Record) -> dict[str, Any]:
+            _check_owner(node, rec)
             status = copy.deepcopy(rec.value.get("status") or {})
             kept = status.get("twinHistory")
             kept = kept if isinstance(kept, dict) else {}
@@ -177,6 +191,16 @@ class Reports:
         except NotFound:
             return {"error": {"code": 404, "message": f"{key} not found"}}
         return {"object": edgeproto.encode_object(rec.value), "rev": rec.mod_rev}
+
+
+def _check_owner(node: str, rec: Record) -> None:
+    """A node writes its own Node, and the pods and devices bound to it."""
+    resource, _, name = rec.key.split("/", 2)
+    if resource == "nodes" and name == node:
+        return
+    if resource in _NODE_WRITABLE and rec.node == node:
+        return
+    raise Rejected(403, f"node {node} may not write {rec.key}")
 
 
 def _history_entries(raw: Any) -> list[dict[str, str]]:

@@ -1,0 +1,151 @@
+"""Nodes' reports applied to a real store (SQLite in tmp_path): what a board may
+write, what the gateway keeps of its own, and how each report is answered."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import edgeproto
+from cloudgateway._reports import Reports
+from cloudgateway._store import SqliteBackend, Store
+from edgeproto import Kind, Message
+
+DEVICE = "devices/default/thermo"
+
+
+def device(node: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "devices.kubeedge.io/v1beta1",
+        "kind": "Device",
+        "metadata": {"name": "thermo", "namespace": "default"},
+        "spec": {
+            "deviceModelRef": {"name": "thermo-model"},
+            "nodeName": node,
+            "properties": [{"name": "temperature", "desired": {"value": "20"}}],
+        },
+    }
+
+
+def node_obj(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {}}
+
+
+def report(op: str, res: str, body: dict[str, Any], seq: int = 1) -> Message:
+    return Message(Kind.REPORT, id=seq, res=res, op=op, body=body)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[SqliteBackend]:
+    b = SqliteBackend(str(tmp_path / "store.db"), node_of=edgeproto.owner_node)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+async def store(backend: SqliteBackend) -> Store:
+    s = Store(backend)
+    await s.create("nodes//node-a", node_obj("node-a"))
+    await s.create("nodes//node-b", node_obj("node-b"))
+    await s.create(DEVICE, device("node-a"))
+    return s
+
+
+@pytest.fixture
+def reports(store: Store) -> Reports:
+    return Reports(store, Counter())
+
+
+def history(value: str, ts: int) -> dict[str, Any]:
+    return {"history": [{"propertyName": "temperature", "value": value, "timestamp": str(ts)}]}
+
+
+def status(value: str) -> dict[str, Any]:
+    twin = {"propertyName": "temperature", "reported": {"value": value, "metadata": {}}}
+    return {"status": {"twins": [twin]}}
+
+
+async def test_twin_history_survives_a_later_status_report(store: Store, reports: Reports) -> None:
+    """Defect 1: a plain status report replaced the whole .status, erasing the
+    gateway-owned twinHistory."""
+    assert await reports.handle("node-a", report("twin-history", DEVICE, history("21", 1000))) == {}
+    assert await reports.handle("node-a", report("status", DEVICE, status("22"), seq=2)) == {}
+    got = (await store.get(DEVICE)).value["status"]
+    assert got["twins"][0]["reported"]["value"] == "22"
+    assert got["twinHistory"] == {"temperature": [{"value": "21", "timestamp": "1000"}]}
+    # A board cannot write the gateway's history through a status report either.
+    forged = status("23")
+    forged["status"]["twinHistory"] = {"temperature": []}
+    assert await reports.handle("node-a", report("status", DEVICE, forged, seq=3)) == {}
+    got = (await store.get(DEVICE)).value["status"]
+    assert got["twinHistory"] == {"temperature": [{"value": "21", "timestamp": "1000"}]}
+
+
+async def test_node_status_keeps_the_ready_condition(store: Store, reports: Reports) -> None:
+    ready = {"type": "Ready", "status": "True", "reason": "AgentConnected"}
+    await store.update_status("nodes//node-a", {"conditions": [ready]})
+    body = {"status": {"conditions": [{"type": "Ready", "status": "False"}], "capacity": {}}}
+    assert await reports.handle("node-a", report("status", "nodes//node-a", body)) == {}
+    got = (await store.get("nodes//node-a")).value["status"]
+    assert got["conditions"] == [ready] and got["capacity"] == {}
+
+
+async def test_a_device_rebound_between_read_and_write_is_not_written(
+    store: Store, reports: Reports
+) -> None:
+    """Ownership is checked in the transaction that writes: a status report
+    never lands on a device after it was bound to another node. The store's
+    worker thread is held so that the report and the rebind queue in a known
+    order: report first, rebind second."""
+    release = threading.Event()
+    held = trio.Event()
+
+    def hold() -> None:
+        trio.from_thread.run_sync(held.set)
+        release.wait()
+
+    answers: list[dict[str, Any]] = []
+    rebound: list[int] = []
+
+    async def send_report() -> None:
+        answers.append(await reports.handle("node-a", report("status", DEVICE, status("30"))))
+
+    async def rebind() -> None:
+        ev = await store.modify(DEVICE, lambda rec: {**rec.value, "spec": device("node-b")["spec"]})
+        assert ev is not None
+        rebound.append(ev.rev)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(store.call, hold)
+        await held.wait()
+        n.start_soon(send_report)
+        await trio.testing.wait_all_tasks_blocked()
+        n.start_soon(rebind)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    rec = await store.get(DEVICE)
+    assert rec.node == "node-b"
+    if answers == [{}]:  # accepted: then it was written while node-a still owned it
+        written = rec.value.get("status", {}).get("twins")
+        assert written, rec.value
+        events = await store.changes_since("devices/", 0)
+        status_rev = min(e.rev for e in events if e.record.value.get("status"))
+        assert status_rev < rebound[0], "node-a's status landed after the device moved to node-b"
+    else:
+        assert answers[0]["error"]["code"] == 403
+    # And once bound to node-b, node-a's reports are refused.
+    answer = await reports.handle("node-a", report("status", DEVICE, status("31"), seq=2))
+    assert answer["error"]["code"] == 403
+    for op, body in (
+        ("twin-history", history("1", 5)),
+        ("desired", {"desired": {"temperature": "1"}}),
+    ):
+        answer = await reports.handle("node-a", report(op, DEVICE, body, seq=3))
+        assert answer["error"]["code"] == 403, (op, answer)
