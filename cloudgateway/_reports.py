@@ -22,15 +22,18 @@ from edgeproto import Message, ProtocolError
 from ._errors import GatewayError
 from ._events import edge_event
 from ._health import merge_node_status
-from ._store import AlreadyExists, NotFound, Record, Store, StoreError
+from ._store import AlreadyExists, NotFound, Record, Store, StoreError, Unavailable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TWIN_HISTORY", "Rejected", "ReportOp", "Reports"]
+__all__ = ["RETRY_AFTER", "TWIN_HISTORY", "Rejected", "ReportOp", "Reports", "retry_body"]
 
 # Besides its own Node, a node writes the status of these objects when bound to it.
 _NODE_WRITABLE = frozenset({"pods", "devices"})
 TWIN_HISTORY = 100  # values kept per device property in status.twinHistory
+RETRY_AFTER = (
+    1.0  # seconds a node waits at least before resending a report the store could not take
+)
 
 
 class ReportOp(enum.StrEnum):
@@ -38,6 +41,11 @@ class ReportOp(enum.StrEnum):
     DESIRED = "desired"  # devices: desired values set at the edge
     TWIN_HISTORY = "twin-history"  # devices: values reported while offline
     EVENT = "event"  # the node's own Node: an edge event, kept as an Event
+
+
+def retry_body(message: str, after: float) -> dict[str, Any]:
+    """The ack body that tells a node to send the report again later."""
+    return {"error": {"code": 503, "message": message, "retry": True}, "retry_after": after}
 
 
 class Rejected(GatewayError):
@@ -55,12 +63,28 @@ class Reports:
     def __init__(self, store: Store, counters: Counter[str]) -> None:
         self._store = store
         self.counters = counters
+        self._store_failing = False  # logged once at WARNING, then DEBUG until it recovers
 
     async def handle(self, node: str, msg: Message) -> dict[str, Any]:
-        """Apply one report from ``node``; the body of its ack."""
+        """Apply one report from ``node``; the body of its ack.
+
+        Every report is answered. ``{}``: applied. ``{"error": {code, message}}``:
+        it never will be as sent (400 malformed, 403 not the node's, 404 gone,
+        409 refused by the store), final: the agent lets go of it.
+        ``{"error": {code: 503, message, retry: true}, "retry_after": s}``: not
+        now (the store is busy, full or failing); the agent keeps the report and
+        sends it again after ``retry_after`` seconds at the earliest."""
         key, error = msg.res or "", None
         try:
             await self._apply(node, msg, key)
+        except Unavailable as exc:
+            self.counters["reports_retry"] += 1
+            if not self._store_failing:
+                self._store_failing = True
+                log.warning("store cannot take reports (%s); nodes are told to retry", exc)
+            else:
+                log.debug("report %s from %s: retry (%s)", key, node, exc)
+            return retry_body(str(exc), RETRY_AFTER)
         except ProtocolError as exc:
             self.counters["reports_malformed"] += 1
             error = {"code": 400, "message": str(exc)}
@@ -77,6 +101,9 @@ class Reports:
             log.debug("report %s from %s rejected: %s", key, node, error)
             return {"error": error}
         self.counters["reports"] += 1
+        if self._store_failing:
+            self._store_failing = False
+            log.warning("store takes reports again")
         return {}
 
     async def _apply(self, node: str, msg: Message, key: str) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 import trio
 import trio.testing
@@ -16,7 +17,9 @@ import trio.testing
 import edgeproto
 from cloudgateway._reports import Reports
 from cloudgateway._store import SqliteBackend, Store
-from edgeproto import Kind, Message
+from edgeproto import Kind, Message, topics
+from tests.conftest import fill_up, join_node, start_agent, start_gateway, wait_for
+from tests.mqtt_fixtures import Broker, open_broker
 
 DEVICE = "devices/default/thermo"
 
@@ -149,3 +152,73 @@ async def test_a_device_rebound_between_read_and_write_is_not_written(
     ):
         answer = await reports.handle("node-a", report(op, DEVICE, body, seq=3))
         assert answer["error"]["code"] == 403, (op, answer)
+
+
+# ---- a store that cannot take a report: "try again", nothing lost -------------------
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    async with open_broker(tmp_path) as b:
+        yield b
+
+
+async def test_a_report_the_store_cannot_take_is_resent_until_it_lands(
+    nursery: trio.Nursery, small_fs: Path, tmp_path: Path, broker: Broker
+) -> None:
+    """Defect 2, end to end through a real agent's outbox: the gateway's store on
+    a real full filesystem (tmpfs) answers 'try again' (503, not final); the
+    agent keeps the report and resends it after a back-off, without waiting for
+    a reconnect, and it lands once there is room. Before, it was acked as a 409
+    and deleted from the outbox for good."""
+    gw = await start_gateway(nursery, small_fs / "gw")
+    await join_node(gw, "pi-r1", tmp_path / "agent")
+    agent = await start_agent(nursery, tmp_path / "agent", mqtt=broker.url)
+    await wait_for(lambda: agent.status()["connected"], timeout=10)
+    hub = gw.running.hub
+    path = "/api/v1/namespaces/default/events"
+
+    async def messages() -> list[str]:
+        code, body = await gw.api("GET", path)
+        assert code == 200, body
+        return [e["message"] for e in body["items"]]
+
+    # The bus subscribes after the agent starts: publish until the first lands.
+    async def first_arrives() -> bool:
+        await trio.to_thread.run_sync(broker.pub, topics.UPLOAD_PREFIX + "door", "before")
+        with trio.move_on_after(0.5):
+            await wait_for(messages, timeout=1)
+        return bool(await messages())
+
+    await wait_for(first_arrives, timeout=10)
+    # Fill the disk, with the store's write-ahead log emptied first so that the
+    # next commit needs new space (a WAL with room left would take it).
+    conn = apsw.Connection(str(small_fs / "gw" / "store.db"))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    filler = fill_up(small_fs)
+    session = hub._sessions["pi-r1"]
+    answered = hub.statistics().get("reports_retry", 0) + hub.statistics().get(
+        "reports_rejected", 0
+    )
+    await trio.to_thread.run_sync(broker.pub, topics.UPLOAD_PREFIX + "door", "during")
+
+    def more_answers() -> bool:
+        stats = hub.statistics()
+        return stats.get("reports_retry", 0) + stats.get("reports_rejected", 0) > answered
+
+    await wait_for(more_answers, timeout=10)
+    assert hub.statistics().get("reports_rejected", 0) == 0
+    assert "during" not in await messages()
+    assert agent.status()["outbox"] >= 1  # still on the board
+    filler.unlink()
+    got = await wait_for(lambda: _has(messages, "during"), timeout=10)
+    assert sorted(set(got)) == ["before", "during"]
+    assert hub._sessions["pi-r1"] is session  # resent on the same connection
+    await agent.stop()
+    gw.scope.cancel()
+
+
+async def _has(fn: Any, item: str) -> list[str] | None:
+    got = await fn()
+    return got if item in got else None
