@@ -24,6 +24,7 @@ import trio_websocket as tws
 import edgeproto
 from edgeproto import Kind, Message, ProtocolError
 
+from ._failures import FailureLog
 from ._health import NodeHealth
 from ._hubsync import CLOSE_TRY_AGAIN, CONNECTION_ENDED, HubSync, Session
 from ._pki import PkiError, node_from_peercert
@@ -80,6 +81,7 @@ class Hub:
         self._waiting = 0
         self._resync_seconds = 0.01  # moving average, for retry_after estimates
         self._stream_ids = 0
+        self._failures = FailureLog(log)
         self.port = 0
 
     def statistics(self) -> dict[str, int]:
@@ -141,9 +143,15 @@ class Hub:
                     nursery.cancel_scope.cancel()
         except BaseException as exc:
             leaf = edgeproto.first_leaf(exc, skip=(trio.Cancelled,))
-            if not isinstance(leaf, _CONNECTION_ENDED):
-                raise
-            log.debug("node %s (%s) connection ended: %s", node, peer, leaf)
+            if isinstance(leaf, _CONNECTION_ENDED):
+                log.debug("node %s (%s) connection ended: %s", node, peer, leaf)
+            elif isinstance(exc, Exception):
+                # A bug of ours or a peer's input nobody foresaw: it costs this
+                # connection (the agent reconnects), never the gateway.
+                self.counters["connections_failed"] += 1
+                self._failures.failed(f"connection of node {node} ({peer}) failed", leaf)
+            else:
+                raise  # cancelled (shutting down), KeyboardInterrupt...
         finally:
             await trio.aclose_forcefully(stream)
 

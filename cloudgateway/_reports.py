@@ -21,8 +21,11 @@ from edgeproto import Message, ProtocolError
 
 from ._errors import GatewayError
 from ._events import edge_event
+from ._failures import FailureLog
 from ._health import merge_node_status
+from ._reportcheck import check_json, check_status, desired_values, history_entries
 from ._store import AlreadyExists, NotFound, Record, Store, StoreError, Unavailable
+from ._validate import Invalid, validate
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,18 @@ class ReportOp(enum.StrEnum):
     DESIRED = "desired"  # devices: desired values set at the edge
     TWIN_HISTORY = "twin-history"  # devices: values reported while offline
     EVENT = "event"  # the node's own Node: an edge event, kept as an Event
+
+
+_OPS = frozenset(ReportOp)
+# What each report may be about (ownership is checked when it is written).
+_TARGETS = frozenset(
+    {(ReportOp.STATUS, r) for r in ("nodes", "pods", "devices")}
+    | {
+        (ReportOp.DESIRED, "devices"),
+        (ReportOp.TWIN_HISTORY, "devices"),
+        (ReportOp.EVENT, "nodes"),
+    }
+)
 
 
 def retry_body(message: str, after: float) -> dict[str, Any]:
@@ -64,6 +79,7 @@ class Reports:
         self._store = store
         self.counters = counters
         self._store_failing = False  # logged once at WARNING, then DEBUG until it recovers
+        self._failures = FailureLog(log)
 
     async def handle(self, node: str, msg: Message) -> dict[str, Any]:
         """Apply one report from ``node``; the body of its ack.
@@ -94,8 +110,17 @@ class Reports:
             error = {"code": exc.code, "message": str(exc)}
         except NotFound:
             error = {"code": 404, "message": f"{key} not found"}
+        except Invalid as exc:  # what the board wrote would make the object invalid
+            self.counters["reports_malformed"] += 1
+            error = {"code": 400, "message": str(exc)}
         except StoreError as exc:
             error = {"code": 409, "message": str(exc)}
+        except Exception as exc:
+            # A bug of ours (or input nobody foresaw). Final: retrying would
+            # bring the same answer forever and stall the board's outbox.
+            self.counters["reports_internal_error"] += 1
+            self._failures.failed(f"report {key[:200]!r} {msg.op!r} from node {node} failed", exc)
+            error = {"code": 500, "message": f"internal error: {type(exc).__name__}"}
         if error is not None:
             self.counters["reports_rejected"] += 1
             log.debug("report %s from %s rejected: %s", key, node, error)
@@ -107,29 +132,25 @@ class Reports:
         return {}
 
     async def _apply(self, node: str, msg: Message, key: str) -> None:
+        if not isinstance(msg.op, str) or msg.op not in _OPS:
+            raise ProtocolError(f"unsupported report op {msg.op!r}", code="bad-field")
+        op = ReportOp(msg.op)
         resource, _, name = edgeproto.split_key(key)
-        if msg.op == ReportOp.STATUS:
-            status = msg.body.get("status")
-            if not isinstance(status, dict):
-                raise ProtocolError("a status report needs a status map", code="bad-field")
-            await self._write_status(node, key, status)
-        elif msg.op == ReportOp.DESIRED and resource == "devices":
-            want = msg.body.get("desired")
-            if not isinstance(want, dict) or not want:
-                raise ProtocolError("desired must be a non-empty map", code="bad-field")
-            desired = {k: v for k, v in want.items() if isinstance(k, str) and isinstance(v, str)}
-            if len(desired) != len(want):
-                raise ProtocolError("desired must map property names to strings", code="bad-field")
-            await self._set_desired(node, key, desired)
-        elif msg.op == ReportOp.TWIN_HISTORY and resource == "devices":
-            await self._add_history(node, key, _history_entries(msg.body.get("history")))
-        elif msg.op == ReportOp.EVENT and resource == "nodes":
+        if (op, resource) not in _TARGETS:
+            raise ProtocolError(f"a {op} report is not about {resource}", code="bad-field")
+        if op is ReportOp.STATUS:
+            await self._write_status(node, key, check_status(resource, msg.body.get("status")))
+        elif op is ReportOp.DESIRED:
+            await self._set_desired(node, key, desired_values(msg.body.get("desired")))
+        elif op is ReportOp.TWIN_HISTORY:
+            await self._add_history(node, key, history_entries(msg.body.get("history")))
+        else:
+            check_json(dict(msg.body), "event")
             event = edge_event(name, msg.id, msg.body)
             if name != node:
                 raise Rejected(403, f"node {node} may not write {key}")
+            _checked(event)
             await self._record_event(event)
-        else:
-            raise ProtocolError(f"unsupported report op {msg.op!r} for {key}", code="bad-field")
 
     async def _write_status(self, node: str, key: str, reported: dict[str, Any]) -> None:
         """A board's status of one of its objects, read, checked and written in
@@ -142,12 +163,14 @@ class Reports:
             _check_owner(node, rec)
             current = rec.value.get("status")
             if resource == "nodes":
-                return merge_node_status(current, reported)
-            status = dict(reported)
+                status = merge_node_status(current, reported)
+            else:
+                status = dict(reported)
             if resource == "devices":
                 status.pop("twinHistory", None)  # the gateway's, never the board's
                 if isinstance(current, dict) and "twinHistory" in current:
                     status["twinHistory"] = current["twinHistory"]
+            _checked({**rec.value, "status": status})
             return status
 
         await self._store.modify(key, edit, status=True)
@@ -168,6 +191,7 @@ class Reports:
                 d = d if isinstance(d, dict) else {}
                 d["value"] = value
                 known[name]["desired"] = d
+            _checked(obj)
             return obj
 
         await self._store.modify(key, edit)
@@ -191,6 +215,7 @@ class Reports:
                 ring.sort(key=lambda i: int(i.get("timestamp") or 0))
                 kept[e["propertyName"]] = ring[-TWIN_HISTORY:]
             status["twinHistory"] = kept
+            _checked({**rec.value, "status": status})
             return status
 
         await self._store.modify(key, edit, status=True)
@@ -230,21 +255,9 @@ def _check_owner(node: str, rec: Record) -> None:
     raise Rejected(403, f"node {node} may not write {rec.key}")
 
 
-def _history_entries(raw: Any) -> list[dict[str, str]]:
-    if not isinstance(raw, list) or not raw or len(raw) > 1000:
-        raise ProtocolError("history must be a list of 1..1000 entries", code="bad-field")
-    out = []
-    for e in raw:
-        if not isinstance(e, dict):
-            raise ProtocolError("a history entry must be a map", code="bad-field")
-        name, value, ts = e.get("propertyName"), e.get("value"), e.get("timestamp")
-        if not (isinstance(name, str) and isinstance(value, str) and isinstance(ts, str)):
-            raise ProtocolError(
-                "a history entry needs string propertyName, value and timestamp", code="bad-field"
-            )
-        if not ts.isdigit():
-            raise ProtocolError(
-                "a history timestamp is milliseconds since the epoch", code="bad-field"
-            )
-        out.append({"propertyName": name, "value": value, "timestamp": ts})
-    return out
+def _checked(obj: dict[str, Any]) -> None:
+    """The object a report would leave behind, checked as the API checks what
+    it is given (depth, size, JSON, the kind's own rules): ``Invalid`` if not."""
+    key = edgeproto.key_of(obj)
+    resource, namespace, name = edgeproto.split_key(key)
+    validate(edgeproto.resource_by_name(resource), obj, namespace=namespace or None, name=name)

@@ -70,6 +70,17 @@ def history(value: str, ts: int) -> dict[str, Any]:
     return {"history": [{"propertyName": "temperature", "value": value, "timestamp": str(ts)}]}
 
 
+def _entry(ts: str) -> dict[str, str]:
+    return {"propertyName": "temperature", "value": "1", "timestamp": ts}
+
+
+def _deep(depth: int) -> list[Any]:
+    v: list[Any] = []
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
 def status(value: str) -> dict[str, Any]:
     twin = {"propertyName": "temperature", "reported": {"value": value, "metadata": {}}}
     return {"status": {"twins": [twin]}}
@@ -222,3 +233,49 @@ async def test_a_report_the_store_cannot_take_is_resent_until_it_lands(
 async def _has(fn: Any, item: str) -> list[str] | None:
     got = await fn()
     return got if item in got else None
+
+
+async def test_an_internal_error_is_a_final_500_and_counted(
+    reports: Reports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug of ours answers 500, final: resending would fail the same way
+    forever and stall the board's outbox. No input is known to reach it, so a
+    fault is planted in the event writer."""
+
+    async def broken(_event: Any) -> None:
+        raise KeyError("planted bug")
+
+    monkeypatch.setattr(reports, "_record_event", broken)
+    body = {"topic": "door", "payload": "open", "timestamp": 1}
+    answer = await reports.handle("node-a", report("event", "nodes//node-a", body))
+    assert answer["error"]["code"] == 500 and "retry" not in answer["error"]
+    assert reports.counters["reports_internal_error"] == 1
+
+
+@pytest.mark.parametrize(
+    ("op", "res", "body"),
+    [
+        ("event", "nodes//node-a", {"topic": "t", "payload": "p", "timestamp": 10**30}),
+        ("event", "nodes//node-a", {"topic": "t", "payload": float("nan"), "timestamp": 1}),
+        ("event", "nodes//node-a", {"topic": "t", "payload": b"\x00", "timestamp": 1}),
+        ("status", "nodes//node-a", {"status": {"conditions": 5}}),
+        ("status", "nodes//node-a", {"status": {"conditions": [{"type": 1, "status": "x"}]}}),
+        ("status", "nodes//node-a", {"status": {"capacity": {"cpu": 4}}}),
+        ("status", DEVICE, {"status": {"twins": {"propertyName": "t"}}}),
+        ("status", DEVICE, {"status": {"twins": [{"propertyName": "t", "reported": 1}]}}),
+        ("status", DEVICE, {"status": {"x": {1: 2}}}),
+        ("status", DEVICE, {"status": {"x": 2**64}}),
+        ("status", DEVICE, {"status": {"x": _deep(70)}}),
+        ("twin-history", DEVICE, {"history": [_entry("\u00b2")]}),
+        ("twin-history", DEVICE, {"history": [_entry("1" * 40)]}),
+        ("desired", DEVICE, {"desired": {"temperature": "x" * 5000}}),
+        ("desired", "nodes//node-a", {"desired": {"temperature": "1"}}),
+        ("launch", DEVICE, {}),
+    ],
+)
+async def test_malformed_reports_are_answered_400(
+    reports: Reports, op: str, res: str, body: dict[str, Any]
+) -> None:
+    answer = await reports.handle("node-a", report(op, res, body))
+    assert answer["error"]["code"] == 400, answer
+    assert reports.counters["reports_malformed"] == 1
