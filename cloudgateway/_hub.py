@@ -353,7 +353,17 @@ class Hub:
         except ProtocolError as exc:
             self.counters[f"frames_{exc.code}"] += 1
             log.debug("bad frame: %s", exc)
-            await self._send_error(ws, exc.code, str(exc))
+            if exc.message_kind == Kind.REPORT and exc.message_id is not None:
+                # Answered by its id, final: the agent's outbox lets go of it
+                # instead of holding a slot of its window for good.
+                self.counters["reports_malformed"] += 1
+                self.counters["reports_rejected"] += 1
+                error = {"code": 400, "message": f"undecodable report: {exc}"[:1000]}
+                await self._send(
+                    ws, Message(Kind.ACK, parent=exc.message_id, body={"error": error})
+                )
+            else:
+                await self._send_error(ws, exc.code, str(exc))
             return None
 
     async def _send(self, ws: tws.WebSocketConnection, msg: Message) -> None:

@@ -349,3 +349,28 @@ async def test_a_failing_connection_costs_only_that_connection(
     async with connect(b) as ws:
         await send(ws, Message(Kind.HELLO, body={"node": "node-b", "last_rev": 0}))
         assert (await recv(ws)).kind is Kind.SNAPSHOT
+
+
+async def test_an_undecodable_report_is_answered_by_its_id(
+    gateway: Gateway, two_nodes: tuple[Path, Path]
+) -> None:
+    """Defect 13, the gateway's side: a report the gateway cannot decode (nested
+    past the decoder's limit) was answered with an error naming no report, so the
+    agent's outbox held it (and, 64 of them, its whole window) for good. Now it
+    is acked by its id, final, with the reason."""
+    a, _ = two_nodes
+    deep: Any = "x"
+    for _ in range(400):
+        deep = [deep]
+    async with connect(a) as ws:
+        await send(ws, Message(Kind.HELLO, body={"node": "node-a", "last_rev": 0}))
+        assert (await recv(ws)).kind is Kind.SNAPSHOT
+        for seq in range(200, 270):  # more than an agent's window of 64
+            body = {"topic": "t", "payload": deep, "timestamp": 1}
+            await send(ws, Message(Kind.REPORT, id=seq, res="nodes//node-a", op="event", body=body))
+            ack = await recv(ws, skip=(Kind.CHANGE,))
+            assert ack.kind is Kind.ACK and ack.parent == seq, ack
+            assert (
+                ack.body["error"]["code"] == 400 and "undecodable" in ack.body["error"]["message"]
+            )
+    assert gateway.running.hub.statistics()["reports_malformed"] == 70
