@@ -28,7 +28,7 @@ from ._failures import FailureLog
 from ._health import NodeHealth
 from ._hubsync import CLOSE_TRY_AGAIN, CONNECTION_ENDED, HubSync, Session
 from ._pki import PkiError, node_from_peercert
-from ._reports import Reports
+from ._reports import ReportLimits, Reports
 from ._store import Store
 from ._streams import NodeStream, StreamError
 from ._tls import accept_tls
@@ -67,6 +67,8 @@ class Hub:
         ssl_context: ssl.SSLContext,
         health: NodeHealth,
         config: HubConfig = HubConfig(),
+        *,
+        report_limits: ReportLimits | None = None,
     ) -> None:
         self._store = store
         self._ssl = ssl_context
@@ -75,7 +77,7 @@ class Hub:
         self.counters: Counter[str] = Counter()
         self._sync = HubSync(store, config, self.counters)
         self._sessions = self._sync.sessions
-        self._reports = Reports(store, self.counters)
+        self._reports = Reports(store, self.counters, report_limits or ReportLimits())
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)
         self._handshakes = trio.CapacityLimiter(config.max_handshakes)
         self._waiting = 0

@@ -3,6 +3,7 @@ write, what the gateway keeps of its own, and how each report is answered."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +16,7 @@ import trio
 import trio.testing
 
 import edgeproto
-from cloudgateway._reports import Reports
+from cloudgateway._reports import ReportLimits, Reports
 from cloudgateway._store import SqliteBackend, Store
 from edgeproto import Kind, Message, topics
 from tests.conftest import fill_up, join_node, start_agent, start_gateway, wait_for
@@ -279,3 +280,100 @@ async def test_malformed_reports_are_answered_400(
     answer = await reports.handle("node-a", report(op, res, body))
     assert answer["error"]["code"] == 400, answer
     assert reports.counters["reports_malformed"] == 1
+
+
+# ---- per-node quotas (defect 17: one node wrote 5,000 Events in 4.5 s) ---------------
+
+
+class Clock:
+    """Time for the token buckets, moved by the test (no sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def event(seq: int) -> Message:
+    body = {"topic": "door", "payload": f"e{seq}", "timestamp": 1_795_000_000_000 + seq}
+    return report("event", "nodes//node-a", body, seq=seq)
+
+
+async def test_a_node_over_its_rates_is_told_to_come_back(store: Store) -> None:
+    clock = Clock()
+    limits = ReportLimits(rate=10, burst=20, event_rate=5, event_burst=10)
+    reports = Reports(store, Counter(), limits, clock=clock)
+    for seq in range(10):
+        assert await reports.handle("node-a", event(seq)) == {}
+    answer = await reports.handle("node-a", event(10))
+    assert answer["error"]["code"] == 429 and answer["error"]["retry"] is True
+    assert answer["retry_after"] == pytest.approx(0.2, abs=0.01)  # one event per 1/5 s
+    # Other reports draw on the node's overall bucket only: 10 of its 20 are left.
+    for seq in range(11, 21):
+        assert await reports.handle("node-a", report("status", DEVICE, status("1"), seq)) == {}
+    answer = await reports.handle("node-a", report("status", DEVICE, status("1"), 21))
+    assert answer["error"]["code"] == 429 and answer["retry_after"] == pytest.approx(0.1, abs=0.01)
+    # Another node has buckets of its own.
+    body = {"status": {"capacity": {"cpu": "1"}}}
+    assert await reports.handle("node-b", report("status", "nodes//node-b", body)) == {}
+    clock.now += 0.2  # two tokens back overall, one event token
+    assert await reports.handle("node-a", event(10)) == {}
+    assert (await reports.handle("node-a", event(22)))["error"]["code"] == 429
+    assert reports.counters["reports_throttled"] == 3
+    events, _ = await store.list("events/")
+    assert len(events) == 11
+
+
+async def test_a_node_keeps_its_newest_events_only(store: Store) -> None:
+    limits = ReportLimits(events_kept=10)
+    reports = Reports(store, Counter(), limits)
+    # An Event of someone else's is not the node's to lose.
+    other = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "node-a.admin", "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": "node-a"},
+        "reason": "Maintenance",
+    }
+    await store.create("events/default/node-a.admin", other)
+    for seq in range(25):
+        assert await reports.handle("node-a", event(seq)) == {}, seq
+    events, _ = await store.list("events/")
+    mine = sorted(
+        int(r.value["message"][1:]) for r in events if r.key != "events/default/node-a.admin"
+    )
+    assert 9 <= len(mine) <= 10 and mine == list(range(25 - len(mine), 25)), mine
+    assert any(r.key == "events/default/node-a.admin" for r in events)
+    assert reports.counters["events_pruned"] == 25 - len(mine)
+
+
+async def test_twin_history_stays_within_its_byte_budget(store: Store) -> None:
+    await store.modify(
+        DEVICE,
+        lambda rec: {
+            **rec.value,
+            "spec": {
+                **rec.value["spec"],
+                "properties": [{"name": "temperature"}, {"name": "humidity"}],
+            },
+        },
+    )
+    reports = Reports(store, Counter(), ReportLimits(history_bytes=4000))
+    for i in range(60):
+        prop = ("temperature", "humidity")[i % 2]
+        entry = {"propertyName": prop, "value": f"{i:03d}" + "x" * 97, "timestamp": str(1000 + i)}
+        assert (
+            await reports.handle("node-a", report("twin-history", DEVICE, {"history": [entry]}, i))
+            == {}
+        )
+    kept = (await store.get(DEVICE)).value["status"]["twinHistory"]
+    size = len(json.dumps(kept, separators=(",", ":")).encode())
+    assert size <= 4000
+    stamps = sorted(int(v["timestamp"]) for ring in kept.values() for v in ring)
+    assert stamps == list(range(1060 - len(stamps), 1060))  # the newest, both properties
+    assert reports.counters["history_pruned"] == 60 - len(stamps)
+    # History of a property the device does not have is refused, final.
+    entry = {"propertyName": "pressure", "value": "1", "timestamp": "5"}
+    answer = await reports.handle("node-a", report("twin-history", DEVICE, {"history": [entry]}))
+    assert answer["error"]["code"] == 400 and "pressure" in answer["error"]["message"]
