@@ -389,6 +389,8 @@ class Reports:
             rec = await self._store.get(key)
         except NotFound:
             return {"error": {"code": 404, "message": f"{key} not found"}}
+        except StoreError as exc:  # e.g. Unavailable: the node asks again when it needs to
+            return {"error": {"code": 503, "message": str(exc)}}
         return {"object": edgeproto.encode_object(rec.value), "rev": rec.mod_rev}
 
 
