@@ -152,10 +152,11 @@ class Reports:
 
         Every report is answered. ``{}``: applied. ``{"error": {code, message}}``:
         it never will be as sent (400 malformed, 403 not the node's, 404 gone,
-        409 refused by the store), final: the agent lets go of it.
-        ``{"error": {code: 503, message, retry: true}, "retry_after": s}``: not
-        now (the store is busy, full or failing); the agent keeps the report and
-        sends it again after ``retry_after`` seconds at the earliest."""
+        409 refused by the store, 500 a failure of ours), final: the agent lets
+        go of it. ``{"error": {code, message, retry: true}, "retry_after": s}``:
+        not now (503 the store is busy, full or failing; 429 the node is over
+        its rate); the agent keeps the report and sends it again after
+        ``retry_after`` seconds at the earliest."""
         key, error = msg.res or "", None
         wait = self._throttle(node, msg.op)
         if wait:
