@@ -348,6 +348,9 @@ class HubClient:
     async def _outbox_sender(self, ws: tws.WebSocketConnection) -> None:
         last_sent = 0
         while True:
+            # Taken before anything below awaits: an answer arriving meanwhile
+            # (one that asks to resend, say) sets it, and the waits end at once.
+            answered = self._acked
             if self._retry and trio.current_time() >= self._resend_at:
                 # Go back to the oldest report to resend; what was sent since
                 # and is still in flight or acked is skipped below.
@@ -359,7 +362,7 @@ class HubClient:
             room = self._cfg.outbox_window - len(self._inflight) - len(self._retry)
             if room <= 0:
                 with trio.move_on_at(wake):
-                    await self._acked.wait()
+                    await answered.wait()
                 continue
             seen_gen = self._meta.outbox_generation
             items = await self._meta.outbox_after(last_sent, room)
@@ -380,12 +383,11 @@ class HubClient:
                 )
             if not items:
                 with trio.move_on_at(wake):
-                    await self._wait_outbox_or_answer(seen_gen)
+                    await self._wait_outbox_or_answer(seen_gen, answered)
 
-    async def _wait_outbox_or_answer(self, generation: int) -> None:
-        """Until a report is enqueued after ``generation`` or one is answered (a
-        "try again" sets a time to resend)."""
-        acked = self._acked
+    async def _wait_outbox_or_answer(self, generation: int, answered: trio.Event) -> None:
+        """Until a report is enqueued after ``generation`` or ``answered`` is set
+        (a "try again" sets a time to resend)."""
         async with trio.open_nursery() as nursery:
 
             async def first(wait: Callable[[], Awaitable[object]]) -> None:
@@ -393,7 +395,7 @@ class HubClient:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(first, functools.partial(self._meta.wait_outbox, generation))
-            nursery.start_soon(first, acked.wait)
+            nursery.start_soon(first, answered.wait)
 
     async def _send(self, ws: tws.WebSocketConnection, msg: Message) -> None:
         await ws.send_message(edgeproto.encode_message(msg, max_size=self._cfg.max_message))
