@@ -9,6 +9,7 @@ nested at most ``MAX_DEPTH`` deep, and the status fields the gateway and
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -18,6 +19,7 @@ from ._validate import MAX_DEPTH
 
 __all__ = [
     "MAX_HISTORY_ENTRIES",
+    "MAX_STATUS_BYTES",
     "MAX_TIMESTAMP_DIGITS",
     "MAX_VALUE",
     "check_json",
@@ -26,6 +28,7 @@ __all__ = [
     "history_entries",
 ]
 
+MAX_STATUS_BYTES = 256 * 1024  # a reported status as JSON (a pod's or node's are ~2 KiB)
 MAX_VALUE = 4096  # characters of one twin value (the API's limit for desired values)
 MAX_NAME = 128  # characters of a property name (the API's limit)
 MAX_HISTORY_ENTRIES = 1000  # entries in one twin-history report
@@ -100,6 +103,12 @@ def check_status(resource: str, status: Any) -> dict[str, Any]:
     if not isinstance(status, dict):
         raise _bad("a status report needs a status map")
     check_json(status, "status")
+    try:
+        size = len(json.dumps(status, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
+        raise _bad(f"status is not representable as JSON: {exc}") from None
+    if size > MAX_STATUS_BYTES:
+        raise _bad(f"status is {size} bytes; the limit is {MAX_STATUS_BYTES}")
     for f in ("phase", "reason", "message", "state", "lastOnlineTime", "podIP", "hostIP"):
         _string(status, f, "status")
     _maps(status, "conditions", ("type", "status"))

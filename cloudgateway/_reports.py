@@ -263,8 +263,7 @@ class Reports:
                 status.pop("twinHistory", None)  # the gateway's, never the board's
                 if isinstance(current, dict) and "twinHistory" in current:
                     status["twinHistory"] = current["twinHistory"]
-            _checked({**rec.value, "status": status})
-            return status
+            return status  # checked (check_status); the spec it sits beside is unchanged
 
         await self._store.modify(key, edit, status=True)
 
@@ -305,7 +304,7 @@ class Reports:
             unknown = sorted({e["propertyName"] for e in entries} - known)
             if unknown:
                 raise ProtocolError(f"{key} has no properties {unknown[:10]}", code="bad-field")
-            status = copy.deepcopy(rec.value.get("status") or {})
+            status: dict[str, Any] = json.loads(json.dumps(rec.value.get("status") or {}))
             kept = status.get("twinHistory")
             kept = kept if isinstance(kept, dict) else {}
             for name in list(kept):  # properties removed from the spec meanwhile
@@ -319,9 +318,8 @@ class Reports:
                     ring.append(item)
                 ring.sort(key=_ms)
                 kept[e["propertyName"]] = ring[-TWIN_HISTORY:]
-            pruned = _fit_history(kept, budget)
+            pruned = _fit_history(kept, budget)  # entries checked, the whole bounded
             status["twinHistory"] = kept
-            _checked({**rec.value, "status": status})
             return status
 
         await self._store.modify(key, edit, status=True)

@@ -267,6 +267,7 @@ async def test_an_internal_error_is_a_final_500_and_counted(
         ("status", DEVICE, {"status": {"x": {1: 2}}}),
         ("status", DEVICE, {"status": {"x": 2**64}}),
         ("status", DEVICE, {"status": {"x": _deep(70)}}),
+        ("status", DEVICE, {"status": {"x": "y" * 300_000}}),
         ("twin-history", DEVICE, {"history": [_entry("\u00b2")]}),
         ("twin-history", DEVICE, {"history": [_entry("1" * 40)]}),
         ("desired", DEVICE, {"desired": {"temperature": "x" * 5000}}),
