@@ -19,7 +19,7 @@ from ._store import UNCHANGED, AlreadyExists, NotFound, Record, Store, StoreErro
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NodeHealth"]
+__all__ = ["NodeHealth", "merge_node_status"]
 
 
 def ready_condition(status: Any) -> dict[str, Any] | None:
@@ -50,6 +50,23 @@ def with_ready(status_in: Any, ready: str, reason: str, message: str, now: float
             "lastTransitionTime": transition or edgeproto.rfc3339(now),
         }
     )
+    status["conditions"] = conds
+    return status
+
+
+def merge_node_status(current: Any, reported: dict[str, Any]) -> dict[str, Any]:
+    """The agent's node status with the gateway-owned Ready condition of
+    ``current`` kept (a pure edit: the caller reads and writes in one store
+    transaction, so a Ready transition cannot be lost in between)."""
+    status = dict(reported)
+    conds = [
+        c
+        for c in status.get("conditions") or []
+        if isinstance(c, dict) and c.get("type") != "Ready"
+    ]
+    old_ready = ready_condition(current)
+    if old_ready is not None:
+        conds.append(old_ready)
     status["conditions"] = conds
     return status
 
@@ -118,25 +135,6 @@ class NodeHealth:
         if written is not None:
             self.transitions += 1
             log.info("node %s Ready=%s (%s)", node, ready, reason)
-
-    async def merge_node_status(self, node: str, reported: dict[str, Any]) -> None:
-        """Store the agent's node status, keeping the gateway-owned Ready condition
-        (in one transaction: a Ready transition cannot be lost in between)."""
-
-        def edit(rec: Record) -> dict[str, Any]:
-            status = dict(reported)
-            conds = [
-                c
-                for c in status.get("conditions") or []
-                if isinstance(c, dict) and c.get("type") != "Ready"
-            ]
-            old_ready = ready_condition(rec.value.get("status"))
-            if old_ready is not None:
-                conds.append(old_ready)
-            status["conditions"] = conds
-            return status
-
-        await self._store.modify(edgeproto.make_key("nodes", "", node), edit, status=True)
 
     async def run(
         self,

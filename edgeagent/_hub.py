@@ -9,13 +9,15 @@ coming back is not hit by every board at once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import random
 import ssl
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -175,6 +177,14 @@ class HubClient:
         self._ids = 0
         self._inflight: set[int] = set()
         self._acked = trio.Event()
+        # Reports the gateway answered "not now" (its store busy or full, this
+        # node over its rate): kept in the outbox and sent again from
+        # _resend_at on. They hold their place in the window meanwhile, so a
+        # gateway in trouble slows the sender down instead of seeing the whole
+        # outbox go by.
+        self._retry: set[int] = set()
+        self._resend_at = 0.0
+        self._retry_round = 0  # rounds of resends since the last report went through
         # Acked outbox rows are deleted in batches, at most once a second: one
         # SQLite transaction per burst of acks, not one per report (SD cards). A
         # crash before the delete only resends reports the gateway already has,
@@ -242,6 +252,7 @@ class HubClient:
         """One connection; returns whether a resync completed before it ended."""
         cfg = self._cfg
         self._inflight.clear()
+        self._retry.clear()  # a new connection resends the whole outbox anyway
         self._synced = False
         try:
             async with open_hub_connection(
@@ -325,15 +336,7 @@ class HubClient:
         if msg.kind in (Kind.SNAPSHOT, Kind.CHANGE):
             return await self._sync(ws, sync, msg, len(data))
         if msg.kind is Kind.ACK and msg.parent is not None:
-            err = msg.body.get("error")
-            if err:
-                self.counters["reports_rejected"] += 1
-                log.warning("gateway rejected report %d: %s", msg.parent, err)
-            self._inflight.discard(msg.parent)
-            self._acks.append(msg.parent)
-            self._acks_waiting.set()
-            self._acked.set()
-            self._acked = trio.Event()
+            self._on_ack(msg.parent, msg.body)
         elif msg.kind is Kind.ERROR:
             if msg.body.get("code") == "retry":
                 after = msg.body.get("retry_after", 5)
@@ -347,6 +350,39 @@ class HubClient:
         else:
             self.counters["frames_unexpected"] += 1
         return False
+
+    def _on_ack(self, seq: int, body: Any) -> None:
+        """An answer to report ``seq``: done (applied or refused for good, its
+        row is deleted), or "try again later" (its row stays and is resent)."""
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("retry") is True:
+            if seq not in self._inflight:
+                return  # answered twice: it is resent already
+            self._inflight.discard(seq)
+            self.counters["reports_retry"] += 1
+            after = body.get("retry_after")
+            after = float(after) if isinstance(after, int | float) and after >= 0 else 1.0
+            after = min(after, self._cfg.backoff_cap)
+            now = trio.current_time()
+            if not self._retry:  # the first of a round: back off further each round
+                backoff = full_jitter(
+                    self._retry_round, self._cfg.backoff_base, self._cfg.backoff_cap
+                )
+                self._resend_at = now + max(after, backoff)
+                log.info("gateway asked to resend report %d later: %s", seq, err.get("message"))
+            else:
+                self._resend_at = max(self._resend_at, now + after)
+            self._retry.add(seq)
+        else:
+            self._inflight.discard(seq)
+            if err:
+                self.counters["reports_rejected"] += 1
+                log.warning("gateway rejected report %d: %s", seq, err)
+            self._retry_round = 0
+            self._acks.append(seq)
+            self._acks_waiting.set()
+        self._acked.set()
+        self._acked = trio.Event()
 
     async def _sync(
         self, ws: tws.WebSocketConnection, sync: AgentSync, msg: Message, nbytes: int
@@ -402,13 +438,29 @@ class HubClient:
     async def _outbox_sender(self, ws: tws.WebSocketConnection) -> None:
         last_sent = 0
         while True:
-            room = self._cfg.outbox_window - len(self._inflight)
+            # Taken before anything below awaits: an answer arriving meanwhile
+            # (one that asks to resend, say) sets it, and the waits end at once.
+            answered = self._acked
+            if self._retry and trio.current_time() >= self._resend_at:
+                # Go back to the oldest report to resend; what was sent since
+                # and is still in flight or acked is skipped below.
+                last_sent = min(last_sent, min(self._retry) - 1)
+                self._retry.clear()
+                self._retry_round += 1
+            # No resend pending: wait forever (until woken).
+            wake = self._resend_at if self._retry else math.inf
+            room = self._cfg.outbox_window - len(self._inflight) - len(self._retry)
             if room <= 0:
-                await self._acked.wait()
+                with trio.move_on_at(wake):
+                    await answered.wait()
                 continue
             seen_gen = self._meta.outbox_generation
             items = await self._meta.outbox_after(last_sent, room)
+            done = set(self._acks)  # acked, not deleted yet
             for it in items:
+                last_sent = it.seq
+                if it.seq in self._inflight or it.seq in done:
+                    continue
                 try:
                     body = cbor2.loads(it.body)
                 except Exception:  # a corrupt row must not block the queue
@@ -419,9 +471,21 @@ class HubClient:
                 await self._send(
                     ws, Message(Kind.REPORT, id=it.seq, res=it.object_key, op=it.op, body=body)
                 )
-                last_sent = it.seq
             if not items:
-                await self._meta.wait_outbox(seen_gen)
+                with trio.move_on_at(wake):
+                    await self._wait_outbox_or_answer(seen_gen, answered)
+
+    async def _wait_outbox_or_answer(self, generation: int, answered: trio.Event) -> None:
+        """Until a report is enqueued after ``generation`` or ``answered`` is set
+        (a "try again" sets a time to resend)."""
+        async with trio.open_nursery() as nursery:
+
+            async def first(wait: Callable[[], Awaitable[object]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, functools.partial(self._meta.wait_outbox, generation))
+            nursery.start_soon(first, answered.wait)
 
     async def _send(self, ws: tws.WebSocketConnection, msg: Message) -> None:
         await ws.send_message(edgeproto.encode_message(msg, max_size=self._cfg.max_message))
