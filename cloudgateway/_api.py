@@ -6,7 +6,10 @@ there (core or under ``/apis/GROUP/VERSION``) is served without changes here."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -14,6 +17,7 @@ import math
 import re
 import secrets
 import ssl
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -25,8 +29,10 @@ import trio
 import edgeproto
 from edgeproto import Resource
 
+from ._backend import normalized_object, settle_new, settle_replacement, with_status
 from ._errors import GatewayError
 from ._http import HttpConfig, HttpServer, Request, Response, json_response, status_body
+from ._kproto import PROTOBUF, ProtobufError, decode_object
 from ._openapi import openapi_v2, openapi_v3, openapi_v3_index
 from ._patch import PatchError, apply_json_patch, apply_strategic_merge_patch, merge_patch
 from ._podstream import StreamOpener, exec_in_pod, exec_websocket, pod_logs, wants_websocket
@@ -46,7 +52,15 @@ from ._store import (
 )
 from ._streams import StreamError
 from ._tables import table_of
-from ._validate import MAX_DEPTH, Cause, Invalid, is_label_value, is_qualified_name, validate
+from ._validate import (
+    MAX_DEPTH,
+    Cause,
+    Invalid,
+    is_dns_label,
+    is_label_value,
+    is_qualified_name,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +74,33 @@ __all__ = [
     "status_body",
 ]
 
+# Every field of Kubernetes' version.Info (the Python client's VersionApi
+# refuses an answer missing one); the Go fields say what runs instead.
 VERSION_INFO = {
     "major": "1",
     "minor": "30",
     "gitVersion": "v1.30.0-edgeflock",
+    "gitCommit": "edgeflock",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": f"python{sys.version_info.major}.{sys.version_info.minor}",
+    "compiler": sys.implementation.name,
     "platform": "linux/amd64",
 }
-_VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+_NAMESPACE_VERBS = [v for v in _VERBS if v != "deletecollection"]
+# Created when the API starts if missing; the first three cannot be deleted.
+_INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+_PROTECTED_NAMESPACES = _INITIAL_NAMESPACES[:3]
+_AUTHZ_GROUP = "authorization.k8s.io"
+_AUTHZ_REVIEWS = {
+    "selfsubjectaccessreviews": "SelfSubjectAccessReview",
+    "selfsubjectrulesreviews": "SelfSubjectRulesReview",
+}
+# Core kinds edgeflock does not run but kubectl looks for (``kubectl cluster-info``
+# lists kube-system's Services): served read-only and always empty.
+_ABSENT = {"services": ("Service", ("service", "svc"))}
+_LIST_BATCH = 500  # records read per store call while filling a page of a paged list
 _STATUS_VERBS = ["get", "patch", "update"]
 _MERGE_PATCH = "application/merge-patch+json"
 _STRATEGIC_PATCH = "application/strategic-merge-patch+json"
@@ -203,13 +237,23 @@ _FIELDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "spec.nodeName": _path_getter("spec", "nodeName"),
     "status.phase": _path_getter("status", "phase"),
     "type": _path_getter("type"),
+    # Events' (``kubectl events --for node/pi-01``).
+    **{
+        f"involvedObject.{f}": _path_getter("involvedObject", f)
+        for f in ("kind", "name", "namespace", "uid", "apiVersion", "resourceVersion", "fieldPath")
+    },
+    "reason": _path_getter("reason"),
+    "source": _path_getter("source", "component"),
+    "reportingComponent": _path_getter("reportingComponent"),
 }
 
 
 def parse_field_selector(text: str) -> Selector:
     """``field=value``, ``field==value`` and ``field!=value`` over ``metadata.name``,
-    ``metadata.namespace``, ``spec.nodeName``, ``status.phase`` and ``type``;
-    a missing field reads as ``""``. Anything else: ApiError 400."""
+    ``metadata.namespace``, ``spec.nodeName``, ``status.phase``, ``type``, and
+    events' ``involvedObject.*``, ``reason``, ``source`` and
+    ``reportingComponent``; a missing field reads as ``""``. Anything else:
+    ApiError 400."""
     reqs: list[tuple[Callable[[Mapping[str, Any]], str], bool, str]] = []
     for part in _split_requirements(text):
         m = _EQUALITY.fullmatch(part)
@@ -385,6 +429,66 @@ class _UnknownFields:
         return resp
 
 
+def _as_json(req: Request) -> Request:
+    """``req`` with a protobuf body (kubectl's typed writes) read into JSON."""
+    ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != PROTOBUF:
+        return req
+    try:
+        obj = decode_object(req.body)
+    except ProtobufError as exc:
+        raise ApiError(415, "UnsupportedMediaType", str(exc)) from None
+    headers = {**req.headers, "content-type": "application/json"}
+    return dataclasses.replace(req, body=json.dumps(obj).encode(), headers=headers)
+
+
+def _dry_run(req: Request) -> bool:
+    """``dryRun=All`` (for DELETE also in the body's DeleteOptions, where
+    kubectl puts it): do everything but write. Any other value is a 400."""
+    values: list[Any] = list(req.query.get("dryRun", []))
+    if req.method == "DELETE" and req.body.strip():
+        opts = _parse_json(req.body, "DeleteOptions")
+        in_body = opts.get("dryRun") if isinstance(opts, dict) else None
+        if in_body is not None and not isinstance(in_body, list):
+            raise ApiError(400, "BadRequest", "DeleteOptions.dryRun must be a list")
+        values += in_body or []
+    for v in values:
+        if v != "All":
+            raise ApiError(
+                400, "BadRequest", f'invalid dryRun value {v!r}: the only supported value is "All"'
+            )
+    return bool(values)
+
+
+def _continue_token(rev: int, after: str) -> str:
+    """Opaque to clients: the list's revision and the last key it returned."""
+    raw = json.dumps({"rv": rev, "after": after}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def _parse_continue(token: str, prefix: str) -> tuple[int, str]:
+    bad = ApiError(400, "BadRequest", f"invalid continue token {token!r}")
+    try:
+        raw = json.loads(base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True))
+    except (ValueError, binascii.Error):
+        raise bad from None
+    rev, after = (raw.get("rv"), raw.get("after")) if isinstance(raw, dict) else (None, None)
+    if not isinstance(rev, int) or isinstance(rev, bool) or rev < 0:
+        raise bad
+    if not isinstance(after, str) or not after.startswith(prefix):
+        raise bad  # a token of another list
+    return rev, after
+
+
+def _list_limit(req: Request) -> int | None:
+    text = req.param("limit")
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise ApiError(400, "BadRequest", f"invalid limit {text!r}: expected a whole number")
+    return int(text) or None  # limit=0: no limit
+
+
 class ApiServer:
     """The admin API over ``store``; ``handle`` is an ``_http.Handler``.
 
@@ -442,7 +546,13 @@ class ApiServer:
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve the API (HTTPS with ``ssl_context``: kubectl sends bearer
-        tokens only over TLS) until cancelled."""
+        tokens only over TLS) until cancelled. Creates the namespaces every
+        cluster has (``default``...) if they are missing."""
+        for ns in _INITIAL_NAMESPACES:
+            with contextlib.suppress(AlreadyExists):
+                await self._store.create(
+                    edgeproto.make_key("namespaces", "", ns), _namespace_object(ns)
+                )
         self._server = HttpServer(self.handle, config, ssl_context=ssl_context)
         await self._server.run(task_status=task_status)
 
@@ -464,7 +574,7 @@ class ApiServer:
     async def handle(self, request: Request) -> Response:
         self._requests += 1
         try:
-            resp = await self._dispatch(request)
+            resp = await self._dispatch(_as_json(request))
         except ApiError as exc:
             resp = json_response(exc.code, exc.status())
         except StreamError as exc:
@@ -505,8 +615,14 @@ class ApiServer:
             group, version, rest = parts[1], parts[2], parts[3:]
         else:
             raise _not_found_path(path)
+        if group == _AUTHZ_GROUP and version == "v1":
+            return await self._review(req, rest, path)
         if not rest:
             return self._discovery(req, self._resource_list(group, version, path))
+        if (group, version) == ("", "v1"):
+            inner = rest[2:] if rest[0] == "namespaces" and len(rest) >= 3 else rest
+            if inner[0] in _ABSENT:
+                return self._absent(req, inner, path)
         target = self._route(group, version, rest, path)
         return await self._serve(req, target)
 
@@ -523,7 +639,7 @@ class ApiServer:
         return json_response(200, body)
 
     def _group_list(self) -> dict[str, Any]:
-        groups: dict[str, list[str]] = {}
+        groups: dict[str, list[str]] = {_AUTHZ_GROUP: ["v1"]}
         for r in edgeproto.RESOURCES:
             if r.group and r.version not in groups.setdefault(r.group, []):
                 groups[r.group].append(r.version)
@@ -535,6 +651,8 @@ class ApiServer:
 
     def _group(self, group: str, path: str) -> dict[str, Any]:
         versions = [r.version for r in edgeproto.RESOURCES if r.group == group]
+        if group == _AUTHZ_GROUP:
+            versions = ["v1"]
         if not group or not versions:
             raise _not_found_path(path)
         return {"kind": "APIGroup", "apiVersion": "v1", **_group_body(group, versions)}
@@ -550,7 +668,7 @@ class ApiServer:
                 "singularName": r.kind.lower(),
                 "namespaced": r.namespaced,
                 "kind": r.kind,
-                "verbs": _VERBS,
+                "verbs": _NAMESPACE_VERBS if r.name == "namespaces" else _VERBS,
             }
             shorts = [s for s in r.short_names if s not in (r.kind.lower(), r.name)]
             if shorts:
@@ -565,12 +683,44 @@ class ApiServer:
                     "verbs": _STATUS_VERBS,
                 }
             )
+        if (group, version) == ("", "v1"):
+            for name, (kind, aliases) in _ABSENT.items():
+                items.append(
+                    {
+                        "name": name,
+                        "singularName": aliases[0],
+                        "namespaced": True,
+                        "kind": kind,
+                        "verbs": ["get", "list"],
+                        "shortNames": list(aliases[1:]),
+                    }
+                )
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
             "groupVersion": f"{group}/{version}" if group else version,
             "resources": items,
         }
+
+    def _absent(self, req: Request, rest: list[str], path: str) -> Response:
+        """A kind of ``_ABSENT`` (``rest``: its name, maybe an object's name):
+        its lists are empty, its objects not found."""
+        if req.method not in ("GET", "HEAD"):
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}")
+        if len(rest) > 2 or not all(rest):
+            raise _not_found_path(path)
+        name = rest[0]
+        kind = _ABSENT[name][0]
+        if len(rest) == 2:
+            msg = f'{name} "{rest[1]}" not found (edgeflock runs no {kind}s)'
+            raise ApiError(404, "NotFound", msg, name=rest[1], kind=name)
+        meta = {"resourceVersion": str(self._store.current_rev())}
+        if _wants_table(req):
+            table = table_of(name, [], time.time(), meta["resourceVersion"])
+            return json_response(200, table)
+        return json_response(
+            200, {"kind": f"{kind}List", "apiVersion": "v1", "metadata": meta, "items": []}
+        )
 
     def _route(self, group: str, version: str, rest: list[str], path: str) -> _Target:
         if any(not p for p in rest):
@@ -599,8 +749,10 @@ class ApiServer:
 
     async def _serve(self, req: Request, t: _Target) -> Response:
         m = req.method
-        if "dryRun" in req.query and m in ("POST", "PUT", "PATCH", "DELETE"):
-            raise ApiError(400, "BadRequest", "dryRun is not supported by this server")
+        if m in ("POST", "PUT", "PATCH", "DELETE") and _dry_run(req):
+            # (an unknown dryRun value is refused before anything runs)
+            if t.subresource in (*_POD_STREAMS, "revocation"):
+                raise ApiError(400, "BadRequest", f"dryRun is not supported on {t.subresource}")
         if t.name is None:
             if m in ("GET", "HEAD"):
                 if m == "GET" and req.flag("watch"):
@@ -614,6 +766,8 @@ class ApiServer:
                         f"create {t.resource.name} under /namespaces/NAMESPACE/{t.resource.name}",
                     )
                 return await self._create(req, t)
+            if m == "DELETE" and t.resource.name != "namespaces":
+                return await self._delete_collection(req, t)
             raise ApiError(405, "MethodNotAllowed", f"{m} is not allowed on a collection")
         if t.subresource in _POD_STREAMS:
             return await self._pod_stream(req, t)
@@ -744,12 +898,62 @@ class ApiServer:
         fields = _UnknownFields.of(req)
         obj = self._validate(t, body, None, fields)
         name = obj["metadata"]["name"]
-        obj["metadata"].pop("resourceVersion", None)
+        meta = obj["metadata"]
+        # The server's, as Kubernetes does: kubectl sends creationTimestamp: null.
+        for field in ("resourceVersion", "creationTimestamp", "uid"):
+            meta.pop(field, None)
+        if t.resource.name == "namespaces":
+            self._check_namespace(name)
+            obj = {**obj, **_namespace_object(name, obj)}
+        elif t.resource.namespaced:
+            await self._require_namespace(meta["namespace"])
+        key = t.key_for(name)
+        if _dry_run(req):
+            try:
+                await self._store.get(key)
+            except NotFound:
+                new = normalized_object(key, obj)
+                settle_new(new)
+                return fields.warn(json_response(201, new))
+            except StoreError as exc:
+                raise self._store_error(t, name, exc) from None
+            raise self._store_error(t, name, AlreadyExists(f"{key} already exists", key=key))
         try:
-            ev = await self._store.create(t.key_for(name), obj)
+            ev = await self._store.create(key, obj)
         except StoreError as exc:
             raise self._store_error(t, name, exc) from None
         return fields.warn(json_response(201, ev.record.value))
+
+    def _check_namespace(self, name: str) -> None:
+        if not is_dns_label(name):
+            raise self._invalid(
+                Invalid(
+                    "Namespace",
+                    name,
+                    [
+                        Cause(
+                            "metadata.name",
+                            "FieldValueInvalid",
+                            f"{name!r}: a namespace is a DNS-1123 label (at most 63 "
+                            "characters of a-z, 0-9 and '-', starting and ending with an "
+                            "alphanumeric)",
+                        )
+                    ],
+                )
+            )
+
+    async def _require_namespace(self, namespace: str) -> None:
+        """Objects go only into namespaces that exist (404 as Kubernetes answers)."""
+        try:
+            await self._store.get(edgeproto.make_key("namespaces", "", namespace))
+        except NotFound:
+            raise ApiError(
+                404,
+                "NotFound",
+                f'namespaces "{namespace}" not found',
+                name=namespace,
+                kind="namespaces",
+            ) from None
 
     async def _replace(self, req: Request, t: _Target) -> Response:
         """PUT: replace everything but ``.status``, which only the status
@@ -768,7 +972,7 @@ class ApiServer:
                 new.pop("status", None)
             return new
 
-        return fields.warn(await self._read_modify_write(t, expect, edit))
+        return fields.warn(await self._read_modify_write(t, expect, edit, dry_run=_dry_run(req)))
 
     async def _read_modify_write(
         self,
@@ -777,10 +981,25 @@ class ApiServer:
         edit: Callable[[Record], Any],
         *,
         status: bool = False,
+        dry_run: bool = False,
     ) -> Response:
         """Write ``edit(current)``; with ``expect`` (the client's resourceVersion)
-        a concurrent write is a Conflict; without it the edit applies to the current object."""
+        a concurrent write is a Conflict; without it the edit applies to the current object.
+        With ``dry_run`` the same checks run and the answer is what would be
+        stored, but nothing is written."""
         assert t.name is not None
+        if dry_run:
+            cur = await self._get(t)
+            try:
+                if expect is not None and expect != cur.mod_rev:
+                    raise Conflict(f"{t.key} has been modified", key=t.key)
+                new = edit(cur)
+                obj = with_status(cur, new) if status else normalized_object(t.key, new)
+                settle_replacement(cur, obj)
+            except StoreError as exc:
+                raise self._store_error(t, t.name, exc) from None
+            obj["metadata"]["resourceVersion"] = str(cur.mod_rev)
+            return json_response(200, obj)
         try:
             ev = await self._store.modify(t.key, edit, status=status, expect_rev=expect)
         except StoreError as exc:
@@ -804,6 +1023,10 @@ class ApiServer:
         status = body.get("status")
         self._check_status(t, status)
         expect = _resource_version(body, "metadata.resourceVersion")
+        if _dry_run(req):
+            return await self._read_modify_write(
+                t, expect, lambda _cur: status, status=True, dry_run=True
+            )
         try:
             ev = await self._store.update_status(t.key, status, expect_rev=expect)
         except StoreError as exc:
@@ -862,7 +1085,9 @@ class ApiServer:
                 self._check_status(t, status)
                 return status
 
-            return await self._read_modify_write(t, expect, edit_status, status=True)
+            return await self._read_modify_write(
+                t, expect, edit_status, status=True, dry_run=_dry_run(req)
+            )
 
         fields = _UnknownFields.of(req)
 
@@ -874,7 +1099,7 @@ class ApiServer:
                 obj.pop("status", None)
             return obj
 
-        return fields.warn(await self._read_modify_write(t, expect, edit))
+        return fields.warn(await self._read_modify_write(t, expect, edit, dry_run=_dry_run(req)))
 
     async def _delete(self, req: Request, t: _Target) -> Response:
         assert t.name is not None
@@ -898,14 +1123,128 @@ class ApiServer:
                     kind=t.resource.name,
                 )
             expect = cur.mod_rev if expect is None else expect
+        if t.resource.name == "namespaces" and t.name in _PROTECTED_NAMESPACES:
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'namespaces "{t.name}" is forbidden: this namespace may not be deleted',
+                name=t.name,
+                kind="namespaces",
+            )
+        if _dry_run(req):
+            cur = await self._get(t)
+            if expect is not None and expect != cur.mod_rev:
+                raise self._conflict(t, t.name)
+            return json_response(200, cur.value)
         try:
-            ev = await self._store.delete(t.key, expect_rev=expect)
-            if t.resource.name == "nodes":
-                # Or the board reconnects and its Node comes back.
-                await revoke_node(self._store, t.name)
+            ev = await self._delete_key(t.resource, t.key, expect)
         except StoreError as exc:
             raise self._store_error(t, t.name, exc) from None
         return json_response(200, ev.record.value)
+
+    async def _delete_key(self, resource: Resource, key: str, expect: int | None) -> Event:
+        """Delete one object, with what follows from it: a deleted Node's
+        certificates are revoked, a deleted Namespace's objects deleted (here,
+        before the answer: there is no Terminating phase)."""
+        ev = await self._store.delete(key, expect_rev=expect)
+        _, _, name = edgeproto.split_key(key)
+        if resource.name == "nodes":
+            # Or the board reconnects and its Node comes back.
+            await revoke_node(self._store, name)
+        elif resource.name == "namespaces":
+            for r in edgeproto.RESOURCES:
+                if r.namespaced:
+                    records, _ = await self._store.list(f"{r.name}/{name}/")
+                    for rec in records:
+                        with contextlib.suppress(NotFound):
+                            await self._store.delete(rec.key)
+        return ev
+
+    async def _delete_collection(self, req: Request, t: _Target) -> Response:
+        """DELETE on a collection: every object the label and field selectors
+        match; the answer lists them as they were deleted."""
+        if t.resource.namespaced and t.namespace is None:
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                f"delete {t.resource.name} under /namespaces/NAMESPACE/{t.resource.name}",
+            )
+        match = self._selector(req)
+        dry = _dry_run(req)
+        records, rev = await self._store.list(t.prefix)
+        deleted: list[dict[str, Any]] = []
+        for rec in records:
+            if not match(rec.value):
+                continue
+            if dry:
+                deleted.append(rec.value)
+                continue
+            try:
+                ev = await self._delete_key(t.resource, rec.key, None)
+            except NotFound:
+                continue  # deleted meanwhile
+            except StoreError as exc:
+                raise self._store_error(t, rec.key.rpartition("/")[2], exc) from None
+            deleted.append(ev.record.value)
+            rev = ev.rev
+        return json_response(
+            200,
+            {
+                "kind": f"{t.resource.kind}List",
+                "apiVersion": t.resource.api_version,
+                "metadata": {"resourceVersion": str(rev)},
+                "items": deleted,
+            },
+        )
+
+    async def _review(self, req: Request, rest: list[str], path: str) -> Response:
+        """``authorization.k8s.io/v1``: discovery, and the self-reviews that
+        ``kubectl auth can-i`` posts. The admin token may do everything."""
+        if not rest:
+            resources = [
+                {
+                    "name": name,
+                    "singularName": kind.lower(),
+                    "namespaced": False,
+                    "kind": kind,
+                    "verbs": ["create"],
+                }
+                for name, kind in _AUTHZ_REVIEWS.items()
+            ]
+            body = {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": f"{_AUTHZ_GROUP}/v1",
+                "resources": resources,
+            }
+            return self._discovery(req, body)
+        kind = _AUTHZ_REVIEWS.get(rest[0]) if len(rest) == 1 else None
+        if kind is None:
+            raise _not_found_path(path)
+        if req.method != "POST":
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}")
+        review = _parse_json(req.body, kind)
+        if not isinstance(review, dict) or not isinstance(review.get("spec"), dict):
+            raise ApiError(400, "BadRequest", f"a {kind} is an object with a spec")
+        if kind == "SelfSubjectAccessReview":
+            status: dict[str, Any] = {
+                "allowed": True,
+                "reason": "the admin token may do everything",
+            }
+        else:
+            status = {
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                "incomplete": False,
+            }
+        answer = {
+            "kind": kind,
+            "apiVersion": f"{_AUTHZ_GROUP}/v1",
+            "metadata": {"creationTimestamp": edgeproto.rfc3339(time.time())},
+            "spec": review["spec"],
+            "status": status,
+        }
+        return json_response(201, answer)
 
     async def _revocation(self, req: Request, t: _Target) -> Response:
         """``POST nodes/X/revocation``: lock out every certificate of X issued
@@ -934,18 +1273,60 @@ class ApiServer:
         return lambda o: labels(o) and fields(o)
 
     async def _list(self, req: Request, t: _Target) -> Response:
+        """A list, or with ``limit`` one page of it: ``metadata.continue`` then
+        names the rest, read at the first page's revision (410 Expired once
+        compaction has passed it)."""
         match = self._selector(req)
-        records, rev = await self._store.list(t.prefix)
+        limit = _list_limit(req)
+        token = req.param("continue")
+        rev: int | None = None
+        after: str | None = None
+        if token:
+            if req.param("resourceVersion"):
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "specifying resource version is not allowed when using continue",
+                )
+            rev, after = _parse_continue(token, t.prefix)
+        items: list[dict[str, Any]] = []
+        more = False
+        try:
+            while True:
+                batch = None if limit is None else _LIST_BATCH
+                records, rev = await self._store.list(t.prefix, rev=rev, after=after, limit=batch)
+                for r in records:
+                    if limit is not None and len(items) == limit:
+                        more = True
+                        break
+                    after = r.key
+                    if match(r.value):
+                        items.append(r.value)
+                if more or batch is None or len(records) < batch:
+                    break
+        except Compacted:
+            raise ApiError(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list "
+                "result. You can start a new list without the continue parameter.",
+            ) from None
+        except FutureRevision:
+            raise ApiError(400, "BadRequest", f"invalid continue token {token!r}") from None
+        meta: dict[str, Any] = {"resourceVersion": str(rev)}
+        if more and after is not None:
+            meta["continue"] = _continue_token(rev, after)
         if _wants_table(req):
-            objs = [r.value for r in records if match(r.value)]
-            return json_response(200, table_of(t.resource.name, objs, time.time(), str(rev)))
+            table = table_of(t.resource.name, items, time.time(), str(rev))
+            table["metadata"] = meta
+            return json_response(200, table)
         return json_response(
             200,
             {
                 "kind": f"{t.resource.kind}List",
                 "apiVersion": t.resource.api_version,
-                "metadata": {"resourceVersion": str(rev)},
-                "items": [r.value for r in records if match(r.value)],
+                "metadata": meta,
+                "items": items,
             },
         )
 
@@ -963,6 +1344,14 @@ class ApiServer:
             raise ApiError(400, "BadRequest", f"invalid timeoutSeconds {seconds!r}")
         stream = _WatchStream(self, t.prefix, int(text), match, trio.current_time() + limit)
         return Response(200, headers=[("content-type", "application/json")], stream=stream)
+
+
+def _namespace_object(name: str, obj: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Namespace as Kubernetes keeps one: labelled with its name, Active."""
+    obj = obj or {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    meta = obj.get("metadata") or {}
+    labels = {**(meta.get("labels") or {}), "kubernetes.io/metadata.name": name}
+    return {**obj, "metadata": {**meta, "labels": labels}, "status": {"phase": "Active"}}
 
 
 def _group_body(group: str, versions: list[str]) -> dict[str, Any]:

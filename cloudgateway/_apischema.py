@@ -315,6 +315,23 @@ NODE = _kind(
     },
 )
 
+NAMESPACE = _kind(
+    "Namespace",
+    "A scope for names; deleting it deletes everything in it. Never sent to boards.",
+    {
+        "spec": _open(
+            "The namespace's spec.",
+            {"finalizers": _list(_str(""), "Kept as given; nothing waits on them.")},
+            name=f"{CORE}.NamespaceSpec",
+        ),
+        "status": _open(
+            "Set by the gateway: phase Active.",
+            {"phase": _str("Active (there is no Terminating phase).")},
+            name=f"{CORE}.NamespaceStatus",
+        ),
+    },
+)
+
 _DATA = _map(_str(""), "Keys and text values.", keys="data-key")
 _BINARY = _map(_str("", format="base64"), "Keys and base64 values.", keys="data-key")
 
@@ -490,6 +507,7 @@ KIND_SCHEMAS: Final[dict[str, Schema]] = {
     for kind, schema in (
         ("Pod", POD),
         ("Node", NODE),
+        ("Namespace", NAMESPACE),
         ("ConfigMap", CONFIGMAP),
         ("Secret", SECRET),
         ("Event", EVENT),

@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 
 import edgeproto
+from edgeio import write_atomic
 
 from ._api import ApiServer
 from ._config import GatewayConfig
@@ -22,7 +23,7 @@ from ._health import NodeHealth
 from ._http import HttpServer, Request
 from ._hub import Hub
 from ._join import JoinService, TokenStore
-from ._pki import load_or_create_pki, server_ssl_context, write_atomic
+from ._pki import load_or_create_pki, server_ssl_context
 from ._store import AlreadyExists, SqliteBackend, Store
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ def load_admin_token(data_dir: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    token = secrets.token_urlsafe(32)
+    # Hex, not base64url: a token starting with "-" reads as an option to
+    # edgectl's and kubectl's argument parsers ("--token -x...").
+    token = secrets.token_hex(32)
     write_atomic(path, (token + "\n").encode(), 0o600)
     return token
 
@@ -127,7 +130,7 @@ async def run_gateway(
 
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(health.run)
+            await nursery.start(health.run, hub.connected_nodes)
             hub_port = await nursery.start(hub.run)
             join = JoinService(
                 pki, tokens, hub_url=_hub_url_for(config, hub_port), on_joined=on_joined

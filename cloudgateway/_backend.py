@@ -162,8 +162,18 @@ class Backend(Protocol):
         keys are skipped."""
         ...
 
-    def list(self, prefix: str, *, rev: int | None = None) -> tuple[builtins.list[Record], int]:
-        """Live records under ``prefix`` sorted by key, and the revision read at."""
+    def list(
+        self,
+        prefix: str,
+        *,
+        rev: int | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> tuple[builtins.list[Record], int]:
+        """Live records under ``prefix`` sorted by key, and the revision read at;
+        with ``after`` only keys sorting after it, with ``limit`` at most that
+        many (one page of a paged list: read every page at the first one's
+        revision)."""
         ...
 
     def list_by_node(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import re
@@ -117,9 +118,33 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             ts.close()
         return 0
-    except GatewayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # one line per error, the traceback at DEBUG
+        for leaf in _leaves(exc):
+            if isinstance(leaf, OSError) and leaf.errno in _LISTEN_ERRNOS and args.cmd == "serve":
+                given = (("hub", args.hub), ("join", args.join), ("api", args.api))
+                listen = ", ".join(f"{w} {a[0]}:{a[1]}" for w, a in given if isinstance(a, tuple))
+                print(
+                    f"error: cannot listen on one of {listen or 'the addresses'}: {leaf}",
+                    file=sys.stderr,
+                )
+            elif isinstance(leaf, GatewayError | OSError):
+                print(f"error: {leaf}", file=sys.stderr)
+            else:
+                print(f"error: {type(leaf).__name__}: {leaf}", file=sys.stderr)
+        log.debug("traceback of the error above", exc_info=exc)
         return 1
+
+
+_LISTEN_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The failures inside (nested) exception groups, cancellations left out."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    import trio
+
+    return [] if isinstance(exc, trio.Cancelled) else [exc]
 
 
 def kubeconfig(data_dir: Path, server: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ __all__ = ["EVENT_NAMESPACE", "edge_event", "prune_events"]
 EVENT_NAMESPACE = "default"
 SOURCE = "edgeflock-eventbus"
 MAX_MESSAGE = 1024  # characters of the payload kept in .message
+MAX_TIMESTAMP = 253_402_300_799_999  # ms: the last of year 9999, as far as RFC 3339 goes
 TOPIC_ANNOTATION = "edgeflock.io/topic"
 
 
@@ -38,8 +39,11 @@ def edge_event(node: str, seq: int | None, body: Any) -> dict[str, Any]:
     ms = body.get("timestamp")
     if not isinstance(topic, str) or not topic:
         raise ProtocolError("an event report needs its topic", code="bad-field")
-    if type(ms) is not int or ms < 0:
-        raise ProtocolError("an event report needs a timestamp (ms)", code="bad-field")
+    if type(ms) is not int or not 0 <= ms <= MAX_TIMESTAMP:
+        raise ProtocolError(
+            "an event report needs a timestamp (ms since the epoch, up to year 9999)",
+            code="bad-field",
+        )
     if type(seq) is not int or seq < 0:
         raise ProtocolError("an event report needs its sequence number as id", code="bad-field")
     payload = body.get("payload")
@@ -48,7 +52,7 @@ def edge_event(node: str, seq: int | None, body: Any) -> dict[str, Any]:
     else:
         try:
             message = json.dumps(payload, separators=(",", ":"), sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ProtocolError(f"event payload is not JSON: {exc}", code="bad-field") from None
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 3] + "..."

@@ -1,13 +1,14 @@
 """Node health: Ready as soon as a node connects, NotReady (Unknown) only after a
-grace period without heartbeats. Conditions are written on transitions only, so
-heartbeats cost no store writes and a flaky link does not flap the node."""
+grace period without heartbeats while it is not connected. Conditions are written
+on transitions only, so heartbeats cost no store writes and a flaky link does not
+flap the node. Which nodes are connected is the hub's to know: health asks it."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 
 import trio
@@ -18,7 +19,7 @@ from ._store import UNCHANGED, AlreadyExists, NotFound, Record, Store, StoreErro
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NodeHealth"]
+__all__ = ["NodeHealth", "merge_node_status"]
 
 
 def ready_condition(status: Any) -> dict[str, Any] | None:
@@ -53,6 +54,23 @@ def with_ready(status_in: Any, ready: str, reason: str, message: str, now: float
     return status
 
 
+def merge_node_status(current: Any, reported: dict[str, Any]) -> dict[str, Any]:
+    """The agent's node status with the gateway-owned Ready condition of
+    ``current`` kept (a pure edit: the caller reads and writes in one store
+    transaction, so a Ready transition cannot be lost in between)."""
+    status = dict(reported)
+    conds = [
+        c
+        for c in status.get("conditions") or []
+        if isinstance(c, dict) and c.get("type") != "Ready"
+    ]
+    old_ready = ready_condition(current)
+    if old_ready is not None:
+        conds.append(old_ready)
+    status["conditions"] = conds
+    return status
+
+
 class NodeHealth:
     """``clock`` measures the grace period (trio's clock by default); ``wall``
     stamps the conditions. Tests pass clocks they move by hand."""
@@ -70,26 +88,19 @@ class NodeHealth:
         self._wall = wall
         self._clock = clock
         self._last_seen: dict[str, float] = {}  # clock() of the last sign of life
-        self._connected: set[str] = set()
         self.transitions = 0
 
     def statistics(self) -> dict[str, int]:
-        return {"connected": len(self._connected), "tracked": len(self._last_seen)}
-
-    def is_connected(self, node: str) -> bool:
-        return node in self._connected
+        return {"tracked": len(self._last_seen)}
 
     def heartbeat(self, node: str) -> None:
         self._last_seen[node] = self._clock()
 
     async def connected(self, node: str) -> None:
-        self._connected.add(node)
+        """The hub accepted ``node``: Ready now. (When it disconnects, the grace
+        period runs from its last heartbeat.)"""
         self.heartbeat(node)
         await self._set_ready(node, "True", "AgentConnected", "edge agent connected")
-
-    def disconnected(self, node: str) -> None:
-        # Not NotReady yet: the grace period starts from the last heartbeat.
-        self._connected.discard(node)
 
     async def _set_ready(self, node: str, ready: str, reason: str, message: str) -> None:
         """Write the Ready condition if it differs (read and written in one
@@ -125,26 +136,14 @@ class NodeHealth:
             self.transitions += 1
             log.info("node %s Ready=%s (%s)", node, ready, reason)
 
-    async def merge_node_status(self, node: str, reported: dict[str, Any]) -> None:
-        """Store the agent's node status, keeping the gateway-owned Ready condition
-        (in one transaction: a Ready transition cannot be lost in between)."""
-
-        def edit(rec: Record) -> dict[str, Any]:
-            status = dict(reported)
-            conds = [
-                c
-                for c in status.get("conditions") or []
-                if isinstance(c, dict) and c.get("type") != "Ready"
-            ]
-            old_ready = ready_condition(rec.value.get("status"))
-            if old_ready is not None:
-                conds.append(old_ready)
-            status["conditions"] = conds
-            return status
-
-        await self._store.modify(edgeproto.make_key("nodes", "", node), edit, status=True)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        connected_nodes: Callable[[], Iterable[str]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Every grace/8 seconds, mark Unknown the nodes silent for the grace period
+        that ``connected_nodes()`` (the hub's sessions) does not list."""
         # Nodes the store says are Ready get a full grace period from our start.
         start = self._clock()
         try:
@@ -159,12 +158,12 @@ class NodeHealth:
         task_status.started()
         while True:
             await trio.sleep(max(0.05, self.grace / 8))
-            await self.check()
+            await self.check(set(connected_nodes()))
 
-    async def check(self) -> None:
+    async def check(self, connected: Container[str]) -> None:
         now = self._clock()
         for node, seen in list(self._last_seen.items()):
-            if node in self._connected or now - seen < self.grace:
+            if node in connected or now - seen < self.grace:
                 continue
             del self._last_seen[node]
             await self._set_ready(

@@ -1,24 +1,20 @@
 """The hub: a TLS WebSocket server that keeps every connected node in sync.
 
 Per connection: mTLS handshake (the client certificate names the node), then
-``hello{node, last_rev}`` → a resync (delta or snapshot) → live changes. The
-session keeps the membership last sent (``key -> spec_rev``); any store event
-that can touch the node's view marks the session dirty and queues it for one of
-a few shared sender tasks, which recomputes the view and sends only the
-difference. Dirty flags coalesce bursts and give backpressure for free: a slow
-node just gets fewer, larger changes. Idle sessions cost no task of their own
-(most of a gateway's thousands of nodes are idle at any moment).
+``hello{node, last_rev}`` → admission → a resync (delta or snapshot) → live
+changes, while the node's reports and requests are answered. This module is the
+transport, admission and the session's lifetime; keeping views in sync is
+``_hubsync``, applying reports ``_reports``, streams ``_streams``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import random
 import ssl
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,32 +25,23 @@ import trio_websocket as tws
 import edgeproto
 from edgeproto import Kind, Message, ProtocolError
 
-from ._events import edge_event
+from ._failures import FailureLog
 from ._health import NodeHealth
+from ._hubsync import CLOSE_TRY_AGAIN, CONNECTION_ENDED, HubSync, Session
 from ._pki import PkiError, cert_issued_at, node_from_peercert
+from ._reports import ReportLimits, Reports
 from ._revocation import REVOCATIONS, revoked_at, revoked_node
-from ._store import AlreadyExists, NotFound, Record, Store, StoreError, SubscriptionLost
+from ._store import Store, StoreError, SubscriptionLost
 from ._streams import NodeStream, StreamError
 from ._tls import SocketTLSStream, accept_tls
-from ._view import View, ViewSync, plan_node_sync
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Hub", "HubConfig"]
 
 CLOSE_POLICY = 1008
-CLOSE_TRY_AGAIN = 1013
 CLOSE_REPLACED = 4000
-# Besides its own Node, a node writes the status of these objects when bound to it.
-_NODE_WRITABLE = frozenset({"pods", "devices"})
-TWIN_HISTORY = 100  # values kept per device property in status.twinHistory
-
-_CONNECTION_ENDED = (
-    tws.ConnectionClosed,
-    trio.BrokenResourceError,
-    tws.HandshakeError,
-    trio.ClosedResourceError,
-)
+_CONNECTION_ENDED = CONNECTION_ENDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,35 +78,6 @@ class _HalfOpen:
         self.shed = False
 
 
-class _Session:
-    __slots__ = (
-        "dirty",
-        "live",
-        "node",
-        "progress",
-        "progress_at",
-        "queued",
-        "refs",
-        "sent",
-        "sent_rev",
-        "streams",
-        "ws",
-    )
-
-    def __init__(self, node: str, ws: tws.WebSocketConnection) -> None:
-        self.node = node
-        self.ws = ws
-        self.sent: dict[str, int] = {}
-        self.sent_rev = 0
-        self.refs: frozenset[str] = frozenset()
-        self.dirty = False  # the view may have changed since it was last sent
-        self.live = False  # resynced, not yet disconnected: live changes may flow
-        self.queued = False  # waiting for, or held by, a sender task
-        self.progress = False  # send an empty change to advance the node's last_rev
-        self.progress_at = 0.0  # when last_rev was last advanced
-        self.streams: dict[int, NodeStream] | None = None  # made on first use: most have none
-
-
 class Hub:
     def __init__(
         self,
@@ -127,22 +85,24 @@ class Hub:
         ssl_context: ssl.SSLContext,
         health: NodeHealth,
         config: HubConfig = HubConfig(),
+        *,
+        report_limits: ReportLimits | None = None,
     ) -> None:
         self._store = store
         self._ssl = ssl_context
         self._health = health
         self.config = config
-        self._sessions: dict[str, _Session] = {}
-        self._watchers: dict[str, set[str]] = {}  # key -> nodes whose view depends on it
+        self.counters: Counter[str] = Counter()
+        self._sync = HubSync(store, config, self.counters)
+        self._sessions = self._sync.sessions
+        self._reports = Reports(store, self.counters, report_limits or ReportLimits())
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)
         self._handshakes = trio.CapacityLimiter(config.max_handshakes)
         self._half_open: dict[_HalfOpen, None] = {}  # oldest first
         self._waiting = 0
         self._resync_seconds = 0.01  # moving average, for retry_after estimates
         self._stream_ids = 0
-        self._ready: deque[_Session] = deque()  # dirty sessions, each at most once
-        self._ready_lot = trio.lowlevel.ParkingLot()
-        self.counters: Counter[str] = Counter()
+        self._failures = FailureLog(log)
         self.port = 0
 
     def statistics(self) -> dict[str, int]:
@@ -156,64 +116,13 @@ class Hub:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._dispatch)
-            for _ in range(self.config.senders):
-                nursery.start_soon(self._sender)
-            nursery.start_soon(self._progress_ticker)
+            await nursery.start(self._sync.run)
             await nursery.start(self._watch_revocations)
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
             self.port = listeners[0].socket.getsockname()[1]
             log.info("hub listening on %s:%d", self.config.host, self.port)
             task_status.started(self.port)
             await trio.serve_listeners(self._handle_tcp, listeners, handler_nursery=nursery)
-
-    # ---- store events → dirty sessions -------------------------------------------------
-
-    async def _dispatch(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        started = False
-        while True:
-            with self._store.subscribe() as sub:
-                if not started:
-                    task_status.started()
-                    started = True
-                else:
-                    for s in self._sessions.values():
-                        self._mark_dirty(s)
-                try:
-                    async for ev in sub:
-                        self._route(ev.key, ev.record.node, ev.prev.node if ev.prev else None)
-                except SubscriptionLost:
-                    self.counters["dispatch_resubscribed"] += 1
-                    log.warning("hub fell behind the store's events; resyncing all sessions")
-
-    def _route(self, key: str, node: str | None, prev_node: str | None) -> None:
-        for n in (node, prev_node):
-            if n is not None and (s := self._sessions.get(n)) is not None:
-                self._mark_dirty(s)
-        for n in self._watchers.get(key, ()):
-            if (s := self._sessions.get(n)) is not None:
-                self._mark_dirty(s)
-
-    def _mark_dirty(self, session: _Session) -> None:
-        session.dirty = True
-        if session.live and not session.queued:
-            session.queued = True
-            self._ready.append(session)
-            self._ready_lot.unpark()
-
-    def _watch(self, session: _Session, view: View) -> None:
-        old, new = session.refs, view.refs
-        for k in old - new:
-            nodes = self._watchers.get(k)
-            if nodes is not None:
-                nodes.discard(session.node)
-                if not nodes:
-                    del self._watchers[k]
-        for k in new - old:
-            self._watchers.setdefault(k, set()).add(session.node)
-        session.refs = new
 
     # ---- connections ----------------------------------------------------------------
 
@@ -248,9 +157,15 @@ class Hub:
                     nursery.cancel_scope.cancel()
         except BaseException as exc:
             leaf = edgeproto.first_leaf(exc, skip=(trio.Cancelled,))
-            if not isinstance(leaf, _CONNECTION_ENDED):
-                raise
-            log.debug("node %s (%s) connection ended: %s", node, peer, leaf)
+            if isinstance(leaf, _CONNECTION_ENDED):
+                log.debug("node %s (%s) connection ended: %s", node, peer, leaf)
+            elif isinstance(exc, Exception):
+                # A bug of ours or a peer's input nobody foresaw: it costs this
+                # connection (the agent reconnects), never the gateway.
+                self.counters["connections_failed"] += 1
+                self._failures.failed(f"connection of node {node} ({peer}) failed", leaf)
+            else:
+                raise  # cancelled (shutting down), KeyboardInterrupt...
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -366,7 +281,7 @@ class Hub:
             )
             await ws.aclose(CLOSE_TRY_AGAIN, "busy, retry later")
             return
-        session = _Session(node, ws)
+        session = Session(node, ws)
         old = self._sessions.get(node)
         if old is not None:
             self.counters["sessions_replaced"] += 1
@@ -376,27 +291,18 @@ class Hub:
         self._sessions[node] = session
         try:
             try:
-                await self._resync(session, last_rev)
+                took = await self._sync.resync(session, last_rev)
             finally:
                 self._resyncs.release()
+            self._resync_seconds = 0.9 * self._resync_seconds + 0.1 * took
             await self._health.connected(node)
             log.info("node %s connected from %s (last_rev %d)", node, peer, last_rev)
-            session.live = True
-            session.progress_at = trio.current_time() - random.uniform(0, 0.2) * (
-                self.config.progress_interval
-            )
-            if session.dirty:  # something changed while the resync was under way
-                session.dirty = False
-                self._mark_dirty(session)
+            self._sync.go_live(session)
             await self._reader(session)
         finally:
-            session.live = False
             for stream in (session.streams or {}).values():
                 stream.abort(502, "BadGateway", f"node {node} disconnected")
-            if self._sessions.get(node) is session:
-                del self._sessions[node]
-                self._health.disconnected(node)
-                self._watch(session, View({}, frozenset()))
+            self._sync.forget(session)
             log.info("node %s disconnected", node)
 
     async def _receive_hello(self, node: str, ws: tws.WebSocketConnection) -> Message | None:
@@ -443,99 +349,7 @@ class Hub:
         base = 1.0 + backlog * self._resync_seconds / max(1, self.config.max_resyncs)
         return round(min(60.0, base * random.uniform(1.0, 2.0)), 2)
 
-    async def _resync(self, session: _Session, last_rev: int) -> None:
-        t0 = trio.current_time()
-        plan = await self._store.call(plan_node_sync, self._store.backend, session.node, last_rev)
-        self._watch(session, plan.view)
-        if plan.mode == "snapshot":
-            msgs = edgeproto.snapshot_messages(
-                plan.rev, plan.upserts, max_size=self.config.max_message
-            )
-        else:
-            msgs = edgeproto.change_messages(
-                plan.rev, plan.upserts, plan.deletes, resync=True, max_size=self.config.max_message
-            )
-        for m in msgs:
-            await self._send(session.ws, m)
-        session.sent = plan.view.membership()
-        session.sent_rev = plan.rev
-        self.counters[f"resyncs_{plan.mode}"] += 1
-        took = trio.current_time() - t0
-        self._resync_seconds = 0.9 * self._resync_seconds + 0.1 * took
-
-    async def _sender(self) -> None:
-        """One of the shared senders: take a dirty session, send what changed."""
-        while True:
-            while not self._ready:
-                await self._ready_lot.park()
-            session = self._ready.popleft()
-            progress, session.progress = session.progress, False
-            session.dirty = False
-            try:
-                if session.live:
-                    await self._send_live(session, progress)
-            finally:
-                session.queued = False
-                if session.dirty and session.live:
-                    session.dirty = False
-                    self._mark_dirty(session)
-
-    async def _send_live(self, session: _Session, progress: bool) -> None:
-        with trio.move_on_after(self.config.send_timeout) as scope:
-            try:
-                if await self._send_changes(session, progress=progress):
-                    self.counters["changes_sent"] += 1
-            except _CONNECTION_ENDED:
-                return  # its reader sees the same and ends the session
-            except Exception:
-                self.counters["send_errors"] += 1
-                log.exception("sending changes to node %s failed", session.node)
-                scope.cancel()  # fall through to closing: its view is unknown now
-        if scope.cancelled_caught:
-            self.counters["sessions_too_slow"] += 1
-            log.warning(
-                "node %s took more than %.0f s to take a change; closing",
-                session.node,
-                self.config.send_timeout,
-            )
-            with trio.move_on_after(1, shield=True):
-                with contextlib.suppress(*_CONNECTION_ENDED):
-                    await session.ws.aclose(CLOSE_TRY_AGAIN, "too slow")
-
-    async def _progress_ticker(self) -> None:
-        """Now and then advance idle nodes' last_rev (an empty change) so a later
-        resync stays a delta after compaction."""
-        interval = self.config.progress_interval
-        while True:
-            await trio.sleep(interval / 10)
-            now, rev = trio.current_time(), self._store.current_rev()
-            for session in list(self._sessions.values()):
-                if session.live and now - session.progress_at >= interval:
-                    session.progress_at = now
-                    if rev != session.sent_rev:
-                        session.progress = True
-                        self._mark_dirty(session)
-
-    async def _send_changes(self, session: _Session, *, progress: bool) -> bool:
-        """One live step. A function of its own so that the view (every record of
-        the node's objects) is garbage as soon as it returns, not kept alive by a
-        loop variable while the session idles."""
-        plan: ViewSync = await self._store.call(
-            plan_node_sync, self._store.backend, session.node, None, session.sent
-        )
-        self._watch(session, plan.view)
-        if not plan.upserts and not plan.deletes and not progress:
-            return False  # e.g. a status write: nothing the node needs
-        for m in edgeproto.change_messages(
-            plan.rev, plan.upserts, plan.deletes, max_size=self.config.max_message
-        ):
-            await self._send(session.ws, m)
-        session.sent = plan.view.membership()
-        session.sent_rev = plan.rev
-        session.progress_at = trio.current_time()
-        return True
-
-    async def _reader(self, session: _Session) -> None:
+    async def _reader(self, session: Session) -> None:
         ws = session.ws
         msg: Message | None = None
         while True:
@@ -559,9 +373,11 @@ class Hub:
             elif msg.kind is Kind.ACK:
                 self.counters["acks"] += 1
             elif msg.kind is Kind.REPORT:
-                await self._report(session, msg)
+                body = await self._reports.handle(session.node, msg)
+                await self._send(ws, Message(Kind.ACK, parent=msg.id, body=body))
             elif msg.kind is Kind.REQUEST:
-                await self._request(session, msg)
+                body = await self._reports.request(session.node, session.sent, msg)
+                await self._send(ws, Message(Kind.RESPONSE, parent=msg.id, body=body))
             elif msg.kind in (Kind.STREAM_DATA, Kind.STREAM_END):
                 self._stream_message(session, msg)
             elif msg.kind is Kind.ERROR:
@@ -614,151 +430,13 @@ class Hub:
                     with contextlib.suppress(*_CONNECTION_ENDED):
                         await send(Message(Kind.STREAM_END, parent=sid, body={}))
 
-    def _stream_message(self, session: _Session, msg: Message) -> None:
+    def _stream_message(self, session: Session, msg: Message) -> None:
         stream = (session.streams or {}).get(msg.parent or 0)
         if stream is None:
             self.counters["stream_frames_unknown"] += 1  # e.g. output after we ended it
             return
         if not stream.deliver(msg):
             self.counters["stream_frames_bad"] += 1
-
-    # ---- edge → cloud ---------------------------------------------------------------
-
-    def _may_write(self, node: str, key: str, rec_node: str | None) -> bool:
-        """A node writes its own Node, and the status of pods and devices bound to it."""
-        resource, _, name = key.split("/", 2)
-        if resource == "nodes":
-            return name == node
-        return resource in _NODE_WRITABLE and rec_node == node
-
-    async def _report(self, session: _Session, msg: Message) -> None:
-        key, error = msg.res or "", None
-        status: dict[str, Any] = {}
-        desired: dict[str, str] = {}
-        history: list[dict[str, str]] = []
-        event: dict[str, Any] = {}
-        try:
-            edgeproto.split_key(key)
-            if msg.op == "status":
-                got = msg.body.get("status")
-                if not isinstance(got, dict):
-                    raise ProtocolError("a status report needs a status map", code="bad-field")
-                status = got
-            elif msg.op == "desired" and key.startswith("devices/"):
-                want = msg.body.get("desired")
-                if not isinstance(want, dict) or not want:
-                    raise ProtocolError("desired must be a non-empty map", code="bad-field")
-                desired = {
-                    k: v for k, v in want.items() if isinstance(k, str) and isinstance(v, str)
-                }
-                if len(desired) != len(want):
-                    raise ProtocolError(
-                        "desired must map property names to strings", code="bad-field"
-                    )
-            elif msg.op == "twin-history" and key.startswith("devices/"):
-                history = _history_entries(msg.body.get("history"))
-            elif msg.op == "event" and key.startswith("nodes/"):
-                event = edge_event(key.rsplit("/", 1)[1], msg.id, msg.body)
-            else:
-                raise ProtocolError(f"unsupported report op {msg.op!r} for {key}", code="bad-field")
-            rec = await self._store.get(key)
-            if not self._may_write(session.node, key, rec.node):
-                self.counters["forbidden"] += 1
-                error = {"code": 403, "message": f"node {session.node} may not write {key}"}
-            elif msg.op == "desired":
-                await self._set_desired(key, desired)
-            elif msg.op == "twin-history":
-                await self._add_history(key, history)
-            elif msg.op == "event":
-                await self._record_event(event)
-            elif key.startswith("nodes/"):
-                await self._health.merge_node_status(session.node, status)
-            else:
-                await self._store.update_status(key, status)
-        except ProtocolError as exc:
-            self.counters["reports_malformed"] += 1
-            error = {"code": 400, "message": str(exc)}
-        except NotFound:
-            error = {"code": 404, "message": f"{key} not found"}
-        except StoreError as exc:
-            error = {"code": 409, "message": str(exc)}
-        if error is not None:
-            self.counters["reports_rejected"] += 1
-            log.debug("report %s from %s rejected: %s", key, session.node, error)
-        else:
-            self.counters["reports"] += 1
-        await self._send(
-            session.ws, Message(Kind.ACK, parent=msg.id, body={"error": error} if error else {})
-        )
-
-    async def _set_desired(self, key: str, desired: dict[str, str]) -> None:
-        """A desired value set at the edge becomes the device's spec desired value."""
-
-        def edit(rec: Record) -> dict[str, Any]:
-            obj = copy.deepcopy(rec.value)
-            props = (obj.get("spec") or {}).get("properties")
-            known = {p.get("name"): p for p in props or [] if isinstance(p, dict)}
-            unknown = sorted(set(desired) - set(known))
-            if unknown:
-                raise ProtocolError(f"{key} has no properties {unknown}", code="bad-field")
-            for name, value in desired.items():
-                d = known[name].get("desired")
-                d = d if isinstance(d, dict) else {}
-                d["value"] = value
-                known[name]["desired"] = d
-            return obj
-
-        await self._store.modify(key, edit)
-
-    async def _add_history(self, key: str, entries: list[dict[str, str]]) -> None:
-        """Values a device reported while its node was offline, kept (the newest
-        ``TWIN_HISTORY`` per property, in timestamp order) in
-        ``status.twinHistory[property]``; the latest value stays in ``twins``."""
-
-        def edit(rec: Record) -> dict[str, Any]:
-            status = copy.deepcopy(rec.value.get("status") or {})
-            kept = status.get("twinHistory")
-            kept = kept if isinstance(kept, dict) else {}
-            for e in entries:
-                ring = kept.get(e["propertyName"])
-                ring = ring if isinstance(ring, list) else []
-                item = {"value": e["value"], "timestamp": e["timestamp"]}
-                if item not in ring:
-                    ring.append(item)
-                ring.sort(key=lambda i: int(i.get("timestamp") or 0))
-                kept[e["propertyName"]] = ring[-TWIN_HISTORY:]
-            status["twinHistory"] = kept
-            return status
-
-        await self._store.modify(key, edit, status=True)
-
-    async def _record_event(self, event: dict[str, Any]) -> None:
-        meta = event["metadata"]
-        key = edgeproto.make_key("events", meta["namespace"], meta["name"])
-        try:
-            await self._store.create(key, event)
-            self.counters["edge_events"] += 1
-        except AlreadyExists:
-            self.counters["edge_events_resent"] += 1  # the outbox resends until acked
-
-    async def _request(self, session: _Session, msg: Message) -> None:
-        """``request{op: get, res: key}``: a node may read objects in its own view only."""
-        body: dict[str, Any]
-        key = msg.res or ""
-        if msg.op != "get":
-            body = {"error": {"code": 400, "message": f"unsupported request op {msg.op!r}"}}
-        elif key not in session.sent:
-            self.counters["forbidden"] += 1
-            body = {
-                "error": {"code": 403, "message": f"{key} is not in node {session.node}'s view"}
-            }
-        else:
-            try:
-                rec = await self._store.get(key)
-                body = {"object": edgeproto.encode_object(rec.value), "rev": rec.mod_rev}
-            except NotFound:
-                body = {"error": {"code": 404, "message": f"{key} not found"}}
-        await self._send(session.ws, Message(Kind.RESPONSE, parent=msg.id, body=body))
 
     # ---- framing --------------------------------------------------------------------
 
@@ -779,7 +457,17 @@ class Hub:
         except ProtocolError as exc:
             self.counters[f"frames_{exc.code}"] += 1
             log.debug("bad frame: %s", exc)
-            await self._send_error(ws, exc.code, str(exc))
+            if exc.message_kind == Kind.REPORT and exc.message_id is not None:
+                # Answered by its id, final: the agent's outbox lets go of it
+                # instead of holding a slot of its window for good.
+                self.counters["reports_malformed"] += 1
+                self.counters["reports_rejected"] += 1
+                error = {"code": 400, "message": f"undecodable report: {exc}"[:1000]}
+                await self._send(
+                    ws, Message(Kind.ACK, parent=exc.message_id, body={"error": error})
+                )
+            else:
+                await self._send_error(ws, exc.code, str(exc))
             return None
 
     async def _send(self, ws: tws.WebSocketConnection, msg: Message) -> None:
@@ -820,23 +508,3 @@ def _peer(stream: trio.SocketStream) -> str:
         return f"{host}:{port}"
     except OSError:
         return "?"
-
-
-def _history_entries(raw: Any) -> list[dict[str, str]]:
-    if not isinstance(raw, list) or not raw or len(raw) > 1000:
-        raise ProtocolError("history must be a list of 1..1000 entries", code="bad-field")
-    out = []
-    for e in raw:
-        if not isinstance(e, dict):
-            raise ProtocolError("a history entry must be a map", code="bad-field")
-        name, value, ts = e.get("propertyName"), e.get("value"), e.get("timestamp")
-        if not (isinstance(name, str) and isinstance(value, str) and isinstance(ts, str)):
-            raise ProtocolError(
-                "a history entry needs string propertyName, value and timestamp", code="bad-field"
-            )
-        if not ts.isdigit():
-            raise ProtocolError(
-                "a history timestamp is milliseconds since the epoch", code="bad-field"
-            )
-        out.append({"propertyName": name, "value": value, "timestamp": ts})
-    return out

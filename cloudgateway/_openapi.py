@@ -24,7 +24,7 @@ from ._apischema import KIND_SCHEMAS, Schema, named_schemas
 __all__ = ["group_version_paths", "openapi_v2", "openapi_v3", "openapi_v3_index"]
 
 _TITLE = "edgeflock"
-_API_VERSION = "v1.32.0"  # the Kubernetes API this one follows (see /version)
+_API_VERSION = "v1.30.0"  # the Kubernetes API this one follows (as /version says)
 
 _FIELD_VALIDATION = {
     "name": "fieldValidation",

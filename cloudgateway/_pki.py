@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 import secrets
 import socket
 import ssl
@@ -19,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edgeio import write_atomic
 
 from ._errors import GatewayError
 
@@ -56,18 +57,6 @@ class GatewayPki:
     server_cert_path: Path
     server_key_path: Path
     ca_pin: str
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` with ``mode`` via a synced temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -106,13 +106,18 @@ _HEAD = f"SELECT {_COLS} FROM kv WHERE key = ? ORDER BY mod_rev DESC LIMIT 1"
 _AT = f"SELECT {_COLS} FROM kv WHERE key = ? AND mod_rev <= ? ORDER BY mod_rev DESC LIMIT 1"
 _BEFORE = f"SELECT {_COLS} FROM kv WHERE key = ? AND mod_rev < ? ORDER BY mod_rev DESC LIMIT 1"
 
+# Both take (lo, after, hi[, rev], limit): keys in [lo, hi) and above ``after``
+# (pass lo's predecessor, "", when there is none), at most ``limit`` (-1: all).
 _LIST_CUR = (
     f"SELECT {_COLS} FROM cur JOIN kv ON kv.key = cur.key AND kv.mod_rev = cur.mod_rev "
-    "WHERE cur.key >= ? AND cur.key < ? ORDER BY cur.key"
+    "WHERE cur.key >= ? AND cur.key > ? AND cur.key < ? ORDER BY cur.key LIMIT ?"
 )
+# Each key's head as of the revision, tombstones dropped before the limit counts.
 _LIST_AT = (
-    "SELECT key, max(mod_rev), create_rev, spec_rev, node, deleted, value FROM kv "
-    "WHERE key >= ? AND key < ? AND mod_rev <= ? GROUP BY key ORDER BY key"
+    "SELECT * FROM ("
+    "  SELECT key, max(mod_rev), create_rev, spec_rev, node, deleted, value FROM kv"
+    "  WHERE key >= ? AND key > ? AND key < ? AND mod_rev <= ? GROUP BY key"
+    ") WHERE deleted = 0 ORDER BY key LIMIT ?"
 )
 _NODE_CUR = (
     f"SELECT {_COLS} FROM cur JOIN kv ON kv.key = cur.key AND kv.mod_rev = cur.mod_rev "
@@ -394,16 +399,28 @@ class SqliteBackend:
 
         return self._reading(run)
 
-    def list(self, prefix: str, *, rev: int | None = None) -> tuple[builtins.list[Record], int]:
-        """Live records under ``prefix`` sorted by key, and the revision read at."""
+    def list(
+        self,
+        prefix: str,
+        *,
+        rev: int | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> tuple[builtins.list[Record], int]:
+        """Live records under ``prefix`` sorted by key, and the revision read at;
+        with ``after``, only keys after it; with ``limit``, at most that many."""
         lo, hi = _key_range(check_text("prefix", prefix, empty=True))
+        above = "" if after is None else check_text("after", after, empty=True)
+        if limit is not None:
+            check_limit(limit)
+        n = -1 if limit is None else limit
 
         def run() -> tuple[builtins.list[Record], int]:
             at = self._at(rev)
             if at == self._meta("rev"):
-                rows = self._fetch(_LIST_CUR, (lo, hi))
+                rows = self._fetch(_LIST_CUR, (lo, above, hi, n))
             else:
-                rows = self._fetch(_LIST_AT, (lo, hi, at))
+                rows = self._fetch(_LIST_AT, (lo, above, hi, at, n))
             return [r for r in map(_record, rows) if r is not None], at
 
         return self._reading(run)

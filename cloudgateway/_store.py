@@ -242,9 +242,16 @@ class Store:
         return await self.call(functools.partial(self.backend.get, key, rev=rev))
 
     async def list(
-        self, prefix: str, *, rev: int | None = None
+        self,
+        prefix: str,
+        *,
+        rev: int | None = None,
+        after: str | None = None,
+        limit: int | None = None,
     ) -> tuple[builtins.list[Record], int]:
-        return await self.call(functools.partial(self.backend.list, prefix, rev=rev))
+        return await self.call(
+            functools.partial(self.backend.list, prefix, rev=rev, after=after, limit=limit)
+        )
 
     async def list_by_node(
         self, prefix: str, node: str, *, rev: int | None = None

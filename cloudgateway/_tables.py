@@ -250,6 +250,13 @@ TABLES["events"] = Table(
         ("NAME", object_name),
     ),
 )
+TABLES["namespaces"] = Table(
+    (
+        ("NAME", object_name),
+        ("STATUS", lambda o, _now: str(get_path(o, "status", "phase") or "Active")),
+        ("AGE", _age),
+    )
+)
 DEFAULT_TABLE = Table((("NAME", object_name), ("AGE", _age)))
 
 

@@ -32,6 +32,21 @@ class RestartPolicy:
 Service = Callable[..., Awaitable[None]]
 
 
+class _StartedOnce:
+    """The task status handed to every attempt of a module: the first
+    ``started()`` (the module's own, or the supervisor's after a failed first
+    start) is passed on to the caller; later ones do nothing."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self._task_status = task_status
+        self.reported = False
+
+    def started(self, value: None = None) -> None:
+        if not self.reported:
+            self.reported = True
+            self._task_status.started(value)
+
+
 async def supervise(
     name: str,
     run: Service,
@@ -39,21 +54,26 @@ async def supervise(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run ``run(task_status=...)``; restart it with exponential backoff on failure."""
+    """Run ``run(task_status=...)``; restart it with exponential backoff on failure.
+
+    If an attempt fails before it reports started, the supervisor reports it
+    started itself and keeps retrying: the modules after it in the list start
+    anyway, instead of waiting for as long as this one keeps failing (edged
+    with containerd down must not keep the hub from connecting). A retry's own
+    ``started()`` is then a no-op."""
+    status = _StartedOnce(task_status)
     delay = policy.initial
-    first = True
     while True:
-        started = trio.current_time()
+        began = trio.current_time()
         try:
-            if first:
-                first = False
-                await run(task_status=task_status)
-            else:
-                await run()
+            await run(task_status=status)
             log.warning("module %s returned; restarting", name)
         except Exception:
             log.exception("module %s failed; restarting in %.1f s", name, delay)
-        if trio.current_time() - started > policy.healthy_after:
+        if not status.reported:
+            log.warning("module %s did not start; starting the others without it", name)
+            status.started()
+        if trio.current_time() - began > policy.healthy_after:
             delay = policy.initial
         await trio.sleep(delay)
         delay = min(policy.cap, delay * 2)
@@ -62,12 +82,14 @@ async def supervise(
 async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = None) -> None:
     """Run the agent until cancelled. ``pod_streams`` serves the cloud's logs and
     exec requests when edged does not (edged takes over when ``config.cri`` is set)."""
-    meta = Meta(config.meta_path, outbox_max=config.outbox_max)
+    meta = Meta(config.meta_path, outbox_max=config.outbox_max, writable_retry=config.storage_retry)
     try:
         await meta.set_state(pid=os.getpid(), node=config.node, hub=config.hub_url)
+        client_ssl_context(config.data_dir)  # unusable credentials stop the start, clearly
         hub = HubClient(config, meta, lambda: client_ssl_context(config.data_dir))
         hub.pod_streams = pod_streams
         modules: list[tuple[str, Service]] = [
+            ("meta", meta.run),  # makes a read-only store (full card) writable again
             ("hub", hub.run),
             ("nodestatus", NodeStatusReporter(config, meta).run),
         ]

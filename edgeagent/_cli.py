@@ -132,10 +132,31 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
 
     try:
         trio.run(main_task)
-    except AgentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # start-up errors: one line each, the traceback at DEBUG
+        return print_errors(exc)
     return 0
+
+
+def print_errors(exc: BaseException) -> int:
+    """Print one ``error: ...`` line per failure inside ``exc`` (exception
+    groups flattened); the traceback is logged at DEBUG. Returns the exit code."""
+    from ._errors import AgentError
+
+    for leaf in _leaves(exc):
+        known = isinstance(leaf, AgentError | OSError)
+        print(
+            f"error: {leaf}" if known else f"error: {type(leaf).__name__}: {leaf}", file=sys.stderr
+        )
+    log.debug("traceback of the error above", exc_info=exc)
+    return 1
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    import trio
+
+    return [] if isinstance(exc, trio.Cancelled) else [exc]
 
 
 async def _stop_on_signal(signals: Any, scope: Any) -> None:
@@ -180,13 +201,7 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
     }
     if not path.exists():
         return nothing_yet
-    try:
-        # Read-only: a reader beside a running agent must never take a write
-        # lock, create tables or upgrade the store under it.
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-        conn.setbusytimeout(5000)
-    except apsw.Error as exc:
-        raise SystemExit(f"error: cannot read {path}: {exc}") from exc
+    conn = _open_for_status(path)
     try:
         if not conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
@@ -224,6 +239,29 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
         "outbox_dropped": int(state.get("outbox_dropped") or 0),
         "last_resync": state.get("last_resync"),
     }
+
+
+def _open_for_status(path: Path) -> Any:
+    """The store opened read-only. A reader beside a running agent must never
+    take a write lock, create tables or upgrade the store under it."""
+    import apsw
+
+    from ._meta import MetaError, open_meta_read_only
+
+    conn: apsw.Connection | None = None
+    try:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        conn.setbusytimeout(1000)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        conn.setbusytimeout(5000)
+        return conn
+    except apsw.Error:
+        if conn is not None:
+            conn.close()
+    try:  # a full or read-only card: read it the ways the agent itself does then
+        return open_meta_read_only(path, busy_timeout_ms=200)
+    except MetaError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 def _status(data_dir: Path, output: str) -> int:

@@ -34,6 +34,7 @@ class AgentConfig:
     outbox_max: int = 10_000
     outbox_window: int = 64  # reports in flight before waiting for acks
     status_interval: float = 60.0  # node status recomputed this often (sent only on change)
+    storage_retry: float = 10.0  # a read-only store (full card) retries writing this often
     max_message: int = 1 << 20
     cri: str | None = None
     # "grpcio" (default) or "h2": edged's own HTTP/2 client, ~15 MB leaner on a board.

@@ -50,7 +50,7 @@ from typing import Any
 
 import grpc
 import trio
-from google.protobuf import any_pb2, wrappers_pb2  # type: ignore[import-untyped,unused-ignore]
+from google.protobuf import any_pb2, wrappers_pb2
 
 import edgeproto
 from edgeproto import twin as tw

@@ -9,13 +9,15 @@ coming back is not hit by every board at once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import random
 import ssl
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -26,7 +28,7 @@ from edgeproto import AgentSync, Kind, Message, ProtocolError
 
 from ._config import AgentConfig
 from ._lean import import_trio_websocket, trim_heap
-from ._meta import Meta
+from ._meta import Meta, MetaError
 from ._streams import PodStreams, StreamServer
 
 log = logging.getLogger(__name__)
@@ -69,13 +71,8 @@ async def open_hub_connection(
             await stream.do_handshake()
         async with trio.open_nursery() as nursery:
             with trio.fail_after(connect_timeout):
-                ws = await tws.wrap_client_stream(
-                    nursery,
-                    stream,
-                    f"{host}:{port}",
-                    url.path or "/",
-                    message_queue_size=4,
-                    max_message_size=max_message,
+                ws = await _websocket_handshake(
+                    nursery, stream, f"{host}:{port}", url.path or "/", max_message
                 )
             try:
                 yield ws
@@ -87,6 +84,79 @@ async def open_hub_connection(
         raise edgeproto.first_leaf(group, skip=(trio.Cancelled,)) from None
     finally:
         await trio.aclose_forcefully(stream)
+
+
+class _WatchedStream(trio.abc.Stream):
+    """The TLS stream as trio-websocket sees it, noting when the peer ends the
+    connection. trio-websocket's client handshake waits for the server's answer
+    even after its reader has seen the connection end (a TLS alert rejecting
+    our certificate arrives after our side of the TLS 1.3 handshake is done):
+    this is how the caller learns of it at once."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ended = trio.Event()
+        self.why: BaseException | None = None
+
+    def _end(self, why: BaseException | None) -> None:
+        if not self.ended.is_set():
+            self.why = why
+            self.ended.set()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.stream.send_all(data)
+        except trio.BrokenResourceError as exc:
+            self._end(exc)
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except trio.BrokenResourceError as exc:
+            self._end(exc)
+            raise
+        if not data:
+            self._end(None)
+        return data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def _websocket_handshake(
+    nursery: trio.Nursery, stream: trio.abc.Stream, host: str, path: str, max_message: int
+) -> tws.WebSocketConnection:
+    """The WebSocket upgrade over ``stream``; a peer that ends the connection
+    before answering (a TLS alert, a reset, a close) fails it at once."""
+    watched = _WatchedStream(stream)
+    ws: tws.WebSocketConnection | None = None
+    async with trio.open_nursery() as race:
+
+        async def cancel_when_ended() -> None:
+            await watched.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(cancel_when_ended)
+        ws = await tws.wrap_client_stream(
+            nursery,
+            watched,  # type: ignore[arg-type]  # any trio Stream works; the hint is narrow
+            host,
+            path,
+            message_queue_size=4,
+            max_message_size=max_message,
+        )
+        race.cancel_scope.cancel()
+    if ws is None:
+        cause = watched.why.__cause__ if watched.why is not None else None
+        detail = f": {cause}" if cause is not None else " (connection closed)"
+        raise trio.BrokenResourceError(
+            f"the gateway ended the connection during the handshake{detail}"
+        ) from watched.why
+    return ws
 
 
 class _Retry(Exception):
@@ -107,6 +177,14 @@ class HubClient:
         self._ids = 0
         self._inflight: set[int] = set()
         self._acked = trio.Event()
+        # Reports the gateway answered "not now" (its store busy or full, this
+        # node over its rate): kept in the outbox and sent again from
+        # _resend_at on. They hold their place in the window meanwhile, so a
+        # gateway in trouble slows the sender down instead of seeing the whole
+        # outbox go by.
+        self._retry: set[int] = set()
+        self._resend_at = 0.0
+        self._retry_round = 0  # rounds of resends since the last report went through
         # Acked outbox rows are deleted in batches, at most once a second: one
         # SQLite transaction per burst of acks, not one per report (SD cards). A
         # crash before the delete only resends reports the gateway already has,
@@ -114,6 +192,7 @@ class HubClient:
         self._acks: list[int] = []
         self._acks_waiting = trio.Event()
         self._synced = False
+        self._storing = True  # False: a session on a read-only store applies nothing
         # Set by the app when edged runs: serves the cloud's logs/exec streams.
         self.pod_streams: PodStreams | None = None
         self._stream_server: StreamServer | None = None
@@ -145,6 +224,7 @@ class HubClient:
                 trio.BrokenResourceError,
                 trio.TooSlowError,
                 ProtocolError,
+                MetaError,  # a change could not be stored (full card): not acked, resent
             ) as exc:
                 self.counters["disconnects"] += 1
                 synced = False
@@ -172,6 +252,7 @@ class HubClient:
         """One connection; returns whether a resync completed before it ended."""
         cfg = self._cfg
         self._inflight.clear()
+        self._retry.clear()  # a new connection resends the whole outbox anyway
         self._synced = False
         try:
             async with open_hub_connection(
@@ -197,6 +278,7 @@ class HubClient:
         async def send(msg: Message) -> None:
             await self._send(ws, msg)
 
+        self._storing = self._meta.storage_problem is None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ack_writer)
@@ -205,6 +287,8 @@ class HubClient:
                 )
                 nursery.start_soon(self._pinger, ws)
                 nursery.start_soon(self._outbox_sender, ws)
+                if not self._storing:
+                    nursery.start_soon(self._resync_when_writable, nursery.cancel_scope)
                 while True:
                     with trio.move_on_after(cfg.heartbeat * 3) as idle:
                         data = await ws.get_message()
@@ -215,6 +299,13 @@ class HubClient:
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush_acks()
+
+    async def _resync_when_writable(self, session: trio.CancelScope) -> None:
+        """End a session begun on a read-only store once it is writable: the
+        next one resyncs what this one could not store."""
+        await self._meta.wait_writable()
+        log.info("store writable again: reconnecting to resync")
+        session.cancel()
 
     async def _flush_acks(self) -> None:
         if self._acks:
@@ -245,15 +336,7 @@ class HubClient:
         if msg.kind in (Kind.SNAPSHOT, Kind.CHANGE):
             return await self._sync(ws, sync, msg, len(data))
         if msg.kind is Kind.ACK and msg.parent is not None:
-            err = msg.body.get("error")
-            if err:
-                self.counters["reports_rejected"] += 1
-                log.warning("gateway rejected report %d: %s", msg.parent, err)
-            self._inflight.discard(msg.parent)
-            self._acks.append(msg.parent)
-            self._acks_waiting.set()
-            self._acked.set()
-            self._acked = trio.Event()
+            self._on_ack(msg.parent, msg.body)
         elif msg.kind is Kind.ERROR:
             if msg.body.get("code") == "retry":
                 after = msg.body.get("retry_after", 5)
@@ -268,6 +351,39 @@ class HubClient:
             self.counters["frames_unexpected"] += 1
         return False
 
+    def _on_ack(self, seq: int, body: Any) -> None:
+        """An answer to report ``seq``: done (applied or refused for good, its
+        row is deleted), or "try again later" (its row stays and is resent)."""
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("retry") is True:
+            if seq not in self._inflight:
+                return  # answered twice: it is resent already
+            self._inflight.discard(seq)
+            self.counters["reports_retry"] += 1
+            after = body.get("retry_after")
+            after = float(after) if isinstance(after, int | float) and after >= 0 else 1.0
+            after = min(after, self._cfg.backoff_cap)
+            now = trio.current_time()
+            if not self._retry:  # the first of a round: back off further each round
+                backoff = full_jitter(
+                    self._retry_round, self._cfg.backoff_base, self._cfg.backoff_cap
+                )
+                self._resend_at = now + max(after, backoff)
+                log.info("gateway asked to resend report %d later: %s", seq, err.get("message"))
+            else:
+                self._resend_at = max(self._resend_at, now + after)
+            self._retry.add(seq)
+        else:
+            self._inflight.discard(seq)
+            if err:
+                self.counters["reports_rejected"] += 1
+                log.warning("gateway rejected report %d: %s", seq, err)
+            self._retry_round = 0
+            self._acks.append(seq)
+            self._acks_waiting.set()
+        self._acked.set()
+        self._acked = trio.Event()
+
     async def _sync(
         self, ws: tws.WebSocketConnection, sync: AgentSync, msg: Message, nbytes: int
     ) -> bool:
@@ -280,6 +396,16 @@ class HubClient:
             return False
         if batch is None:
             return False
+        if not self._storing:
+            # The store was read-only (a full card) when this session began:
+            # nothing is applied, so nothing is acked; the session ends when the
+            # store is writable, and the next one resyncs.
+            self.counters["sync_batches_not_stored"] += 1
+            if batch.resync is None:
+                return False
+            self.connected = True
+            log.warning("resync received but not stored: the store is read-only")
+            return True
         extra: dict[str, Any] = {}
         if batch.resync is not None:
             r = batch.resync
@@ -312,13 +438,29 @@ class HubClient:
     async def _outbox_sender(self, ws: tws.WebSocketConnection) -> None:
         last_sent = 0
         while True:
-            room = self._cfg.outbox_window - len(self._inflight)
+            # Taken before anything below awaits: an answer arriving meanwhile
+            # (one that asks to resend, say) sets it, and the waits end at once.
+            answered = self._acked
+            if self._retry and trio.current_time() >= self._resend_at:
+                # Go back to the oldest report to resend; what was sent since
+                # and is still in flight or acked is skipped below.
+                last_sent = min(last_sent, min(self._retry) - 1)
+                self._retry.clear()
+                self._retry_round += 1
+            # No resend pending: wait forever (until woken).
+            wake = self._resend_at if self._retry else math.inf
+            room = self._cfg.outbox_window - len(self._inflight) - len(self._retry)
             if room <= 0:
-                await self._acked.wait()
+                with trio.move_on_at(wake):
+                    await answered.wait()
                 continue
             seen_gen = self._meta.outbox_generation
             items = await self._meta.outbox_after(last_sent, room)
+            done = set(self._acks)  # acked, not deleted yet
             for it in items:
+                last_sent = it.seq
+                if it.seq in self._inflight or it.seq in done:
+                    continue
                 try:
                     body = cbor2.loads(it.body)
                 except Exception:  # a corrupt row must not block the queue
@@ -329,9 +471,21 @@ class HubClient:
                 await self._send(
                     ws, Message(Kind.REPORT, id=it.seq, res=it.object_key, op=it.op, body=body)
                 )
-                last_sent = it.seq
             if not items:
-                await self._meta.wait_outbox(seen_gen)
+                with trio.move_on_at(wake):
+                    await self._wait_outbox_or_answer(seen_gen, answered)
+
+    async def _wait_outbox_or_answer(self, generation: int, answered: trio.Event) -> None:
+        """Until a report is enqueued after ``generation`` or ``answered`` is set
+        (a "try again" sets a time to resend)."""
+        async with trio.open_nursery() as nursery:
+
+            async def first(wait: Callable[[], Awaitable[object]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, functools.partial(self._meta.wait_outbox, generation))
+            nursery.start_soon(first, answered.wait)
 
     async def _send(self, ws: tws.WebSocketConnection, msg: Message) -> None:
         await ws.send_message(edgeproto.encode_message(msg, max_size=self._cfg.max_message))

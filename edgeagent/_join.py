@@ -4,9 +4,9 @@ CSR for a fresh key, store the node certificate. Only this path imports
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import re
 import ssl
 import urllib.error
@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edgeio import write_atomic
 
 from ._errors import AgentError
 
@@ -44,17 +46,6 @@ def spki_pin(cert_pem: bytes) -> str:
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def _request(url: str, ctx: ssl.SSLContext, timeout: float, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
@@ -76,6 +67,54 @@ def _request(url: str, ctx: ssl.SSLContext, timeout: float, body: Any = None) ->
         raise JoinFailed(f"cannot reach the gateway at {url}: {exc}") from None
     except ValueError as exc:
         raise JoinFailed(f"gateway answered with invalid JSON: {exc}") from None
+
+
+class _Staged:
+    """The enrollment written in two steps around the token's redemption.
+
+    Before: the data dir is created, the new key written beside the old one
+    (``node.key.new``) and room reserved for the rest (``join.pending``, 64 KiB):
+    a read-only or full card fails here, with the token still unused. After:
+    the reservation is freed, the certificate and CA written beside their old
+    versions, the three renamed into place (renames need no room), and the
+    enrollment written last."""
+
+    RESERVE = 64 * 1024
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir
+        self.pending = data_dir / "join.pending"
+
+    def prepare(self, key_pem: bytes) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(self.dir / "node.key.new", key_pem, 0o600)
+            write_atomic(self.pending, bytes(self.RESERVE), 0o600)
+        except OSError as exc:
+            self.discard()
+            raise JoinFailed(
+                f"cannot write to {self.dir} ({exc}); the token was not used: "
+                "free some space or make the directory writable and run join again"
+            ) from None
+
+    def discard(self) -> None:
+        for name in ("node.key.new", "node.key.new.tmp", "join.pending", "join.pending.tmp"):
+            with contextlib.suppress(OSError):
+                (self.dir / name).unlink()
+
+    def commit(self, cert: bytes, ca: bytes, enrollment: bytes) -> None:
+        try:
+            self.pending.unlink()
+            write_atomic(self.dir / "node.crt.new", cert, 0o644)
+            write_atomic(self.dir / "ca.crt.new", ca, 0o644)
+            for name in ("node.key", "node.crt", "ca.crt"):
+                (self.dir / (name + ".new")).replace(self.dir / name)
+            write_atomic(self.dir / "enrollment.json", enrollment, 0o644)  # last: enrolled now
+        except OSError as exc:
+            raise JoinFailed(
+                f"cannot write to {self.dir} after the gateway enrolled this board ({exc}); "
+                "the token is spent: ask for a new one"
+            ) from None
 
 
 def join(gateway_url: str, token: str, data_dir: Path, *, timeout: float = 15.0) -> Enrollment:
@@ -106,33 +145,32 @@ def join(gateway_url: str, token: str, data_dir: Path, *, timeout: float = 15.0)
     # Ed25519: the gateway holds one parsed client certificate per connected
     # node, and an Ed25519 key is ~1.8 KiB smaller there than a P-256 one.
     key = ed25519.Ed25519PrivateKey.generate()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeflock-node")]))
         .sign(key, None)
     )
-    answer = _request(
-        f"{base}/v1/join",
-        verified,
-        timeout,
-        {"token": secret, "csr": csr.public_bytes(serialization.Encoding.PEM).decode()},
-    )
+    # The token is single-use: everything that can fail here (a read-only or
+    # full card) is tried before it is spent.
+    staged = _Staged(data_dir)
+    staged.prepare(key_pem)
     try:
+        answer = _request(
+            f"{base}/v1/join",
+            verified,
+            timeout,
+            {"token": secret, "csr": csr.public_bytes(serialization.Encoding.PEM).decode()},
+        )
         node, cert, hub = str(answer["node"]), str(answer["certificate"]), str(answer["hub"])
     except (KeyError, TypeError) as exc:
+        staged.discard()
         raise JoinFailed(f"gateway answer lacks {exc}") from None
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        _write(data_dir / "node.key", key_pem, 0o600)
-        _write(data_dir / "node.crt", cert.encode(), 0o644)
-        _write(data_dir / "ca.crt", ca_pem, 0o644)
-        enrollment = {"node": node, "hub": hub, "gateway": base}
-        _write(data_dir / "enrollment.json", json.dumps(enrollment, indent=2).encode(), 0o644)
-    except OSError as exc:
-        raise JoinFailed(f"cannot write to {data_dir}: {exc}") from None
+    except BaseException:
+        staged.discard()
+        raise
+    enrollment = {"node": node, "hub": hub, "gateway": base}
+    staged.commit(cert.encode(), ca_pem, json.dumps(enrollment, indent=2).encode())
     return Enrollment(node, hub, base)

@@ -61,6 +61,7 @@ from typing import Any, TypedDict
 
 import trio
 
+from edgeio import write_atomic
 from edgeproto import topics
 
 from ._config import AgentConfig
@@ -239,8 +240,6 @@ class MqttAuth:
             self.reload()
 
     def _write_files(self, mappers: Mapping[str, list[str]]) -> bool:
-        from ._join import _write as write_atomic  # (urllib/ssl only when auth is on)
-
         try:
             if not self._dir.is_dir():
                 self._dir.mkdir(parents=True, mode=0o750)
@@ -280,8 +279,6 @@ class MqttAuth:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("mqtt auth: %s is unusable (%s); making a new password", path, exc)
-        from ._join import _write as write_atomic
-
         password = secrets.token_urlsafe(24)
         body = {"username": mapper_user(protocol), "password": password}
         write_atomic(path, (json.dumps(body) + "\n").encode(), 0o600)

@@ -21,7 +21,7 @@ import trio
 import edgeproto
 
 from ._config import AgentConfig
-from ._meta import Meta
+from ._meta import Meta, StorageProblem
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,15 @@ def _addresses() -> list[dict[str, str]]:
     return out
 
 
-def node_status(config: AgentConfig) -> dict[str, Any]:
-    """The Node status this agent reports (no timestamps: it is compared for changes)."""
+def node_status(config: AgentConfig, storage: StorageProblem | None = None) -> dict[str, Any]:
+    """The Node status this agent reports (no timestamps: it is compared for
+    changes). ``storage``: why the agent's store is read-only; reported as
+    ``DiskPressure`` with its reason (``EdgeStorageFull``/``EdgeStorageReadOnly``)."""
+    disk = (
+        ("DiskPressure", "False", "AgentHasNoDiskPressure", "")
+        if storage is None
+        else ("DiskPressure", "True", storage.reason, storage.message)
+    )
     cpus = os.cpu_count() or 1
     mem = _meminfo_kib()
     capacity = {"cpu": str(cpus), "memory": f"{mem}Ki", "pods": "110"}
@@ -95,11 +102,11 @@ def node_status(config: AgentConfig) -> dict[str, Any]:
             "systemUUID": "",
         },
         "conditions": [
-            {"type": t, "status": "False", "reason": r}
-            for t, r in (
-                ("MemoryPressure", "AgentHasSufficientMemory"),
-                ("DiskPressure", "AgentHasNoDiskPressure"),
-                ("PIDPressure", "AgentHasSufficientPID"),
+            {"type": t, "status": st, "reason": r, **({"message": m} if m else {})}
+            for t, st, r, m in (
+                ("MemoryPressure", "False", "AgentHasSufficientMemory", ""),
+                disk,
+                ("PIDPressure", "False", "AgentHasSufficientPID", ""),
             )
         ],
     }
@@ -115,12 +122,15 @@ class NodeStatusReporter:
         key = edgeproto.make_key("nodes", "", self._cfg.node)
         task_status.started()
         while True:
-            status = node_status(self._cfg)
+            storage = self._meta.storage_generation
+            status = node_status(self._cfg, self._meta.storage_problem)
             comparable = {**status, "nodeInfo": {**status["nodeInfo"], "bootID": ""}}
             if comparable != self._last:
                 await self._meta.enqueue([(key, "status", cbor2.dumps({"status": status}), True)])
                 self._last = comparable
-            await trio.sleep(self._cfg.status_interval)
+            with trio.move_on_after(self._cfg.status_interval):
+                # a card that fills up or has room again is reported at once
+                await self._meta.wait_storage_changed(storage)
 
 
 def pending_status(pod: dict[str, Any], since: str) -> dict[str, Any]:

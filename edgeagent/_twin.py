@@ -10,9 +10,16 @@ Writes are batched for SD cards: a change marks rows dirty and a flusher
 writes everything dirty at most once per ~65 ms window in ONE transaction,
 together with the device status reports for the gateway (the outbox row of a
 device is coalesced: the latest full twin list wins, so a gateway down for
-days costs one row per device). Answers on MQTT are sent when the in-memory
-document changed; a crash within the window loses at most that window, which
-the mapper's next report repairs.
+days costs one row per device).
+
+Nothing is told before it is on disk: every message the twin publishes while
+a change is not yet committed (update, state and get results, documents,
+deltas, membership) waits for the commit of the batch that holds that change
+and goes out when it commits. A crash before the commit loses updates that no
+device was told were accepted (it resends them). When the commit fails (a
+full disk), each waiting request is answered with KubeEdge's error result,
+code 500; the changes stay in memory and are written when the store takes them
+again; pushes (documents, deltas) wait for that commit.
 
 Cloud → edge: a Device's ``spec.properties[].desired.value`` becomes the
 twin's expected value (cloud version bumped) and, when it differs from the
@@ -38,7 +45,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 import cbor2
@@ -51,11 +58,10 @@ from edgeproto.twin import TwinError, TwinProperty
 
 from ._config import AgentConfig
 from ._meta import Meta, MetaError
+from ._upload import Uploads
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 8192  # an event, not a file transfer
-MAX_UPLOAD_TOPIC = 200
 _RETRY_FIRST, _RETRY_MAX = 0.5, 30.0  # a failed flush (full disk) is retried
 
 __all__ = ["HISTORY_ANNOTATION", "DeviceTwin", "edge_bus_modules"]
@@ -163,6 +169,18 @@ def _twin_type(model_type: str) -> str:
     return model_type if model_type in known else "string"
 
 
+class _Waiting(NamedTuple):
+    """A message waiting for a commit."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    # The event id when it answers a request: answered with an error instead if
+    # the commit fails. None for a push: it waits for the next commit.
+    request: str | None = None
+    refusal: bool = False  # an error result already: sent as it is either way
+
+
 @dataclass
 class _Pending:
     """What the next flush writes."""
@@ -173,9 +191,11 @@ class _Pending:
     desired: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
     history: dict[tuple[str, str, int], tuple[str, int]] = field(default_factory=dict)
     purge: set[str] = field(default_factory=set)  # devices whose rows all go
-    uploads: list[tuple[str, Any, int]] = field(default_factory=list)  # (topic, payload, ms)
+    uploads: list[tuple[str, Any, int]] = field(default_factory=list)  # taken from Uploads
+    answers: list[_Waiting] = field(default_factory=list)  # published once this commits
 
     def __bool__(self) -> bool:
+        """Something to write (answers alone write nothing)."""
         return bool(
             self.rows
             or self.states
@@ -201,11 +221,12 @@ class DeviceTwin:
         self._observed: dict[tuple[str, str], str] = {}  # desired known when reported
         self._history_seq: dict[tuple[str, str], int] = {}
         self._pending = _Pending()
-        self._uploads = 0  # makes each upload's outbox key unique
-        self._dirty = trio.Event()
         self._saving = False  # a batch is being committed
+        self._dirty = trio.Event()
         self._flushed = trio.Event()  # set after every commit (or failed attempt)
         self.counters: Counter[str] = Counter()
+        # Events for the cloud share the twin's write batches (one transaction).
+        self.uploads = Uploads(config.node, self.counters, self._mark)
 
     def attach(self, publish: Publish) -> None:
         self._publish = publish
@@ -214,7 +235,7 @@ class DeviceTwin:
         """Receivers for every subscription of :data:`edgeproto.topics.SUBSCRIPTIONS`."""
         dev, node = topics.DEVICE_PREFIX + "+", topics.NODE_PREFIX + "+"
         return {
-            topics.UPLOAD_PREFIX + "#": self._on_upload,
+            **self.uploads.routes(),
             dev + topics.STATE_UPDATE: self._on_state_update,
             dev + topics.TWIN_UPDATE: self._on_twin_update,
             dev + topics.TWIN_GET: self._on_twin_get,
@@ -230,8 +251,9 @@ class DeviceTwin:
         return dict(self._twins.get(device, {}))
 
     async def wait_flushed(self) -> None:
-        """Wait until every change made so far is committed."""
-        while self._pending or self._saving:
+        """Wait until every change made so far is committed and every message
+        that waited for it is published."""
+        while self._pending or self._pending.answers or self._saving or self.uploads:
             await self._flushed.wait()
 
     # ---- the service ---------------------------------------------------------------
@@ -337,7 +359,7 @@ class DeviceTwin:
                 "removed_devices": [{"id": d.name, "name": d.name} for d in removed],
             }
             topic = topics.membership_topic(self._cfg.node, topics.MEMBERSHIP_UPDATED)
-            self._publish(topic, tw.encode(body), 1)
+            self._emit(_Waiting(topic, tw.encode(body), 1))
 
     def on_broker_connected(self) -> None:
         """Re-send every outstanding delta (a mapper may have missed them)."""
@@ -350,8 +372,31 @@ class DeviceTwin:
     # ---- persistence -------------------------------------------------------------
 
     def _mark(self) -> None:
-        if self._pending:
+        if self._pending or self._pending.answers or self.uploads:
             self._dirty.set()
+
+    def _emit(self, msg: _Waiting) -> None:
+        """Publish now when everything the twin holds is on disk; else with the
+        commit of the next batch."""
+        if self._pending or self._saving:
+            self._pending.answers.append(msg)
+            self._dirty.set()
+        else:
+            self._publish(msg.topic, msg.payload, msg.qos)
+
+    def _answer_batch(self, answers: list[_Waiting], error: str | None) -> None:
+        """The batch committed (``error`` None) or failed: send what waited on it.
+        On failure a request is answered as edgecore answers a twin update whose
+        database write failed: KubeEdge's error result, code 500."""
+        for msg in answers:
+            if error is None or msg.refusal:
+                self._publish(msg.topic, msg.payload, msg.qos)
+            elif msg.request is not None:
+                reason = f"Update device twin failed due to writing sql error: {error}"
+                body = tw.error_message(msg.request, _now_ms(), tw.INTERNAL_ERROR, reason)
+                self._publish(msg.topic, tw.encode(body), msg.qos)
+            else:
+                self._pending.answers.append(msg)
 
     async def _flusher(self) -> None:
         # At most one transaction per window: a change after a quiet spell is
@@ -366,18 +411,22 @@ class DeviceTwin:
             last = trio.current_time()
             self._dirty = trio.Event()
             pending, self._pending = self._pending, _Pending()
+            pending.uploads = self.uploads.take()
             self._saving = True
             try:
-                await self._flush(pending)
+                if pending or pending.uploads:
+                    await self._flush(pending)
             except MetaError as exc:
                 # A full disk, most likely. Nothing is lost: what could not be
                 # written stays in memory (merged with what comes meanwhile)
-                # and is written when the store takes it again.
-                self._restore(pending)
+                # and is written when the store takes it again. Requests that
+                # waited for this commit are answered with an error now.
                 self._saving = False
+                self._restore(pending)
+                self._answer_batch(pending.answers, str(exc))
+                self.counters["flush_failures"] += 1
                 self._flushed.set()
                 self._flushed = trio.Event()
-                self.counters["flush_failures"] += 1
                 log.warning("twin: cannot write (%s); retrying in %.1f s", exc, retry)
                 await trio.sleep(retry)
                 retry = min(retry * 2, _RETRY_MAX)
@@ -388,9 +437,14 @@ class DeviceTwin:
                 self._restore(pending)
                 raise
             self._saving = False
+            self._answer_batch(pending.answers, None)
+            if not self._pending and self._pending.answers:
+                # Waited only for this commit (they came while it ran): out now.
+                self._answer_batch(self._pending.answers, None)
+                self._pending.answers = []
+            retry = _RETRY_FIRST
             self._flushed.set()
             self._flushed = trio.Event()
-            retry = _RETRY_FIRST
 
     def _restore(self, p: _Pending) -> None:
         q = self._pending
@@ -401,7 +455,7 @@ class DeviceTwin:
         for d, v in p.desired.items():
             q.desired[d] = {**v, **q.desired.get(d, {})}
         q.history = {**p.history, **q.history}
-        q.uploads[:0] = p.uploads
+        self.uploads.restore(p.uploads)
 
     async def _flush(self, p: _Pending) -> None:
         upserts: list[tuple[str, str, str]] = []
@@ -431,11 +485,7 @@ class DeviceTwin:
                 entry = {"propertyName": prop, "value": value, "timestamp": str(ts)}
                 body = cbor2.dumps({"history": [entry]})
                 items.append((f"{d.key}#h{prop}.{slot}", "twin-history", body, True))
-        node_key = edgeproto.make_key("nodes", "", self._cfg.node)
-        for what, payload, ms in p.uploads:  # each one its own row: events never coalesce
-            self._uploads += 1
-            body = cbor2.dumps({"topic": what, "payload": payload, "timestamp": ms})
-            items.append((f"{node_key}#up{ms}.{self._uploads}", "event", body, False))
+        items += self.uploads.outbox(p.uploads)
 
         def write(conn: apsw.Connection) -> Outbox:
             if upserts:
@@ -496,16 +546,29 @@ class DeviceTwin:
 
     # ---- MQTT receivers (trio thread, must not block) --------------------------------
 
-    def _send(self, device: str, suffix: str, body: dict[str, Any]) -> None:
+    def _send(
+        self,
+        device: str,
+        suffix: str,
+        body: dict[str, Any],
+        *,
+        request: str | None = None,
+        refusal: bool = False,
+    ) -> None:
+        """``body`` to the device once what it shows is on disk. ``request`` (its
+        event id) makes it the answer to a request, answered with an error
+        instead when the commit fails (unless it is a ``refusal`` already)."""
         # Answers are QoS 0 (KubeEdge's default; a client that is gone misses them
         # anyway); deltas are QoS 1 and wait in paho's queue across a reconnect.
         qos = 1 if suffix == topics.TWIN_UPDATE_DELTA else 0
-        self._publish(topics.device_topic(device, suffix), tw.encode(body), qos)
+        topic = topics.device_topic(device, suffix)
+        self._emit(_Waiting(topic, tw.encode(body), qos, request, refusal))
 
     def _fail(self, device: str, suffix: str, what: str, err: TwinError) -> None:
         self.counters[f"{what}_{err.code}"] += 1
         log.debug("twin: %s of %s rejected: %s", what, device, err)
-        self._send(device, suffix, tw.error_message(err.event_id, _now_ms(), err.code, err.reason))
+        body = tw.error_message(err.event_id, _now_ms(), err.code, err.reason)
+        self._send(device, suffix, body, request=err.event_id, refusal=True)
 
     def _device_of(self, topic: str) -> str:
         parsed = topics.parse_device_topic(topic)
@@ -549,7 +612,10 @@ class DeviceTwin:
                 p.desired[dev][name] = exp.value
         self._mark()
         self._send(
-            dev, topics.TWIN_UPDATE_RESULT, tw.twin_message(update.event_id, now, merge.result)
+            dev,
+            topics.TWIN_UPDATE_RESULT,
+            tw.twin_message(update.event_id, now, merge.result),
+            request=update.event_id,
         )
         if merge.changed:
             self._send(
@@ -572,7 +638,8 @@ class DeviceTwin:
             self._fail(dev, topics.TWIN_GET_RESULT, "twin_get", err)
             return
         self.counters["twin_gets"] += 1
-        self._send(dev, topics.TWIN_GET_RESULT, tw.twin_message(ev, now, self._twins.get(dev, {})))
+        body = tw.twin_message(ev, now, self._twins.get(dev, {}))
+        self._send(dev, topics.TWIN_GET_RESULT, body, request=ev)
 
     def _on_state_update(self, topic: str, payload: bytes) -> None:
         dev = self._device_of(topic)
@@ -601,7 +668,7 @@ class DeviceTwin:
             "timestamp": now,
             "device": {"name": dev, "state": state, "last_online": last_online},
         }
-        self._send(dev, topics.STATE_UPDATE_RESULT, body)
+        self._send(dev, topics.STATE_UPDATE_RESULT, body, request=ev)
 
     def _on_membership(self, topic: str, payload: bytes) -> None:
         parsed = topics.parse_node_topic(topic)
@@ -615,12 +682,13 @@ class DeviceTwin:
             else topics.MEMBERSHIP_DETAIL_RESULT
         )
         now = _now_ms()
+        topic = topics.membership_topic(node, result)
         try:
             ev, _ = tw.parse_base(payload)
         except TwinError as err:
             self.counters[f"membership_{err.code}"] += 1
             body = tw.error_message(err.event_id, now, err.code, err.reason)
-            self._publish(topics.membership_topic(node, result), tw.encode(body), 0)
+            self._emit(_Waiting(topic, tw.encode(body), 0, err.event_id, refusal=True))
             return
         self.counters["membership_gets"] += 1
         devices = [
@@ -628,39 +696,12 @@ class DeviceTwin:
             for n, d in sorted(self._devices.items())
         ]
         body = {"event_id": ev, "timestamp": now, "devices": devices}
-        self._publish(topics.membership_topic(node, result), tw.encode(body), 0)
+        self._emit(_Waiting(topic, tw.encode(body), 0, ev))
 
     def _on_cloud_updated(self, topic: str, payload: bytes) -> None:
         # KubeEdge's cloud sync topic: in edgeflock cloud changes arrive through the
         # gateway's sync, never from the local bus.
         self.counters["cloud_updated_ignored"] += 1
-
-    def _on_upload(self, topic: str, payload: bytes) -> None:
-        """``$hw/events/upload/<what>``: an event from a mapper or an app, sent to
-        the cloud (where it becomes a Kubernetes Event on this node). The payload
-        is JSON, or else UTF-8 text kept as a string."""
-        what = topic[len(topics.UPLOAD_PREFIX) :]
-        reason = ""
-        if not what or len(what) > MAX_UPLOAD_TOPIC:
-            reason = f"the topic's suffix must be 1-{MAX_UPLOAD_TOPIC} characters"
-        elif len(payload) > MAX_UPLOAD_BYTES:
-            reason = f"payload of {len(payload)} bytes is over {MAX_UPLOAD_BYTES}"
-        else:
-            try:
-                text = payload.decode("utf-8")
-            except UnicodeDecodeError:
-                reason = "payload is neither JSON nor UTF-8 text"
-        if reason:
-            self.counters["uploads_rejected"] += 1
-            log.warning("twin: upload on %s rejected: %s", topic, reason)
-            return
-        try:
-            body: Any = json.loads(text)
-        except ValueError:
-            body = text
-        self._pending.uploads.append((what, body, _now_ms()))
-        self.counters["uploads"] += 1
-        self._mark()
 
 
 def edge_bus_modules(

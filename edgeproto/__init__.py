@@ -14,7 +14,6 @@ from ._envelope import (
     encode_message,
 )
 from ._errors import EdgeProtoError, FrameTooLarge, ProtocolError, UnknownKind, first_leaf
-from ._frame import FrameDecoder, frame_message
 from ._schema import (
     NODE_LABEL,
     RESOURCES,
@@ -53,7 +52,6 @@ __all__ = [
     "Apply",
     "EdgeProtoError",
     "Entry",
-    "FrameDecoder",
     "FrameTooLarge",
     "Kind",
     "Message",
@@ -68,7 +66,6 @@ __all__ = [
     "encode_message",
     "encode_object",
     "first_leaf",
-    "frame_message",
     "key_of",
     "make_key",
     "owner_node",

@@ -8,6 +8,7 @@ nothing else.
 from __future__ import annotations
 
 import enum
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,15 +99,71 @@ def _reject_tag(_decoder: Any, tag: Any) -> Any:
 
 
 def decode_message(data: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Message:
-    """Decode and validate one message."""
+    """Decode and validate one message. A ``ProtocolError`` about a message whose
+    envelope still gives its version, id and kind carries them
+    (``message_id``, ``message_kind``) so that the sender can be told which
+    message was refused."""
     if len(data) > max_size:
         raise FrameTooLarge(f"message is {len(data)} bytes, limit {max_size}")
     try:
         wire = cbor2.loads(data, tag_hook=_reject_tag)
-    except ProtocolError:
+    except ProtocolError as exc:  # a tag (our tag_hook)
+        _name_message(exc, _leading_entries(data))
         raise
     except Exception as exc:  # cbor2 raises CBORDecodeError, ValueError, RecursionError...
-        raise ProtocolError(f"not a CBOR message: {exc}") from exc
+        err = ProtocolError(f"not a CBOR message: {exc}")
+        _name_message(err, _leading_entries(data))
+        raise err from exc
+    try:
+        return _message(wire)
+    except ProtocolError as exc:
+        if isinstance(wire, Mapping):
+            _name_message(exc, wire)
+        raise
+
+
+def _name_message(exc: ProtocolError, wire: Mapping[Any, Any]) -> None:
+    if wire.get("v") != VERSION:
+        return  # another protocol version: its fields may mean something else
+    mid, kind = wire.get("id"), wire.get("kind")
+    if type(mid) is int and 0 <= mid < 1 << 63 and isinstance(kind, str) and kind in _KINDS:
+        exc.message_id, exc.message_kind = mid, kind
+
+
+def _leading_entries(data: bytes) -> dict[Any, Any]:
+    """The entries of a CBOR map that decode, up to the first that does not:
+    ``encode_message`` writes ``v``, ``id`` and ``kind`` before the body, so a
+    message whose body cannot be decoded still names itself. Only the map's
+    header is read here; every entry is decoded by cbor2."""
+    if not data or data[0] >> 5 != 5:
+        return {}
+    info = data[0] & 0x1F
+    if info < 24:
+        count, start = info, 1
+    elif info in _LENGTH_BYTES:
+        size = _LENGTH_BYTES[info]
+        count, start = int.from_bytes(data[1 : 1 + size], "big"), 1 + size
+    elif info == 31:  # indefinite length: entries until a "break"
+        count, start = 1 << 64, 1
+    else:
+        return {}
+    decoder = cbor2.CBORDecoder(io.BytesIO(data[start:]), tag_hook=_reject_tag)
+    out: dict[Any, Any] = {}
+    try:
+        for _ in range(min(count, 8)):  # v, id and kind come first; a few more at most
+            key = decoder.decode()
+            if not isinstance(key, str):
+                break
+            out[key] = decoder.decode()
+    except Exception:  # the entry that made the whole message undecodable
+        pass
+    return out
+
+
+_LENGTH_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+def _message(wire: Any) -> Message:
     if not isinstance(wire, Mapping):
         raise ProtocolError(f"message is a {type(wire).__name__}, not a map")
     v = wire.get("v")

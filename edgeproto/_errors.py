@@ -17,6 +17,10 @@ class ProtocolError(EdgeProtoError):
     """
 
     code = "malformed"
+    # For a message that could not be decoded whole: its id and kind, when its
+    # envelope still named them (so that a report can be answered by its id).
+    message_id: int | None = None
+    message_kind: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

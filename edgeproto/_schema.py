@@ -69,6 +69,8 @@ class Resource:
 
 
 RESOURCES: tuple[Resource, ...] = (
+    # Namespaces live only in the cloud: ``owner_node`` places none on a node.
+    Resource("namespaces", "Namespace", "", "v1", False, ("namespace", "ns")),
     Resource("nodes", "Node", "", "v1", False, ("node", "no")),
     Resource("pods", "Pod", "", "v1", True, ("pod", "po")),
     Resource("configmaps", "ConfigMap", "", "v1", True, ("configmap", "cm")),
@@ -130,8 +132,8 @@ def owner_node(key: str, obj: Mapping[str, Any]) -> str | None:
     resource, _, name = split_key(key)
     if resource == "nodes":
         return name
-    if resource == "events":
-        return None  # about nodes, never sent to them
+    if resource in ("events", "namespaces"):
+        return None  # events are about nodes, namespaces organise the cloud: never sent
     spec = obj.get("spec")
     if isinstance(spec, Mapping):
         node = spec.get("nodeName")

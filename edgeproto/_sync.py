@@ -12,7 +12,7 @@ SQLite transaction each) and, once the caller has persisted a batch, the ack.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -271,7 +271,3 @@ class AgentSync:
                 self._pending = None
                 stats = ResyncStats("delta", p.nbytes, max(0.0, now - p.started), p.objects)
         return Apply(entries, list(dels), None if more else rev, resync=stats)
-
-
-def entries_by_key(entries: Iterable[Entry]) -> dict[str, Entry]:
-    return {e.key: e for e in entries}

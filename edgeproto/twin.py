@@ -214,7 +214,7 @@ def _loads(payload: bytes) -> dict[str, Any]:
         raise TwinError(BAD_REQUEST, f"message of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
         raise TwinError(BAD_REQUEST, ERR_UNMARSHAL) from None
     if not isinstance(obj, dict):
         raise TwinError(BAD_REQUEST, ERR_UNMARSHAL)
@@ -332,25 +332,25 @@ def parse_update(payload: bytes) -> TwinUpdate:
 
 
 def property_from_row(row: Any) -> TwinProperty:
-    """A stored property back from :meth:`TwinProperty.to_row`; ``ValueError`` if
-    the row is not one."""
+    """A stored property back from :meth:`TwinProperty.to_row`; :class:`TwinError`
+    (500: the store holds something the twin did not write) if the row is not one."""
 
     def value(v: Any, ts: Any) -> TwinValue | None:
         if v is None:
             return None
         if not isinstance(v, str) or type(ts) is not int:
-            raise ValueError("twin row: a value is a string with an int timestamp")
+            raise TwinError(INTERNAL_ERROR, "twin row: a value is a string with an int timestamp")
         return TwinValue(v, ts)
 
     def version(v: Any) -> Version | None:
         if v is None:
             return None
         if not (isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)):
-            raise ValueError("twin row: a version is [cloud, edge]")
+            raise TwinError(INTERNAL_ERROR, "twin row: a version is [cloud, edge]")
         return Version(v[0], v[1])
 
     if not isinstance(row, list) or len(row) != 8 or not isinstance(row[4], str):
-        raise ValueError("not a twin row")
+        raise TwinError(INTERNAL_ERROR, "not a twin row")
     return TwinProperty(
         expected=value(row[0], row[1]),
         actual=value(row[2], row[3]),

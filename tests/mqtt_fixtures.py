@@ -142,19 +142,13 @@ async def open_client(
     from edgeagent._eventbus import EventBus
 
     c = MqttClient()
-    # The subscriptions are in place once a probe on a topic subscribed with
-    # them (in the same SUBSCRIBE, routed first) comes back.
-    client_id = f"test-{free_port()}"
-    probe = f"edgeflock-test/probe/{client_id}"
-    probed = trio.Event()
-    routes: dict[str, Any] = {probe: lambda topic, payload: probed.set()}
-    routes.update(dict.fromkeys(subscriptions, c.receive))
-    c.bus = EventBus(url, client_id, routes, subscriptions=(probe, *subscriptions))
+    c.bus = EventBus(
+        url,
+        f"test-{free_port()}",
+        dict.fromkeys(subscriptions, c.receive),
+        subscriptions=subscriptions,
+    )
     await nursery.start(c.bus.run)
-    await until(lambda: c.bus.connected)
-    with trio.fail_after(5):
-        while not probed.is_set():  # a probe sent before the SUBACK is not delivered
-            c.bus.publish(probe, b"")
-            with trio.move_on_after(0.2):
-                await probed.wait()
+    with trio.fail_after(10):
+        await c.bus.wait_subscribed()  # SUBACK: the broker routes to it now
     return c

@@ -218,7 +218,7 @@ async def test_idle_nodes_follow_the_store_revision(nursery: trio.Nursery, tmp_p
             todo.extend(t for n in task.child_nurseries for t in n.child_tasks)
         return count
 
-    assert tasks_named("Hub._sender") == gw.running.hub.config.senders
+    assert tasks_named("HubSync._sender") == gw.running.hub.config.senders
     gw.scope.cancel()
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import trio
 
+import edgeproto
+
 from ._backoff import Backoff
 from ._cri import Cri, pb
 from ._errors import CriError
@@ -43,7 +45,7 @@ from ._spec import (
     pull_policy,
     resolve_env,
 )
-from ._status import ContainerView, container_status, pod_phase, rfc3339
+from ._status import ContainerView, container_status, pod_phase
 from ._volumes import MountError, container_mounts, prepare_volumes
 
 if TYPE_CHECKING:
@@ -112,7 +114,7 @@ class PodWorker:
         self._probes: dict[tuple[str, str], ProbeRunner] = {}  # (container id, kind)
         self._last_status: dict[str, Any] | None = None
         self._transitions: dict[str, tuple[str, str]] = {}
-        self._started_at = rfc3339(time.time_ns())
+        self._started_at = edgeproto.rfc3339(time.time())
         self._nursery: trio.Nursery | None = None
         self._err_since: dict[str, float] = {}
 
@@ -823,7 +825,7 @@ class PodWorker:
         if self.ctx.runtime_error:
             conds[-1] = ("Ready", False, "ContainerRuntimeDown")
         conditions = []
-        now = rfc3339(time.time_ns())
+        now = edgeproto.rfc3339(time.time())
         for ctype, ok, reason in conds:
             status = "True" if ok else "False"
             prev = self._transitions.get(ctype)
@@ -844,7 +846,11 @@ class PodWorker:
             "podIP": pod_ip,
             "podIPs": [{"ip": pod_ip}] if pod_ip else [],
             # the sandbox's creation time is stable across agent restarts
-            "startTime": rfc3339(sb.created_at) if sb and sb.created_at else self._started_at,
+            "startTime": (
+                edgeproto.rfc3339(sb.created_at / 1e9)  # containerd: ns
+                if sb and sb.created_at
+                else self._started_at
+            ),
             "containerStatuses": app_st,
             "qosClass": _qos(spec),
         }
@@ -873,7 +879,7 @@ class PodWorker:
             status = {k: v for k, v in self._last_status.items()}
         status["reason"] = "ContainerRuntimeDown"
         status["message"] = f"container runtime unreachable: {error}"
-        now = rfc3339(time.time_ns())
+        now = edgeproto.rfc3339(time.time())
         conds = [
             c
             for c in status.get("conditions", [])

@@ -11,11 +11,7 @@ import edgeproto
 
 from ._model import ContainerInfo
 
-__all__ = ["ContainerView", "container_status", "pod_phase", "rfc3339"]
-
-
-def rfc3339(ns: int | float) -> str:
-    return edgeproto.rfc3339(ns / 1e9)
+__all__ = ["ContainerView", "container_status", "pod_phase"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +32,9 @@ def _terminated(c: ContainerInfo) -> dict[str, Any]:
         "containerID": f"containerd://{c.id}",
     }
     if c.started_at:
-        out["startedAt"] = rfc3339(c.started_at)
+        out["startedAt"] = edgeproto.rfc3339(c.started_at / 1e9)  # containerd: ns
     if c.finished_at:
-        out["finishedAt"] = rfc3339(c.finished_at)
+        out["finishedAt"] = edgeproto.rfc3339(c.finished_at / 1e9)
     if c.message:
         out["message"] = c.message
     return out
@@ -49,7 +45,7 @@ def container_status(v: ContainerView) -> dict[str, Any]:
     state: dict[str, Any]
     last: dict[str, Any] = {}
     if c is not None and c.state == "running":
-        state = {"running": {"startedAt": rfc3339(c.started_at)}}
+        state = {"running": {"startedAt": edgeproto.rfc3339(c.started_at / 1e9)}}
         if v.prev is not None and v.prev.state == "exited":
             last = {"terminated": _terminated(v.prev)}
     elif c is not None and c.state == "exited":

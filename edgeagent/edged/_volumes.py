@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeio import fsync_dir, write_atomic
+
 from ._errors import EdgedError
 from ._spec import object_data
 
-__all__ = ["MountError", "VolumeMount", "container_mounts", "prepare_volumes", "write_atomic"]
+__all__ = ["MountError", "VolumeMount", "container_mounts", "prepare_volumes", "write_volume_files"]
 
 
 class MountError(EdgedError):
@@ -45,53 +47,61 @@ def _files(vol_src: Mapping[str, Any], data: dict[str, bytes], name: str) -> dic
     return out
 
 
-def write_atomic(target: Path, files: Mapping[str, bytes], mode: int) -> bool:
-    """Make ``target`` hold exactly ``files``; returns False when it already did."""
+def write_volume_files(target: Path, files: Mapping[str, bytes], mode: int) -> bool:
+    """Make ``target`` hold exactly ``files`` (relative paths), swapped in at once:
+    the files are written durably (:func:`edgeio.write_atomic`) into a new
+    ``..<stamp>/`` directory, then the ``..data`` link is renamed onto it. Returns
+    False when ``target`` already held them. On any error ``target`` is left as it
+    was and the new directory removed."""
+    for rel in files:
+        if not rel or rel.startswith("/") or ".." in Path(rel).parts:
+            raise MountError(f"invalid volume path {rel!r}")
     target.mkdir(parents=True, exist_ok=True)
     data_link = target / "..data"
-    current = {}
-    if data_link.is_symlink():
-        cur_dir = target / os.readlink(data_link)
-        for rel in files:
-            p = cur_dir / rel
-            if p.is_file():
-                current[rel] = p.read_bytes()
-        have = (
-            {str(p.relative_to(cur_dir)) for p in cur_dir.rglob("*") if p.is_file()}
-            if cur_dir.is_dir()
-            else set()
-        )
-        if current == dict(files) and have == set(files):
-            return False
+    if data_link.is_symlink() and _holds(target / os.readlink(data_link), files):
+        return False
     stamp = f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns() % 10**9}"
     new_dir = target / stamp
     new_dir.mkdir()
-    for rel, content in files.items():
-        if rel.startswith("/") or ".." in Path(rel).parts:
-            raise MountError(f"invalid volume path {rel!r}")
-        p = new_dir / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(content)
-        p.chmod(mode)
-    old = os.readlink(data_link) if data_link.is_symlink() else None
-    tmp = target / "..data_tmp"
-    if tmp.is_symlink():
-        tmp.unlink()
-    tmp.symlink_to(stamp)
-    os.replace(tmp, data_link)
+    swap = target / f"..data_tmp.{stamp}"
+    try:
+        for rel, content in files.items():
+            p = new_dir / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(p, content, mode)
+        for d in {p.parent for p in new_dir.rglob("*")}:
+            fsync_dir(d)  # the subdirectories' own entries
+        swap.symlink_to(stamp)
+        os.replace(swap, data_link)  # the swap; made durable by fsync_dir(target) below
+    except BaseException:
+        swap.unlink(missing_ok=True)
+        shutil.rmtree(new_dir, ignore_errors=True)
+        raise
     tops = {Path(rel).parts[0] for rel in files}
     for top in tops:
-        link = target / top
-        if not link.is_symlink():
-            link.symlink_to(f"..data/{top}")
+        if not (target / top).is_symlink():
+            (target / top).symlink_to(f"..data/{top}")
     for entry in target.iterdir():
         if entry.name.startswith(".."):
-            continue
-        if entry.is_symlink() and entry.name not in tops:
+            if entry.name not in ("..data", stamp):  # the old data, or left by a crash
+                if entry.is_symlink():
+                    entry.unlink()
+                else:
+                    shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_symlink() and entry.name not in tops:
             entry.unlink()
-    if old and old != stamp:
-        shutil.rmtree(target / old, ignore_errors=True)
+    fsync_dir(target)
     return True
+
+
+def _holds(directory: Path, files: Mapping[str, bytes]) -> bool:
+    """True when ``directory`` holds exactly ``files``."""
+    if not directory.is_dir():
+        return False
+    have = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
+    return have == set(files) and all(
+        (directory / rel).read_bytes() == content for rel, content in files.items()
+    )
 
 
 def prepare_volumes(
@@ -116,7 +126,7 @@ def prepare_volumes(
                 raise MountError(f'volume "{name}": {kind} "{obj_name}" not found')
             files = _files(src, object_data(obj), obj_name)
             mode = int(src.get("defaultMode", 0o644)) & 0o777
-            write_atomic(vdir, files, mode)
+            write_volume_files(vdir, files, mode)
             out[name] = str(vdir)
         elif "emptyDir" in vol:
             vdir.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ OFFLINE = "offline"
 class Publisher(Protocol):
     def publish(
         self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
-    ) -> None: ...
+    ) -> object: ...
 
 
 @dataclass

@@ -109,6 +109,10 @@ class Api:
         assert status == 201, body
         return dict(body)
 
+    async def namespace(self, name: str) -> None:
+        """Create namespace ``name`` (objects go only into namespaces that exist)."""
+        await self.create("/api/v1/namespaces", {"metadata": {"name": name}})
+
     async def watch(self, path: str) -> Watch:
         client = await Client.connect(self.port)
         await client.send_request("GET", path, headers=[("authorization", f"Bearer {TOKEN}")])
@@ -226,8 +230,10 @@ async def test_discovery(api: Api) -> None:
     assert status == 200 and body["kind"] == "APIVersions" and body["versions"] == ["v1"]
     status, body = await api.call("GET", "/apis")
     assert status == 200 and body["kind"] == "APIGroupList"
-    assert [g["name"] for g in body["groups"]] == ["devices.kubeedge.io"]
-    assert body["groups"][0]["preferredVersion"]["groupVersion"] == "devices.kubeedge.io/v1beta1"
+    groups = {g["name"]: g for g in body["groups"]}
+    assert list(groups) == ["authorization.k8s.io", "devices.kubeedge.io"]
+    devices = groups["devices.kubeedge.io"]
+    assert devices["preferredVersion"]["groupVersion"] == "devices.kubeedge.io/v1beta1"
     status, body = await api.call("GET", "/apis/devices.kubeedge.io/v1beta1")
     assert status == 200 and body["kind"] == "APIResourceList"
     assert {r["name"] for r in body["resources"]} == {
@@ -240,13 +246,26 @@ async def test_discovery(api: Api) -> None:
     assert status == 200 and body["kind"] == "APIResourceList" and body["groupVersion"] == "v1"
     by_name = {r["name"]: r for r in body["resources"]}
     core = [r for r in edgeproto.RESOURCES if not r.group]
-    assert set(by_name) == {*(r.name for r in core), *(f"{r.name}/status" for r in core)}
+    assert set(by_name) == {
+        *(r.name for r in core),
+        *(f"{r.name}/status" for r in core),
+        "services",  # read-only and empty, for kubectl cluster-info
+    }
     assert by_name["pods"] == {
         "name": "pods",
         "singularName": "pod",
         "namespaced": True,
         "kind": "Pod",
-        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+        "verbs": [
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ],
         "shortNames": ["po"],
     }
     assert by_name["nodes"]["namespaced"] is False and by_name["nodes"]["shortNames"] == ["no"]
@@ -384,7 +403,8 @@ async def test_routes_and_methods(api: Api) -> None:
         ("GET", "/api/v1/namespaces//pods", 404),
         ("GET", "/api/v1/namespaces/default/widgets", 404),
         ("POST", f"{NS}/pods/web", 405),
-        ("DELETE", f"{NS}/pods", 405),
+        ("DELETE", "/api/v1/pods", 405),  # deletecollection needs a namespace
+        ("DELETE", "/api/v1/namespaces", 405),  # namespaces go one by one
         ("PUT", f"{NS}/pods", 405),
         ("POST", "/api/v1/pods", 405),  # create needs a namespace
         ("GET", "/api/v1/nodes/pi-01", 200),
@@ -402,6 +422,7 @@ async def test_namespace_kind_and_name_must_match_the_url(api: Api) -> None:
     status, body = await api.call("POST", f"{NS}/pods", other)
     assert status == 422
     assert body["details"]["causes"][0]["field"] == "metadata.namespace"
+    await api.namespace("other")
     created = await api.create("/api/v1/namespaces/other/pods", pod("x"))
     assert created["metadata"]["namespace"] == "other"
     wrong_kind = cm("y")
@@ -447,9 +468,10 @@ async def test_bad_bodies(api: Api) -> None:
     # Under the body limit but over the object limit: 422.
     status, body = await api.call("POST", f"{NS}/configmaps", cm("big", k="x" * (2 << 20)))
     assert status == 422 and "limit" in body["message"]
-    # dryRun is refused rather than silently ignored.
-    status, body = await api.call("POST", f"{NS}/configmaps?dryRun=All", cm("dry"))
+    # An unknown dryRun value is refused rather than silently ignored.
+    status, body = await api.call("POST", f"{NS}/configmaps?dryRun=Some", cm("dry"))
     assert status == 400
+    assert_status(body, 400, "BadRequest")
     status, _ = await api.call("GET", f"{NS}/configmaps/dry")
     assert status == 404
     # The server still serves.
@@ -641,6 +663,7 @@ async def test_lists_with_label_and_field_selectors(api: Api) -> None:
     await api.create(f"{NS}/pods", pod("a", "pi-01", {"app": "web", "tier": "front"}))
     await api.create(f"{NS}/pods", pod("b", "pi-02", {"app": "web"}))
     await api.create(f"{NS}/pods", pod("c", "pi-01", {"app": "db"}))
+    await api.namespace("other")
     await api.create("/api/v1/namespaces/other/pods", pod("d", "pi-01", {"app": "web"}))
     status, body = await api.call("GET", f"{NS}/pods")
     assert status == 200 and body["kind"] == "PodList" and body["apiVersion"] == "v1"
@@ -693,6 +716,7 @@ async def test_lists_with_label_and_field_selectors(api: Api) -> None:
 
 async def test_watch_from_now_lists_then_follows(api: Api) -> None:
     await api.create(f"{NS}/configmaps", cm("a"))
+    await api.namespace("other")
     await api.create("/api/v1/namespaces/other/configmaps", cm("elsewhere"))
     w = await api.watch(f"{NS}/configmaps?watch=true")
     assert await w.take(1) == [("ADDED", "a")]
@@ -725,8 +749,8 @@ async def test_watch_replays_history_without_gaps_or_duplicates(api: Api) -> Non
     await api.create(f"{NS}/configmaps", cm("c"))
     assert await w.take(1) == [("ADDED", "c")]
     await w.aclose()
-    # All namespaces, from the very first revision.
-    w = await api.watch("/api/v1/configmaps?watch=1&resourceVersion=1&timeoutSeconds=0.5")
+    # All namespaces, from the revision that created the first configmap.
+    w = await api.watch(f"/api/v1/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=0.5")
     assert await w.take(4) == [
         ("ADDED", "b"),
         ("MODIFIED", "a"),
@@ -1033,6 +1057,7 @@ def near_valid(draw: st.DrawFn) -> tuple[edgeproto.Resource, Any]:
             "reason": "EdgeEvent",
             "message": "m",
         },
+        "Namespace": {"kind": "Namespace", "metadata": {"name": "team"}},
     }[resource.kind]
     obj = json.loads(json.dumps(base))
     for _ in range(draw(st.integers(1, 3))):

@@ -126,6 +126,8 @@ async def test_apply_creates_then_is_unchanged_then_configures(api: Api, tmp_pat
 
 async def test_apply_from_stdin_json_and_namespaces(api: Api) -> None:
     doc = {"kind": "List", "items": [cm("a"), cm("b")]}
+    await api.namespace("team")
+    await api.namespace("elsewhere")
     rc, out, _ = await run_ctl(api, "apply", "-n", "team", "-f", "-", stdin=json.dumps(doc))
     assert rc == 0 and out.splitlines() == ["configmap/a created", "configmap/b created"]
     _, body = await api.call("GET", "/api/v1/namespaces/team/configmaps")
@@ -228,6 +230,7 @@ async def seed(api: Api) -> None:
         },
     )
     await api.create(f"{NS}/pods", pod("db", "pi-02", {"app": "db"}))
+    await api.namespace("other")
     await api.create("/api/v1/namespaces/other/pods", pod("far", "pi-03"))
     await api.create(f"{NS}/configmaps", cm("settings", a="1", b="2"))
     await api.create(

@@ -376,6 +376,34 @@ def test_list_prefix_ranges(backend: Backend) -> None:
     assert keys(backend.list("pods/\ud7ff")[0]) == []
 
 
+def test_list_pages_after_a_key_with_a_limit_at_a_revision(backend: Backend) -> None:
+    for name in "abcdef":
+        backend.create(f"configmaps/default/{name}", {"metadata": {"name": name}})  # 1-6
+    backend.delete("configmaps/default/b")  # 7
+    backend.update("configmaps/default/c", {"metadata": {"name": "c"}, "data": {"v": "2"}})  # 8
+    page, rev = backend.list("configmaps/", limit=2)
+    assert keys(page) == ["configmaps/default/a", "configmaps/default/c"] and rev == 8
+    backend.delete("configmaps/default/d")  # 9
+    backend.create("configmaps/default/cc", {"metadata": {"name": "cc"}})  # 10
+    # The next page at the first one's revision: tombstones do not use up the limit.
+    page, at = backend.list("configmaps/", rev=rev, after=page[-1].key, limit=2)
+    assert keys(page) == ["configmaps/default/d", "configmaps/default/e"] and at == rev
+    page, _ = backend.list("configmaps/", rev=rev, after=page[-1].key, limit=2)
+    assert keys(page) == ["configmaps/default/f"]
+    # Now: d's tombstone is skipped, cc is there.
+    page, at = backend.list("configmaps/", after="configmaps/default/a", limit=3)
+    assert keys(page) == [
+        "configmaps/default/c",
+        "configmaps/default/cc",
+        "configmaps/default/e",
+    ]
+    assert at == 10
+    assert page[0].value["data"] == {"v": "2"}
+    assert backend.list("configmaps/", after="configmaps/default/f")[0] == []
+    with pytest.raises(StoreError):
+        backend.list("configmaps/", limit=0)
+
+
 def test_list_by_node_follows_a_pod_moving_between_nodes(backend: Backend) -> None:
     backend.create("nodes//pi-01", {"metadata": {"name": "pi-01"}})  # 1
     backend.create("pods/default/a", pod("a", "pi-01"))  # 2

@@ -10,14 +10,18 @@ import json
 from pathlib import Path
 
 import cbor2
+import pytest
 import trio
 import trio_websocket as tws
 
 import edgeproto
 from cloudgateway._pki import load_or_create_pki, server_ssl_context
-from edgeagent._hub import full_jitter
+from edgeagent._config import load_config
+from edgeagent._hub import HubClient, full_jitter, open_hub_connection
+from edgeagent._meta import Meta
+from edgeagent._tls import client_ssl_context
 from edgeproto import Entry, Kind, Message
-from tests.conftest import start_agent, wait_for, write_node_credentials
+from tests.conftest import Gateway, start_agent, wait_for, write_node_credentials
 
 
 def enroll(gw_dir: Path, data_dir: Path, node: str, hub_url: str) -> None:
@@ -84,3 +88,45 @@ def test_full_jitter_is_bounded_and_grows() -> None:
     assert full_jitter(3, 1.0, 60.0, rng=lambda: 0.999) > 7.0
     assert full_jitter(50, 1.0, 60.0, rng=lambda: 0.999) < 60.0
     assert full_jitter(50, 1.0, 60.0, rng=lambda: 0.0) == 0.0
+
+
+async def test_a_rejected_certificate_is_seen_at_once_not_after_connect_timeout(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """A real gateway refusing the agent's certificate (signed by another CA):
+    with TLS 1.3 the client's handshake completes before the server's verdict,
+    an alert that arrives in milliseconds. Before, the client then waited for
+    the WebSocket handshake for its whole connect_timeout (15 s)."""
+    data = tmp_path / "agent"
+    write_node_credentials(load_or_create_pki(tmp_path / "another-ca"), "pi-x", data)
+    (data / "ca.crt").write_bytes((gateway.data_dir / "ca.crt").read_bytes())  # trusts the gateway
+    url = f"wss://127.0.0.1:{gateway.ports['hub']}/"
+    began = trio.current_time()
+    with pytest.raises(trio.BrokenResourceError, match="during the handshake") as caught:
+        async with open_hub_connection(
+            url, client_ssl_context(data), connect_timeout=15.0, max_message=1 << 20
+        ):
+            pass
+    took = trio.current_time() - began
+    assert took < 5.0, f"the refusal took {took:.1f} s to be noticed"
+    # what the TLS layer saw is in the log line (the alert, or the reset after it)
+    assert any(w in str(caught.value) for w in ("alert", "reset", "closed"))
+
+
+async def test_the_hub_client_backs_off_as_usual_after_a_refusal(
+    nursery: trio.Nursery, gateway: Gateway, tmp_path: Path
+) -> None:
+    """The refusal is an ordinary disconnect: the client retries after its
+    jittered backoff, many times within one connect_timeout."""
+    data = tmp_path / "agent"
+    enroll(tmp_path / "another-ca", data, "pi-x", f"wss://127.0.0.1:{gateway.ports['hub']}/")
+    (data / "ca.crt").write_bytes((gateway.data_dir / "ca.crt").read_bytes())
+    config = load_config(data, connect_timeout=15.0, backoff_base=0.05, backoff_cap=0.2)
+    meta = Meta(config.meta_path)
+    hub = HubClient(config, meta, lambda: client_ssl_context(data))
+    began = trio.current_time()
+    nursery.start_soon(hub.run)
+    await wait_for(lambda: hub.counters["disconnects"] >= 3, timeout=14.0)
+    assert trio.current_time() - began < 14.0
+    assert not hub.connected
+    meta.close()

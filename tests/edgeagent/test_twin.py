@@ -4,6 +4,7 @@ the meta store as the sync would (no gateway)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,12 @@ class Edge:
     twin: DeviceTwin
     client: MqttClient
     scope: trio.CancelScope
+    stopped: trio.Event
     rev: int = 10
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        await self.stopped.wait()
 
     async def put(self, name: str, obj: dict[str, Any]) -> None:
         self.rev += 1
@@ -99,6 +105,7 @@ async def start_edge(nursery: trio.Nursery, data: Path, broker: Broker) -> Edge:
     config = AgentConfig(data_dir=data, node=NODE, hub_url="wss://unused", mqtt=broker.url)
     meta = Meta(config.meta_path)
     scope = trio.CancelScope()
+    stopped = trio.Event()
     modules = edge_bus_modules(config, meta)
     twin = modules[0][1].__self__
     assert isinstance(twin, DeviceTwin)
@@ -112,10 +119,11 @@ async def start_edge(nursery: trio.Nursery, data: Path, broker: Broker) -> Edge:
                     task_status.started()
         finally:
             meta.close()
+            stopped.set()
 
     await nursery.start(runner)
     client = await open_client(nursery, broker.url, WATCH)
-    return Edge(meta, twin, client, scope)
+    return Edge(meta, twin, client, scope, stopped)
 
 
 @pytest.fixture
@@ -143,7 +151,7 @@ async def add_d1(e: Edge) -> None:
 
 async def wait_device(e: Edge, name: str) -> None:
     await until(lambda: name in e.twin._devices)
-    await trio.sleep(0.05)
+    await e.twin.wait_flushed()
 
 
 def update(twin: dict[str, Any], event_id: str) -> dict[str, Any]:
@@ -207,7 +215,7 @@ async def test_reports_are_coalesced_and_complete(edge: Edge) -> None:
     st = await edge.client.wait_for(topics.device_topic("d1", topics.STATE_UPDATE_RESULT))
     assert st["device"]["state"] == "online" and st["device"]["last_online"]
     await edge.client.wait_for(RESULT, lambda b: b.get("event_id") == "lbl")
-    await trio.sleep(0.2)
+    await edge.twin.wait_flushed()
     reports = await edge.reports()
     assert set(reports) == {"devices/default/d1"}  # one coalesced row
     op, body = reports["devices/default/d1"]
@@ -274,7 +282,7 @@ async def test_cloud_desired_becomes_delta_and_edge_desired_goes_up(edge: Edge) 
     set_ = {"setpoint": {"expected": {"value": "24"}, "metadata": {"type": "int"}}}
     edge.send("d1", topics.TWIN_UPDATE, update(set_, "edge"))
     await c.wait_for(delta_topic, lambda b: b["delta"].get("setpoint") == "24")
-    await trio.sleep(0.2)
+    await edge.twin.wait_flushed()
     reports = await edge.reports()
     assert reports["devices/default/d1#desired"] == ("desired", {"desired": {"setpoint": "24"}})
 
@@ -295,19 +303,19 @@ async def test_state_survives_restart_and_deltas_resent_on_reconnect(
     )
     await wait_device(e, "d1")
     e.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("41")}, "x"))
-    await e.client.wait_for(RESULT)
-    await trio.sleep(0.15)  # flushed
-    e.scope.cancel()
-    await trio.sleep(0.05)
+    await e.client.wait_for(RESULT)  # answered: committed
+    await e.stop()
 
+    delta_topic = topics.device_topic("d1", topics.TWIN_UPDATE_DELTA)
+    seen = len(e.client.on(delta_topic))
     e2 = await start_edge(nursery, tmp_path / "agent", broker)
     assert e2.twin.twin("d1")["temperature"].actual.value == "41"  # type: ignore[union-attr]
+    # e2's own connect-time delta is out (the first edge's watcher hears it).
+    await until(lambda: len(e.client.on(delta_topic)) > seen)
     # Broker restart: the outstanding delta (setpoint 30, no actual) is re-sent. The
     # watcher has a persistent session, so it cannot miss it while reconnecting.
-    await trio.sleep(0.2)  # e2's own connect-time delta is out
-    sub = broker.sub_one(topics.device_topic("d1", topics.TWIN_UPDATE_DELTA), "delta-watcher")
+    sub = await subscribed_watcher(broker, delta_topic, "delta-watcher")
     try:
-        await trio.sleep(0.3)  # subscribed
         await broker.stop()
         await broker.start()
         out, _ = await trio.to_thread.run_sync(sub.communicate, None, 25)
@@ -315,18 +323,35 @@ async def test_state_survives_restart_and_deltas_resent_on_reconnect(
         if sub.poll() is None:
             sub.kill()
             sub.wait()
-    assert json.loads(out)["delta"] == {"setpoint": "30"}
-    e2.scope.cancel()
+    (line,) = [x for x in out.decode().splitlines() if x.startswith("{")]
+    assert json.loads(line)["delta"] == {"setpoint": "30"}
+    await e2.stop()
+
+
+async def subscribed_watcher(broker: Broker, topic: str, session: str) -> subprocess.Popen[bytes]:
+    """``mosquitto_sub`` for one message on ``topic`` with a persistent session,
+    returned once the broker has acknowledged its subscription (its debug output,
+    line-buffered, says SUBACK); the message is the output line starting ``{``."""
+    args = ["stdbuf", "-oL", "mosquitto_sub", "-d", "-p", str(broker.port), "-q", "1"]
+    args += ["-C", "1", "-W", "30", "-c", "-i", session, "-t", topic]
+    sub = await trio.to_thread.run_sync(lambda: subprocess.Popen(args, stdout=subprocess.PIPE))
+    assert sub.stdout is not None
+    head = b""
+    with trio.fail_after(10):
+        while b"SUBACK" not in head:
+            line = await trio.to_thread.run_sync(sub.stdout.readline)
+            assert line, "mosquitto_sub ended before subscribing"
+            head += line
+    return sub
 
 
 async def test_history_ring(edge: Edge) -> None:
     await edge.put("d1", device_obj("d1", **{HISTORY_ANNOTATION: "temperature=3"}))
     await until(lambda: edge.twin._devices["d1"].history == {"temperature": 3})
-    for i in range(10):
+    for i in range(10):  # one at a time: each answered once its own batch committed
         edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual(str(i))}, f"h{i}"))
-        await trio.sleep(0.06)
-    await edge.client.wait_for(RESULT, lambda b: b.get("event_id") == "h9")
-    await trio.sleep(0.15)
+        await edge.client.wait_for(RESULT, lambda b, i=i: b.get("event_id") == f"h{i}")
+    await edge.twin.wait_flushed()
     reports = await edge.reports()
     hist = {k: v for k, v in reports.items() if "#h" in k}
     assert len(hist) == 3
@@ -339,8 +364,9 @@ async def test_a_full_disk_keeps_updates_in_memory_until_there_is_room(
     nursery: trio.Nursery, small_fs: Path, broker: Broker
 ) -> None:
     """The agent's SQLite on a real full filesystem (tmpfs): flushes fail and are
-    counted, the twin keeps answering, and the latest values reach the store and
-    the outbox once space is freed."""
+    counted, the twin keeps answering, but never "accepted" for an update it
+    could not write (KubeEdge's 500 result instead); the latest values reach the
+    store and the outbox once space is freed."""
     e = await start_edge(nursery, small_fs / "agent", broker)
     await add_d1(e)
     filler = fill_up(small_fs)
@@ -348,6 +374,16 @@ async def test_a_full_disk_keeps_updates_in_memory_until_there_is_room(
         e.send("d1", topics.TWIN_UPDATE, update({"temperature": actual(str(i))}, f"f{i}"))
     await e.client.wait_for(RESULT, lambda b: b.get("event_id") == "f49")  # still answering
     await until(lambda: e.twin.statistics().get("flush_failures", 0) >= 1, timeout=5)
+    answers = {b["event_id"]: b for b in e.client.on(RESULT) if b.get("event_id", "")[:1] == "f"}
+    assert len(answers) == 50
+    refused = [b for b in answers.values() if b.get("code") == 500]
+    assert refused and all("writing sql error" in b["reason"] for b in refused)
+    # Accepted ones were committed before their answer: the store holds one of them.
+    stored = e.meta._sync.conn.execute(
+        "SELECT data FROM twin WHERE device = 'd1' AND name = 'temperature'"
+    ).fetchall()
+    ok = {b["twin"]["temperature"]["actual"]["value"] for b in answers.values() if "code" not in b}
+    assert not ok or json.loads(stored[0][0])[2] in ok
     filler.unlink()
 
     async def written() -> bool:

@@ -209,11 +209,11 @@ def test_compact_row_round_trips_and_is_smaller(p: TwinProperty) -> None:
 
 
 @given(st.lists(json_values, max_size=9) | json_values)
-def test_a_bad_row_is_a_value_error(row: Any) -> None:
+def test_a_bad_row_is_a_twin_error(row: Any) -> None:
     try:
         tw.property_from_row(row)
-    except ValueError:
-        pass
+    except TwinError as err:
+        assert err.code == tw.INTERNAL_ERROR
 
 
 @given(st.dictionaries(keys, props, max_size=4), st.dictionaries(keys, values, max_size=4))

@@ -23,7 +23,7 @@ from edgeagent.edged._spec import (
     resolve_env,
 )
 from edgeagent.edged._status import ContainerView, container_status, pod_phase
-from edgeagent.edged._volumes import MountError, prepare_volumes, write_atomic
+from edgeagent.edged._volumes import MountError, prepare_volumes, write_volume_files
 
 EDGED = Path(__file__).resolve().parents[2] / "edgeagent" / "edged"
 
@@ -205,12 +205,12 @@ def test_container_status_shapes_and_phase() -> None:
 
 def test_atomic_volume_writes_and_updates(tmp_path: Path) -> None:
     vol = tmp_path / "v"
-    assert write_atomic(vol, {"a": b"1", "dir/b": b"2"}, 0o644)
+    assert write_volume_files(vol, {"a": b"1", "dir/b": b"2"}, 0o644)
     assert (vol / "a").read_bytes() == b"1" and (vol / "dir" / "b").read_bytes() == b"2"
     assert os.readlink(vol / "a") == "..data/a"
-    assert not write_atomic(vol, {"a": b"1", "dir/b": b"2"}, 0o644)  # unchanged: no swap
+    assert not write_volume_files(vol, {"a": b"1", "dir/b": b"2"}, 0o644)  # unchanged: no swap
     first = os.readlink(vol / "..data")
-    assert write_atomic(vol, {"a": b"3"}, 0o600)
+    assert write_volume_files(vol, {"a": b"3"}, 0o600)
     assert os.readlink(vol / "..data") != first and not (vol / first).exists()
     assert (vol / "a").read_bytes() == b"3" and not (vol / "dir").exists()
     assert (vol / "a").stat().st_mode & 0o777 == 0o600

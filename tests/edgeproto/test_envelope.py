@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import cbor2
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import edgeproto
 from edgeproto import (
-    FrameDecoder,
     FrameTooLarge,
     Kind,
     Message,
@@ -15,7 +14,6 @@ from edgeproto import (
     UnknownKind,
     decode_message,
     encode_message,
-    frame_message,
 )
 
 json_values = st.recursive(
@@ -47,58 +45,12 @@ def test_round_trip(msg: Message) -> None:
     assert decode_message(encode_message(msg)) == msg
 
 
-@given(st.lists(messages, min_size=1, max_size=4), st.data())
-@settings(max_examples=50)
-def test_frames_split_anywhere(msgs: list[Message], data: st.DataObject) -> None:
-    stream = b"".join(frame_message(m) for m in msgs)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
-    dec = FrameDecoder()
-    out: list[Message] = []
-    prev = 0
-    for cut in [*cuts, len(stream)]:
-        dec.receive_data(stream[prev:cut])
-        prev = cut
-        while (m := dec.next_message()) is not None:
-            out.append(m)
-    assert out == msgs
-    assert dec.buffered == 0
-
-
-def test_every_byte_boundary() -> None:
-    msgs = [Message(Kind.CHANGE, id=i, rev=i, body={"upserts": [], "x": "y" * i}) for i in range(3)]
-    stream = b"".join(frame_message(m) for m in msgs)
-    for cut in range(len(stream) + 1):
-        dec = FrameDecoder()
-        dec.receive_data(stream[:cut])
-        got = []
-        while (m := dec.next_message()) is not None:
-            got.append(m)
-        dec.receive_data(stream[cut:])
-        while (m := dec.next_message()) is not None:
-            got.append(m)
-        assert got == msgs, cut
-
-
 @given(st.binary(max_size=200))
 def test_random_bytes_raise_only_protocol_error(data: bytes) -> None:
     try:
         decode_message(data)
     except ProtocolError:
         pass
-
-
-@given(st.binary(max_size=200))
-def test_random_stream_raises_only_protocol_error(data: bytes) -> None:
-    dec = FrameDecoder(max_size=1024)
-    dec.receive_data(data)
-    for _ in range(50):
-        try:
-            if dec.next_message() is None:
-                break
-        except FrameTooLarge:
-            break
-        except ProtocolError:
-            continue
 
 
 @given(json_values)
@@ -116,22 +68,6 @@ def test_oversized_message_rejected_both_ways() -> None:
     data = encode_message(big)
     with pytest.raises(FrameTooLarge):
         decode_message(data, max_size=1000)
-
-
-def test_oversized_frame_header_fails_before_buffering() -> None:
-    dec = FrameDecoder(max_size=100)
-    dec.receive_data((10_000).to_bytes(4, "big"))
-    with pytest.raises(FrameTooLarge):
-        dec.next_message()
-
-
-def test_malformed_payload_in_intact_frame_is_skipped() -> None:
-    dec = FrameDecoder()
-    bad = b"\xff\xff"
-    dec.receive_data(len(bad).to_bytes(4, "big") + bad + frame_message(Message(Kind.PING, id=7)))
-    with pytest.raises(ProtocolError):
-        dec.next_message()
-    assert dec.next_message() == Message(Kind.PING, id=7)
 
 
 @pytest.mark.parametrize(
