@@ -34,6 +34,7 @@ way before it is decoded. grpc is imported only when ``dmi`` is configured.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ PUSH_TIMEOUT = 5.0  # seconds for one call to a mapper
 COMMIT_TIMEOUT = 10.0  # a report not committed by then is answered UNAVAILABLE
 BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
 FORGET_AFTER = 300.0  # a mapper unreachable this long is forgotten
+STATE_KEY = "dmi_mappers"  # the registered mappers, in the store's state table
 
 
 class DmiError(AgentError):
@@ -215,7 +217,7 @@ Ref = tuple[str, str]  # (namespace, name)
 @dataclass(frozen=True, slots=True)
 class _Item:
     message: Any
-    fingerprint: bytes
+    fingerprint: str  # of the serialized message
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +238,8 @@ class _View:
 
 
 def _item(message: Any) -> _Item:
-    return _Item(message, message.SerializeToString(deterministic=True))
+    data = message.SerializeToString(deterministic=True)
+    return _Item(message, hashlib.sha256(data).hexdigest()[:32])
 
 
 async def _load_view(meta: Meta) -> _View:
@@ -268,8 +271,8 @@ class _Mapper:
     name: str
     protocol: str
     address: str
-    told_devices: dict[Ref, bytes]  # what the mapper has (fingerprints)
-    told_models: dict[Ref, bytes]
+    told_devices: dict[Ref, str]  # what the mapper has (fingerprints)
+    told_models: dict[Ref, str]
     wake: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -309,6 +312,7 @@ class DmiServer:
         await self._refresh()
         async with trio.open_nursery() as nursery:  # the mappers' pushers
             self._nursery = nursery
+            await self._restore()
             server, inode = await trio.to_thread.run_sync(self._start_server)
             log.info("dmi: serving KubeEdge's DMI on %s", self._path)
             try:
@@ -324,6 +328,36 @@ class DmiServer:
                     await trio.to_thread.run_sync(lambda: server.stop(None).wait(5))
                 _unlink_if(self._path, inode)
                 self._mappers.clear()
+
+    async def _restore(self) -> None:
+        """Follow the mappers registered before a restart, as edgecore does (a
+        mapper registers only when it starts): what each was told is kept, so
+        what changed meanwhile is pushed to it."""
+        saved = await self._meta.get_state(STATE_KEY, {})
+        for protocol, rec in (saved if isinstance(saved, dict) else {}).items():
+            try:
+                name, address = str(rec["name"]), str(rec["address"])
+                devices, models = _refs(rec["devices"]), _refs(rec["models"])
+                mapper = _Mapper(name, str(protocol), address, devices, models)
+            except (KeyError, TypeError, AttributeError):
+                log.warning("dmi: dropping an unreadable saved mapper for %s", protocol)
+                continue
+            self._mappers[mapper.protocol] = mapper
+            assert self._nursery is not None
+            self._nursery.start_soon(self._push, mapper)
+            log.info("dmi: following mapper %s (%s) again", mapper.name, protocol)
+
+    async def _save(self) -> None:
+        saved = {
+            m.protocol: {
+                "name": m.name,
+                "address": m.address,
+                "devices": {f"{ns}/{n}": fp for (ns, n), fp in m.told_devices.items()},
+                "models": {f"{ns}/{n}": fp for (ns, n), fp in m.told_models.items()},
+            }
+            for m in self._mappers.values()
+        }
+        await self._meta.set_state(**{STATE_KEY: saved})
 
     async def _refresh(self) -> None:
         """Read the node's devices and models again if they changed."""
@@ -433,6 +467,7 @@ class DmiServer:
         )
         self._mappers[info.protocol] = mapper
         self._nursery.start_soon(self._push, mapper)
+        await self._save()
         log.info(
             "dmi: mapper %s (%s) registered at %s with %d devices",
             info.name,
@@ -512,9 +547,12 @@ class DmiServer:
         failing_since: float | None = None
         while True:
             mapper.wake = trio.Event()
+            told = (dict(mapper.told_devices), dict(mapper.told_models))
             try:
                 await self._reconcile(mapper, channel)
             except _Unreachable as exc:
+                if told != (mapper.told_devices, mapper.told_models):
+                    await self._save()
                 now = trio.current_time()
                 if failing_since is None:
                     failing_since = now
@@ -522,11 +560,16 @@ class DmiServer:
                 if now - failing_since >= FORGET_AFTER:
                     self.counters["mappers_forgotten"] += 1
                     log.warning("dmi: forgetting mapper %s (unreachable)", mapper.name)
+                    if self._mappers.get(mapper.protocol) is mapper:
+                        del self._mappers[mapper.protocol]
+                    await self._save()
                     return
                 self.counters["push_retries"] += 1
                 await trio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_CAP)
                 continue
+            if told != (mapper.told_devices, mapper.told_models):
+                await self._save()
             failing_since, delay = None, BACKOFF_FIRST
             await mapper.wake.wait()
 
@@ -586,6 +629,15 @@ class DmiServer:
             )
             return
         self.counters[f"push_{method}"] += 1
+
+
+def _refs(saved: Any) -> dict[Ref, str]:
+    """``{"NS/NAME": fingerprint}`` as saved, back to refs."""
+    out: dict[Ref, str] = {}
+    for key, fingerprint in saved.items():
+        ns, _, name = str(key).partition("/")
+        out[(ns, name)] = str(fingerprint)
+    return out
 
 
 def _refuse_live(path: Path) -> None:

@@ -453,6 +453,39 @@ async def test_one_twin_serves_mqtt_and_dmi(
             await trio.to_thread.run_sync(mapper.close)
 
 
+async def test_a_registered_mapper_is_followed_across_an_agent_restart(
+    nursery: trio.Nursery, gateway: Gateway, tmp_path: Path, sockdir: Path
+) -> None:
+    # A mapper registers once, when it starts (mapper-framework): after the
+    # agent restarts it still gets what changed while the agent was down.
+    agent = await start_dmi_agent(nursery, gateway, tmp_path, sockdir, ["thermo-1", "thermo-2"])
+    mapper = Mapper(sockdir / "dmi.sock", sockdir / "modbus.sock")
+    try:
+        resp = await mapper.register()
+        assert [d.name for d in resp.deviceList] == ["thermo-1", "thermo-2"]
+        await agent.stop()
+        code, _ = await gateway.api("DELETE", f"{API}/devices/thermo-1")
+        assert code == 200
+        changed = device("thermo-2")
+        changed["spec"]["properties"][1]["desired"] = {"value": "30"}
+        _, cur = await gateway.api("GET", f"{API}/devices/thermo-2")
+        changed["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
+        code, _ = await gateway.api("PUT", f"{API}/devices/thermo-2", changed)
+        assert code == 200
+        code, _ = await gateway.api("POST", f"{API}/devices", device("thermo-3"))
+        assert code == 201
+        await start_agent(nursery, tmp_path / "agent", dmi=f"unix://{sockdir}/dmi.sock")
+        removed = await wait_for(lambda: mapper.seen("RemoveDevice"), timeout=15)
+        assert [r.deviceName for r in removed] == ["thermo-1"]
+        added = await wait_for(lambda: mapper.seen("RegisterDevice"), timeout=15)
+        assert [r.device.name for r in added] == ["thermo-3"]
+        updated = await wait_for(lambda: mapper.seen("UpdateDevice"), timeout=15)
+        assert [r.device.name for r in updated] == ["thermo-2"]
+        assert updated[0].device.spec.properties[1].desired.value == "30"
+    finally:
+        await trio.to_thread.run_sync(mapper.close)
+
+
 async def test_a_mapper_gone_for_good_is_retried_then_forgotten(
     tmp_path: Path, sockdir: Path, autojump_clock: trio.abc.Clock
 ) -> None:
