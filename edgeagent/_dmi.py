@@ -21,7 +21,9 @@ level-triggered: each mapper has one task that compares what the mapper was
 told with the node's current objects, so a burst of changes costs no queue. A
 mapper that cannot be reached is retried with backoff and forgotten after
 :data:`FORGET_AFTER` seconds; one that answers an error for an object is not
-asked again until the object changes.
+asked again until the object changes. The registered mappers and what each was
+told are kept in the store's state (:data:`STATE_KEY`) and followed again after
+the agent restarts, as edgecore does: a mapper registers only when it starts.
 
 Threads: grpcio's server runs handlers on its own small thread pool; each
 handler hands its request to trio (``trio.from_thread.run``) and blocks until
