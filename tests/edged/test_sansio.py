@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 from pathlib import Path
 
@@ -24,22 +23,6 @@ from edgeagent.edged._spec import (
 )
 from edgeagent.edged._status import ContainerView, container_status, pod_phase
 from edgeagent.edged._volumes import MountError, prepare_volumes, write_atomic
-
-EDGED = Path(__file__).resolve().parents[2] / "edgeagent" / "edged"
-
-
-@pytest.mark.parametrize(
-    "name", ["_backoff.py", "_hpack.py", "_logs.py", "_model.py", "_spec.py", "_status.py"]
-)
-def test_sans_io_modules_import_no_io(name: str) -> None:
-    tree = ast.parse((EDGED / name).read_text())
-    mods: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            mods.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            mods.add(("." * node.level) + (node.module or ""))
-    assert not mods & {"trio", "grpc", "socket", "apsw", "._cri", "._pleg", "._pods"}, mods
 
 
 def test_backoff_doubles_to_cap_and_resets() -> None:
