@@ -38,8 +38,9 @@ FORBIDDEN = {
 }
 
 # The pure cores: every edgeproto module (the sync state machine, envelopes, the
-# twin merge...), the mappers' Modbus codec/frames/read planner and serial line
-# parser, and edged's status and spec builders with the plain data they work on.
+# twin merge...), the mappers' Modbus codec/frames/read planner, serial line parser
+# and twin messages, and edged's status and spec builders with the plain data they
+# work on.
 PURE_MODULES = sorted(
     ["edgeproto"]
     + [f"edgeproto.{p.stem}" for p in (ROOT / "edgeproto").glob("*.py") if p.stem != "__init__"]
@@ -48,6 +49,7 @@ PURE_MODULES = sorted(
         "mappers.modbus._frame",
         "mappers.modbus._plan",
         "mappers.serial._parse",
+        "mappers._twin",
         "edgeagent.edged._status",
         "edgeagent.edged._spec",
         "edgeagent.edged._model",
