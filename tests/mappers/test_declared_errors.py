@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,58 +33,58 @@ from mappers.serial._parse import FieldSpec, LineParser
 
 MANY = settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# (past 4,300 digits an int has no str(); drawn as exponents so Hypothesis can print them)
-huge_ints = st.one_of(
-    st.sampled_from([2**64, -(2**63) - 1, 2**128]),
-    st.tuples(st.sampled_from([1, -1]), st.sampled_from([400, 4400, 5000])).map(
-        lambda t: t[0] * 10 ** t[1]
-    ),
+# Past 4,300 digits an int has no str(): such ints are drawn as (sign, exponent) so
+# Hypothesis can still print a failing example.
+huge_ints = st.sampled_from([(1, 400), (-1, 400), (1, 4400), (-1, 5000)]).map(
+    lambda t: t[0] * 10 ** t[1]
 )
-HUGE_FLOATS = [math.inf, -math.inf, math.nan, 1.7976931348623157e308, 5e-324, -0.0]
-EDGE_TEXTS = [
+ABSURD = [
+    math.inf, -math.inf, math.nan, 1.7976931348623157e308, -5e-324, -0.0, 2**64, -(2**63) - 1,
+    2**128, 10**400, True, False,
     "inf", "-inf", "nan", "NaN", "1e400", "-1e400", "1e-400", "9" * 5000, "-" + "9" * 5000,
     "0x" + "f" * 5000, "1" + "0" * 400, "3.4028236e38", "1_000", "²", "", " ", "\x00",
-    "true", "on", "0b101", "1e308", "-1e308", "٣",
+    "true", "on", "0b101", "1e308", "-1e308", "٣", "7" * 4301,
 ]  # fmt: skip
-
 # anything a twin value or a config number can be, from ordinary to absurd
 values = st.one_of(
     st.integers(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    huge_ints,
     st.floats(),
-    st.sampled_from(HUGE_FLOATS),
-    st.booleans(),
-    st.sampled_from(EDGE_TEXTS),
-    st.text(max_size=20),
+    st.sampled_from(ABSURD),
+    huge_ints,
     st.text(alphabet="0123456789.eE+-xXabcdefinINF_ ", max_size=30),
-    st.integers(min_value=4000, max_value=6000).map(lambda n: "7" * n),
-)
-numbers = st.one_of(
-    st.floats(),
-    st.sampled_from([1.0, 0.1, 0.5, -2.5, 10.0, 1e-300, 1e300, 0.0]),
-    huge_ints,
-    st.sampled_from(HUGE_FLOATS),
-    st.integers(min_value=-1000, max_value=1000),
+    st.text(max_size=10),
 )
 
+DATA_TYPES = list(DataType)
+COUNTS = [0, 1, 2, 4, 5, -1]
+SCALES = [1.0, 0.1, -2.5, 10.0, 1e-300, 1e300, 5e-324, 0.0, math.inf, math.nan, 10**400]
+OFFSETS = [0.0, -40.0, 1e308, -math.inf, 10**400]
+ENCODINGS = ["utf-8", "ascii", "utf-16", "no-such-codec"]
+CODEC_SHAPES = list(
+    itertools.product(DATA_TYPES, COUNTS, [False, True], [False, True], SCALES, OFFSETS, ENCODINGS)
+)
+# every data type / limit / byte order / word order / scale / offset / encoding
+# combination, and random float scales and offsets
+codec_shapes = st.one_of(
+    st.sampled_from(CODEC_SHAPES),
+    st.tuples(
+        st.sampled_from(DATA_TYPES), st.sampled_from(COUNTS), st.booleans(), st.booleans(),
+        st.floats(), st.floats(), st.just("utf-8"),
+    ),
+)  # fmt: skip
 
-@st.composite
-def codecs(draw: st.DrawFn) -> RegisterCodec | CodecError:
-    """Every data type, byte order, word order, limit, scale and offset (or the
-    CodecError refusing that combination)."""
+
+def make_codec(shape: tuple[Any, ...]) -> RegisterCodec | CodecError:
+    """The codec for ``shape``, or the CodecError refusing it."""
+    dt, count, byte_swap, word_swap, scale, offset, encoding = shape
     try:
-        return RegisterCodec(
-            data_type=draw(st.sampled_from(list(DataType))),
-            count=draw(st.sampled_from([0, 0, 1, 2, 3, 4, 5, 8, -1])),
-            byte_swap=draw(st.booleans()),
-            word_swap=draw(st.booleans()),
-            scale=draw(numbers),
-            value_offset=draw(st.one_of(st.just(0.0), numbers)),
-            encoding=draw(st.sampled_from(["utf-8", "utf-8", "ascii", "utf-16", "latin-1", "x"])),
-        )
+        return RegisterCodec(dt, count, byte_swap, word_swap, scale, offset, encoding)
     except CodecError as exc:
+        assert str(exc)
         return exc
+
+
+codecs = codec_shapes.map(make_codec)
 
 
 def as_text(value: object) -> str:
@@ -100,7 +102,7 @@ def check_registers(codec: RegisterCodec, regs: list[int]) -> None:
 
 
 @MANY
-@given(codecs(), values)
+@given(codecs, values)
 def test_register_encode_raises_only_codec_errors(
     codec: RegisterCodec | CodecError, value: object
 ) -> None:
@@ -123,16 +125,21 @@ def test_register_encode_raises_only_codec_errors(
 
 @MANY
 @given(
-    codecs(),
-    st.lists(st.one_of(st.integers(0, 0xFFFF), st.integers(), huge_ints), max_size=9),
-    st.lists(st.booleans(), max_size=9),
+    codecs,
+    st.binary(max_size=18),
+    st.one_of(st.none(), st.sampled_from([-1, 0x10000, 2**64]), huge_ints),
     st.sampled_from(["", "int", "float", "double", "boolean", "string", "INT"]),
 )
 def test_register_decode_raises_only_codec_errors(
-    codec: RegisterCodec | CodecError, regs: list[int], bits: list[bool], twin_type: str
+    codec: RegisterCodec | CodecError, data: bytes, stray: int | None, twin_type: str
 ) -> None:
     if isinstance(codec, CodecError):
         return
+    # registers as a device sends them (any 16-bit words), or one out of range
+    regs = list(struct.unpack(f">{len(data) // 2}H", data[: len(data) // 2 * 2]))
+    if stray is not None and regs:
+        regs[len(data) % len(regs)] = stray
+    bits = [bool(b & 1) for b in data[:9]]
     for decode, raw in ((codec.decode, regs), (codec.decode_bits, bits)):
         try:
             value = decode(raw)  # type: ignore[operator]
@@ -166,45 +173,41 @@ def test_twin_value_text_raises_only_codec_errors(
 
 # -- frames ------------------------------------------------------------------------
 
-requests = st.one_of(
-    st.builds(
-        read_request,
-        st.sampled_from(list(Register)),
-        st.integers(0, 0xFF00),
-        st.integers(1, 125),
-    ),
-    st.builds(
-        write_request,
-        st.sampled_from([Register.COIL, Register.HOLDING]),
-        st.integers(0, 0xFF00),
-        st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=10),
-    ),
-)
-pdus = st.one_of(
-    st.binary(min_size=1, max_size=30),
-    st.tuples(st.integers(1, 16), st.binary(max_size=12)).map(lambda t: bytes([t[0]]) + t[1]),
-    st.tuples(st.integers(1, 4), st.binary(max_size=12)).map(
-        lambda t: bytes([t[0], len(t[1])]) + t[1]
-    ),
-)
+REQUESTS = [
+    read_request(register, address, count)
+    for register in Register
+    for address in (0, 10)
+    for count in (1, 2, 3, 8, 16, 125)
+] + [
+    write_request(register, 3, values)
+    for register in (Register.COIL, Register.HOLDING)
+    for values in ([1], [0], [1, 0, 1], list(range(10)))
+]  # fmt: skip
+# PDUs a device may answer with: reads (bits, registers), write echoes, exceptions,
+# unknown functions; as whole frames, cut short, or with a byte flipped
+PDUS = [
+    bytes([fc, n]) + bytes(range(n)) for fc in (1, 2, 3, 4) for n in (0, 1, 2, 4, 7)
+] + [
+    bytes([5, 0, 3, 0xFF, 0]), bytes([6, 0, 10, 1, 0x41]), bytes([15, 0, 0, 0, 3]),
+    bytes([16, 0, 11, 0, 2]), bytes([0x83, 2]), bytes([0x81, 1]), bytes([0x90, 4]),
+    bytes([7]), bytes([0x2B, 0x0E, 1]), bytes([3, 250]) + bytes(250), b"",
+]  # fmt: skip
 
 
-@st.composite
-def streams(draw: st.DrawFn, frame: object) -> tuple[bytes, list[int]]:
-    """Valid frames around a PDU, garbage and truncated frames, and where to cut them."""
-    parts = draw(
-        st.lists(
-            st.one_of(
-                pdus.map(frame),  # type: ignore[arg-type]
-                st.binary(max_size=12),
-                pdus.map(frame).map(lambda b: b[: len(b) // 2]),  # type: ignore[arg-type]
-            ),
-            max_size=5,
-        )
+def framed(frame: Any) -> list[bytes]:
+    whole = [frame(pdu) for pdu in PDUS]
+    cut = [f[: len(f) // 2] for f in whole]
+    flipped = [f[:-1] + bytes([f[-1] ^ 0x5A]) for f in whole if f]
+    return whole + cut + flipped
+
+
+def streams(frames: list[bytes]) -> st.SearchStrategy[tuple[bytes, list[int]]]:
+    """Valid, truncated and corrupted frames and garbage, and where reads end."""
+    parts = st.lists(st.one_of(st.sampled_from(frames), st.binary(max_size=12)), max_size=5)
+    cuts = st.lists(st.integers(0, 1400), max_size=4)
+    return st.tuples(parts.map(b"".join), cuts).map(
+        lambda t: (t[0], sorted(min(c, len(t[0])) for c in t[1]))
     )
-    stream = b"".join(parts)
-    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    return stream, cuts
 
 
 def feed_all(decoder: TcpDecoder | RtuDecoder, chunks: list[bytes]) -> list[object]:
@@ -226,7 +229,7 @@ def chunked(stream: bytes, cuts: list[int]) -> list[bytes]:
 
 
 @MANY
-@given(streams(lambda pdu: tcp_frame(7, 1, pdu)))
+@given(streams(framed(lambda pdu: tcp_frame(7, 1, pdu))))
 def test_mbap_decoder_raises_only_protocol_errors(case: tuple[bytes, list[int]]) -> None:
     stream, cuts = case
     feed_all(TcpDecoder(), chunked(stream, cuts))
@@ -235,7 +238,7 @@ def test_mbap_decoder_raises_only_protocol_errors(case: tuple[bytes, list[int]])
 
 
 @MANY
-@given(streams(lambda pdu: rtu_frame(1, pdu)))
+@given(streams(framed(lambda pdu: rtu_frame(1, pdu))))
 def test_rtu_decoder_raises_only_protocol_errors(case: tuple[bytes, list[int]]) -> None:
     stream, cuts = case
     feed_all(RtuDecoder(), chunked(stream, cuts))
@@ -243,7 +246,7 @@ def test_rtu_decoder_raises_only_protocol_errors(case: tuple[bytes, list[int]]) 
 
 
 @MANY
-@given(requests, st.one_of(pdus, st.binary(max_size=8)))
+@given(st.sampled_from(REQUESTS), st.one_of(st.sampled_from(PDUS), st.binary(max_size=8)))
 def test_responses_raise_only_protocol_errors(request: bytes, response: bytes) -> None:
     try:
         parse_response(request, response)
@@ -254,20 +257,34 @@ def test_responses_raise_only_protocol_errors(request: bytes, response: bytes) -
 # -- serial lines --------------------------------------------------------------------
 
 
-@st.composite
-def fields(draw: st.DrawFn, index: int = 0) -> FieldSpec | CodecError:
-    """A field of every type with any scale and offset (or the CodecError refusing it)."""
+FIELD_SHAPES = list(
+    itertools.product(["int", "float", "bool", "string"], [*SCALES, -1.5, 3], OFFSETS)
+)
+
+
+def make_field(index: int, shape: tuple[str, Any, Any]) -> FieldSpec | CodecError:
+    """A field of ``shape`` (type, scale, offset), or the CodecError refusing it."""
+    data_type, scale, offset = shape
     try:
         return FieldSpec(
             f"f{index}",
             index=index,
             group="g" if index == 0 else None,
-            data_type=draw(st.sampled_from(["int", "float", "bool", "string"])),
-            scale=draw(numbers),
-            value_offset=draw(st.one_of(st.just(0.0), numbers)),
+            data_type=data_type,
+            scale=scale,
+            value_offset=offset,
         )
     except CodecError as exc:
         return exc
+
+
+def fields(index: int = 0) -> st.SearchStrategy[FieldSpec | CodecError]:
+    """A field of every type with any scale and offset (or the CodecError refusing it)."""
+    shapes = st.one_of(
+        st.sampled_from(FIELD_SHAPES),
+        st.tuples(st.sampled_from(["int", "float"]), st.floats(), st.floats()),
+    )
+    return shapes.map(lambda shape: make_field(index, shape))
 
 
 @MANY
