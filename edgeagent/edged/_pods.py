@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import trio
 
+import edgeproto
+
 from ._backoff import Backoff
 from ._cri import Cri, pb
 from ._errors import CriError
@@ -33,7 +35,7 @@ from ._spec import (
     resolve_env,
     sandbox_config,
 )
-from ._status import Transitions, pod_status, rfc3339, runtime_down_status
+from ._status import Transitions, pod_status, runtime_down_status
 from ._volumes import MountError, container_mounts, prepare_volumes
 
 if TYPE_CHECKING:
@@ -98,7 +100,7 @@ class PodWorker:
         self._probes: dict[tuple[str, str], ProbeRunner] = {}  # (container id, kind)
         self._last_status: dict[str, Any] | None = None
         self._transitions = Transitions()
-        self._started_at = rfc3339(time.time_ns())
+        self._started_at = edgeproto.rfc3339(time.time())
         self._nursery: trio.Nursery | None = None
         self._err_since: dict[str, float] = {}
 
@@ -629,7 +631,7 @@ class PodWorker:
             waiting=self._waiting,
             probes={key: runner.result for key, runner in self._probes.items()},
             transitions=self._transitions,
-            now=rfc3339(time.time_ns()),
+            now=edgeproto.rfc3339(time.time()),
             started_at=self._started_at,
             host_ip=self.ctx.host_ip,
             mount_error=mount_error,
@@ -643,7 +645,7 @@ class PodWorker:
         await self.publish(self.build_status(rt, sb, mount_error, sandbox_error))
 
     async def report_runtime_down(self, error: str) -> None:
-        now = rfc3339(time.time_ns())
+        now = edgeproto.rfc3339(time.time())
         await self.publish(runtime_down_status(self._last_status, error, self._transitions, now))
 
     async def publish(self, status: dict[str, Any]) -> None:

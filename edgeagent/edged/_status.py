@@ -255,7 +255,11 @@ def pod_status(
         "podIP": pod_ip,
         "podIPs": [{"ip": pod_ip}] if pod_ip else [],
         # the sandbox's creation time is stable across agent restarts
-        "startTime": rfc3339(sandbox.created_at) if sandbox and sandbox.created_at else started_at,
+        "startTime": (
+            edgeproto.rfc3339(sandbox.created_at / 1e9)  # containerd: ns
+            if sandbox and sandbox.created_at
+            else started_at
+        ),
         "containerStatuses": app_st,
         "qosClass": qos_class(spec),
     }
