@@ -13,13 +13,14 @@ Extensions: ``dataType``, ``byteOrder``/``wordOrder`` (big|little), ``valueOffse
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mappers._errors import CodecError, ConfigError
 from mappers._manifest import DeviceDoc, PropertyDoc
-from mappers.modbus._codec import DataType, RegisterCodec
+from mappers.modbus._codec import DataType, RegisterCodec, describe
 from mappers.modbus._frame import Register
 
 __all__ = ["ModbusDevice", "ModbusProperty", "SerialEndpoint", "TcpEndpoint", "parse_device"]
@@ -110,10 +111,10 @@ def _int(value: Any, where: str, lo: int, hi: int) -> int:
         number = int(value)
         if isinstance(value, float) and not value.is_integer():
             raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not an integer") from None
+    except (OverflowError, TypeError, ValueError):  # OverflowError: int(inf)
+        raise ConfigError(f"{where}: {describe(value)} is not an integer") from None
     if not lo <= number <= hi:
-        raise ConfigError(f"{where}: {number} not in {lo}..{hi}")
+        raise ConfigError(f"{where}: {describe(number)} not in {lo}..{hi}")
     return number
 
 
@@ -121,9 +122,12 @@ def _float(value: Any, where: str) -> float:
     try:
         if isinstance(value, bool):
             raise ValueError
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not a number") from None
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):  # OverflowError: float(10**400)
+        raise ConfigError(f"{where}: {describe(value)} is not a finite number") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {describe(value)} is not a finite number")
+    return number
 
 
 def _bool(value: Any, where: str) -> bool:
