@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ async def add_d1(e: Edge) -> None:
 
 
 async def wait_device(e: Edge, name: str) -> None:
-    await until(lambda: name in e.twin._devices)
+    await until(lambda: f"default/{name}" in e.twin._devices)
     await e.twin.wait_flushed()
 
 
@@ -184,19 +185,36 @@ async def test_bad_input_gets_error_codes_and_is_counted(edge: Edge) -> None:
 
     c = edge.client
     await c.wait_for(RESULT, lambda b: b.get("event_id") == "stale")
+    # What cannot be read as an update is answered where edgecore answers it: on
+    # an empty device id, with edgecore's reasons.
+    unread = {b.get("event_id"): b for b in c.on(topics.UNADDRESSED_UPDATE_RESULT)}
+    assert unread[""] == {  # malformed JSON: no event id to echo
+        "event_id": "",
+        "timestamp": unread[""]["timestamp"],
+        "code": 400,
+        "reason": "Unmarshal update request body failed, please check the request",
+    }
+    assert unread["longkey"]["code"] == 400
+    assert unread["longkey"]["reason"].startswith("The key of twin must only include")
+    assert unread["longval"]["code"] == 400
+    assert unread["longval"]["reason"].startswith("The value of twin must only include")
     by_id = {b.get("event_id"): b for b in c.on(RESULT)}
-    assert by_id[""]["code"] == 400  # malformed JSON: no event id to echo
-    assert by_id["longkey"]["code"] == 400
-    assert by_id["longval"]["code"] == 400
-    assert by_id["badtype"]["code"] == 400 and "int" in by_id["badtype"]["reason"]
+    assert not {"", "longkey", "longval"} & set(by_id)
+    assert by_id["badtype"] == {
+        "event_id": "badtype",
+        "timestamp": by_id["badtype"]["timestamp"],
+        "code": 400,
+        "reason": "the value is not int or integer",
+    }
     assert by_id["stale"]["code"] == 409
     assert (
         "code" not in by_id["v1"] and by_id["v2"]["twin"]["temperature"]["actual"]["value"] == "2"
     )
     ghost = await c.wait_for(topics.device_topic("ghost", topics.TWIN_UPDATE_RESULT))
     assert ghost["code"] == 404 and ghost["event_id"] == "ghost"
+    assert ghost["reason"] == "update rejected due to the device is not existed"
     got = await c.wait_for(topics.device_topic("ghost", topics.TWIN_GET_RESULT))
-    assert got["code"] == 404
+    assert got["code"] == 404 and got["reason"] == "Device ghost not found while getting twin"
     st = await c.wait_for(topics.device_topic("d1", topics.STATE_UPDATE_RESULT))
     assert st["code"] == 400
     stats = edge.twin.statistics()
@@ -208,12 +226,15 @@ async def test_bad_input_gets_error_codes_and_is_counted(edge: Edge) -> None:
 
 
 async def test_reports_are_coalesced_and_complete(edge: Edge) -> None:
+    before = time.time_ns() // 1_000_000
     for i in range(200):
         edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual(str(i))}, f"t{i}"))
     edge.send("d1", topics.TWIN_UPDATE, update({"label": {"actual": {"value": "x"}}}, "lbl"))
     edge.send("d1", topics.STATE_UPDATE, {"event_id": "s", "timestamp": 1, "state": "online"})
     st = await edge.client.wait_for(topics.device_topic("d1", topics.STATE_UPDATE_RESULT))
-    assert st["device"]["state"] == "online" and st["device"]["last_online"]
+    # edgecore's DeviceMsg: the device's name, state and lastOnlineTime
+    assert st["device"]["name"] == "d1" and st["device"]["state"] == "online"
+    assert st["device"]["lastOnlineTime"].endswith("Z")
     await edge.client.wait_for(RESULT, lambda b: b.get("event_id") == "lbl")
     await edge.twin.wait_flushed()
     reports = await edge.reports()
@@ -224,7 +245,10 @@ async def test_reports_are_coalesced_and_complete(edge: Edge) -> None:
     assert status["state"] == "online" and status["lastOnlineTime"].endswith("Z")
     (t,) = status["twins"]  # label has reportToCloud: false
     assert t["propertyName"] == "temperature"
-    assert t["reported"] == {"value": "199", "metadata": {"timestamp": "5", "type": "int"}}
+    # Stamped with the edge's clock: the device's own timestamp (5) is not trusted.
+    stamp = t["reported"]["metadata"]["timestamp"]
+    assert t["reported"] == {"value": "199", "metadata": {"timestamp": stamp, "type": "int"}}
+    assert before <= int(stamp) <= time.time_ns() // 1_000_000
     assert t["observedDesired"]["value"] == ""  # no desired value for temperature
     assert edge.twin.statistics()["flushes"] < 20
 
@@ -243,7 +267,8 @@ async def test_get_membership_and_updates(edge: Edge) -> None:
     c.publish(topics.membership_topic(NODE, topics.MEMBERSHIP_GET), {"event_id": "m1"})
     res = await c.wait_for(topics.membership_topic(NODE, topics.MEMBERSHIP_GET_RESULT))
     (dev,) = res["devices"]
-    assert dev["id"] == dev["name"] == "d1" and dev["namespace"] == "default"
+    # KubeEdge 1.16+'s id, namespace/name (what edgecore 1.17+ sends in membership)
+    assert dev["id"] == "default/d1" and dev["name"] == "d1" and dev["namespace"] == "default"
     assert dev["model"]["protocol"] == "modbus"
     assert dev["spec"]["deviceModelRef"] == {"name": "thermo"}
     assert dev["twin"]["temperature"]["actual"]["value"] == "7"
@@ -260,7 +285,7 @@ async def test_get_membership_and_updates(edge: Edge) -> None:
     assert up["added_devices"][0]["twin"]["setpoint"]["expected"]["value"] == "20"
     await edge.delete("d1")
     up = await c.wait_for(updated, lambda b: b["removed_devices"])
-    assert up["removed_devices"] == [{"id": "d1", "name": "d1"}]
+    assert up["removed_devices"] == [{"id": "default/d1", "name": "d1", "namespace": "default"}]
     edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("8")}, "gone"))
     gone = await c.wait_for(RESULT, lambda b: b.get("event_id") == "gone")
     assert gone["code"] == 404
@@ -347,7 +372,7 @@ async def subscribed_watcher(broker: Broker, topic: str, session: str) -> subpro
 
 async def test_history_ring(edge: Edge) -> None:
     await edge.put("d1", device_obj("d1", **{HISTORY_ANNOTATION: "temperature=3"}))
-    await until(lambda: edge.twin._devices["d1"].history == {"temperature": 3})
+    await until(lambda: edge.twin._devices["default/d1"].history == {"temperature": 3})
     for i in range(10):  # one at a time: each answered once its own batch committed
         edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual(str(i))}, f"h{i}"))
         await edge.client.wait_for(RESULT, lambda b, i=i: b.get("event_id") == f"h{i}")
@@ -380,7 +405,7 @@ async def test_a_full_disk_keeps_updates_in_memory_until_there_is_room(
     assert refused and all("writing sql error" in b["reason"] for b in refused)
     # Accepted ones were committed before their answer: the store holds one of them.
     stored = e.meta._sync.conn.execute(
-        "SELECT data FROM twin WHERE device = 'd1' AND name = 'temperature'"
+        "SELECT data FROM twin WHERE device = 'default/d1' AND name = 'temperature'"
     ).fetchall()
     ok = {b["twin"]["temperature"]["actual"]["value"] for b in answers.values() if "code" not in b}
     assert not ok or json.loads(stored[0][0])[2] in ok
@@ -394,6 +419,6 @@ async def test_a_full_disk_keeps_updates_in_memory_until_there_is_room(
         return bool(t["reported"]["value"] == "49")
 
     await wait_for(written, timeout=40, interval=0.2)
-    rows = e.meta._sync.conn.execute("SELECT count(*) FROM twin WHERE device = 'd1'").fetchall()
+    rows = e.meta._sync.conn.execute("SELECT count(*) FROM twin WHERE device = 'default/d1'").fetchall()
     assert rows[0][0] >= 1
     e.scope.cancel()
