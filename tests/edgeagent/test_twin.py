@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import apsw
 import cbor2
 import pytest
 import trio
@@ -34,6 +35,10 @@ WATCH = (
     topics.DEVICE_PREFIX + "+/twin/update/+",
     topics.DEVICE_PREFIX + "+/twin/get/result",
     topics.DEVICE_PREFIX + "+/state/update/result",
+    # KubeEdge 1.17+'s form, $hw/events/device/{namespace}/{name}/...
+    topics.DEVICE_PREFIX + "+/+/twin/update/+",
+    topics.DEVICE_PREFIX + "+/+/twin/get/result",
+    topics.DEVICE_PREFIX + "+/+/state/update/result",
     topics.NODE_PREFIX + "+/membership/+",
     topics.NODE_PREFIX + "+/membership/+/result",
 )
@@ -419,6 +424,182 @@ async def test_a_full_disk_keeps_updates_in_memory_until_there_is_room(
         return bool(t["reported"]["value"] == "49")
 
     await wait_for(written, timeout=40, interval=0.2)
-    rows = e.meta._sync.conn.execute("SELECT count(*) FROM twin WHERE device = 'default/d1'").fetchall()
+    rows = e.meta._sync.conn.execute(
+        "SELECT count(*) FROM twin WHERE device = 'default/d1'"
+    ).fetchall()
     assert rows[0][0] >= 1
     e.scope.cancel()
+
+
+# ---- KubeEdge 1.17+ topics and edgecore's twin details -------------------------------
+
+NEW = "default/d1"  # KubeEdge 1.16+'s device id, in 1.17+'s topics
+
+
+def kubeedge_update(twin: dict[str, Any], event_id: str) -> dict[str, Any]:
+    """A twin/update as KubeEdge's mappers send it (mapper-framework's
+    ``DeviceTwinUpdate``: actual value, a timestamp of the device's, a type)."""
+    return {
+        "event_id": event_id,
+        "timestamp": 1_700_000_000_000,
+        "twin": {
+            k: {
+                "actual": {"value": v, "metadata": {"timestamp": 1_700_000_000_000}},
+                "metadata": {"type": "int"},
+            }
+            for k, v in twin.items()
+        },
+    }
+
+
+async def test_a_kubeedge_117_app_is_answered_on_namespace_name_topics(edge: Edge) -> None:
+    c = edge.client
+    result = topics.device_topic(NEW, topics.TWIN_UPDATE_RESULT)
+    assert result == "$hw/events/device/default/d1/twin/update/result"
+    edge.send(NEW, topics.TWIN_UPDATE, kubeedge_update({"setpoint": "18"}, "n1"))
+    got = await c.wait_for(result, lambda b: b.get("event_id") == "n1")
+    assert got["twin"]["setpoint"]["actual"]["value"] == "18"
+
+    def n1(b: Any) -> bool:
+        return bool(b.get("event_id") == "n1")
+
+    delta = await c.wait_for(topics.device_topic(NEW, topics.TWIN_UPDATE_DELTA), n1)
+    assert delta["delta"] == {"setpoint": "20"}
+    doc = await c.wait_for(topics.device_topic(NEW, topics.TWIN_UPDATE_DOCUMENT), n1)
+    assert doc["twin"]["setpoint"]["current"]["actual"]["value"] == "18"
+    # Answered on the form asked in, not on the legacy one.
+    await edge.twin.wait_flushed()
+    for suffix in (
+        topics.TWIN_UPDATE_RESULT,
+        topics.TWIN_UPDATE_DELTA,
+        topics.TWIN_UPDATE_DOCUMENT,
+    ):
+        assert not [b for b in c.on(topics.device_topic("d1", suffix)) if n1(b)]
+
+    edge.send(NEW, topics.TWIN_GET, {"event_id": "g", "timestamp": 1})
+    g = await c.wait_for(topics.device_topic(NEW, topics.TWIN_GET_RESULT))
+    assert g["event_id"] == "g" and g["twin"]["setpoint"]["expected"]["value"] == "20"
+    edge.send(NEW, topics.STATE_UPDATE, {"event_id": "s", "timestamp": 1, "state": "online"})
+    st = await c.wait_for(topics.device_topic(NEW, topics.STATE_UPDATE_RESULT))
+    assert st["device"]["name"] == "d1" and st["device"]["lastOnlineTime"].endswith("Z")
+
+    # The same device through the legacy form: one twin.
+    edge.send("d1", topics.TWIN_GET, {"event_id": "old", "timestamp": 1})
+    old = await c.wait_for(topics.device_topic("d1", topics.TWIN_GET_RESULT))
+    assert old["twin"]["setpoint"]["actual"]["value"] == "18"
+    # An unknown namespace/name is refused on its own topic with edgecore's words.
+    edge.send("other/d1", topics.TWIN_UPDATE, kubeedge_update({"setpoint": "1"}, "x"))
+    gone = await c.wait_for(topics.device_topic("other/d1", topics.TWIN_UPDATE_RESULT))
+    assert gone == {
+        "event_id": "x",
+        "timestamp": gone["timestamp"],
+        "code": 404,
+        "reason": "update rejected due to the device is not existed",
+    }
+
+
+async def test_a_name_two_namespaces_use_is_refused_in_the_legacy_form(edge: Edge) -> None:
+    c = edge.client
+    # While the name is unique, a cloud push goes out in both forms.
+    await edge.put("d1", device_obj("d1", setpoint="21"))
+    for addr in (NEW, "d1"):
+        await c.wait_for(
+            topics.device_topic(addr, topics.TWIN_UPDATE_DELTA),
+            lambda b: b["delta"].get("setpoint") == "21",
+        )
+    other = device_obj("d1", setpoint="5")
+    other["metadata"]["namespace"] = "plant-b"
+    edge.rev += 1
+    await edge.meta.apply(Apply([entry("devices/plant-b/d1", other, edge.rev)], [], edge.rev))
+    await until(lambda: "plant-b/d1" in edge.twin._devices)
+    await edge.twin.wait_flushed()
+
+    edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("1")}, "amb"))
+    amb = await c.wait_for(RESULT, lambda b: b.get("event_id") == "amb")
+    assert amb["code"] == 400 and "plant-b" in amb["reason"] and "{namespace}" in amb["reason"]
+    edge.send("plant-b/d1", topics.TWIN_UPDATE, update({"temperature": actual("2")}, "b"))
+    edge.send(NEW, topics.TWIN_UPDATE, update({"temperature": actual("3")}, "a"))
+    await c.wait_for(topics.device_topic("plant-b/d1", topics.TWIN_UPDATE_RESULT))
+    await c.wait_for(topics.device_topic(NEW, topics.TWIN_UPDATE_RESULT))
+    assert edge.twin.twin("plant-b/d1")["temperature"].actual.value == "2"  # type: ignore[union-attr]
+    assert edge.twin.twin(NEW)["temperature"].actual.value == "3"  # type: ignore[union-attr]
+    # The cloud's push now goes out on the namespace/name form only.
+    seen = len(c.on(topics.device_topic("d1", topics.TWIN_UPDATE_DELTA)))
+    await edge.put("d1", device_obj("d1", setpoint="23"))
+    await c.wait_for(
+        topics.device_topic(NEW, topics.TWIN_UPDATE_DELTA),
+        lambda b: b["delta"].get("setpoint") == "23",
+    )
+    await edge.twin.wait_flushed()
+    assert len(c.on(topics.device_topic("d1", topics.TWIN_UPDATE_DELTA))) == seen
+    c.publish(topics.membership_topic(NODE, topics.MEMBERSHIP_GET), {"event_id": "m"})
+    res = await c.wait_for(topics.membership_topic(NODE, topics.MEMBERSHIP_GET_RESULT))
+    assert [d["id"] for d in res["devices"]] == ["default/d1", "plant-b/d1"]
+
+
+async def test_a_stale_value_reported_again_is_listed_and_its_delta_resent(edge: Edge) -> None:
+    """edgecore lists every property an update gives a value for and sends the
+    delta again (``dtmanager/twin.go``): a device that keeps reporting a value
+    other than the desired one keeps being told the desired one."""
+    c = edge.client
+    delta_topic = topics.device_topic(NEW, topics.TWIN_UPDATE_DELTA)
+    result = topics.device_topic(NEW, topics.TWIN_UPDATE_RESULT)
+    for ev in ("r1", "r2"):
+        edge.send(NEW, topics.TWIN_UPDATE, kubeedge_update({"setpoint": "18"}, ev))
+        got = await c.wait_for(result, lambda b, ev=ev: b.get("event_id") == ev)
+        assert got["twin"]["setpoint"]["actual"]["value"] == "18"
+        d = await c.wait_for(delta_topic, lambda b, ev=ev: b.get("event_id") == ev)
+        assert d["delta"] == {"setpoint": "20"}
+    # Reaching the desired value: listed, and no delta any more.
+    edge.send(NEW, topics.TWIN_UPDATE, kubeedge_update({"setpoint": "20"}, "r3"))
+    r3 = await c.wait_for(result, lambda b: b.get("event_id") == "r3")
+    assert r3["twin"]["setpoint"]["actual"]["value"] == "20"
+    edge.send(NEW, topics.TWIN_UPDATE, kubeedge_update({"setpoint": "20"}, "r4"))
+    r4 = await c.wait_for(result, lambda b: b.get("event_id") == "r4")
+    # Deliberately unlike edgecore: an unchanged value is not re-stamped (nor
+    # written again to the SD card); it keeps the time it was set.
+    assert r4["twin"]["setpoint"]["actual"] == r3["twin"]["setpoint"]["actual"]
+    await edge.twin.wait_flushed()
+    assert not [b for b in c.on(delta_topic) if b.get("event_id") in ("r3", "r4")]
+
+
+async def test_unreadable_get_and_membership_are_refused_with_edgecores_words(
+    edge: Edge,
+) -> None:
+    c = edge.client
+    c.publish(topics.device_topic(NEW, topics.TWIN_GET), b"{nope")
+    got = await c.wait_for(topics.device_topic(NEW, topics.TWIN_GET_RESULT))
+    assert got["code"] == 400 and got["event_id"] == ""
+    assert got["reason"].startswith("Unmarshal twin info {nope failed , err: ")
+    c.publish(topics.membership_topic(NODE, topics.MEMBERSHIP_GET), b'{"event_id": 7}')
+    res = await c.wait_for(topics.membership_topic(NODE, topics.MEMBERSHIP_GET_RESULT))
+    assert res["code"] == 400
+    assert res["reason"].startswith('Unmarshal get membership info {"event_id": 7} failed , err: ')
+
+
+async def test_a_store_written_with_bare_names_is_taken_over(
+    nursery: trio.Nursery, tmp_path: Path, broker: Broker
+) -> None:
+    """Rows keyed by a device's bare name (before devices were namespace/name)
+    move to its id at start-up instead of being dropped as unknown."""
+    e = await start_edge(nursery, tmp_path / "agent", broker)
+    await add_d1(e)
+    e.send(NEW, topics.TWIN_UPDATE, kubeedge_update({"temperature": "41"}, "x"))
+    e.send(NEW, topics.STATE_UPDATE, {"event_id": "s", "state": "online"})
+    await e.client.wait_for(topics.device_topic(NEW, topics.STATE_UPDATE_RESULT))
+    await e.stop()
+    conn = apsw.Connection(str(AgentConfig(tmp_path / "agent", NODE, "wss://u").meta_path))
+    conn.execute("UPDATE twin SET device = 'd1' WHERE device = 'default/d1'")
+    conn.execute("UPDATE twin_device SET device = 'd1' WHERE device = 'default/d1'")
+    conn.close()
+
+    e2 = await start_edge(nursery, tmp_path / "agent", broker)
+    assert e2.twin.twin(NEW)["temperature"].actual.value == "41"  # type: ignore[union-attr]
+    await e2.twin.wait_flushed()
+    devices = {
+        str(r[0])
+        for t in ("twin", "twin_device")
+        for r in e2.meta._sync.conn.execute(f"SELECT device FROM {t}")
+    }
+    assert devices == {"default/d1"}
+    await e2.stop()
