@@ -14,8 +14,10 @@ default ``DATA_DIR/mqtt``):
     mosquitto's ``acl_file``. The agent reads and writes ``$hw/#``. A mapper may
     publish only ``twin/update``, ``twin/get`` and ``state/update`` of the
     devices bound to this node whose ``spec.protocol.protocolName`` it serves,
-    read those devices' topics (results, deltas, documents), ask for and read
-    this node's membership, and publish its own status topic. Nobody but the
+    read those devices' topics (results, deltas, documents), in both forms the
+    twin serves (``{namespace}/{name}``, and ``{name}`` while no other namespace
+    of the node uses it), ask for and read this node's membership, and publish
+    its own status topic. Nobody but the
     agent may publish ``$hw/events/upload/#`` (cloud Events) or a device's
     deltas and documents (the cloud's desired values). Anonymous clients are
     refused.
@@ -34,7 +36,7 @@ in its store change (written atomically, only when different) and makes
 mosquitto reload them with SIGHUP, to the PID in the broker's ``pid_file``
 (checked to be a ``mosquitto`` process first). mosquitto checks the ACL for
 every message it delivers, so a mapper's wildcard subscription
-(``$hw/events/device/+/twin/update/delta``) is granted but only its own
+(``$hw/events/device/+/+/twin/update/delta``) is granted but only its own
 devices' messages reach it. An unauthorised publish is dropped by the broker
 without an error the client sees (MQTT 3.1.1 has no negative PUBACK).
 
