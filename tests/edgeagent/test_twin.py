@@ -437,8 +437,8 @@ NEW = "default/d1"  # KubeEdge 1.16+'s device id, in 1.17+'s topics
 
 
 def kubeedge_update(twin: dict[str, Any], event_id: str) -> dict[str, Any]:
-    """A twin/update as KubeEdge's mappers send it (mapper-framework's
-    ``DeviceTwinUpdate``: actual value, a timestamp of the device's, a type)."""
+    """A twin/update as edgecore's ``dttype.DeviceTwinUpdate`` reads it: an actual
+    value with a timestamp of the device's own (``ValueMetadata``), and a type."""
     return {
         "event_id": event_id,
         "timestamp": 1_700_000_000_000,
@@ -482,6 +482,20 @@ async def test_a_kubeedge_117_app_is_answered_on_namespace_name_topics(edge: Edg
     edge.send(NEW, topics.STATE_UPDATE, {"event_id": "s", "timestamp": 1, "state": "online"})
     st = await c.wait_for(topics.device_topic(NEW, topics.STATE_UPDATE_RESULT))
     assert st["device"]["name"] == "d1" and st["device"]["lastOnlineTime"].endswith("Z")
+
+    # mapper-framework's ``CreateMessageTwinUpdate`` shape (pkg/common/event.go):
+    # no event id, an empty value metadata, published to ``TopicTwinUpdate`` with
+    # the device's id, namespace/name.
+    framework = {
+        "event_id": "",
+        "timestamp": 1_700_000_000_000,
+        "twin": {
+            "temperature": {"actual": {"value": "23", "metadata": {}}, "metadata": {"type": "int"}}
+        },
+    }
+    c.publish(f"$hw/events/device/{NEW}/twin/update", framework)
+    fw = await c.wait_for(result, lambda b: "temperature" in b.get("twin", {}))
+    assert fw["event_id"] == "" and fw["twin"]["temperature"]["actual"]["value"] == "23"
 
     # The same device through the legacy form: one twin.
     edge.send("d1", topics.TWIN_GET, {"event_id": "old", "timestamp": 1})
