@@ -187,6 +187,9 @@ def acl_text(node: str, mappers: Mapping[str, Iterable[str]]) -> str:
             f"topic read {topics.membership_topic(node, topics.MEMBERSHIP_DETAIL_RESULT)}",
             f"topic read {topics.membership_topic(node, topics.MEMBERSHIP_UPDATED)}",
             f"topic write edgeflock/mappers/{protocol}/{node}/status",
+            # edgecore's answer to an update it cannot read has no device id in
+            # its topic; it carries a KubeEdge reason and nothing of the request.
+            f"topic read {topics.UNADDRESSED_UPDATE_RESULT}",
         ]
         for ident in ids:
             name = ident.rpartition("/")[2]

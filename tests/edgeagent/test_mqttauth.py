@@ -215,6 +215,7 @@ def test_acl_names_only_valid_devices_of_each_protocol() -> None:
     assert "topic write $hw/events/device/default/a/twin/update" in acl
     assert "topic read $hw/events/device/default/a/#" in acl
     assert "topic write $hw/events/device/a/twin/update" in acl
+    assert "topic read $hw/events/device//twin/update/result" in acl
     assert "bad#name" not in acl and "mod bus" not in acl
     # Nobody but the agent writes cloud Events or the cloud's desired values.
     writes = [ln for ln in acl.splitlines() if ln.startswith(("topic write", "topic readwrite"))]
@@ -256,6 +257,16 @@ async def test_mapper_publishes_current_form_for_its_own_devices_only(
     await until(lambda: edge.actual("default/d1") == "21.5")
     assert edge.actual("default/s1") is None
     assert edge.twin.statistics()["twin_updates"] == 1
+    # The answer to an unreadable update comes on edgecore's topic, which it may read.
+    mapper.subscribe(topics.UNADDRESSED_UPDATE_RESULT)
+    with trio.fail_after(5):
+        while True:  # until the SUBACK is in: the next refusal reaches it
+            mapper.publish(topics.device_topic("default/d1", topics.TWIN_UPDATE), b"{nope")
+            with trio.move_on_after(0.2):
+                got = await mapper.incoming.receive()
+                break
+    assert got.topic == "$hw/events/device//twin/update/result"
+    assert json.loads(got.payload)["code"] == 400
 
 
 async def test_mapper_reads_only_its_own_devices_and_its_nodes_membership(
