@@ -85,6 +85,7 @@ class ModbusDevice:
     retries: int = DEFAULT_RETRIES
     offline_after: int = DEFAULT_OFFLINE_AFTER
     doc: DeviceDoc | None = None
+    namespace: str = "default"  # with name: the device id namespace/name on the bus
 
     def prop(self, name: str) -> ModbusProperty | None:
         for p in self.properties:
@@ -262,6 +263,7 @@ def parse_device(doc: DeviceDoc) -> ModbusDevice:
         raise ConfigError(f"device {doc.namespace}/{doc.name}: duplicate property names")
     return ModbusDevice(
         name=doc.name,
+        namespace=doc.namespace,
         endpoint=endpoint,
         slave_id=slave_id,
         properties=props,

@@ -38,6 +38,7 @@ class SerialSensor:
     report_ms: int
     offline_after_ms: int
     twin_types: dict[str, str]
+    namespace: str = "default"  # with name: the device id namespace/name on the bus
 
 
 def _num(value: Any, where: str, kind: type[int] | type[float] = int) -> Any:
@@ -130,6 +131,7 @@ def parse_sensor(doc: DeviceDoc) -> SerialSensor:
     cycles = [p.collect_cycle_ms for p in doc.properties] or [1000]
     return SerialSensor(
         name=doc.name,
+        namespace=doc.namespace,
         port=str(port),
         baud=_num(com.get("baudRate", 9600), f"{where}.baudRate"),
         data_bits=_num(com.get("dataBits", 8), f"{where}.dataBits"),
