@@ -101,7 +101,7 @@ async def run_gateway(
     hub_ssl = server_ssl_context(pki, require_client_cert=True)
     hub_ssl.num_tickets = 0  # agents reconnect with a full handshake; tickets cost CPU and memory
     hub_ssl.minimum_version = ssl.TLSVersion.TLSv1_3  # agents are ours; less state per connection
-    hub = Hub(store, hub_ssl, health, config.hub)
+    hub = Hub(store, hub_ssl, health, config.hub, report_limits=config.reports)
     running: list[RunningGateway] = []  # the parts, once all are started
 
     def statistics() -> dict[str, dict[str, int]]:

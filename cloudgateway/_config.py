@@ -7,6 +7,7 @@ they configure, each key a field of that part's dataclass::
     [hub]                # HubConfig: host, port, timeouts, admission limits...
     [api]                # HttpConfig of the admin API (and tls = true for HTTPS)
     [join]               # HttpConfig of the enrollment endpoint
+    [reports]            # ReportLimits: what one node may write (rates, events kept...)
 
 Command-line flags override the file. A key the gateway does not know (or a
 value of the wrong type) is an error naming the key and the file: nothing is
@@ -25,6 +26,7 @@ from typing import Any
 from ._errors import GatewayError
 from ._http import HttpConfig
 from ._hub import HubConfig
+from ._reports import ReportLimits
 
 __all__ = ["ConfigError", "GatewayConfig", "load_config"]
 
@@ -41,6 +43,7 @@ class GatewayConfig:
         default_factory=lambda: HttpConfig(host="0.0.0.0", port=10002, max_body=64 * 1024)
     )
     api: HttpConfig = field(default_factory=lambda: HttpConfig(host="127.0.0.1", port=8080))
+    reports: ReportLimits = field(default_factory=ReportLimits)
     api_tls: bool = False  # serve the API over HTTPS (kubectl sends tokens only over TLS)
     advertise: str | None = None  # host agents use for the hub; default: the host they joined by
     sans: tuple[str, ...] = ()
@@ -50,7 +53,7 @@ class GatewayConfig:
     event_ttl: float = 3600.0  # Events (edge events) are deleted this long after creation
 
 
-_SECTIONS = ("gateway", "hub", "api", "join")
+_SECTIONS = ("gateway", "hub", "api", "join", "reports")
 
 
 def load_config(

@@ -105,6 +105,10 @@ class Hub:
         self._failures = FailureLog(log)
         self.port = 0
 
+    @property
+    def report_limits(self) -> ReportLimits:
+        return self._reports.limits
+
     def statistics(self) -> dict[str, int]:
         return {
             "sessions": len(self._sessions),

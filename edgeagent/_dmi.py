@@ -485,15 +485,15 @@ class DmiServer:
         )
 
     async def _device(self, name: str, namespace: str) -> str:
-        """The twin's name of a device on this node; DmiError otherwise."""
+        """The id (``namespace/name``) of a device on this node; DmiError otherwise.
+        An empty namespace is ``default``."""
         if not name:
             raise DmiError("INVALID_ARGUMENT", "deviceName must not be empty")
         await self._refresh()
-        if (namespace or "default", name) not in self._view.devices:
-            raise DmiError(
-                "NOT_FOUND", f"device {namespace or 'default'}/{name} is not on node {self._node}"
-            )
-        return name
+        ref = (namespace or "default", name)
+        if ref not in self._view.devices:
+            raise DmiError("NOT_FOUND", f"device {ref[0]}/{name} is not on node {self._node}")
+        return f"{ref[0]}/{name}"
 
     async def _committed(self) -> None:
         with trio.move_on_after(COMMIT_TIMEOUT) as scope:

@@ -14,8 +14,10 @@ default ``DATA_DIR/mqtt``):
     mosquitto's ``acl_file``. The agent reads and writes ``$hw/#``. A mapper may
     publish only ``twin/update``, ``twin/get`` and ``state/update`` of the
     devices bound to this node whose ``spec.protocol.protocolName`` it serves,
-    read those devices' topics (results, deltas, documents), ask for and read
-    this node's membership, and publish its own status topic. Nobody but the
+    read those devices' topics (results, deltas, documents), in both forms the
+    twin serves (``{namespace}/{name}``, and ``{name}`` while no other namespace
+    of the node uses it), ask for and read this node's membership, and publish
+    its own status topic. Nobody but the
     agent may publish ``$hw/events/upload/#`` (cloud Events) or a device's
     deltas and documents (the cloud's desired values). Anonymous clients are
     refused.
@@ -34,7 +36,7 @@ in its store change (written atomically, only when different) and makes
 mosquitto reload them with SIGHUP, to the PID in the broker's ``pid_file``
 (checked to be a ``mosquitto`` process first). mosquitto checks the ACL for
 every message it delivers, so a mapper's wildcard subscription
-(``$hw/events/device/+/twin/update/delta``) is granted but only its own
+(``$hw/events/device/+/+/twin/update/delta``) is granted but only its own
 devices' messages reach it. An unauthorised publish is dropped by the broker
 without an error the client sees (MQTT 3.1.1 has no negative PUBACK).
 
@@ -96,6 +98,7 @@ SALT_BYTES = 12
 # Names that go into the ACL and password files verbatim: no spaces, newlines,
 # ':' or MQTT wildcards. Device names are Kubernetes DNS-1123 subdomains.
 _PROTOCOL = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a DNS label
 _DEVICE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -133,12 +136,14 @@ def password_text(hashes: Mapping[str, str]) -> str:
 
 
 def mapper_devices(devices: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, list[str]]:
-    """``(key, Device object)`` → protocol name → names of its devices. Devices
-    without a protocol, or whose names could not be written into an ACL, are left
-    out (logged)."""
+    """``(key, Device object)`` → protocol name → ids (``namespace/name``) of its
+    devices. Devices without a protocol, or whose names could not be written into
+    an ACL, are left out (logged)."""
     out: dict[str, set[str]] = {}
     for key, obj in devices:
-        name = (obj.get("metadata") or {}).get("name")
+        meta = obj.get("metadata") or {}
+        name = meta.get("name")
+        namespace = meta.get("namespace") or "default"
         spec = obj.get("spec")
         proto = spec.get("protocol") if isinstance(spec, dict) else None
         protocol = proto.get("protocolName") if isinstance(proto, dict) else None
@@ -150,21 +155,29 @@ def mapper_devices(devices: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, l
         if not isinstance(name, str) or len(name) > 253 or not _DEVICE.match(name):
             log.warning("mqtt auth: device %s: name %r cannot go into an ACL", key, name)
             continue
-        out.setdefault(protocol, set()).add(name)
+        if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+            log.warning("mqtt auth: device %s: namespace %r cannot go into an ACL", key, namespace)
+            continue
+        out.setdefault(protocol, set()).add(topics.device_id(namespace, name))
     return {p: sorted(names) for p, names in sorted(out.items())}
 
 
 def acl_text(node: str, mappers: Mapping[str, Iterable[str]]) -> str:
     """The ``acl_file``: the agent's rules, then each mapper's (a protocol with
-    no devices may still ask for membership)."""
+    no devices may still ask for membership). ``mappers`` maps a protocol to its
+    device ids (``namespace/name``); each device's topics are granted in both
+    forms the twin serves, KubeEdge 1.17+'s ``{namespace}/{name}`` and, while the
+    name is unique on the node, the legacy ``{name}``."""
     dev = topics.DEVICE_PREFIX
+    mappers = {p: list(ids) for p, ids in mappers.items()}
+    names = Counter(i.rpartition("/")[2] for ids in mappers.values() for i in ids)
     lines = [
         "# written by edgeflock's agent; rewritten when devices change",
         f"user {AGENT_USER}",
         "topic readwrite $hw/#",
         "topic read edgeflock/#",
     ]
-    for protocol, names in sorted(mappers.items()):
+    for protocol, ids in sorted(mappers.items()):
         lines += [
             "",
             f"user {mapper_user(protocol)}",
@@ -174,14 +187,19 @@ def acl_text(node: str, mappers: Mapping[str, Iterable[str]]) -> str:
             f"topic read {topics.membership_topic(node, topics.MEMBERSHIP_DETAIL_RESULT)}",
             f"topic read {topics.membership_topic(node, topics.MEMBERSHIP_UPDATED)}",
             f"topic write edgeflock/mappers/{protocol}/{node}/status",
+            # edgecore's answer to an update it cannot read has no device id in
+            # its topic; it carries a KubeEdge reason and nothing of the request.
+            f"topic read {topics.UNADDRESSED_UPDATE_RESULT}",
         ]
-        for name in names:
-            lines += [
-                f"topic write {dev}{name}{topics.TWIN_UPDATE}",
-                f"topic write {dev}{name}{topics.TWIN_GET}",
-                f"topic write {dev}{name}{topics.STATE_UPDATE}",
-                f"topic read {dev}{name}/#",
-            ]
+        for ident in ids:
+            name = ident.rpartition("/")[2]
+            for addr in (ident, name) if names[name] == 1 else (ident,):
+                lines += [
+                    f"topic write {dev}{addr}{topics.TWIN_UPDATE}",
+                    f"topic write {dev}{addr}{topics.TWIN_GET}",
+                    f"topic write {dev}{addr}{topics.STATE_UPDATE}",
+                    f"topic read {dev}{addr}/#",
+                ]
     return "\n".join(lines) + "\n"
 
 

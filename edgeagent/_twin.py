@@ -1,7 +1,18 @@
 """DeviceTwin: KubeEdge's device twin in the agent, over the local MQTT bus.
 
 Mappers and device apps talk KubeEdge's topics (``edgeproto.topics``) and
-payloads (``edgeproto.twin``). The twin keeps every device's document in memory
+payloads (``edgeproto.twin``). A device is known by KubeEdge's id since 1.16,
+``namespace/name``, and addressed in both topic forms: the current
+``$hw/events/device/{namespace}/{name}/...`` (KubeEdge 1.17+) and the legacy
+``$hw/events/device/{name}/...`` (≤ 1.15), which means the only device of that
+name on this node and is refused (400) when two namespaces use the name. A
+request is answered (result, document, delta) on the form it came in; the
+cloud's pushes (deltas and documents of desired values, the re-sent deltas
+after a reconnect) go out on the current form and, for a device the legacy form
+can name, on that form too. Membership entries carry ``id: namespace/name``
+(as edgecore 1.17+ sends them), ``name`` and ``namespace``.
+
+The twin keeps every device's document in memory
 and in the agent's SQLite (tables ``twin`` and ``twin_device`` on the meta
 connection); the Device objects themselves (and their DeviceModels) come from
 the cloud through the normal sync.
@@ -71,7 +82,7 @@ HISTORY_CAP = 1000  # per property, whatever the annotation asks
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS twin(
-    device TEXT NOT NULL,
+    device TEXT NOT NULL, -- namespace/name (a bare name before 1.17 topics)
     name TEXT NOT NULL,
     data TEXT NOT NULL,
     PRIMARY KEY(device, name)
@@ -96,6 +107,7 @@ class _Device:
     key: str  # devices/NS/NAME
     namespace: str
     name: str
+    id: str  # NS/NAME, KubeEdge's device id
     spec: dict[str, Any]
     model: dict[str, Any] | None
     desired: dict[str, tuple[str | None, str]]  # property -> (desired value, type)
@@ -106,7 +118,7 @@ class _Device:
     def member(self, twins: dict[str, TwinProperty], state: tuple[str, str]) -> dict[str, Any]:
         """The membership entry (KubeEdge's ``Device`` plus edgeflock's spec/model)."""
         out: dict[str, Any] = {
-            "id": self.name,
+            "id": self.id,
             "name": self.name,
             "namespace": self.namespace,
             "description": "",
@@ -160,7 +172,18 @@ def _device_from(
             if prop and n.isdigit() and int(n) > 0:
                 history[prop] = min(int(n), HISTORY_CAP)
     fingerprint = json.dumps([spec, model], sort_keys=True, default=str)
-    return _Device(key, ns, name, spec, model, desired, frozenset(no_report), history, fingerprint)
+    return _Device(
+        key,
+        ns,
+        name,
+        topics.device_id(ns, name),
+        spec,
+        model,
+        desired,
+        frozenset(no_report),
+        history,
+        fingerprint,
+    )
 
 
 def _twin_type(model_type: str) -> str:
@@ -215,7 +238,8 @@ class DeviceTwin:
         self._meta = meta
         self._interval = flush_interval
         self._publish: Publish = lambda topic, payload, qos: False
-        self._devices: dict[str, _Device] = {}
+        self._devices: dict[str, _Device] = {}  # by id, namespace/name
+        self._by_name: dict[str, list[str]] = defaultdict(list)  # name -> ids
         self._twins: dict[str, dict[str, TwinProperty]] = {}
         self._states: dict[str, tuple[str, str]] = {}
         self._observed: dict[tuple[str, str], str] = {}  # desired known when reported
@@ -233,22 +257,47 @@ class DeviceTwin:
 
     def routes(self) -> dict[str, Callable[[str, bytes], None]]:
         """Receivers for every subscription of :data:`edgeproto.topics.SUBSCRIPTIONS`."""
-        dev, node = topics.DEVICE_PREFIX + "+", topics.NODE_PREFIX + "+"
-        return {
-            **self.uploads.routes(),
-            dev + topics.STATE_UPDATE: self._on_state_update,
-            dev + topics.TWIN_UPDATE: self._on_twin_update,
-            dev + topics.TWIN_GET: self._on_twin_get,
-            dev + topics.TWIN_CLOUD_UPDATED: self._on_cloud_updated,
-            node + topics.MEMBERSHIP_GET: self._on_membership,
-            node + topics.MEMBERSHIP_DETAIL: self._on_membership,
-        }
+        node = topics.NODE_PREFIX + "+"
+        routes: dict[str, Callable[[str, bytes], None]] = {**self.uploads.routes()}
+        for dev in (topics.CURRENT, topics.LEGACY):  # both forms, one receiver each
+            routes[dev + topics.STATE_UPDATE] = self._on_state_update
+            routes[dev + topics.TWIN_UPDATE] = self._on_twin_update
+            routes[dev + topics.TWIN_GET] = self._on_twin_get
+            routes[dev + topics.TWIN_CLOUD_UPDATED] = self._on_cloud_updated
+        routes[node + topics.MEMBERSHIP_GET] = self._on_membership
+        routes[node + topics.MEMBERSHIP_DETAIL] = self._on_membership
+        return routes
 
     def statistics(self) -> dict[str, int]:
         return dict(self.counters)
 
     def twin(self, device: str) -> dict[str, TwinProperty]:
-        return dict(self._twins.get(device, {}))
+        """The twin of a device by id (``namespace/name``) or by a name that is
+        unique on this node; empty for an unknown one."""
+        try:
+            return dict(self._twins.get(self.resolve(device), {}))
+        except TwinError:
+            return {}
+
+    def resolve(self, device: str) -> str:
+        """The id (``namespace/name``) of a device addressed by id or, in KubeEdge's
+        legacy form, by its bare name; :class:`TwinError` 404 for an unknown one,
+        400 for a name that two namespaces of this node use."""
+        if "/" in device:
+            if device not in self._devices:
+                raise TwinError(tw.NOT_FOUND, tw.ERR_NOT_EXISTED)
+            return device
+        ids = self._by_name.get(device, [])
+        if not ids:
+            raise TwinError(tw.NOT_FOUND, tw.ERR_NOT_EXISTED)
+        if len(ids) > 1:
+            raise TwinError(
+                tw.BAD_REQUEST,
+                f"device name {device} is used in namespaces "
+                f"{', '.join(sorted(i.partition('/')[0] for i in ids))} of this node: "
+                f"address it as {topics.DEVICE_PREFIX}{{namespace}}/{device}/...",
+            )
+        return ids[0]
 
     async def wait_flushed(self) -> None:
         """Wait until every change made so far is committed and every message
@@ -309,43 +358,46 @@ class DeviceTwin:
             d = _device_from(key, obj, models)
             if d is None:
                 continue
-            if d.name in new:
-                log.warning("twin: device name %s used twice on this node; using %s", d.name, key)
-            new[d.name] = d
+            new[d.id] = d
         old = self._devices
         self._devices = new
+        self._by_name = defaultdict(list)
+        for d in new.values():
+            self._by_name[d.name].append(d.id)
         now = _now_ms()
         added = [d for n, d in new.items() if n not in old or old[n].fingerprint != d.fingerprint]
         removed = [d for n, d in old.items() if n not in new]
-        if not announce:  # start-up: forget twins of devices the cloud removed meanwhile
+        if not announce:
+            self._adopt_legacy_rows()
+            # start-up: forget twins of devices the cloud removed meanwhile
             removed = [
-                _Device(k, "", k, {}, None, {}, frozenset(), {}, "")
+                _Device(k, "", k, k, {}, None, {}, frozenset(), {}, "")
                 for k in set(self._twins) | set(self._states)
                 if k not in new
             ]
         for d in removed:
-            self._twins.pop(d.name, None)
-            self._states.pop(d.name, None)
-            self._observed = {k: v for k, v in self._observed.items() if k[0] != d.name}
-            self._pending.purge.add(d.name)
+            self._twins.pop(d.id, None)
+            self._states.pop(d.id, None)
+            self._observed = {k: v for k, v in self._observed.items() if k[0] != d.id}
+            self._pending.purge.add(d.id)
         for d in new.values():
-            cur = self._twins.get(d.name, {})
+            cur = self._twins.get(d.id, {})
             merge = tw.apply_desired(cur, d.desired, now)
             if not merge.changed:
                 continue
-            self._twins[d.name] = merge.twins
-            self._pending.rows.update((d.name, p) for p in merge.result)
+            self._twins[d.id] = merge.twins
+            self._pending.rows.update((d.id, p) for p in merge.result)
             if merge.expected_changed:
                 self.counters["cloud_desired"] += len(merge.expected_changed)
                 ev = f"cloud-{now}"
-                self._send(
-                    d.name,
+                self._push(
+                    d.id,
                     topics.TWIN_UPDATE_DOCUMENT,
                     tw.document_message(ev, now, merge.document),
                 )
                 msg = tw.delta_message(ev, now, merge.twins)
                 if msg is not None:
-                    self._send(d.name, topics.TWIN_UPDATE_DELTA, msg)
+                    self._push(d.id, topics.TWIN_UPDATE_DELTA, msg)
         self._mark()
         if announce and (added or removed):
             ev = f"membership-{now}"
@@ -353,10 +405,12 @@ class DeviceTwin:
                 "event_id": ev,
                 "timestamp": now,
                 "added_devices": [
-                    d.member(self._twins.get(d.name, {}), self._states.get(d.name, ("", "")))
+                    d.member(self._twins.get(d.id, {}), self._states.get(d.id, ("", "")))
                     for d in added
                 ],
-                "removed_devices": [{"id": d.name, "name": d.name} for d in removed],
+                "removed_devices": [
+                    {"id": d.id, "name": d.name, "namespace": d.namespace} for d in removed
+                ],
             }
             topic = topics.membership_topic(self._cfg.node, topics.MEMBERSHIP_UPDATED)
             self._emit(_Waiting(topic, tw.encode(body), 1))
@@ -364,10 +418,31 @@ class DeviceTwin:
     def on_broker_connected(self) -> None:
         """Re-send every outstanding delta (a mapper may have missed them)."""
         now = _now_ms()
-        for name in self._devices:
-            msg = tw.delta_message(f"reconnect-{now}", now, self._twins.get(name, {}))
+        for dev in self._devices:
+            msg = tw.delta_message(f"reconnect-{now}", now, self._twins.get(dev, {}))
             if msg is not None:
-                self._send(name, topics.TWIN_UPDATE_DELTA, msg)
+                self._push(dev, topics.TWIN_UPDATE_DELTA, msg)
+
+    def _adopt_legacy_rows(self) -> None:
+        """Start-up: rows written before devices were known as ``namespace/name``
+        (keyed by the bare name) move to the id of the only device of that name;
+        with none or several, they are forgotten like a removed device's."""
+        for old in [k for k in set(self._twins) | set(self._states) if "/" not in k]:
+            ids = self._by_name.get(old, [])
+            if len(ids) != 1 or ids[0] in self._twins or ids[0] in self._states:
+                continue
+            dev = ids[0]
+            if old in self._twins:
+                self._twins[dev] = self._twins.pop(old)
+                self._pending.rows.update((dev, p) for p in self._twins[dev])
+            if old in self._states:
+                self._states[dev] = self._states.pop(old)
+                self._pending.states.add(dev)
+            self._observed = {
+                (dev if d == old else d, p): v for (d, p), v in self._observed.items()
+            }
+            self._pending.purge.add(old)
+            log.info("twin: device %s is now kept as %s", old, dev)
 
     # ---- persistence -------------------------------------------------------------
 
@@ -519,7 +594,7 @@ class DeviceTwin:
 
     def _status(self, d: _Device) -> dict[str, Any]:
         twins: list[dict[str, Any]] = []
-        for prop, p in sorted(self._twins.get(d.name, {}).items()):
+        for prop, p in sorted(self._twins.get(d.id, {}).items()):
             if p.actual is None or prop in d.no_report:
                 continue
             entry: dict[str, Any] = {
@@ -529,7 +604,7 @@ class DeviceTwin:
                     "metadata": {"timestamp": str(p.actual.timestamp), "type": p.type},
                 },
             }
-            observed = self._observed.get((d.name, prop))
+            observed = self._observed.get((d.id, prop))
             if observed is not None:
                 meta = {"type": p.type}
                 if p.expected is not None and p.expected.value == observed:
@@ -537,7 +612,7 @@ class DeviceTwin:
                 entry["observedDesired"] = {"value": observed, "metadata": meta}
             twins.append(entry)
         status: dict[str, Any] = {"twins": twins}
-        state, last_online = self._states.get(d.name, ("", ""))
+        state, last_online = self._states.get(d.id, ("", ""))
         if state:
             status["state"] = state
         if last_online:
@@ -548,48 +623,89 @@ class DeviceTwin:
 
     def _send(
         self,
-        device: str,
+        addr: str,
         suffix: str,
         body: dict[str, Any],
         *,
         request: str | None = None,
         refusal: bool = False,
     ) -> None:
-        """``body`` to the device once what it shows is on disk. ``request`` (its
-        event id) makes it the answer to a request, answered with an error
-        instead when the commit fails (unless it is a ``refusal`` already)."""
+        """``body`` to ``$hw/events/device/{addr}{suffix}`` once what it shows is
+        on disk. ``addr`` is the device as the request named it (``namespace/name``
+        or a bare name). ``request`` (its event id) makes it the answer to a
+        request, answered with an error instead when the commit fails (unless it
+        is a ``refusal`` already)."""
+        self._publish_at(topics.device_topic(addr, suffix), suffix, body, request, refusal)
+
+    def _publish_at(
+        self,
+        topic: str,
+        suffix: str,
+        body: dict[str, Any],
+        request: str | None = None,
+        refusal: bool = False,
+    ) -> None:
         # Answers are QoS 0 (KubeEdge's default; a client that is gone misses them
         # anyway); deltas are QoS 1 and wait in paho's queue across a reconnect.
         qos = 1 if suffix == topics.TWIN_UPDATE_DELTA else 0
-        topic = topics.device_topic(device, suffix)
         self._emit(_Waiting(topic, tw.encode(body), qos, request, refusal))
 
-    def _fail(self, device: str, suffix: str, what: str, err: TwinError) -> None:
-        self.counters[f"{what}_{err.code}"] += 1
-        log.debug("twin: %s of %s rejected: %s", what, device, err)
-        body = tw.error_message(err.event_id, _now_ms(), err.code, err.reason)
-        self._send(device, suffix, body, request=err.event_id, refusal=True)
+    def _push(self, dev: str, suffix: str, body: dict[str, Any]) -> None:
+        """A push no request asked for (the cloud's desired values): on the current
+        form, and on the legacy one too while the bare name means this device."""
+        self._send(dev, suffix, body)
+        d = self._devices.get(dev)
+        if d is not None and self._by_name.get(d.name) == [dev]:
+            self._send(d.name, suffix, body)
 
-    def _device_of(self, topic: str) -> str:
+    def _fail(self, addr: str, suffix: str, what: str, err: TwinError) -> None:
+        self.counters[f"{what}_{err.code}"] += 1
+        log.debug("twin: %s of %s rejected: %s", what, addr, err)
+        body = tw.error_message(err.event_id, _now_ms(), err.code, err.reason)
+        self._send(addr, suffix, body, request=err.event_id, refusal=True)
+
+    def _addressed(self, topic: str) -> str:
         parsed = topics.parse_device_topic(topic)
-        return parsed[0] if parsed else ""
+        return parsed.device if parsed else ""
+
+    def _lookup(self, addr: str, event_id: str, not_found: str) -> str:
+        """The device id ``addr`` names; TwinError 404 (``not_found``) or 400."""
+        try:
+            return self.resolve(addr)
+        except TwinError as err:
+            reason = not_found if err.code == tw.NOT_FOUND else err.reason
+            raise TwinError(err.code, reason, event_id) from None
 
     def _on_twin_update(self, topic: str, payload: bytes) -> None:
-        dev = self._device_of(topic)
-        try:
-            self.update(dev, tw.parse_update(payload))
-        except TwinError as err:
-            self._fail(dev, topics.TWIN_UPDATE_RESULT, "twin_update", err)
-
-    def update(self, dev: str, update: tw.TwinUpdate) -> None:
-        """Apply a twin update to device ``dev``, from MQTT or from a DMI mapper:
-        stored, reported to the cloud and answered on the bus alike. Raises
-        :class:`TwinError` (404 unknown device, 400/409 from the merge)."""
+        addr = self._addressed(topic)
         now = _now_ms()
-        if dev not in self._devices:
-            raise TwinError(
-                tw.NOT_FOUND, "Update rejected due to the device is not existed", update.event_id
+        try:
+            update = tw.parse_update(payload)
+        except TwinError as err:
+            # edgecore answers a request it cannot read on an empty device id.
+            self.counters[f"twin_update_{err.code}"] += 1
+            log.debug("twin: update of %s unreadable: %s", addr, err)
+            body = tw.error_message(err.event_id, now, err.code, err.reason)
+            self._publish_at(
+                topics.UNADDRESSED_UPDATE_RESULT,
+                topics.TWIN_UPDATE_RESULT,
+                body,
+                err.event_id,
+                refusal=True,
             )
+            return
+        try:
+            self.update(addr, update)
+        except TwinError as err:
+            self._fail(addr, topics.TWIN_UPDATE_RESULT, "twin_update", err)
+
+    def update(self, addr: str, update: tw.TwinUpdate) -> None:
+        """Apply a twin update to the device ``addr`` names (``namespace/name`` or
+        a bare name), from MQTT or from a DMI mapper: stored, reported to the
+        cloud and answered on the bus alike. Raises :class:`TwinError` (404
+        unknown device, 400/409 from the merge), changing nothing then."""
+        now = _now_ms()
+        dev = self._lookup(addr, update.event_id, tw.ERR_NOT_EXISTED)
         merge = tw.merge_update(self._twins.get(dev, {}), update, now)
         self.counters["twin_updates"] += 1
         self._twins[dev] = merge.twins
@@ -612,63 +728,62 @@ class DeviceTwin:
                 p.desired[dev][name] = exp.value
         self._mark()
         self._send(
-            dev,
+            addr,
             topics.TWIN_UPDATE_RESULT,
-            tw.twin_message(update.event_id, now, merge.result),
+            tw.twin_message(update.event_id, now, merge.answer()),
             request=update.event_id,
         )
         if merge.changed:
             self._send(
-                dev,
+                addr,
                 topics.TWIN_UPDATE_DOCUMENT,
                 tw.document_message(update.event_id, now, merge.document),
             )
-            msg = tw.delta_message(update.event_id, now, merge.twins)
-            if msg is not None:
-                self._send(dev, topics.TWIN_UPDATE_DELTA, msg)
+        # The delta goes out when this update changed something or named a
+        # property that still differs from its desired value (a device that
+        # reports a stale value again is told the desired one again).
+        msg = tw.delta_message(update.event_id, now, merge.twins)
+        if msg is not None and (merge.changed or merge.given & set(msg["delta"])):
+            self._send(addr, topics.TWIN_UPDATE_DELTA, msg)
 
     def _on_twin_get(self, topic: str, payload: bytes) -> None:
-        dev = self._device_of(topic)
+        addr = self._addressed(topic)
         now = _now_ms()
         try:
             ev, _ = tw.parse_base(payload)
-            if dev not in self._devices:
-                raise TwinError(tw.NOT_FOUND, f"Device {dev} not found while getting twin", ev)
+            dev = self._lookup(addr, ev, f"Device {addr} not found while getting twin")
         except TwinError as err:
-            self._fail(dev, topics.TWIN_GET_RESULT, "twin_get", err)
+            self._fail(addr, topics.TWIN_GET_RESULT, "twin_get", err)
             return
         self.counters["twin_gets"] += 1
         body = tw.twin_message(ev, now, self._twins.get(dev, {}))
-        self._send(dev, topics.TWIN_GET_RESULT, body, request=ev)
+        self._send(addr, topics.TWIN_GET_RESULT, body, request=ev)
 
     def _on_state_update(self, topic: str, payload: bytes) -> None:
-        dev = self._device_of(topic)
+        addr = self._addressed(topic)
         try:
             ev, state = tw.parse_state(payload)
-            self.set_state(dev, state, ev)
+            self.set_state(addr, state, ev)
         except TwinError as err:
-            self._fail(dev, topics.STATE_UPDATE_RESULT, "state_update", err)
+            self._fail(addr, topics.STATE_UPDATE_RESULT, "state_update", err)
 
-    def set_state(self, dev: str, state: str, ev: str = "") -> None:
-        """Device ``dev`` is ``state`` ("online", "offline"...), from MQTT or DMI.
-        Raises :class:`TwinError` 404 for a device not on this node."""
+    def set_state(self, addr: str, state: str, ev: str = "") -> None:
+        """The device ``addr`` names is ``state`` ("online", "offline"...), from
+        MQTT or DMI. Raises :class:`TwinError` 404 for a device not on this node."""
         now = _now_ms()
-        if dev not in self._devices:
-            raise TwinError(tw.NOT_FOUND, f"Device {dev} not found while updating state", ev)
+        dev = self._lookup(addr, ev, f"Device {addr} not found while updating state")
         self.counters["state_updates"] += 1
         old = self._states.get(dev, ("", ""))
-        last_online = edgeproto.rfc3339(now / 1000) if state == "online" else old[1]
+        # edgecore counts "ok" as online too (dtmanager/device.go).
+        online = state.lower() in ("online", "ok")
+        last_online = edgeproto.rfc3339(now / 1000) if online else old[1]
         if (state, last_online) != old:
             self._states[dev] = (state, last_online)
             self._pending.states.add(dev)
             self._pending.reports.add(dev)
             self._mark()
-        body = {
-            "event_id": ev,
-            "timestamp": now,
-            "device": {"name": dev, "state": state, "last_online": last_online},
-        }
-        self._send(dev, topics.STATE_UPDATE_RESULT, body, request=ev)
+        body = tw.state_message(ev, now, self._devices[dev].name, state, last_online)
+        self._send(addr, topics.STATE_UPDATE_RESULT, body, request=ev)
 
     def _on_membership(self, topic: str, payload: bytes) -> None:
         parsed = topics.parse_node_topic(topic)
@@ -684,7 +799,7 @@ class DeviceTwin:
         now = _now_ms()
         topic = topics.membership_topic(node, result)
         try:
-            ev, _ = tw.parse_base(payload)
+            ev, _ = tw.parse_base(payload, "get membership info")
         except TwinError as err:
             self.counters[f"membership_{err.code}"] += 1
             body = tw.error_message(err.event_id, now, err.code, err.reason)

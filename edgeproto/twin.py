@@ -17,6 +17,11 @@ Facts from kubeedge/kubeedge ``edge/pkg/devicetwin`` (``dttype``, ``dtcommon``,
   bumps the cloud version. An update that carries a version older than the
   stored one (either counter) is a conflict (KubeEdge's ``dealVersion``).
 - An update is all or nothing: one bad property rejects the message.
+- Value timestamps are the edge's clock at the time of the update (edgecore's
+  ``ValueMetadata{Timestamp: now}``); a timestamp the device sends is not kept.
+- Every property an update gives a value for is listed in its result, changed
+  or not (edgecore lists them all). edgeflock writes and re-stamps only what
+  changed: an unchanged value keeps the time it was last set.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ __all__ = [
     "TwinValue",
     "Version",
     "apply_desired",
+    "check_value",
     "delta",
     "delta_message",
     "document_message",
@@ -55,6 +61,7 @@ __all__ = [
     "parse_update",
     "property_from_msg",
     "property_from_row",
+    "state_message",
     "twin_message",
 ]
 
@@ -82,6 +89,9 @@ ERR_KEY = (
     "The key of twin must only include upper or lowercase letters, number, english, and "
     "special letter - _ . , : / @ # and the length of key should be less than 128 bytes"
 )
+ERR_DELETE_UNKNOWN = "the request body is wrong"
+ERR_NOT_EXISTED = "update rejected due to the device is not existed"
+ERR_TYPE = "the value type is not allowed"
 ERR_VALUE = (
     "The value of twin must only include upper or lowercase letters, number, english, and "
     "special letter - _ . , : / @ # and the length of value should be less than 512 bytes"
@@ -200,6 +210,13 @@ class Merge:
     expected_changed: frozenset[str] = frozenset()
     actual_changed: frozenset[str] = frozenset()
     deleted: frozenset[str] = frozenset()
+    # Properties the update gave a value for, changed or not: the update's result
+    # lists them (as edgecore does) and a delta among them is sent again.
+    given: frozenset[str] = frozenset()
+
+    def answer(self) -> dict[str, TwinProperty]:
+        """What the update's result lists: every changed or given property."""
+        return {n: self.twins[n] for n in sorted(self.given | set(self.result)) if n in self.twins}
 
     @property
     def changed(self) -> bool:
@@ -238,11 +255,25 @@ def _int(v: Any, what: str, event_id: str) -> int:
     return v
 
 
-def parse_base(payload: bytes) -> tuple[str, int]:
-    """``(event_id, timestamp)`` of a request such as twin/get or membership/get."""
-    obj = _loads(payload)
-    ev = _event_id(obj)
-    return ev, _int(obj.get("timestamp"), "timestamp", ev)
+def parse_base(payload: bytes, what: str = "twin info") -> tuple[str, int]:
+    """``(event_id, timestamp)`` of a request such as twin/get (``what`` "twin
+    info") or membership/get ("get membership info"). An unreadable one is
+    refused with edgecore's words, ``Unmarshal twin info <payload> failed , err:
+    <why>`` (``<why>`` is Python's reason where edgecore prints Go's error value)."""
+    try:
+        obj = _loads(payload)
+        ev = _event_id(obj)
+        return ev, _int(obj.get("timestamp"), "timestamp", ev)
+    except TwinError as err:
+        text = payload[:1024].decode("utf-8", "replace")
+        why = err.reason
+        if why == ERR_UNMARSHAL:
+            try:
+                json.loads(payload)
+                why = "not a base message (an object with a string event_id)"
+            except (ValueError, RecursionError) as exc:
+                why = str(exc)
+        raise TwinError(BAD_REQUEST, f"Unmarshal {what} {text} failed , err: {why}") from None
 
 
 def parse_state(payload: bytes) -> tuple[str, str]:
@@ -296,7 +327,7 @@ def _property(v: Any, event_id: str, strict: bool = True) -> PropertyUpdate:
         t = meta.get("type")
         if t is not None:
             if not isinstance(t, str) or t not in _TYPES:
-                raise TwinError(BAD_REQUEST, f"the value type is not allowed {t}", event_id)
+                raise TwinError(BAD_REQUEST, ERR_TYPE, event_id)
             typ = t or "string"
     elif meta is not None:
         raise TwinError(BAD_REQUEST, ERR_UNMARSHAL, event_id)
@@ -396,7 +427,7 @@ def check_value(typ: str, value: str) -> str | None:
         return None
     if typ == "boolean":
         return None if value in ("true", "false") else "the bool value must be true or false"
-    return f"the value type is not allowed {typ}"
+    return ERR_TYPE
 
 
 def merge_update(current: Mapping[str, TwinProperty], update: TwinUpdate, now_ms: int) -> Merge:
@@ -408,11 +439,12 @@ def merge_update(current: Mapping[str, TwinProperty], update: TwinUpdate, now_ms
     exp_changed: set[str] = set()
     act_changed: set[str] = set()
     deleted: set[str] = set()
+    given: set[str] = set()
     for name, upd in update.twin.items():
         prev = twins.get(name)
         if upd is None:
             if prev is None:
-                raise TwinError(BAD_REQUEST, "The request body is wrong", ev)
+                raise TwinError(BAD_REQUEST, ERR_DELETE_UNKNOWN, ev)
             if not prev.optional:
                 raise TwinError(BAD_REQUEST, f"twin {name} is not optional", ev)
             del twins[name]
@@ -432,6 +464,7 @@ def merge_update(current: Mapping[str, TwinProperty], update: TwinUpdate, now_ms
             out[side] = (have, stored)
             if val is None:
                 continue
+            given.add(name)
             reason = check_value(typ, val.value)
             if reason is not None:
                 raise TwinError(BAD_REQUEST, reason, ev)
@@ -446,10 +479,8 @@ def merge_update(current: Mapping[str, TwinProperty], update: TwinUpdate, now_ms
             if have is not None and have.value == val.value:
                 continue
             v = stored or Version()
-            out[side] = (
-                TwinValue(val.value, val.timestamp or now_ms),
-                Version(v.cloud, v.edge + 1),
-            )
+            # The edge's clock, never the device's (edgecore stamps ``now`` too).
+            out[side] = (TwinValue(val.value, now_ms), Version(v.cloud, v.edge + 1))
             (exp_changed if side == "expected" else act_changed).add(name)
         new = TwinProperty(
             expected=out["expected"][0],
@@ -470,6 +501,7 @@ def merge_update(current: Mapping[str, TwinProperty], update: TwinUpdate, now_ms
         frozenset(exp_changed),
         frozenset(act_changed),
         frozenset(deleted),
+        frozenset(given),
     )
 
 
@@ -527,6 +559,18 @@ def twin_message(event_id: str, now_ms: int, twins: Mapping[str, TwinProperty]) 
         "timestamp": now_ms,
         "twin": {k: v.to_msg() for k, v in twins.items()},
     }
+
+
+def state_message(
+    event_id: str, now_ms: int, name: str, state: str, last_online: str
+) -> dict[str, Any]:
+    """state/update/result: edgecore's ``DeviceMsg`` (``device.lastOnlineTime``,
+    empty fields omitted), plus ``last_online`` as edgeflock sent it before."""
+    device: dict[str, Any] = {"name": name, "state": state}
+    if last_online:
+        device["lastOnlineTime"] = last_online
+        device["last_online"] = last_online
+    return {"event_id": event_id, "timestamp": now_ms, "device": device}
 
 
 def error_message(event_id: str, now_ms: int, code: int, reason: str) -> dict[str, Any]:

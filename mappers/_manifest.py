@@ -161,14 +161,17 @@ def build_doc(
 
 
 def doc_from_membership(dev: Mapping[str, Any]) -> DeviceDoc:
-    """One DEV object of membership/get/result or membership/updated."""
-    name = dev.get("name") or dev.get("id")
+    """One DEV object of membership/get/result or membership/updated. Its ``id``
+    is ``namespace/name`` (KubeEdge 1.16+; a bare name before)."""
+    ident = dev.get("id")
+    id_ns, _, id_name = ident.rpartition("/") if isinstance(ident, str) else ("", "", "")
+    name = dev.get("name") or id_name
     if not isinstance(name, str) or not name:
         raise ConfigError("membership device without a name")
     twin = dev.get("twin")
     return build_doc(
         name,
-        str(dev.get("namespace") or "default"),
+        str(dev.get("namespace") or id_ns or "default"),
         _map(dev.get("spec"), f"device {name} spec"),
         _map(dev.get("model"), f"device {name} model"),
         twin if isinstance(twin, Mapping) else None,

@@ -112,7 +112,8 @@ class MapperShell:
             await self._changed.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.mqtt.subscribe(topics.DEVICE_PREFIX + "+" + topics.TWIN_UPDATE_DELTA)
+        # Deltas in KubeEdge 1.17+'s form, the one this mapper publishes in.
+        self.mqtt.subscribe(topics.CURRENT + topics.TWIN_UPDATE_DELTA)
         if self.node is not None:
             self.mqtt.subscribe(topics.membership_topic(self.node, topics.MEMBERSHIP_GET_RESULT))
             self.mqtt.subscribe(topics.membership_topic(self.node, topics.MEMBERSHIP_UPDATED))
@@ -237,11 +238,11 @@ class MapperShell:
     async def _dispatch(self, msg: Message) -> None:
         dev = topics.parse_device_topic(msg.topic)
         if dev is not None:
-            name, suffix = dev
+            name, suffix = dev.name, dev.suffix
             if suffix != topics.TWIN_UPDATE_DELTA:
                 return
             slot = self.devices.get(name)
-            if slot is None:
+            if slot is None or dev.namespace not in (None, slot.doc.namespace):
                 self._stats["deltas_unrouted"] += 1
                 return
             try:

@@ -12,6 +12,7 @@ from edgeproto import topics
 
 __all__ = [
     "delta_values",
+    "device_topics",
     "membership_get",
     "now_ms",
     "state_update",
@@ -59,7 +60,12 @@ def delta_values(payload: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in delta.items()}
 
 
-def device_topics(device: str) -> dict[str, str]:
+def device_topics(namespace: str, name: str) -> dict[str, str]:
+    """The topics a mapper uses for a device, in KubeEdge 1.17+'s form
+    (``$hw/events/device/{namespace}/{name}/...``), which the agent and edgecore
+    1.17+ serve. (The agent also serves the ≤ 1.15 form, ``{name}`` alone, for
+    KubeEdge's older mappers and apps; edgeflock's mappers have no need of it.)"""
+    device = topics.device_id(namespace, name)
     return {
         "update": topics.device_topic(device, topics.TWIN_UPDATE),
         "state": topics.device_topic(device, topics.STATE_UPDATE),

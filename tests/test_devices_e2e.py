@@ -162,6 +162,59 @@ async def test_reported_up_and_desired_down(
     await wait_for(spec_desired, timeout=3)
 
 
+async def test_a_kubeedge_117_device_app_reaches_the_cloud_on_its_topics(
+    nursery: trio.Nursery, gateway: Gateway, tmp_path: Path, broker: Broker
+) -> None:
+    """A device app written for KubeEdge 1.17+ addresses its device as
+    ``namespace/name`` and is answered there; the edge, not the device, stamps
+    the time that reaches the cloud (the app's clock says 2001)."""
+    await setup_node(nursery, gateway, tmp_path, broker, ["thermo-n"])
+    dev = topics.device_id("default", "thermo-n")
+    app = await open_client(
+        nursery,
+        broker.url,
+        (topics.DEVICE_PREFIX + "+/+/twin/update/+", topics.DEVICE_PREFIX + "+/+/state/+/+"),
+    )
+    await mapper_accepted(app, dev)
+    stale_clock = 1_000_000_000_000  # 2001-09-09
+    body = report({"temperature": "23"}, "app-1")
+    body["twin"]["temperature"]["actual"]["metadata"]["timestamp"] = stale_clock
+    before = int(time.time() * 1000)
+    app.publish(topics.device_topic(dev, topics.TWIN_UPDATE), body)
+    res = await app.wait_for(
+        "$hw/events/device/default/thermo-n/twin/update/result",
+        lambda b: b.get("event_id") == "app-1",
+    )
+    assert res["twin"]["temperature"]["actual"]["value"] == "23"
+    app.publish(
+        topics.device_topic(dev, topics.STATE_UPDATE), {"event_id": "s1", "state": "online"}
+    )
+    st = await app.wait_for(topics.device_topic(dev, topics.STATE_UPDATE_RESULT))
+    assert st["device"]["lastOnlineTime"].endswith("Z")
+
+    async def shows() -> Any:
+        _, got = await gateway.api("GET", f"{API}/devices/thermo-n")
+        status = got.get("status") or {}
+        return reported(got).get("temperature") == "23" and status.get("state") and status
+
+    status = await wait_for(shows, timeout=3)
+    (entry,) = [t for t in status["twins"] if t["propertyName"] == "temperature"]
+    assert int(entry["reported"]["metadata"]["timestamp"]) >= before
+    assert status["state"] == "online" and status["lastOnlineTime"].endswith("Z")
+    # The cloud's desired value reaches the app on its own form.
+    code, obj = await gateway.api("GET", f"{API}/devices/thermo-n")
+    for p in obj["spec"]["properties"]:
+        if p["name"] == "setpoint":
+            p["desired"] = {"value": "26"}
+    code, got = await gateway.api("PUT", f"{API}/devices/thermo-n", obj)
+    assert code == 200, got
+    await app.wait_for(
+        topics.device_topic(dev, topics.TWIN_UPDATE_DELTA),
+        lambda b: b["delta"].get("setpoint") == "26",
+        timeout=10,
+    )
+
+
 async def test_gateway_down_then_latest_values_arrive(
     nursery: trio.Nursery, tmp_path: Path, broker: Broker
 ) -> None:

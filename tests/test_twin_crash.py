@@ -54,7 +54,9 @@ def stored(data_dir: Path) -> dict[str, int]:
     """The actual values in the agent's twin table (what a restart loads)."""
     conn = apsw.Connection(str(data_dir / "meta.db"), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        rows = conn.execute("SELECT name, data FROM twin WHERE device = ?", (DEV,)).fetchall()
+        rows = conn.execute(
+            "SELECT name, data FROM twin WHERE device = ?", (topics.device_id("default", DEV),)
+        ).fetchall()
     finally:
         conn.close()
     return {str(n): int(json.loads(str(d))[2]) for n, d in rows if json.loads(str(d))[2]}

@@ -3,13 +3,22 @@
 ``Edged(config, meta).run()`` runs the pods bound to this node; ``read_logs`` and
 ``exec_sync`` serve logs and exec to the gateway. grpc is imported only when
 ``run`` starts (``edgeagent images import`` and agents without ``cri`` never load it).
+
+Importing the package loads only its exceptions: the sans-io modules (``_status``,
+``_spec``, ``_model``, ``_backoff``, ``_hpack``, ``_logs``) stay free of trio, and
+``Edged`` and the image import are loaded on first use.
 """
 
 from __future__ import annotations
 
-from ._edged import Edged, EdgedOptions
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import CriError, EdgedError, PodNotFound
-from ._images import ImageImportError, import_image
+
+if TYPE_CHECKING:
+    from ._edged import Edged, EdgedOptions
+    from ._images import ImageImportError, import_image
 
 __all__ = [
     "CriError",
@@ -20,3 +29,17 @@ __all__ = [
     "PodNotFound",
     "import_image",
 ]
+
+_HOME = {
+    "Edged": "._edged",
+    "EdgedOptions": "._edged",
+    "ImageImportError": "._images",
+    "import_image": "._images",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home, __name__), name)

@@ -21,31 +21,21 @@ import edgeproto
 from ._backoff import Backoff
 from ._cri import Cri, pb
 from ._errors import CriError
-from ._model import (
-    ANNOTATION_GRACE,
-    LABEL_CONTAINER,
-    LABEL_HASH,
-    LABEL_KIND,
-    LABEL_NAME,
-    LABEL_NAMESPACE,
-    LABEL_OWNER,
-    LABEL_UID,
-    ContainerInfo,
-    PodRuntime,
-    SandboxInfo,
-)
+from ._model import ContainerInfo, PodRuntime, SandboxInfo
 from ._pleg import Runtime
 from ._probes import ProbeRunner
 from ._spec import (
     ConfigError,
+    container_config,
     container_hash,
-    expand,
-    linux_resources,
+    field_values,
+    grace_period,
     object_refs,
     pull_policy,
     resolve_env,
+    sandbox_config,
 )
-from ._status import ContainerView, container_status, pod_phase
+from ._status import Transitions, pod_status, runtime_down_status
 from ._volumes import MountError, container_mounts, prepare_volumes
 
 if TYPE_CHECKING:
@@ -97,10 +87,6 @@ def remove_pod_cgroups(cgroup_root: str, uid: str) -> None:
                 pass
 
 
-def _kv(d: Mapping[str, Any] | None) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (d or {}).items()}
-
-
 class PodWorker:
     def __init__(self, ctx: PodContext, key: str, uid: str, pod: dict[str, Any] | None) -> None:
         self.ctx = ctx
@@ -113,7 +99,7 @@ class PodWorker:
         self._waiting: dict[str, tuple[str, str]] = {}  # container name -> (reason, message)
         self._probes: dict[tuple[str, str], ProbeRunner] = {}  # (container id, kind)
         self._last_status: dict[str, Any] | None = None
-        self._transitions: dict[str, tuple[str, str]] = {}
+        self._transitions = Transitions()
         self._started_at = edgeproto.rfc3339(time.time())
         self._nursery: trio.Nursery | None = None
         self._err_since: dict[str, float] = {}
@@ -239,64 +225,15 @@ class PodWorker:
         return True
 
     def sandbox_config(self, attempt: int) -> Any:
-        meta = self.pod.get("metadata") or {}
-        spec = self.spec
-        hostnet = self.host_network
-        labels = {
-            **_kv(meta.get("labels")),
-            LABEL_OWNER: self.ctx.owner,
-            LABEL_UID: self.uid,
-            LABEL_NAME: self.name,
-            LABEL_NAMESPACE: self.namespace,
-        }
-        ports = []
-        for c in spec.get("containers") or []:
-            for p in c.get("ports") or []:
-                if p.get("hostPort"):
-                    ports.append(
-                        pb.PortMapping(
-                            protocol={"UDP": 1, "SCTP": 2}.get(str(p.get("protocol")), 0),
-                            container_port=int(p.get("containerPort") or 0),
-                            host_port=int(p.get("hostPort") or 0),
-                            host_ip=str(p.get("hostIP") or ""),
-                        )
-                    )
-        psc = spec.get("securityContext") or {}
-        sc = pb.LinuxSandboxSecurityContext(
-            namespace_options=pb.NamespaceOption(network=2 if hostnet else 0, pid=1, ipc=0),
-            privileged=any(
-                bool((c.get("securityContext") or {}).get("privileged"))
-                for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])
-            ),
-        )
-        if psc.get("runAsUser") is not None:
-            sc.run_as_user.value = int(psc["runAsUser"])
-        dns = None
-        dc = spec.get("dnsConfig") or {}
-        if dc:
-            dns = pb.DNSConfig(
-                servers=[str(x) for x in dc.get("nameservers") or []],
-                searches=[str(x) for x in dc.get("searches") or []],
-                options=[
-                    f"{o.get('name')}:{o['value']}" if o.get("value") else str(o.get("name"))
-                    for o in dc.get("options") or []
-                ],
-            )
         return pb.PodSandboxConfig(
-            metadata=pb.PodSandboxMetadata(
-                name=self.name, uid=self.uid, namespace=self.namespace, attempt=attempt
-            ),
-            # host network: leave the hostname empty (containerd then keeps the host's)
-            hostname="" if hostnet else str(spec.get("hostname") or self.name)[:63],
-            log_directory=str(self.pod_dir / "logs"),
-            dns_config=dns,
-            port_mappings=ports,
-            labels=labels,
-            annotations=_kv(meta.get("annotations")),
-            linux=pb.LinuxPodSandboxConfig(
-                cgroup_parent=f"{self.ctx.cgroup_root.rstrip('/')}/pod{self.uid}",
-                security_context=sc,
-            ),
+            **sandbox_config(
+                self.pod,
+                uid=self.uid,
+                owner=self.ctx.owner,
+                attempt=attempt,
+                log_directory=str(self.pod_dir / "logs"),
+                cgroup_root=self.ctx.cgroup_root,
+            )
         )
 
     async def _create_sandbox(self, rt: PodRuntime) -> tuple[SandboxInfo | None, str]:
@@ -333,8 +270,7 @@ class PodWorker:
         (self.pod_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     def _grace(self) -> int:
-        g = self.spec.get("terminationGracePeriodSeconds")
-        return 30 if g is None else max(0, int(g))
+        return grace_period(self.pod)
 
     # ---- containers
     async def _sync_init(
@@ -564,76 +500,20 @@ class PodWorker:
         volumes: dict[str, str],
         objects: dict[str, Any],
     ) -> Any:
-        name = str(spec.get("name"))
-        meta = self.pod.get("metadata") or {}
-        fields = {
-            "metadata.name": self.name,
-            "metadata.namespace": self.namespace,
-            "metadata.uid": self.uid,
-            "spec.nodeName": str(self.spec.get("nodeName") or ""),
-            "spec.serviceAccountName": str(self.spec.get("serviceAccountName") or ""),
-            "status.podIP": sb.ip or self.ctx.host_ip,
-            "status.hostIP": self.ctx.host_ip,
-        }
-        for k, v in (meta.get("labels") or {}).items():
-            fields[f"metadata.labels['{k}']"] = str(v)
+        fields = field_values(self.pod, self.uid, sb.ip or self.ctx.host_ip, self.ctx.host_ip)
         env = resolve_env(spec, objects, self.namespace, fields)
         mounts = container_mounts(self.pod, spec, volumes)
-        res = linux_resources(spec.get("resources"))
-        psc = self.spec.get("securityContext") or {}
-        csc = spec.get("securityContext") or {}
-        sc = pb.LinuxContainerSecurityContext(
-            privileged=bool(csc.get("privileged", False)),
-            readonly_rootfs=bool(csc.get("readOnlyRootFilesystem", False)),
-            no_new_privs=csc.get("allowPrivilegeEscalation") is False,
-            namespace_options=pb.NamespaceOption(
-                network=2 if self.host_network else 0, pid=1, ipc=0
-            ),
-        )
-        user = csc.get("runAsUser", psc.get("runAsUser"))
-        if user is not None:
-            sc.run_as_user.value = int(user)
-        group = csc.get("runAsGroup", psc.get("runAsGroup"))
-        if group is not None:
-            sc.run_as_group.value = int(group)
-        caps = csc.get("capabilities") or {}
-        if caps:
-            sc.capabilities.add_capabilities.extend(str(c) for c in caps.get("add") or [])
-            sc.capabilities.drop_capabilities.extend(str(c) for c in caps.get("drop") or [])
-        expand_env = dict(env)
         return pb.ContainerConfig(
-            metadata=pb.ContainerMetadata(name=name, attempt=attempt),
-            image=pb.ImageSpec(image=str(spec.get("image"))),
-            command=[expand(str(x), expand_env) for x in spec.get("command") or []],
-            args=[expand(str(x), expand_env) for x in spec.get("args") or []],
-            working_dir=str(spec.get("workingDir") or ""),
-            envs=[pb.KeyValue(key=k, value=v) for k, v in env],
-            mounts=[
-                pb.Mount(
-                    container_path=m.container_path, host_path=m.host_path, readonly=m.readonly
-                )
-                for m in mounts
-            ],
-            labels={
-                LABEL_OWNER: self.ctx.owner,
-                LABEL_UID: self.uid,
-                LABEL_NAME: self.name,
-                LABEL_NAMESPACE: self.namespace,
-                LABEL_CONTAINER: name,
-                LABEL_HASH: container_hash(spec),
-                LABEL_KIND: kind,
-            },
-            annotations={ANNOTATION_GRACE: str(self._grace())},
-            log_path=f"{name}/{attempt}.log",
-            linux=pb.LinuxContainerConfig(
-                resources=pb.LinuxContainerResources(
-                    cpu_period=res.cpu_period,
-                    cpu_quota=res.cpu_quota,
-                    cpu_shares=res.cpu_shares,
-                    memory_limit_in_bytes=res.memory_limit_in_bytes,
-                ),
-                security_context=sc,
-            ),
+            **container_config(
+                self.pod,
+                spec,
+                kind=kind,
+                uid=self.uid,
+                owner=self.ctx.owner,
+                attempt=attempt,
+                env=env,
+                mounts=mounts,
+            )
         )
 
     async def _stop_container(self, c: ContainerInfo, grace: int) -> None:
@@ -741,131 +621,23 @@ class PodWorker:
         shutil.rmtree(self.pod_dir, ignore_errors=True)
 
     # ---- status
-    def _views(self, rt: PodRuntime, sb: SandboxInfo | None, kind: str) -> list[ContainerView]:
-        field = "initContainers" if kind == "init" else "containers"
-        out = []
-        for spec in self.spec.get(field) or []:
-            name = str(spec.get("name"))
-            latest = rt.latest(name, kind, sb.id if sb else None)
-            if sb is None:
-                latest = rt.latest(name, kind)
-            info = latest[0] if latest else None
-            prev = latest[1] if len(latest) > 1 else None
-            waiting = self._waiting.get(name)
-            running = info is not None and info.state == "running"
-            started = running and (
-                self._probes.get((info.id, "startup")) is None
-                or self._probes[(info.id, "startup")].result is True
-                if info
-                else False
-            )
-            ready = False
-            if running and info is not None and kind == "app":
-                if spec.get("readinessProbe"):
-                    r = self._probes.get((info.id, "readiness"))
-                    ready = bool(started and r is not None and r.result)
-                else:
-                    ready = bool(started)
-            if (
-                kind == "init"
-                and info is not None
-                and info.state == "exited"
-                and info.exit_code == 0
-            ):
-                ready = True
-            if waiting is not None and running:
-                waiting = None
-            out.append(
-                ContainerView(
-                    name, str(spec.get("image") or ""), info, prev, waiting, ready, bool(started)
-                )
-            )
-        return out
-
     def build_status(
         self, rt: PodRuntime, sb: SandboxInfo | None, mount_error: str, sandbox_error: str = ""
     ) -> dict[str, Any]:
-        spec = self.spec
-        policy = str(spec.get("restartPolicy") or "Always")
-        init_views = self._views(rt, sb, "init")
-        app_views = self._views(rt, sb, "app")
-        if mount_error or sandbox_error:
-            msg = mount_error or sandbox_error
-            pending = ("ContainerCreating", msg)
-            app_views = [
-                ContainerView(
-                    v.name, v.image, v.info, v.prev, v.waiting or pending, v.ready, v.started
-                )
-                for v in app_views
-            ]
-        init_st = [container_status(v) for v in init_views]
-        app_st = [container_status(v) for v in app_views]
-        init_done = all(
-            v.info is not None and v.info.state == "exited" and v.info.exit_code == 0
-            for v in init_views
+        return pod_status(
+            self.spec,
+            rt,
+            sb,
+            waiting=self._waiting,
+            probes={key: runner.result for key, runner in self._probes.items()},
+            transitions=self._transitions,
+            now=edgeproto.rfc3339(time.time()),
+            started_at=self._started_at,
+            host_ip=self.ctx.host_ip,
+            mount_error=mount_error,
+            sandbox_error=sandbox_error,
+            runtime_error=self.ctx.runtime_error,
         )
-        init_failed = policy == "Never" and any(
-            v.info is not None and v.info.state == "exited" and v.info.exit_code != 0
-            for v in init_views
-        )
-        if init_failed:
-            phase = "Failed"
-        elif not init_done:
-            phase = "Pending"
-        else:
-            phase = pod_phase(app_st, policy)
-        containers_ready = init_done and all(v.ready for v in app_views) and bool(app_views)
-        conds = [
-            ("PodScheduled", True, ""),
-            ("PodReadyToStartContainers", sb is not None, "" if sb else "SandboxNotReady"),
-            ("Initialized", init_done, "" if init_done else "ContainersNotInitialized"),
-            ("ContainersReady", containers_ready, "" if containers_ready else "ContainersNotReady"),
-            ("Ready", containers_ready, "" if containers_ready else "ContainersNotReady"),
-        ]
-        if self.ctx.runtime_error:
-            conds[-1] = ("Ready", False, "ContainerRuntimeDown")
-        conditions = []
-        now = edgeproto.rfc3339(time.time())
-        for ctype, ok, reason in conds:
-            status = "True" if ok else "False"
-            prev = self._transitions.get(ctype)
-            if prev is None or prev[0] != status:
-                prev = (status, now)
-                self._transitions[ctype] = prev
-            c: dict[str, Any] = {"type": ctype, "status": status, "lastTransitionTime": prev[1]}
-            if reason:
-                c["reason"] = reason
-            conditions.append(c)
-        host_ip = self.ctx.host_ip
-        pod_ip = host_ip if self.host_network else (sb.ip if sb else "")
-        status_: dict[str, Any] = {
-            "phase": phase,
-            "conditions": conditions,
-            "hostIP": host_ip,
-            "hostIPs": [{"ip": host_ip}] if host_ip else [],
-            "podIP": pod_ip,
-            "podIPs": [{"ip": pod_ip}] if pod_ip else [],
-            # the sandbox's creation time is stable across agent restarts
-            "startTime": (
-                edgeproto.rfc3339(sb.created_at / 1e9)  # containerd: ns
-                if sb and sb.created_at
-                else self._started_at
-            ),
-            "containerStatuses": app_st,
-            "qosClass": _qos(spec),
-        }
-        if init_st:
-            status_["initContainerStatuses"] = init_st
-        if mount_error:
-            status_["message"] = mount_error
-            status_["reason"] = "FailedMount"
-        elif sandbox_error:
-            status_["message"] = sandbox_error
-            status_["reason"] = "FailedCreatePodSandBox"
-        elif self.ctx.runtime_error:
-            status_["message"] = f"container runtime unreachable: {self.ctx.runtime_error}"
-            status_["reason"] = "ContainerRuntimeDown"
-        return status_
 
     async def report(
         self, rt: PodRuntime, sb: SandboxInfo | None, mount_error: str, sandbox_error: str = ""
@@ -873,29 +645,8 @@ class PodWorker:
         await self.publish(self.build_status(rt, sb, mount_error, sandbox_error))
 
     async def report_runtime_down(self, error: str) -> None:
-        if self._last_status is None:
-            status: dict[str, Any] = {"phase": "Pending", "conditions": []}
-        else:
-            status = {k: v for k, v in self._last_status.items()}
-        status["reason"] = "ContainerRuntimeDown"
-        status["message"] = f"container runtime unreachable: {error}"
         now = edgeproto.rfc3339(time.time())
-        conds = [
-            c
-            for c in status.get("conditions", [])
-            if c.get("type") not in ("Ready", "ContainersReady")
-        ]
-        for ctype in ("ContainersReady", "Ready"):
-            prev = self._transitions.get(ctype)
-            if prev is None or prev[0] != "False":
-                prev = ("False", now)
-                self._transitions[ctype] = prev
-            conds.append(
-                {"type": ctype, "status": "False", "reason": "ContainerRuntimeDown",
-                 "lastTransitionTime": prev[1]}
-            )  # fmt: skip
-        status["conditions"] = conds
-        await self.publish(status)
+        await self.publish(runtime_down_status(self._last_status, error, self._transitions, now))
 
     async def publish(self, status: dict[str, Any]) -> None:
         if status == self._last_status:
@@ -907,20 +658,3 @@ class PodWorker:
     @property
     def status(self) -> dict[str, Any] | None:
         return self._last_status
-
-
-def _qos(spec: Mapping[str, Any]) -> str:
-    containers = list(spec.get("containers") or [])
-    any_set = False
-    guaranteed = True
-    for c in containers:
-        res = c.get("resources") or {}
-        lim, req = res.get("limits") or {}, res.get("requests") or {}
-        if lim or req:
-            any_set = True
-        for r in ("cpu", "memory"):
-            if r not in lim or (r in req and str(req[r]) != str(lim[r])):
-                guaranteed = False
-    if not any_set:
-        return "BestEffort"
-    return "Guaranteed" if guaranteed else "Burstable"

@@ -1,5 +1,7 @@
 """Pod spec helpers, sans-io: quantities, pull policy, spec hashes, environment
-resolution and the mapping of resources to Linux cgroup values."""
+resolution, the mapping of resources to Linux cgroup values, and the CRI sandbox and
+container configs built from a pod (as plain data in the CRI protobuf's field names:
+edged's pod worker turns them into the messages)."""
 
 from __future__ import annotations
 
@@ -7,22 +9,37 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ._errors import EdgedError
+from ._model import (
+    ANNOTATION_GRACE,
+    LABEL_CONTAINER,
+    LABEL_HASH,
+    LABEL_KIND,
+    LABEL_NAME,
+    LABEL_NAMESPACE,
+    LABEL_OWNER,
+    LABEL_UID,
+)
 
 __all__ = [
     "ConfigError",
     "LinuxResources",
+    "Mount",
+    "container_config",
     "container_hash",
     "cpu_millis",
+    "field_values",
+    "grace_period",
     "linux_resources",
     "memory_bytes",
     "object_data",
     "pull_policy",
     "resolve_env",
+    "sandbox_config",
 ]
 
 
@@ -231,3 +248,194 @@ def object_refs(pod: Mapping[str, Any]) -> set[str]:
             if (source.get("secretKeyRef") or {}).get("name"):
                 out.add(f"secrets/{ns}/{source['secretKeyRef']['name']}")
     return out
+
+
+# -- the CRI configs -------------------------------------------------------------------
+
+
+class Mount(Protocol):
+    """A bind mount of a volume into a container (``_volumes.VolumeMount``)."""
+
+    @property
+    def container_path(self) -> str: ...
+    @property
+    def host_path(self) -> str: ...
+    @property
+    def readonly(self) -> bool: ...
+
+
+def _kv(d: Mapping[str, Any] | None) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (d or {}).items()}
+
+
+def _identity(pod: Mapping[str, Any]) -> tuple[str, str]:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("name") or ""), str(meta.get("namespace") or "default")
+
+
+def grace_period(pod: Mapping[str, Any]) -> int:
+    """``terminationGracePeriodSeconds`` (30 when unset)."""
+    g = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+    return 30 if g is None else max(0, int(g))
+
+
+def field_values(pod: Mapping[str, Any], uid: str, pod_ip: str, host_ip: str) -> dict[str, str]:
+    """What ``fieldRef`` paths in the pod's environment resolve to."""
+    name, namespace = _identity(pod)
+    spec = pod.get("spec") or {}
+    fields = {
+        "metadata.name": name,
+        "metadata.namespace": namespace,
+        "metadata.uid": uid,
+        "spec.nodeName": str(spec.get("nodeName") or ""),
+        "spec.serviceAccountName": str(spec.get("serviceAccountName") or ""),
+        "status.podIP": pod_ip,
+        "status.hostIP": host_ip,
+    }
+    for k, v in ((pod.get("metadata") or {}).get("labels") or {}).items():
+        fields[f"metadata.labels['{k}']"] = str(v)
+    return fields
+
+
+def sandbox_config(
+    pod: Mapping[str, Any],
+    *,
+    uid: str,
+    owner: str,
+    attempt: int,
+    log_directory: str,
+    cgroup_root: str,
+) -> dict[str, Any]:
+    """The pod's CRI ``PodSandboxConfig``: labels that find it again, host ports, DNS,
+    host network and the pod cgroup under ``cgroup_root``."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    name, namespace = _identity(pod)
+    hostnet = bool(spec.get("hostNetwork"))
+    labels = {
+        **_kv(meta.get("labels")),
+        LABEL_OWNER: owner,
+        LABEL_UID: uid,
+        LABEL_NAME: name,
+        LABEL_NAMESPACE: namespace,
+    }
+    ports = [
+        {
+            "protocol": {"UDP": 1, "SCTP": 2}.get(str(p.get("protocol")), 0),
+            "container_port": int(p.get("containerPort") or 0),
+            "host_port": int(p.get("hostPort") or 0),
+            "host_ip": str(p.get("hostIP") or ""),
+        }
+        for c in spec.get("containers") or []
+        for p in c.get("ports") or []
+        if p.get("hostPort")
+    ]
+    containers = (spec.get("containers") or []) + (spec.get("initContainers") or [])
+    security: dict[str, Any] = {
+        "namespace_options": {"network": 2 if hostnet else 0, "pid": 1, "ipc": 0},
+        "privileged": any(
+            bool((c.get("securityContext") or {}).get("privileged")) for c in containers
+        ),
+    }
+    run_as_user = (spec.get("securityContext") or {}).get("runAsUser")
+    if run_as_user is not None:
+        security["run_as_user"] = {"value": int(run_as_user)}
+    dns = None
+    dc = spec.get("dnsConfig") or {}
+    if dc:
+        dns = {
+            "servers": [str(x) for x in dc.get("nameservers") or []],
+            "searches": [str(x) for x in dc.get("searches") or []],
+            "options": [
+                f"{o.get('name')}:{o['value']}" if o.get("value") else str(o.get("name"))
+                for o in dc.get("options") or []
+            ],
+        }
+    return {
+        "metadata": {"name": name, "uid": uid, "namespace": namespace, "attempt": attempt},
+        # host network: leave the hostname empty (containerd then keeps the host's)
+        "hostname": "" if hostnet else str(spec.get("hostname") or name)[:63],
+        "log_directory": log_directory,
+        "dns_config": dns,
+        "port_mappings": ports,
+        "labels": labels,
+        "annotations": _kv(meta.get("annotations")),
+        "linux": {
+            "cgroup_parent": f"{cgroup_root.rstrip('/')}/pod{uid}",
+            "security_context": security,
+        },
+    }
+
+
+def container_config(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    *,
+    kind: str,
+    uid: str,
+    owner: str,
+    attempt: int,
+    env: Sequence[tuple[str, str]],
+    mounts: Sequence[Mount],
+) -> dict[str, Any]:
+    """A container's CRI ``ContainerConfig`` with its resolved environment (``$(VAR)``
+    expanded in command and args), mounts, cgroup limits and security context."""
+    name = str(container.get("name"))
+    pod_name, namespace = _identity(pod)
+    spec = pod.get("spec") or {}
+    res = linux_resources(container.get("resources"))
+    psc = spec.get("securityContext") or {}
+    csc = container.get("securityContext") or {}
+    security: dict[str, Any] = {
+        "privileged": bool(csc.get("privileged", False)),
+        "readonly_rootfs": bool(csc.get("readOnlyRootFilesystem", False)),
+        "no_new_privs": csc.get("allowPrivilegeEscalation") is False,
+        "namespace_options": {
+            "network": 2 if spec.get("hostNetwork") else 0, "pid": 1, "ipc": 0
+        },
+    }  # fmt: skip
+    user = csc.get("runAsUser", psc.get("runAsUser"))
+    if user is not None:
+        security["run_as_user"] = {"value": int(user)}
+    group = csc.get("runAsGroup", psc.get("runAsGroup"))
+    if group is not None:
+        security["run_as_group"] = {"value": int(group)}
+    caps = csc.get("capabilities") or {}
+    if caps:
+        security["capabilities"] = {
+            "add_capabilities": [str(c) for c in caps.get("add") or []],
+            "drop_capabilities": [str(c) for c in caps.get("drop") or []],
+        }
+    values = dict(env)
+    return {
+        "metadata": {"name": name, "attempt": attempt},
+        "image": {"image": str(container.get("image"))},
+        "command": [expand(str(x), values) for x in container.get("command") or []],
+        "args": [expand(str(x), values) for x in container.get("args") or []],
+        "working_dir": str(container.get("workingDir") or ""),
+        "envs": [{"key": k, "value": v} for k, v in env],
+        "mounts": [
+            {"container_path": m.container_path, "host_path": m.host_path, "readonly": m.readonly}
+            for m in mounts
+        ],
+        "labels": {
+            LABEL_OWNER: owner,
+            LABEL_UID: uid,
+            LABEL_NAME: pod_name,
+            LABEL_NAMESPACE: namespace,
+            LABEL_CONTAINER: name,
+            LABEL_HASH: container_hash(container),
+            LABEL_KIND: kind,
+        },
+        "annotations": {ANNOTATION_GRACE: str(grace_period(pod))},
+        "log_path": f"{name}/{attempt}.log",
+        "linux": {
+            "resources": {
+                "cpu_period": res.cpu_period,
+                "cpu_quota": res.cpu_quota,
+                "cpu_shares": res.cpu_shares,
+                "memory_limit_in_bytes": res.memory_limit_in_bytes,
+            },
+            "security_context": security,
+        },
+    }

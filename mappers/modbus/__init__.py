@@ -3,21 +3,23 @@
 ``modbus-mapper --mqtt tcp://127.0.0.1:1883 --node NAME`` follows the node's
 devices through the agent; ``--config devices.yaml`` runs standalone. See
 ``mappers/README.md`` for the Device configuration keys.
+
+Importing the package loads nothing: the sans-io cores (``_codec``, ``_frame``,
+``_plan``) stay free of trio, paho and pyserial, and the names below that need
+them (buses, device tasks, the CLI) are loaded on first use.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import trio
-
-from mappers._manifest import DeviceDoc
-from mappers._runner import DeviceFactory, cli_main
-from mappers.modbus._bus import Bus, BusPool, SerialBus, TcpBus
-from mappers.modbus._codec import DataType, RegisterCodec
-from mappers.modbus._config import ModbusDevice, parse_device
-from mappers.modbus._device import ModbusDeviceTask, Publisher
+if TYPE_CHECKING:
+    from mappers.modbus._bus import Bus, BusPool, SerialBus, TcpBus
+    from mappers.modbus._cli import PROTOCOL, main, make_factory
+    from mappers.modbus._codec import DataType, RegisterCodec
+    from mappers.modbus._config import ModbusDevice, parse_device
+    from mappers.modbus._device import ModbusDeviceTask
 
 __all__ = [
     "PROTOCOL",
@@ -34,37 +36,24 @@ __all__ = [
     "parse_device",
 ]
 
-PROTOCOL = "modbus"
+_HOME = {
+    "Bus": "_bus",
+    "BusPool": "_bus",
+    "SerialBus": "_bus",
+    "TcpBus": "_bus",
+    "PROTOCOL": "_cli",
+    "main": "_cli",
+    "make_factory": "_cli",
+    "DataType": "_codec",
+    "RegisterCodec": "_codec",
+    "ModbusDevice": "_config",
+    "parse_device": "_config",
+    "ModbusDeviceTask": "_device",
+}
 
 
-class _PooledTask(ModbusDeviceTask):
-    """A device task that gives its bus back to the pool when it ends."""
-
-    def __init__(self, device: ModbusDevice, pool: BusPool, publisher: Publisher) -> None:
-        super().__init__(device, pool.acquire(device.endpoint), publisher)
-        self._pool = pool
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await super().run(task_status=task_status)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._pool.release(self.bus)
-
-
-def make_factory(publisher: Publisher, pool: BusPool | None = None) -> DeviceFactory:
-    """Device docs → device tasks sharing one bus per physical bus."""
-    buses = pool if pool is not None else BusPool()
-
-    def factory(doc: DeviceDoc) -> ModbusDeviceTask:
-        return _PooledTask(parse_device(doc), buses, publisher)
-
-    return factory
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli_main(PROTOCOL, make_factory, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

@@ -2,6 +2,6 @@
 
 import sys
 
-from . import main
+from mappers.modbus._cli import main
 
 sys.exit(main())

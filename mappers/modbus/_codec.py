@@ -13,6 +13,7 @@ The engineering value is ``raw * scale + value_offset``; writing inverts that.
 
 from __future__ import annotations
 
+import codecs
 import enum
 import math
 import struct
@@ -86,6 +87,25 @@ def _shortest_float32(value: float) -> float:
     return value
 
 
+def describe(value: object) -> str:
+    """``value`` for an error message: short, and safe for ints too long for ``str()``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _finite(value: float, what: str) -> float:
+    """``value`` as a finite float, else CodecError."""
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        raise CodecError(f"{what} must be a finite number, not {describe(value)}") from None
+    if not math.isfinite(number):
+        raise CodecError(f"{what} must be a finite number, not {describe(value)}")
+    return number
+
+
 def _tidy(value: float) -> float:
     """Remove binary noise after scaling (456 * 0.1 → 45.6)."""
     if not math.isfinite(value) or value == 0:
@@ -107,6 +127,8 @@ class RegisterCodec:
 
     def __post_init__(self) -> None:
         natural = registers_for(self.data_type)
+        if self.count < 0:
+            raise CodecError(f"limit must be >= 0, not {self.count}")
         if self.count == 0:
             if self.data_type is DataType.STRING:
                 raise CodecError("a string needs limit (registers) > 0")
@@ -115,10 +137,15 @@ class RegisterCodec:
             raise CodecError(
                 f"{self.data_type.value} needs {natural} registers, limit is {self.count}"
             )
-        if self.scale == 0 or not math.isfinite(self.scale):
-            raise CodecError(f"scale must be a finite non-zero number, not {self.scale}")
-        if not math.isfinite(self.value_offset):
-            raise CodecError(f"valueOffset must be finite, not {self.value_offset}")
+        scale = _finite(self.scale, "scale")
+        if scale == 0:
+            raise CodecError("scale must be a finite non-zero number, not 0")
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "value_offset", _finite(self.value_offset, "valueOffset"))
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise CodecError(f"unknown string encoding {self.encoding!r}") from None
 
     @property
     def scaled(self) -> bool:
@@ -133,7 +160,7 @@ class RegisterCodec:
         out = bytearray()
         for w in words:
             if not 0 <= w <= 0xFFFF:
-                raise CodecError(f"register value {w} out of 0..65535")
+                raise CodecError(f"register value {describe(w)} out of 0..65535")
             hi, lo = w >> 8, w & 0xFF
             out += bytes((lo, hi)) if self.byte_swap else bytes((hi, lo))
         return bytes(out)
@@ -188,38 +215,64 @@ class RegisterCodec:
         if dt is DataType.BOOL:
             return [0] * (self.count - 1) + [1 if _as_bool(value) else 0]
         if dt is DataType.STRING:
-            data = str(value).encode(self.encoding)
-            if len(data) > 2 * self.count:
-                raise CodecError(f"string of {len(data)} bytes exceeds {self.count} registers")
-            return self._from_bytes(data.ljust(2 * self.count, b"\x00"))
+            return self._encode_string(value)
         fmt, n = _FORMATS[dt]
         number = _as_number(value)
-        raw = (number - self.value_offset) / self.scale if self.scaled else number
-        packed: bytes
-        if dt in (DataType.FLOAT32, DataType.FLOAT64):
-            raw_f = float(raw)
-            if dt is DataType.FLOAT32 and math.isfinite(raw_f) and abs(raw_f) > 3.4028235e38:
-                raise CodecError(f"{value!r} does not fit float32")
-            packed = struct.pack(fmt, raw_f)
-        else:
-            if isinstance(raw, float):
-                if not math.isfinite(raw):
-                    raise CodecError(f"{value!r} is not a finite number")
-                raw = round(raw)
-            try:
-                packed = struct.pack(fmt, raw)
-            except struct.error:
-                raise CodecError(f"{value!r} (raw {raw}) does not fit {dt.value}") from None
+        try:
+            if dt in (DataType.FLOAT32, DataType.FLOAT64):
+                packed = struct.pack(fmt, self._unscale_float(value, number))
+            else:
+                packed = struct.pack(fmt, self._unscale_int(value, number))
+        except (OverflowError, struct.error):
+            raise CodecError(f"{describe(value)} does not fit {dt.value}") from None
         pad = b"\x00" * (2 * (self.count - n))
         return self._from_bytes(pad + packed)
+
+    def _encode_string(self, value: Value) -> list[int]:
+        try:
+            data = (value if isinstance(value, str) else str(value)).encode(self.encoding)
+        except ValueError:  # an int too long for str(), or text the encoding lacks
+            raise CodecError(f"{describe(value)} is not {self.encoding} text") from None
+        if len(data) > 2 * self.count:
+            raise CodecError(f"string of {len(data)} bytes exceeds {self.count} registers")
+        return self._from_bytes(data.ljust(2 * self.count, b"\x00"))
+
+    def _unscale_float(self, value: Value, number: int | float) -> float:
+        """The raw float for a float register; inf and nan pass, overflow does not."""
+        try:
+            raw = float(number)
+            if self.scaled:
+                raw = (raw - self.value_offset) / self.scale
+        except OverflowError:
+            raise CodecError(f"{describe(value)} does not fit {self.data_type.value}") from None
+        if math.isfinite(number) and not math.isfinite(raw):
+            raise CodecError(f"{describe(value)} does not fit {self.data_type.value} once scaled")
+        return raw
+
+    def _unscale_int(self, value: Value, number: int | float) -> int:
+        """The raw integer for an integer register (rounded after scaling)."""
+        if isinstance(number, float) and not math.isfinite(number):
+            raise CodecError(f"{describe(value)} is not a finite number")
+        if not self.scaled:
+            return round(number)
+        try:
+            raw = (number - self.value_offset) / self.scale
+        except OverflowError:
+            raise CodecError(f"{describe(value)} does not fit {self.data_type.value}") from None
+        if not math.isfinite(raw):
+            raise CodecError(f"{describe(value)} does not fit {self.data_type.value} once scaled")
+        return round(raw)
 
     def encode_bits(self, value: Value) -> list[bool]:
         if self.data_type is DataType.BOOL:
             return [_as_bool(value)] * self.count
-        number = int(_as_number(value))
-        if not 0 <= number < (1 << self.count):
-            raise CodecError(f"{value!r} does not fit {self.count} bits")
-        return [bool(number >> i & 1) for i in range(self.count)]
+        number = _as_number(value)
+        if isinstance(number, float) and not math.isfinite(number):
+            raise CodecError(f"{describe(value)} is not a finite number")
+        whole = int(number)
+        if not 0 <= whole < (1 << self.count):
+            raise CodecError(f"{describe(value)} does not fit {self.count} bits")
+        return [bool(whole >> i & 1) for i in range(self.count)]
 
 
 def _as_bool(value: Value) -> bool:
@@ -229,7 +282,7 @@ def _as_bool(value: Value) -> bool:
             return True
         if low in ("false", "0", "off", "no"):
             return False
-        raise CodecError(f"{value!r} is not a boolean")
+        raise CodecError(f"{describe(value)} is not a boolean")
     return bool(value)
 
 
@@ -246,7 +299,7 @@ def _as_number(value: Value) -> int | float:
     try:
         return float(text)
     except ValueError:
-        raise CodecError(f"{value!r} is not a number") from None
+        raise CodecError(f"{describe(value)} is not a number") from None
 
 
 def parse_value(text: str, data_type: DataType) -> Value:
@@ -267,6 +320,11 @@ def format_value(value: Value, twin_type: str = "") -> str:
         return "true" if value not in (0, "", "0", "false") else "false"
     if isinstance(value, str):
         return value
+    if isinstance(value, int):
+        try:
+            return str(value)
+        except ValueError:  # past Python's 4,300-digit limit for str(int)
+            raise CodecError(f"{describe(value)} has too many digits") from None
     if twin_type == "int":
         return str(round(value)) if math.isfinite(value) else str(value)
     if isinstance(value, float):

@@ -13,13 +13,14 @@ Extensions: ``dataType``, ``byteOrder``/``wordOrder`` (big|little), ``valueOffse
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mappers._errors import CodecError, ConfigError
 from mappers._manifest import DeviceDoc, PropertyDoc
-from mappers.modbus._codec import DataType, RegisterCodec
+from mappers.modbus._codec import DataType, RegisterCodec, describe
 from mappers.modbus._frame import Register
 
 __all__ = ["ModbusDevice", "ModbusProperty", "SerialEndpoint", "TcpEndpoint", "parse_device"]
@@ -84,6 +85,7 @@ class ModbusDevice:
     retries: int = DEFAULT_RETRIES
     offline_after: int = DEFAULT_OFFLINE_AFTER
     doc: DeviceDoc | None = None
+    namespace: str = "default"  # with name: the device id namespace/name on the bus
 
     def prop(self, name: str) -> ModbusProperty | None:
         for p in self.properties:
@@ -110,10 +112,10 @@ def _int(value: Any, where: str, lo: int, hi: int) -> int:
         number = int(value)
         if isinstance(value, float) and not value.is_integer():
             raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not an integer") from None
+    except (OverflowError, TypeError, ValueError):  # OverflowError: int(inf)
+        raise ConfigError(f"{where}: {describe(value)} is not an integer") from None
     if not lo <= number <= hi:
-        raise ConfigError(f"{where}: {number} not in {lo}..{hi}")
+        raise ConfigError(f"{where}: {describe(number)} not in {lo}..{hi}")
     return number
 
 
@@ -121,9 +123,12 @@ def _float(value: Any, where: str) -> float:
     try:
         if isinstance(value, bool):
             raise ValueError
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not a number") from None
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):  # OverflowError: float(10**400)
+        raise ConfigError(f"{where}: {describe(value)} is not a finite number") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {describe(value)} is not a finite number")
+    return number
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -258,6 +263,7 @@ def parse_device(doc: DeviceDoc) -> ModbusDevice:
         raise ConfigError(f"device {doc.namespace}/{doc.name}: duplicate property names")
     return ModbusDevice(
         name=doc.name,
+        namespace=doc.namespace,
         endpoint=endpoint,
         slave_id=slave_id,
         properties=props,

@@ -66,7 +66,7 @@ class ModbusDeviceTask:
         self.device = device
         self.bus = bus
         self.publisher = publisher
-        self.topics = device_topics(device.name)
+        self.topics = device_topics(device.namespace, device.name)
         self.state = "unknown"
         self.consecutive_failures = 0
         self.props = {p.name: PropertyState() for p in device.properties}

@@ -11,12 +11,13 @@ default from the model's type), ``scale``, ``valueOffset``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mappers._errors import ConfigError
+from mappers._errors import CodecError, ConfigError
 from mappers._manifest import DeviceDoc
 from mappers.serial._parse import FieldSpec, LineParser
 
@@ -37,15 +38,20 @@ class SerialSensor:
     report_ms: int
     offline_after_ms: int
     twin_types: dict[str, str]
+    namespace: str = "default"  # with name: the device id namespace/name on the bus
 
 
 def _num(value: Any, where: str, kind: type[int] | type[float] = int) -> Any:
     try:
         if isinstance(value, bool):
             raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not a number") from None
+        number = kind(value)
+    except (OverflowError, TypeError, ValueError):  # OverflowError: int(inf), float(10**400)
+        shown = "a huge integer" if isinstance(value, int) else repr(value)[:40]
+        raise ConfigError(f"{where}: {shown} is not a finite number") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
+    return number
 
 
 _TYPES = {
@@ -98,8 +104,8 @@ def parse_sensor(doc: DeviceDoc) -> SerialSensor:
             index = _num(v["index"], f"{pw}.index")
             if index < 0:
                 raise ConfigError(f"{pw}.index must be >= 0")
-        fields.append(
-            FieldSpec(
+        try:
+            field = FieldSpec(
                 p.name,
                 index=index,
                 group=v.get("group"),
@@ -107,7 +113,9 @@ def parse_sensor(doc: DeviceDoc) -> SerialSensor:
                 scale=scale,
                 value_offset=offset,
             )
-        )
+        except CodecError as exc:
+            raise ConfigError(f"{pw}: {exc}") from None
+        fields.append(field)
         model_type = p.model.type if p.model.type != "string" or data_type == "string" else ""
         types[p.name] = model_type or {"bool": "boolean"}.get(data_type, data_type)
     try:
@@ -116,10 +124,14 @@ def parse_sensor(doc: DeviceDoc) -> SerialSensor:
         )
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    ending = str(cfg.get("lineEnding", "\n")).encode().decode("unicode_escape").encode()
+    try:
+        ending = str(cfg.get("lineEnding", "\n")).encode().decode("unicode_escape").encode()
+    except UnicodeError as exc:  # "\\x" without hex digits, a lone surrogate
+        raise ConfigError(f"{where}.lineEnding: {exc}") from None
     cycles = [p.collect_cycle_ms for p in doc.properties] or [1000]
     return SerialSensor(
         name=doc.name,
+        namespace=doc.namespace,
         port=str(port),
         baud=_num(com.get("baudRate", 9600), f"{where}.baudRate"),
         data_bits=_num(com.get("dataBits", 8), f"{where}.dataBits"),

@@ -35,7 +35,7 @@ class SerialSensorTask:
         self.name = sensor.name
         self.sensor = sensor
         self.publisher = publisher
-        self.topics = device_topics(sensor.name)
+        self.topics = device_topics(sensor.namespace, sensor.name)
         self.state = "unknown"
         self.counters = {
             "lines": 0,

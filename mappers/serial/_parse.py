@@ -58,6 +58,11 @@ _TRUE = {"1", "true", "on", "yes", "ok"}
 _FALSE = {"0", "false", "off", "no"}
 
 
+def _show(text: str) -> str:
+    """A field for an error message: quoted, and cut short."""
+    return repr(text) if len(text) <= 40 else f"{text[:37]!r}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     name: str
@@ -66,6 +71,16 @@ class FieldSpec:
     data_type: str = "float"  # int | float | bool | string
     scale: float = 1.0
     value_offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        for attr, key in (("scale", "scale"), ("value_offset", "valueOffset")):
+            try:
+                number = float(getattr(self, attr))
+            except (OverflowError, TypeError, ValueError):
+                number = math.nan
+            if not math.isfinite(number):
+                raise CodecError(f"{self.name}: {key} must be a finite number")
+            object.__setattr__(self, attr, number)
 
     def convert(self, text: str) -> Value:
         text = text.strip()
@@ -77,16 +92,22 @@ class FieldSpec:
                 return True
             if low in _FALSE:
                 return False
-            raise CodecError(f"{self.name}: {text!r} is not a boolean")
+            raise CodecError(f"{self.name}: {_show(text)} is not a boolean")
         try:
             raw = float(text) if self.data_type == "float" else int(text, 0)
         except ValueError:
-            raise CodecError(f"{self.name}: {text!r} is not {self.data_type}") from None
+            raise CodecError(f"{self.name}: {_show(text)} is not {self.data_type}") from None
         if isinstance(raw, float) and not math.isfinite(raw):
-            raise CodecError(f"{self.name}: {text!r} is not finite")
+            raise CodecError(f"{self.name}: {_show(text)} is not finite")
         if self.scale == 1.0 and self.value_offset == 0.0:
             return raw
-        return float(f"{raw * self.scale + self.value_offset:.12g}")
+        try:
+            value = raw * self.scale + self.value_offset
+        except OverflowError:  # an int past the float range
+            value = math.inf
+        if not math.isfinite(value):
+            raise CodecError(f"{self.name}: {_show(text)} is out of range once scaled")
+        return float(f"{value:.12g}")
 
 
 class LineParser:

@@ -14,6 +14,7 @@ from cloudgateway._app import RunningGateway, run_gateway
 from cloudgateway._cli import _parser, main, serve_config
 from cloudgateway._config import ConfigError
 from cloudgateway._hub import HubConfig
+from cloudgateway._reports import ReportLimits
 from tests.conftest import Gateway
 
 
@@ -32,7 +33,7 @@ def _toml(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else str(value).lower()
 
 
-async def test_every_hub_setting_in_the_file_reaches_the_running_hub(
+async def test_every_hub_and_report_setting_in_the_file_reaches_the_running_hub(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     want = {
@@ -44,6 +45,10 @@ async def test_every_hub_setting_in_the_file_reaches_the_running_hub(
     lines = ["[hub]", *(f"{k} = {_toml(v)}" for k, v in want.items())]
     lines += ["[api]", 'host = "127.0.0.1"', "port = 0", "max_connections = 77"]
     lines += ["[join]", 'host = "127.0.0.1"', "port = 0"]
+    limits = {
+        f.name: _changed(getattr(ReportLimits(), f.name)) for f in dataclasses.fields(ReportLimits)
+    }
+    lines += ["[reports]", *(f"{k} = {_toml(v)}" for k, v in limits.items())]
     lines += ["[gateway]", "grace = 12.5", 'sans = ["gw.example"]']
     path = tmp_path / "gateway.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -53,6 +58,7 @@ async def test_every_hub_setting_in_the_file_reaches_the_running_hub(
     config = serve_config(args)
     running: RunningGateway = await nursery.start(run_gateway, config)
     assert dataclasses.asdict(running.hub.config) == want
+    assert dataclasses.asdict(running.hub.report_limits) == limits
     assert running.api.http_statistics()["connections_open"] == 0
     assert config.api.max_connections == 77
     assert config.grace == 9.0  # the flag overrides the file

@@ -209,14 +209,64 @@ def test_acl_names_only_valid_devices_of_each_protocol() -> None:
             obj("d", "mod bus\nuser x"),
         ]
     )
-    assert found == {"modbus": ["a"], "serial": ["b"]}
+    assert found == {"modbus": ["default/a"], "serial": ["default/b"]}
     acl = acl_text("n1", found)
+    # Both forms the twin serves: KubeEdge 1.17+'s namespace/name and the bare name.
+    assert "topic write $hw/events/device/default/a/twin/update" in acl
+    assert "topic read $hw/events/device/default/a/#" in acl
     assert "topic write $hw/events/device/a/twin/update" in acl
+    assert "topic read $hw/events/device//twin/update/result" in acl
     assert "bad#name" not in acl and "mod bus" not in acl
     # Nobody but the agent writes cloud Events or the cloud's desired values.
     writes = [ln for ln in acl.splitlines() if ln.startswith(("topic write", "topic readwrite"))]
     assert not [w for w in writes if "upload" in w or "delta" in w or "document" in w]
     assert writes[0] == "topic readwrite $hw/#"  # the agent's
+
+
+def test_acl_grants_no_legacy_form_for_a_name_two_namespaces_use() -> None:
+    def obj(ns: str, name: str, protocol: str) -> tuple[str, dict[str, Any]]:
+        meta = {"name": name, "namespace": ns}
+        return f"devices/{ns}/{name}", {
+            "metadata": meta,
+            "spec": {"protocol": {"protocolName": protocol}},
+        }
+
+    found = mapper_devices(
+        [
+            obj("plant-a", "pump", "modbus"),
+            obj("plant-b", "pump", "serial"),
+            obj("x", "y", "modbus"),
+        ]
+    )
+    assert found == {"modbus": ["plant-a/pump", "x/y"], "serial": ["plant-b/pump"]}
+    acl = acl_text("n1", found)
+    modbus, serial = acl.split("user mapper-serial")
+    assert "topic write $hw/events/device/plant-a/pump/twin/update" in modbus
+    assert "plant-b" not in modbus and "plant-b/pump/twin/update" in serial
+    # "pump" alone names neither device (the twin refuses it): nobody gets it.
+    assert "$hw/events/device/pump/" not in acl
+    assert "topic write $hw/events/device/y/twin/update" in modbus
+
+
+async def test_mapper_publishes_current_form_for_its_own_devices_only(
+    nursery: trio.Nursery, edge: Edge
+) -> None:
+    mapper = await open_mapper(nursery, edge, "modbus")
+    mapper.publish(topics.device_topic("default/s1", topics.TWIN_UPDATE), update("forged"))
+    mapper.publish(topics.device_topic("default/d1", topics.TWIN_UPDATE), update("21.5"))
+    await until(lambda: edge.actual("default/d1") == "21.5")
+    assert edge.actual("default/s1") is None
+    assert edge.twin.statistics()["twin_updates"] == 1
+    # The answer to an unreadable update comes on edgecore's topic, which it may read.
+    mapper.subscribe(topics.UNADDRESSED_UPDATE_RESULT)
+    with trio.fail_after(5):
+        while True:  # until the SUBACK is in: the next refusal reaches it
+            mapper.publish(topics.device_topic("default/d1", topics.TWIN_UPDATE), b"{nope")
+            with trio.move_on_after(0.2):
+                got = await mapper.incoming.receive()
+                break
+    assert got.topic == "$hw/events/device//twin/update/result"
+    assert json.loads(got.payload)["code"] == 400
 
 
 async def test_mapper_reads_only_its_own_devices_and_its_nodes_membership(

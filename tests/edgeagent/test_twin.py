@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import apsw
 import cbor2
 import pytest
 import trio
@@ -33,6 +35,10 @@ WATCH = (
     topics.DEVICE_PREFIX + "+/twin/update/+",
     topics.DEVICE_PREFIX + "+/twin/get/result",
     topics.DEVICE_PREFIX + "+/state/update/result",
+    # KubeEdge 1.17+'s form, $hw/events/device/{namespace}/{name}/...
+    topics.DEVICE_PREFIX + "+/+/twin/update/+",
+    topics.DEVICE_PREFIX + "+/+/twin/get/result",
+    topics.DEVICE_PREFIX + "+/+/state/update/result",
     topics.NODE_PREFIX + "+/membership/+",
     topics.NODE_PREFIX + "+/membership/+/result",
 )
@@ -150,7 +156,7 @@ async def add_d1(e: Edge) -> None:
 
 
 async def wait_device(e: Edge, name: str) -> None:
-    await until(lambda: name in e.twin._devices)
+    await until(lambda: f"default/{name}" in e.twin._devices)
     await e.twin.wait_flushed()
 
 
@@ -184,19 +190,36 @@ async def test_bad_input_gets_error_codes_and_is_counted(edge: Edge) -> None:
 
     c = edge.client
     await c.wait_for(RESULT, lambda b: b.get("event_id") == "stale")
+    # What cannot be read as an update is answered where edgecore answers it: on
+    # an empty device id, with edgecore's reasons.
+    unread = {b.get("event_id"): b for b in c.on(topics.UNADDRESSED_UPDATE_RESULT)}
+    assert unread[""] == {  # malformed JSON: no event id to echo
+        "event_id": "",
+        "timestamp": unread[""]["timestamp"],
+        "code": 400,
+        "reason": "Unmarshal update request body failed, please check the request",
+    }
+    assert unread["longkey"]["code"] == 400
+    assert unread["longkey"]["reason"].startswith("The key of twin must only include")
+    assert unread["longval"]["code"] == 400
+    assert unread["longval"]["reason"].startswith("The value of twin must only include")
     by_id = {b.get("event_id"): b for b in c.on(RESULT)}
-    assert by_id[""]["code"] == 400  # malformed JSON: no event id to echo
-    assert by_id["longkey"]["code"] == 400
-    assert by_id["longval"]["code"] == 400
-    assert by_id["badtype"]["code"] == 400 and "int" in by_id["badtype"]["reason"]
+    assert not {"", "longkey", "longval"} & set(by_id)
+    assert by_id["badtype"] == {
+        "event_id": "badtype",
+        "timestamp": by_id["badtype"]["timestamp"],
+        "code": 400,
+        "reason": "the value is not int or integer",
+    }
     assert by_id["stale"]["code"] == 409
     assert (
         "code" not in by_id["v1"] and by_id["v2"]["twin"]["temperature"]["actual"]["value"] == "2"
     )
     ghost = await c.wait_for(topics.device_topic("ghost", topics.TWIN_UPDATE_RESULT))
     assert ghost["code"] == 404 and ghost["event_id"] == "ghost"
+    assert ghost["reason"] == "update rejected due to the device is not existed"
     got = await c.wait_for(topics.device_topic("ghost", topics.TWIN_GET_RESULT))
-    assert got["code"] == 404
+    assert got["code"] == 404 and got["reason"] == "Device ghost not found while getting twin"
     st = await c.wait_for(topics.device_topic("d1", topics.STATE_UPDATE_RESULT))
     assert st["code"] == 400
     stats = edge.twin.statistics()
@@ -208,12 +231,15 @@ async def test_bad_input_gets_error_codes_and_is_counted(edge: Edge) -> None:
 
 
 async def test_reports_are_coalesced_and_complete(edge: Edge) -> None:
+    before = time.time_ns() // 1_000_000
     for i in range(200):
         edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual(str(i))}, f"t{i}"))
     edge.send("d1", topics.TWIN_UPDATE, update({"label": {"actual": {"value": "x"}}}, "lbl"))
     edge.send("d1", topics.STATE_UPDATE, {"event_id": "s", "timestamp": 1, "state": "online"})
     st = await edge.client.wait_for(topics.device_topic("d1", topics.STATE_UPDATE_RESULT))
-    assert st["device"]["state"] == "online" and st["device"]["last_online"]
+    # edgecore's DeviceMsg: the device's name, state and lastOnlineTime
+    assert st["device"]["name"] == "d1" and st["device"]["state"] == "online"
+    assert st["device"]["lastOnlineTime"].endswith("Z")
     await edge.client.wait_for(RESULT, lambda b: b.get("event_id") == "lbl")
     await edge.twin.wait_flushed()
     reports = await edge.reports()
@@ -224,7 +250,10 @@ async def test_reports_are_coalesced_and_complete(edge: Edge) -> None:
     assert status["state"] == "online" and status["lastOnlineTime"].endswith("Z")
     (t,) = status["twins"]  # label has reportToCloud: false
     assert t["propertyName"] == "temperature"
-    assert t["reported"] == {"value": "199", "metadata": {"timestamp": "5", "type": "int"}}
+    # Stamped with the edge's clock: the device's own timestamp (5) is not trusted.
+    stamp = t["reported"]["metadata"]["timestamp"]
+    assert t["reported"] == {"value": "199", "metadata": {"timestamp": stamp, "type": "int"}}
+    assert before <= int(stamp) <= time.time_ns() // 1_000_000
     assert t["observedDesired"]["value"] == ""  # no desired value for temperature
     assert edge.twin.statistics()["flushes"] < 20
 
@@ -243,7 +272,8 @@ async def test_get_membership_and_updates(edge: Edge) -> None:
     c.publish(topics.membership_topic(NODE, topics.MEMBERSHIP_GET), {"event_id": "m1"})
     res = await c.wait_for(topics.membership_topic(NODE, topics.MEMBERSHIP_GET_RESULT))
     (dev,) = res["devices"]
-    assert dev["id"] == dev["name"] == "d1" and dev["namespace"] == "default"
+    # KubeEdge 1.16+'s id, namespace/name (what edgecore 1.17+ sends in membership)
+    assert dev["id"] == "default/d1" and dev["name"] == "d1" and dev["namespace"] == "default"
     assert dev["model"]["protocol"] == "modbus"
     assert dev["spec"]["deviceModelRef"] == {"name": "thermo"}
     assert dev["twin"]["temperature"]["actual"]["value"] == "7"
@@ -260,7 +290,7 @@ async def test_get_membership_and_updates(edge: Edge) -> None:
     assert up["added_devices"][0]["twin"]["setpoint"]["expected"]["value"] == "20"
     await edge.delete("d1")
     up = await c.wait_for(updated, lambda b: b["removed_devices"])
-    assert up["removed_devices"] == [{"id": "d1", "name": "d1"}]
+    assert up["removed_devices"] == [{"id": "default/d1", "name": "d1", "namespace": "default"}]
     edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("8")}, "gone"))
     gone = await c.wait_for(RESULT, lambda b: b.get("event_id") == "gone")
     assert gone["code"] == 404
@@ -347,7 +377,7 @@ async def subscribed_watcher(broker: Broker, topic: str, session: str) -> subpro
 
 async def test_history_ring(edge: Edge) -> None:
     await edge.put("d1", device_obj("d1", **{HISTORY_ANNOTATION: "temperature=3"}))
-    await until(lambda: edge.twin._devices["d1"].history == {"temperature": 3})
+    await until(lambda: edge.twin._devices["default/d1"].history == {"temperature": 3})
     for i in range(10):  # one at a time: each answered once its own batch committed
         edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual(str(i))}, f"h{i}"))
         await edge.client.wait_for(RESULT, lambda b, i=i: b.get("event_id") == f"h{i}")
@@ -380,7 +410,7 @@ async def test_a_full_disk_keeps_updates_in_memory_until_there_is_room(
     assert refused and all("writing sql error" in b["reason"] for b in refused)
     # Accepted ones were committed before their answer: the store holds one of them.
     stored = e.meta._sync.conn.execute(
-        "SELECT data FROM twin WHERE device = 'd1' AND name = 'temperature'"
+        "SELECT data FROM twin WHERE device = 'default/d1' AND name = 'temperature'"
     ).fetchall()
     ok = {b["twin"]["temperature"]["actual"]["value"] for b in answers.values() if "code" not in b}
     assert not ok or json.loads(stored[0][0])[2] in ok
@@ -394,6 +424,196 @@ async def test_a_full_disk_keeps_updates_in_memory_until_there_is_room(
         return bool(t["reported"]["value"] == "49")
 
     await wait_for(written, timeout=40, interval=0.2)
-    rows = e.meta._sync.conn.execute("SELECT count(*) FROM twin WHERE device = 'd1'").fetchall()
+    rows = e.meta._sync.conn.execute(
+        "SELECT count(*) FROM twin WHERE device = 'default/d1'"
+    ).fetchall()
     assert rows[0][0] >= 1
     e.scope.cancel()
+
+
+# ---- KubeEdge 1.17+ topics and edgecore's twin details -------------------------------
+
+NEW = "default/d1"  # KubeEdge 1.16+'s device id, in 1.17+'s topics
+
+
+def kubeedge_update(twin: dict[str, Any], event_id: str) -> dict[str, Any]:
+    """A twin/update as edgecore's ``dttype.DeviceTwinUpdate`` reads it: an actual
+    value with a timestamp of the device's own (``ValueMetadata``), and a type."""
+    return {
+        "event_id": event_id,
+        "timestamp": 1_700_000_000_000,
+        "twin": {
+            k: {
+                "actual": {"value": v, "metadata": {"timestamp": 1_700_000_000_000}},
+                "metadata": {"type": "int"},
+            }
+            for k, v in twin.items()
+        },
+    }
+
+
+async def test_a_kubeedge_117_app_is_answered_on_namespace_name_topics(edge: Edge) -> None:
+    c = edge.client
+    result = topics.device_topic(NEW, topics.TWIN_UPDATE_RESULT)
+    assert result == "$hw/events/device/default/d1/twin/update/result"
+    edge.send(NEW, topics.TWIN_UPDATE, kubeedge_update({"setpoint": "18"}, "n1"))
+    got = await c.wait_for(result, lambda b: b.get("event_id") == "n1")
+    assert got["twin"]["setpoint"]["actual"]["value"] == "18"
+
+    def n1(b: Any) -> bool:
+        return bool(b.get("event_id") == "n1")
+
+    delta = await c.wait_for(topics.device_topic(NEW, topics.TWIN_UPDATE_DELTA), n1)
+    assert delta["delta"] == {"setpoint": "20"}
+    doc = await c.wait_for(topics.device_topic(NEW, topics.TWIN_UPDATE_DOCUMENT), n1)
+    assert doc["twin"]["setpoint"]["current"]["actual"]["value"] == "18"
+    # Answered on the form asked in, not on the legacy one.
+    await edge.twin.wait_flushed()
+    for suffix in (
+        topics.TWIN_UPDATE_RESULT,
+        topics.TWIN_UPDATE_DELTA,
+        topics.TWIN_UPDATE_DOCUMENT,
+    ):
+        assert not [b for b in c.on(topics.device_topic("d1", suffix)) if n1(b)]
+
+    edge.send(NEW, topics.TWIN_GET, {"event_id": "g", "timestamp": 1})
+    g = await c.wait_for(topics.device_topic(NEW, topics.TWIN_GET_RESULT))
+    assert g["event_id"] == "g" and g["twin"]["setpoint"]["expected"]["value"] == "20"
+    edge.send(NEW, topics.STATE_UPDATE, {"event_id": "s", "timestamp": 1, "state": "online"})
+    st = await c.wait_for(topics.device_topic(NEW, topics.STATE_UPDATE_RESULT))
+    assert st["device"]["name"] == "d1" and st["device"]["lastOnlineTime"].endswith("Z")
+
+    # mapper-framework's ``CreateMessageTwinUpdate`` shape (pkg/common/event.go):
+    # no event id, an empty value metadata, published to ``TopicTwinUpdate`` with
+    # the device's id, namespace/name.
+    framework = {
+        "event_id": "",
+        "timestamp": 1_700_000_000_000,
+        "twin": {
+            "temperature": {"actual": {"value": "23", "metadata": {}}, "metadata": {"type": "int"}}
+        },
+    }
+    c.publish(f"$hw/events/device/{NEW}/twin/update", framework)
+    fw = await c.wait_for(result, lambda b: "temperature" in b.get("twin", {}))
+    assert fw["event_id"] == "" and fw["twin"]["temperature"]["actual"]["value"] == "23"
+
+    # The same device through the legacy form: one twin.
+    edge.send("d1", topics.TWIN_GET, {"event_id": "old", "timestamp": 1})
+    old = await c.wait_for(topics.device_topic("d1", topics.TWIN_GET_RESULT))
+    assert old["twin"]["setpoint"]["actual"]["value"] == "18"
+    # An unknown namespace/name is refused on its own topic with edgecore's words.
+    edge.send("other/d1", topics.TWIN_UPDATE, kubeedge_update({"setpoint": "1"}, "x"))
+    gone = await c.wait_for(topics.device_topic("other/d1", topics.TWIN_UPDATE_RESULT))
+    assert gone == {
+        "event_id": "x",
+        "timestamp": gone["timestamp"],
+        "code": 404,
+        "reason": "update rejected due to the device is not existed",
+    }
+
+
+async def test_a_name_two_namespaces_use_is_refused_in_the_legacy_form(edge: Edge) -> None:
+    c = edge.client
+    # While the name is unique, a cloud push goes out in both forms.
+    await edge.put("d1", device_obj("d1", setpoint="21"))
+    for addr in (NEW, "d1"):
+        await c.wait_for(
+            topics.device_topic(addr, topics.TWIN_UPDATE_DELTA),
+            lambda b: b["delta"].get("setpoint") == "21",
+        )
+    other = device_obj("d1", setpoint="5")
+    other["metadata"]["namespace"] = "plant-b"
+    edge.rev += 1
+    await edge.meta.apply(Apply([entry("devices/plant-b/d1", other, edge.rev)], [], edge.rev))
+    await until(lambda: "plant-b/d1" in edge.twin._devices)
+    await edge.twin.wait_flushed()
+
+    edge.send("d1", topics.TWIN_UPDATE, update({"temperature": actual("1")}, "amb"))
+    amb = await c.wait_for(RESULT, lambda b: b.get("event_id") == "amb")
+    assert amb["code"] == 400 and "plant-b" in amb["reason"] and "{namespace}" in amb["reason"]
+    edge.send("plant-b/d1", topics.TWIN_UPDATE, update({"temperature": actual("2")}, "b"))
+    edge.send(NEW, topics.TWIN_UPDATE, update({"temperature": actual("3")}, "a"))
+    await c.wait_for(topics.device_topic("plant-b/d1", topics.TWIN_UPDATE_RESULT))
+    await c.wait_for(topics.device_topic(NEW, topics.TWIN_UPDATE_RESULT))
+    assert edge.twin.twin("plant-b/d1")["temperature"].actual.value == "2"  # type: ignore[union-attr]
+    assert edge.twin.twin(NEW)["temperature"].actual.value == "3"  # type: ignore[union-attr]
+    # The cloud's push now goes out on the namespace/name form only.
+    seen = len(c.on(topics.device_topic("d1", topics.TWIN_UPDATE_DELTA)))
+    await edge.put("d1", device_obj("d1", setpoint="23"))
+    await c.wait_for(
+        topics.device_topic(NEW, topics.TWIN_UPDATE_DELTA),
+        lambda b: b["delta"].get("setpoint") == "23",
+    )
+    await edge.twin.wait_flushed()
+    assert len(c.on(topics.device_topic("d1", topics.TWIN_UPDATE_DELTA))) == seen
+    c.publish(topics.membership_topic(NODE, topics.MEMBERSHIP_GET), {"event_id": "m"})
+    res = await c.wait_for(topics.membership_topic(NODE, topics.MEMBERSHIP_GET_RESULT))
+    assert [d["id"] for d in res["devices"]] == ["default/d1", "plant-b/d1"]
+
+
+async def test_a_stale_value_reported_again_is_listed_and_its_delta_resent(edge: Edge) -> None:
+    """edgecore lists every property an update gives a value for and sends the
+    delta again (``dtmanager/twin.go``): a device that keeps reporting a value
+    other than the desired one keeps being told the desired one."""
+    c = edge.client
+    delta_topic = topics.device_topic(NEW, topics.TWIN_UPDATE_DELTA)
+    result = topics.device_topic(NEW, topics.TWIN_UPDATE_RESULT)
+    for ev in ("r1", "r2"):
+        edge.send(NEW, topics.TWIN_UPDATE, kubeedge_update({"setpoint": "18"}, ev))
+        got = await c.wait_for(result, lambda b, ev=ev: b.get("event_id") == ev)
+        assert got["twin"]["setpoint"]["actual"]["value"] == "18"
+        d = await c.wait_for(delta_topic, lambda b, ev=ev: b.get("event_id") == ev)
+        assert d["delta"] == {"setpoint": "20"}
+    # Reaching the desired value: listed, and no delta any more.
+    edge.send(NEW, topics.TWIN_UPDATE, kubeedge_update({"setpoint": "20"}, "r3"))
+    r3 = await c.wait_for(result, lambda b: b.get("event_id") == "r3")
+    assert r3["twin"]["setpoint"]["actual"]["value"] == "20"
+    edge.send(NEW, topics.TWIN_UPDATE, kubeedge_update({"setpoint": "20"}, "r4"))
+    r4 = await c.wait_for(result, lambda b: b.get("event_id") == "r4")
+    # Deliberately unlike edgecore: an unchanged value is not re-stamped (nor
+    # written again to the SD card); it keeps the time it was set.
+    assert r4["twin"]["setpoint"]["actual"] == r3["twin"]["setpoint"]["actual"]
+    await edge.twin.wait_flushed()
+    assert not [b for b in c.on(delta_topic) if b.get("event_id") in ("r3", "r4")]
+
+
+async def test_unreadable_get_and_membership_are_refused_with_edgecores_words(
+    edge: Edge,
+) -> None:
+    c = edge.client
+    c.publish(topics.device_topic(NEW, topics.TWIN_GET), b"{nope")
+    got = await c.wait_for(topics.device_topic(NEW, topics.TWIN_GET_RESULT))
+    assert got["code"] == 400 and got["event_id"] == ""
+    assert got["reason"].startswith("Unmarshal twin info {nope failed , err: ")
+    c.publish(topics.membership_topic(NODE, topics.MEMBERSHIP_GET), b'{"event_id": 7}')
+    res = await c.wait_for(topics.membership_topic(NODE, topics.MEMBERSHIP_GET_RESULT))
+    assert res["code"] == 400
+    assert res["reason"].startswith('Unmarshal get membership info {"event_id": 7} failed , err: ')
+
+
+async def test_a_store_written_with_bare_names_is_taken_over(
+    nursery: trio.Nursery, tmp_path: Path, broker: Broker
+) -> None:
+    """Rows keyed by a device's bare name (before devices were namespace/name)
+    move to its id at start-up instead of being dropped as unknown."""
+    e = await start_edge(nursery, tmp_path / "agent", broker)
+    await add_d1(e)
+    e.send(NEW, topics.TWIN_UPDATE, kubeedge_update({"temperature": "41"}, "x"))
+    e.send(NEW, topics.STATE_UPDATE, {"event_id": "s", "state": "online"})
+    await e.client.wait_for(topics.device_topic(NEW, topics.STATE_UPDATE_RESULT))
+    await e.stop()
+    conn = apsw.Connection(str(AgentConfig(tmp_path / "agent", NODE, "wss://u").meta_path))
+    conn.execute("UPDATE twin SET device = 'd1' WHERE device = 'default/d1'")
+    conn.execute("UPDATE twin_device SET device = 'd1' WHERE device = 'default/d1'")
+    conn.close()
+
+    e2 = await start_edge(nursery, tmp_path / "agent", broker)
+    assert e2.twin.twin(NEW)["temperature"].actual.value == "41"  # type: ignore[union-attr]
+    await e2.twin.wait_flushed()
+    devices = {
+        str(r[0])
+        for t in ("twin", "twin_device")
+        for r in e2.meta._sync.conn.execute(f"SELECT device FROM {t}")
+    }
+    assert devices == {"default/d1"}
+    await e2.stop()

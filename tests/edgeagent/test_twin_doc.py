@@ -42,14 +42,15 @@ def test_update_result_delta_document() -> None:
         cur, upd({"temp": actual("21", "int"), "setpoint": actual("25", "int")}), 200
     )
     assert m.actual_changed == {"temp", "setpoint"} and not m.expected_changed
-    assert m.twins["temp"].actual == TwinValue("21", 7)  # the mapper's timestamp is kept
+    # The edge's clock (200), not the mapper's timestamp (7): edgecore stamps ``now``.
+    assert m.twins["temp"].actual == TwinValue("21", 200)
     assert m.twins["temp"].actual_version == Version(0, 1)
     assert tw.delta(m.twins) == {}
     assert tw.delta_message("e", 1, m.twins) is None
     res = tw.twin_message("ev", 5, m.result)
     assert res["event_id"] == "ev" and res["timestamp"] == 5
     assert res["twin"]["temp"] == {
-        "actual": {"value": "21", "metadata": {"timestamp": 7}},
+        "actual": {"value": "21", "metadata": {"timestamp": 200}},
         "optional": True,
         "metadata": {"type": "int"},
     }
@@ -57,9 +58,11 @@ def test_update_result_delta_document() -> None:
     assert doc["twin"]["temp"]["last"]["metadata"] == {"type": "int"}
     assert doc["twin"]["temp"]["current"]["actual"]["value"] == "21"
 
-    # The same value again changes nothing (KubeEdge compares values).
+    # The same value again changes nothing stored, but is listed in the result
+    # (edgecore lists every property given a value).
     again = tw.merge_update(m.twins, upd({"temp": actual("21", "int")}), 300)
     assert not again.changed and again.twins == m.twins
+    assert again.given == {"temp"} and again.answer() == {"temp": m.twins["temp"]}
 
     # A desired value set at the edge bumps the edge version of expected.
     e = tw.merge_update(m.twins, upd({"setpoint": {"expected": {"value": "30"}}}), 400)
@@ -120,7 +123,7 @@ def test_event_id_is_kept_in_errors() -> None:
 def test_value_types(typ: str, value: str, ok: bool) -> None:
     u = upd({"p": actual(value, typ)})
     if ok:
-        assert tw.merge_update({}, u, 1).twins["p"].actual == TwinValue(value, 7)
+        assert tw.merge_update({}, u, 1).twins["p"].actual == TwinValue(value, 1)
     else:
         with pytest.raises(TwinError) as info:
             tw.merge_update({}, u, 1)
@@ -236,3 +239,28 @@ def test_merge_is_atomic_and_versions_grow(
         else:
             assert before is not None and before.actual is not None and before.actual.value == v
     assert set(m.twins) == set(cur) | set(new)
+
+
+def test_unreadable_base_requests_get_edgecores_words() -> None:
+    with pytest.raises(TwinError) as info:
+        tw.parse_base(b"{nope")
+    assert info.value.code == 400 and info.value.event_id == ""
+    assert info.value.reason.startswith("Unmarshal twin info {nope failed , err: Expecting")
+    with pytest.raises(TwinError) as info:
+        tw.parse_base(b'{"event_id": 3}', "get membership info")
+    assert info.value.reason.startswith('Unmarshal get membership info {"event_id": 3} failed')
+
+
+def test_edgecore_reasons_for_types_and_unknown_deletes() -> None:
+    with pytest.raises(TwinError) as info:
+        tw.parse_update(json.dumps({"twin": {"k": actual("1", "color")}}).encode())
+    assert info.value.reason == "the value type is not allowed"
+    with pytest.raises(TwinError) as info:
+        tw.merge_update({}, upd({"k": None}), 1)
+    assert info.value.reason == "the request body is wrong"
+
+
+def test_state_result_carries_last_online_time() -> None:
+    msg = tw.state_message("e", 1, "d1", "online", "2026-01-01T00:00:00Z")
+    assert msg["device"]["lastOnlineTime"] == "2026-01-01T00:00:00Z"
+    assert "lastOnlineTime" not in tw.state_message("e", 1, "d1", "offline", "")["device"]

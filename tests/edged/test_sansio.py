@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,34 +12,29 @@ from hypothesis import strategies as st
 
 from edgeagent.edged._backoff import Backoff
 from edgeagent.edged._logs import LogDecoder
-from edgeagent.edged._model import ContainerInfo
+from edgeagent.edged._model import ContainerInfo, PodRuntime, SandboxInfo
 from edgeagent.edged._spec import (
     ConfigError,
+    container_config,
     container_hash,
     cpu_millis,
+    field_values,
     linux_resources,
     memory_bytes,
     pull_policy,
     resolve_env,
+    sandbox_config,
 )
-from edgeagent.edged._status import ContainerView, container_status, pod_phase
-from edgeagent.edged._volumes import MountError, prepare_volumes, write_volume_files
-
-EDGED = Path(__file__).resolve().parents[2] / "edgeagent" / "edged"
-
-
-@pytest.mark.parametrize(
-    "name", ["_backoff.py", "_hpack.py", "_logs.py", "_model.py", "_spec.py", "_status.py"]
+from edgeagent.edged._status import (
+    ContainerView,
+    Transitions,
+    container_status,
+    pod_phase,
+    pod_status,
+    qos_class,
+    runtime_down_status,
 )
-def test_sans_io_modules_import_no_io(name: str) -> None:
-    tree = ast.parse((EDGED / name).read_text())
-    mods: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            mods.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            mods.add(("." * node.level) + (node.module or ""))
-    assert not mods & {"trio", "grpc", "socket", "apsw", "._cri", "._pleg", "._pods"}, mods
+from edgeagent.edged._volumes import MountError, VolumeMount, prepare_volumes, write_volume_files
 
 
 def test_backoff_doubles_to_cap_and_resets() -> None:
@@ -201,6 +196,141 @@ def test_container_status_shapes_and_phase() -> None:
     creating = container_status(ContainerView("main", "img", None, None, None, False, False))
     assert creating["state"] == {"waiting": {"reason": "ContainerCreating"}}
     assert pod_phase([creating, done], "Always") == "Pending"
+
+
+SANDBOX = SandboxInfo("s", "u1", "web", "ns", 0, True, 5_000_000_000, "10.1.0.5")
+WEB = {
+    "metadata": {"name": "web", "namespace": "ns", "labels": {"app": "web"}},
+    "spec": {
+        "containers": [
+            {"name": "main", "image": "img", "readinessProbe": {"exec": {"command": ["true"]}},
+             "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}},
+        ],
+        "initContainers": [{"name": "setup", "image": "img"}],
+    },
+}  # fmt: skip
+
+
+def running(name: str, kind: str, cid: str) -> ContainerInfo:
+    return replace(info("running"), id=cid, name=name, kind=kind)
+
+
+def test_pod_status_follows_init_probes_and_keeps_transition_times() -> None:
+    # what edged's pod worker reports, computed without containerd: init not done yet
+    transitions = Transitions()
+    args = {
+        "waiting": {}, "transitions": transitions, "started_at": "T0", "host_ip": "10.0.0.2",
+    }  # fmt: skip
+    rt = PodRuntime([SANDBOX], [running("setup", "init", "i1")])
+    st = pod_status(WEB["spec"], rt, SANDBOX, probes={}, now="T1", **args)  # type: ignore[arg-type]
+    assert st["phase"] == "Pending" and st["podIP"] == "10.1.0.5"
+    assert st["startTime"] == "1970-01-01T00:00:05Z" and st["qosClass"] == "Guaranteed"
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Initialized"]["reason"] == "ContainersNotInitialized"
+    assert st["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
+    # init done, app running; readiness unknown, then passing: Ready flips, times move
+    done = replace(info("exited", 0), id="i1", name="setup", kind="init")
+    rt = PodRuntime([SANDBOX], [done, running("main", "app", "a1")])
+    st = pod_status(
+        WEB["spec"],
+        rt,
+        SANDBOX,
+        probes={("a1", "readiness"): None},
+        now="T2",
+        **args,  # type: ignore[arg-type]
+    )
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert st["phase"] == "Running" and conds["Ready"]["status"] == "False"
+    assert conds["Initialized"]["lastTransitionTime"] == "T2"
+    assert conds["PodScheduled"]["lastTransitionTime"] == "T1"
+    st = pod_status(
+        WEB["spec"],
+        rt,
+        SANDBOX,
+        probes={("a1", "readiness"): True},
+        now="T3",
+        **args,  # type: ignore[arg-type]
+    )
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Ready"] == {"type": "Ready", "status": "True", "lastTransitionTime": "T3"}
+    assert conds["Initialized"]["lastTransitionTime"] == "T2"
+    assert st["initContainerStatuses"][0]["ready"] is True
+    # containerd unreachable: the last status, not ready, reason given
+    down = runtime_down_status(st, "dial unix: no such file", transitions, "T4")
+    assert down["reason"] == "ContainerRuntimeDown" and "no such file" in down["message"]
+    conds = {c["type"]: c for c in down["conditions"]}
+    assert conds["Ready"]["lastTransitionTime"] == "T4" and conds["Initialized"]["status"] == "True"
+    assert runtime_down_status(None, "x", Transitions(), "T5")["phase"] == "Pending"
+
+
+def test_pod_status_reasons_for_mount_and_sandbox_errors() -> None:
+    args = {
+        "probes": {}, "waiting": {}, "transitions": Transitions(), "now": "T", "started_at": "T0",
+        "host_ip": "10.0.0.2",
+    }  # fmt: skip
+    spec = {"containers": [{"name": "main", "image": "img"}], "hostNetwork": True}
+    st = pod_status(spec, PodRuntime(), None, mount_error="no volume", **args)  # type: ignore[arg-type]
+    assert (st["reason"], st["message"], st["startTime"]) == ("FailedMount", "no volume", "T0")
+    assert st["podIP"] == "10.0.0.2"  # host network
+    waiting = st["containerStatuses"][0]["state"]["waiting"]
+    assert waiting == {"reason": "ContainerCreating", "message": "no volume"}
+    st = pod_status(spec, PodRuntime(), None, sandbox_error="cni", runtime_error="x", **args)  # type: ignore[arg-type]
+    assert st["reason"] == "FailedCreatePodSandBox" and st["qosClass"] == "BestEffort"
+
+
+def test_qos_classes() -> None:
+    same = {"cpu": "1", "memory": "1Gi"}
+    assert qos_class({"containers": [{"resources": {"limits": same, "requests": same}}]}) == (
+        "Guaranteed"
+    )
+    assert qos_class({"containers": [{"resources": {"requests": {"cpu": "1"}}}]}) == "Burstable"
+    assert qos_class({"containers": [{}]}) == "BestEffort"
+
+
+def test_sandbox_and_container_configs() -> None:
+    pod = {
+        "metadata": {"name": "web", "namespace": "ns", "labels": {"app": "web"}},
+        "spec": {
+            "hostNetwork": True, "terminationGracePeriodSeconds": 5,
+            "securityContext": {"runAsUser": 1000},
+            "dnsConfig": {"nameservers": ["1.1.1.1"], "options": [{"name": "ndots", "value": "2"}]},
+            "containers": [{
+                "name": "main", "image": "img", "command": ["echo", "$(GREETING)", "$$(X)"],
+                "ports": [{"containerPort": 80, "hostPort": 8080, "protocol": "UDP"}],
+                "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}, "runAsGroup": 7},
+                "resources": {"limits": {"cpu": "250m"}},
+            }],
+        },
+    }  # fmt: skip
+    sb = sandbox_config(
+        pod, uid="u1", owner="node-1", attempt=2, log_directory="/p/logs", cgroup_root="/kubepods/"
+    )
+    assert sb["metadata"] == {"name": "web", "uid": "u1", "namespace": "ns", "attempt": 2}
+    assert sb["hostname"] == "" and sb["linux"]["cgroup_parent"] == "/kubepods/podu1"
+    assert sb["port_mappings"] == [
+        {"protocol": 1, "container_port": 80, "host_port": 8080, "host_ip": ""}
+    ]
+    assert sb["linux"]["security_context"]["run_as_user"] == {"value": 1000}
+    assert sb["dns_config"]["options"] == ["ndots:2"]
+    assert sb["labels"]["app"] == "web" and sb["labels"]["io.edgeflock.node"] == "node-1"
+    container = pod["spec"]["containers"][0]  # type: ignore[index]
+    fields = field_values(pod, "u1", "10.0.0.2", "10.0.0.2")
+    assert fields["metadata.labels['app']"] == "web" and fields["metadata.uid"] == "u1"
+    cc = container_config(
+        pod, container, kind="app", uid="u1", owner="node-1", attempt=1,
+        env=[("GREETING", "hi")], mounts=[VolumeMount("/data", "/host/data", True)],
+    )  # fmt: skip
+    assert cc["command"] == ["echo", "hi", "$(X)"] and cc["log_path"] == "main/1.log"
+    assert cc["envs"] == [{"key": "GREETING", "value": "hi"}]
+    assert cc["mounts"] == [
+        {"container_path": "/data", "host_path": "/host/data", "readonly": True}
+    ]
+    assert cc["annotations"] == {"io.kubernetes.pod.terminationGracePeriod": "5"}
+    sc = cc["linux"]["security_context"]
+    assert sc["capabilities"] == {"add_capabilities": ["NET_ADMIN"], "drop_capabilities": []}
+    assert sc["run_as_user"] == {"value": 1000} and sc["run_as_group"] == {"value": 7}
+    assert sc["namespace_options"]["network"] == 2  # NODE
+    assert cc["linux"]["resources"]["cpu_quota"] == 25_000
 
 
 def test_atomic_volume_writes_and_updates(tmp_path: Path) -> None:

@@ -186,7 +186,9 @@ class Watcher:
         """Latest actual value of each property reported for ``device``."""
         out: dict[str, str] = {}
         for topic, body in self.messages:
-            if topic == f"$hw/events/device/{device}/twin/update" and isinstance(body, dict):
+            if topic == f"$hw/events/device/default/{device}/twin/update" and isinstance(
+                body, dict
+            ):
                 for prop, entry in body.get("twin", {}).items():
                     out[prop] = entry["actual"]["value"]
         return out
@@ -195,7 +197,7 @@ class Watcher:
         return [
             body["state"]
             for topic, body in self.messages
-            if topic == f"$hw/events/device/{device}/state/update"
+            if topic == f"$hw/events/device/default/{device}/state/update"
         ]
 
 

@@ -53,13 +53,13 @@ async def test_two_slaves_on_one_bus_read_and_write(
     t1, t2 = shell.devices["rtu-1"].task, shell.devices["rtu-2"].task
     assert t1.bus is t2.bus  # one lock, one port, served in turn
     delta = {"event_id": "d", "timestamp": 1, "twin": {}, "delta": {"setpoint": "-42"}}
-    watcher.mqtt.publish("$hw/events/device/rtu-2/twin/update/delta", json.dumps(delta))
+    watcher.mqtt.publish("$hw/events/device/default/rtu-2/twin/update/delta", json.dumps(delta))
     await watcher.wait_for(twin_has("rtu-2", "setpoint", "-42"))
     # Slave 1 is read again after the write to slave 2, and is untouched.
     mark = len(watcher.messages)
     await wait_for(
         lambda: any(
-            t == "$hw/events/device/rtu-1/twin/update"
+            t == "$hw/events/device/default/rtu-1/twin/update"
             and isinstance(b, dict)
             and "setpoint" in b.get("twin", {})
             for t, b in watcher.messages[mark:]
@@ -110,12 +110,12 @@ async def test_silent_slave_times_out_and_goes_offline(
     path = write_yaml(tmp_path / "d.yaml", [model(), device("ghost", cfg, ["temperature"])])
     shell = await start_shell(nursery, mosquitto, config_path=path)
     await watcher.wait_for(
-        lambda t, b: t == "$hw/events/device/ghost/state/update" and b["state"] == "offline"
+        lambda t, b: t == "$hw/events/device/default/ghost/state/update" and b["state"] == "offline"
     )
     stats = shell.devices["ghost"].task.statistics()
     assert stats["timeouts"] >= 3
     assert "no answer" in stats["properties"]["temperature"]["error"]
-    assert "ghost" not in {t.split("/")[3] for t, _ in watcher.messages if "twin/update" in t}
+    assert "ghost" not in {t.split("/")[4] for t, _ in watcher.messages if "twin/update" in t}
 
 
 async def test_port_disappears_and_returns(

@@ -25,7 +25,7 @@ async def start_shell(nursery: trio.Nursery, broker: Broker, **kwargs: object) -
 def twin_has(device_name: str, prop: str, value: str):  # type: ignore[no-untyped-def]
     def check(topic: str, body: object) -> bool:
         return (
-            topic == f"$hw/events/device/{device_name}/twin/update"
+            topic == f"$hw/events/device/default/{device_name}/twin/update"
             and isinstance(body, dict)
             and body["twin"].get(prop, {}).get("actual", {}).get("value") == value
         )
@@ -50,7 +50,7 @@ async def test_float32_and_scaled_int16_reach_twin_and_delta_is_written(
     assert body["twin"]["humidity"]["actual"]["value"] == "45.6"
     assert body["twin"]["status"]["actual"]["value"] == "1"
     await watcher.wait_for(
-        lambda t, b: t == "$hw/events/device/thermo/state/update" and b["state"] == "online"
+        lambda t, b: t == "$hw/events/device/default/thermo/state/update" and b["state"] == "online"
     )
     stats = shell.statistics()["devices"]["thermo"]
     # temperature, humidity and status are contiguous (0..3): one request per cycle
@@ -63,7 +63,7 @@ async def test_float32_and_scaled_int16_reach_twin_and_delta_is_written(
         "twin": {"setpoint": {"expected": {"value": "321"}}},
         "delta": {"setpoint": "321"},
     }
-    watcher.mqtt.publish("$hw/events/device/thermo/twin/update/delta", json.dumps(delta))
+    watcher.mqtt.publish("$hw/events/device/default/thermo/twin/update/delta", json.dumps(delta))
     await watcher.wait_for(twin_has("thermo", "setpoint", "321"))
     # it really is in the server's register (read with pymodbus's own client)
     regs = await trio.to_thread.run_sync(read_holding, modbus_tcp.port, 10, 1)
@@ -97,7 +97,7 @@ async def test_read_only_refused_exceptions_counted_and_per_property_state(
 
     def delta(values: dict[str, str]) -> None:
         body = {"event_id": "e", "timestamp": 1, "twin": {}, "delta": values}
-        watcher.mqtt.publish("$hw/events/device/m1/twin/update/delta", json.dumps(body))
+        watcher.mqtt.publish("$hw/events/device/default/m1/twin/update/delta", json.dumps(body))
 
     # read-only in the model: refused with a clear error, nothing written
     delta({"temperature": "99"})
@@ -196,7 +196,7 @@ async def test_server_disappears_and_returns(
     await watcher.wait_for(twin_has("flaky", "temperature", "21.5"))
     stop(sim.proc)
     await watcher.wait_for(
-        lambda t, b: t == "$hw/events/device/flaky/state/update" and b["state"] == "offline"
+        lambda t, b: t == "$hw/events/device/default/flaky/state/update" and b["state"] == "offline"
     )
     stats = shell.statistics()["devices"]["flaky"]
     assert stats["bus_errors"] + stats["timeouts"] >= 2

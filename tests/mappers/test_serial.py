@@ -126,7 +126,7 @@ async def test_csv_lines_garbage_and_unplug(
     assert "not utf-8" in task.statistics()["last_garbage"]
     # a write to a sensor is refused, not crashed on
     watcher.mqtt.publish(
-        "$hw/events/device/sensor/twin/update/delta",
+        "$hw/events/device/default/sensor/twin/update/delta",
         '{"event_id":"x","timestamp":1,"twin":{},"delta":{"temperature":"1"}}',
     )
     await watcher.wait_for(lambda t, b: task.statistics()["writes_refused"] == 1)
