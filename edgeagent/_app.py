@@ -101,10 +101,16 @@ async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = Non
             modules.append(("edged", edged.run))
         else:  # no runtime: pods bound here are reported Pending, with the reason
             modules.append(("podstatus", PodStatusReporter(config, meta).run))
-        if config.mqtt:
-            from ._twin import edge_bus_modules  # paho is imported only with an edge bus
+        if config.mqtt or config.dmi:  # one twin serves the MQTT bus and DMI mappers
+            from ._twin import DeviceTwin, edge_bus_modules
 
-            modules += edge_bus_modules(config, meta)
+            twin = DeviceTwin(config, meta)
+            # paho is imported only with an edge bus
+            modules += edge_bus_modules(config, meta, twin) if config.mqtt else [("twin", twin.run)]
+            if config.dmi:
+                from ._dmi import DmiServer  # grpc is imported only with dmi
+
+                modules.append(("dmi", DmiServer(config, meta, twin).run))
         async with trio.open_nursery() as nursery:
             for name, run in modules:
                 await nursery.start(supervise, name, run)

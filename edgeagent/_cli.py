@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     r.add_argument("--cri", default=None, help="unix:///path/containerd.sock")
     r.add_argument("--mqtt", default=None, help="tcp://127.0.0.1:1883")
+    r.add_argument("--dmi", default=None, help="serve KubeEdge's DMI: unix:///PATH/dmi.sock")
     r.add_argument(
         "--mqtt-auth",
         action="store_true",
@@ -113,6 +114,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
             data_dir,
             cri=args.cri,
             mqtt=args.mqtt,
+            dmi=args.dmi,
             heartbeat=args.heartbeat,
             mqtt_auth=args.mqtt_auth,
             mqtt_auth_dir=args.mqtt_auth_dir,

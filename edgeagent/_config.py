@@ -44,6 +44,8 @@ class AgentConfig:
     mqtt_auth: bool = False
     mqtt_auth_dir: str | None = None  # default DATA_DIR/mqtt
     mqtt_pid_file: str | None = None  # the broker's pid_file; default MQTT_AUTH_DIR/mosquitto.pid
+    # KubeEdge's DMI for v1beta1 mappers (gRPC), e.g. "unix:///run/edgeflock/dmi.sock".
+    dmi: str | None = None
 
     @property
     def meta_path(self) -> Path:
@@ -100,6 +102,8 @@ def load_config(data_dir: Path, **overrides: Any) -> AgentConfig:
     cfg = AgentConfig(data_dir=data_dir, node=str(node), hub_url=str(hub), **values)
     if cfg.heartbeat <= 0 or cfg.backoff_cap < cfg.backoff_base or cfg.outbox_max < 1:
         raise ConfigError(f"{toml_path}: heartbeat, backoff and outbox_max must be positive")
+    if cfg.dmi is not None and not (cfg.dmi.startswith("unix://") and len(cfg.dmi) > 7):
+        raise ConfigError(f"{toml_path}: dmi must be unix:///PATH, not {cfg.dmi!r}")
     return cfg
 
 

@@ -695,11 +695,18 @@ class DeviceTwin:
             )
             return
         try:
-            dev = self._lookup(addr, update.event_id, tw.ERR_NOT_EXISTED)
-            merge = tw.merge_update(self._twins.get(dev, {}), update, now)
+            self.update(addr, update)
         except TwinError as err:
             self._fail(addr, topics.TWIN_UPDATE_RESULT, "twin_update", err)
-            return
+
+    def update(self, addr: str, update: tw.TwinUpdate) -> None:
+        """Apply a twin update to the device ``addr`` names (``namespace/name`` or
+        a bare name), from MQTT or from a DMI mapper: stored, reported to the
+        cloud and answered on the bus alike. Raises :class:`TwinError` (404
+        unknown device, 400/409 from the merge), changing nothing then."""
+        now = _now_ms()
+        dev = self._lookup(addr, update.event_id, tw.ERR_NOT_EXISTED)
+        merge = tw.merge_update(self._twins.get(dev, {}), update, now)
         self.counters["twin_updates"] += 1
         self._twins[dev] = merge.twins
         p = self._pending
@@ -754,13 +761,17 @@ class DeviceTwin:
 
     def _on_state_update(self, topic: str, payload: bytes) -> None:
         addr = self._addressed(topic)
-        now = _now_ms()
         try:
             ev, state = tw.parse_state(payload)
-            dev = self._lookup(addr, ev, f"Device {addr} not found while updating state")
+            self.set_state(addr, state, ev)
         except TwinError as err:
             self._fail(addr, topics.STATE_UPDATE_RESULT, "state_update", err)
-            return
+
+    def set_state(self, addr: str, state: str, ev: str = "") -> None:
+        """The device ``addr`` names is ``state`` ("online", "offline"...), from
+        MQTT or DMI. Raises :class:`TwinError` 404 for a device not on this node."""
+        now = _now_ms()
+        dev = self._lookup(addr, ev, f"Device {addr} not found while updating state")
         self.counters["state_updates"] += 1
         old = self._states.get(dev, ("", ""))
         # edgecore counts "ok" as online too (dtmanager/device.go).
@@ -808,14 +819,16 @@ class DeviceTwin:
         self.counters["cloud_updated_ignored"] += 1
 
 
-def edge_bus_modules(config: AgentConfig, meta: Meta) -> list[tuple[str, Callable[..., Any]]]:
-    """The twin and the EventBus that feeds it, in start order (twin first: it has
-    loaded its state before the first message arrives)."""
+def edge_bus_modules(
+    config: AgentConfig, meta: Meta, twin: DeviceTwin | None = None
+) -> list[tuple[str, Callable[..., Any]]]:
+    """The twin (``twin``, else a new one) and the EventBus that feeds it, in start
+    order (twin first: it has loaded its state before the first message arrives)."""
     from ._eventbus import EventBus
     from ._mqttauth import bus_auth
 
     assert config.mqtt is not None
-    twin = DeviceTwin(config, meta)
+    twin = twin or DeviceTwin(config, meta)
     auth, login = bus_auth(config, meta)  # with mqtt_auth: the broker's files, then a login
     bus = EventBus(config.mqtt, f"edgeflock-{config.node}", twin.routes(), **login)
     twin.attach(bus.publish)
