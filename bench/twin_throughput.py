@@ -124,7 +124,7 @@ class Mapper:
         self.client.max_queued_messages_set(0)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe("$hw/events/device/+/twin/update/result", qos=0)
+        self.client.subscribe("$hw/events/device/+/+/twin/update/result", qos=0)
         self.client.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -148,7 +148,10 @@ class Mapper:
                 }
             },
         }
-        self.client.publish(f"$hw/events/device/{device}/twin/update", json.dumps(body), qos=1)
+        # KubeEdge 1.17+ topics: the device as namespace/name
+        self.client.publish(
+            f"$hw/events/device/default/{device}/twin/update", json.dumps(body), qos=1
+        )
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -19,6 +19,7 @@ builds the current form and ``device_topic("t", TWIN_GET)`` the legacy one.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 __all__ = [
@@ -132,6 +133,7 @@ def membership_topic(node: str, suffix: str) -> str:
     return f"{NODE_PREFIX}{node}{suffix}"
 
 
+@functools.lru_cache(maxsize=4096)  # a board's topics repeat with every message
 def parse_device_topic(topic: str) -> DeviceTopic | None:
     """``$hw/events/device/NS/D/twin/update`` → ``("NS/D", "/twin/update")``,
     ``$hw/events/device/D/twin/update`` → ``("D", "/twin/update")``; None for a
