@@ -140,11 +140,11 @@ def _walk(value: Any, schema: Schema | None, path: Path, out: dict[Path, Any]) -
         return
     if schema is not None and isinstance(value, list) and schema.merge:
         key = schema.merge_key
+        out[path] = _NODE
         if key is None:
             for item in value:
                 out[(*path, _value_text(item))] = item
             return
-        out[path] = _NODE
         for item in value:
             if not isinstance(item, dict) or item.get(key) is None:
                 raise SsaError(f"{path_text(path)}: an element has no {key!r}, its merge key")
@@ -313,6 +313,13 @@ def _remove(obj: Any, path: Path) -> None:
             del node[i]
 
 
+def _is_key(path: Path) -> bool:
+    """Is ``path`` the key field of a keyed element (which stays while the element does)?"""
+    if len(path) < 2 or not path[-2].startswith("k:") or not path[-1].startswith("f:"):
+        return False
+    return path[-1][2:] in json.loads(path[-2][2:])
+
+
 def _merge(live: Any, config: Any, schema: Schema | None) -> Any:
     """``config`` merged into ``live``: structs and maps field by field, keyed and
     set-like lists element by element (new ones appended), everything else replaced."""
@@ -373,9 +380,13 @@ def apply(
 
     # what this manager applied before and omits now goes, unless others own it
     if mine is not None:
-        dropped = sorted(mine.paths - applied, key=len, reverse=True)
-        for p in dropped:
-            if not any(q[: len(p)] == p for q in owned_by_others):
+        gone = {
+            p
+            for p in mine.paths - applied
+            if not any(q[: len(p)] == p for q in owned_by_others) and not _is_key(p)
+        }
+        for p in gone:
+            if not any(p[:i] in gone for i in range(1, len(p))):  # the topmost ones
                 _remove(base, p)
 
     merged = _merge(base, wanted, schema)
