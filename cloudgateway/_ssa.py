@@ -28,6 +28,7 @@ from ._apischema import KIND_SCHEMAS, Schema
 from ._errors import GatewayError
 
 __all__ = [
+    "LAST_APPLIED",
     "ApplyConflict",
     "Path",
     "SsaError",
@@ -59,6 +60,7 @@ _IGNORED: Final = frozenset(
         ("f:metadata", "f:selfLink"),
     }
 )
+LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
 _NODE: Final = object()  # the "value" of a map or keyed element: present, compared by presence
 
 
@@ -221,9 +223,13 @@ class _Entry:
     subresource: str = ""
 
 
-def _entries(obj: Mapping[str, Any]) -> list[_Entry]:
+def _managed(obj: Mapping[str, Any]) -> Any:
     meta = obj.get("metadata")
-    raw = meta.get("managedFields") if isinstance(meta, dict) else None
+    return meta.get("managedFields") if isinstance(meta, dict) else None
+
+
+def _entries(obj: Mapping[str, Any]) -> list[_Entry]:
+    raw = _managed(obj)
     out: list[_Entry] = []
     for e in raw if isinstance(raw, list) else []:
         if not isinstance(e, dict) or not isinstance(e.get("manager"), str):
@@ -396,6 +402,13 @@ def apply(
     conflicts = sorted(
         {(e.manager, e.api_version, p) for e in others for p in e.paths & changed & applied}
     )
+    if conflicts and not force and manager == "kubectl":
+        # As Kubernetes does for kubectl moving an object from client-side
+        # apply: fields the last-applied annotation holds, with the live
+        # values, are kubectl's own and do not conflict.
+        allowed = _last_applied(live or {}, kind, before)
+        conflicts = [c for c in conflicts if c[2] not in allowed]
+        force = not conflicts
     if conflicts and not force:
         raise ApplyConflict(tuple(conflicts))
     for e in others:
@@ -412,13 +425,31 @@ def apply(
     return _with_entries(merged, kept)
 
 
+def _last_applied(live: Mapping[str, Any], kind: str, values: Mapping[Path, Any]) -> set[Path]:
+    """The paths of ``live``'s last-applied annotation whose values it shares with ``live``."""
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    try:
+        last = json.loads(annotations.get(LAST_APPLIED, ""))
+        if not isinstance(last, dict) or last.get("apiVersion") != live.get("apiVersion"):
+            return set()
+        then = _values(last, kind)
+    except (ValueError, SsaError):
+        return set()
+    missing = object()
+    return {p for p, v in then.items() if values.get(p, missing) == v}
+
+
 def record_update(
     old: Mapping[str, Any] | None, new: Mapping[str, Any], kind: str, manager: str, *, now: str
 ) -> dict[str, Any]:
     """``new`` (an ordinary write of ``old``) with ``manager``'s Update entry owning
     the fields the write changed, taken from the other managers. Writes that
-    change nothing leave managedFields as they were."""
-    entries = _entries(old or {})
+    change nothing leave managedFields as they were. A write that sends other
+    managedFields than the object has sets them (as Kubernetes lets clients do:
+    kubectl moves client-side apply's fields to its server-side manager so).
+    """
+    sent = _managed(new)
+    entries = _entries(new if sent is not None and sent != _managed(old or {}) else old or {})
     before = _values(old or {}, kind)
     try:
         after = _values(new, kind)

@@ -74,3 +74,25 @@ async def test_kubectl_server_side_apply(gw: Gateway, tmp_path: Path) -> None:
     assert "managedFields" in await ok(
         gw, "get", "pod", "web", "-o", "yaml", "--show-managed-fields"
     )
+
+
+async def test_kubectl_moves_from_client_side_to_server_side_apply(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    await ok(gw, "apply", "-f", manifest(tmp_path, "busybox:1.36"))
+    pod = (await gw.store.get("pods/default/web")).value
+    assert [e["manager"] for e in pod["metadata"]["managedFields"]] == ["kubectl-client-side-apply"]
+    # kubectl hands client-side apply's fields to its server-side manager
+    # (a patch of managedFields), so a changed image does not conflict.
+    await ok(gw, "apply", "--server-side", "-f", manifest(tmp_path, "busybox:1.37"))
+    pod = (await gw.store.get("pods/default/web")).value
+    assert pod["spec"]["containers"][0]["image"] == "busybox:1.37"
+    owners = {
+        (e["manager"], e["operation"]): e["fieldsV1"] for e in pod["metadata"]["managedFields"]
+    }
+    # kubectl keeps the annotation up to date under a manager of its own
+    assert owners.keys() == {("kubectl", "Apply"), ("kubectl-last-applied", "Apply")}
+    annotations = owners["kubectl-last-applied", "Apply"]["f:metadata"]["f:annotations"]
+    assert "f:kubectl.kubernetes.io/last-applied-configuration" in annotations
+    element = owners["kubectl", "Apply"]["f:spec"]["f:containers"]['k:{"name":"app"}']
+    assert "f:image" in element

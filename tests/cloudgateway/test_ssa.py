@@ -5,6 +5,7 @@ applying; Hypothesis checks two laws of apply."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloudgateway._ssa import (
+    LAST_APPLIED,
     ApplyConflict,
     SsaError,
     apply,
@@ -228,3 +230,37 @@ def test_applying_a_subset_removes_exactly_the_dropped_fields(
     dropped = field_set(full, "Pod") - field_set(subset, "Pod")
     assert field_set(after, "Pod") == field_set(live, "Pod") - dropped
     assert without_managed_fields(after) == subset
+
+
+def test_kubectl_takes_over_what_its_client_side_apply_set() -> None:
+    """Kubernetes lets manager "kubectl" take fields the last-applied
+    annotation holds with the live values (the move from client-side apply)."""
+    last = json.dumps(pod())
+    live = pod()
+    live["metadata"]["annotations"] = {LAST_APPLIED: last}
+    live = record_update(None, live, "Pod", "kubectl-client-side-apply", now=NOW)
+    wanted = pod("busybox:1.37")
+    out = apply(live, wanted, "Pod", "kubectl", force=False, now=NOW)
+    assert out["spec"]["containers"][0]["image"] == "busybox:1.37"
+    with pytest.raises(ApplyConflict):  # only kubectl, as in Kubernetes
+        apply(live, wanted, "Pod", "other", force=False, now=NOW)
+    # a field the live object no longer has as last applied still conflicts
+    live["spec"]["containers"][0]["image"] = "busybox:1.30"
+    with pytest.raises(ApplyConflict):
+        apply(live, wanted, "Pod", "kubectl", force=False, now=NOW)
+
+
+def test_a_write_may_set_managed_fields() -> None:
+    live = apply(None, pod(), "Pod", "kubectl-client-side-apply", force=False, now=NOW)
+    moved = copy.deepcopy(live)
+    moved["metadata"]["managedFields"][0]["manager"] = "kubectl"
+    out = record_update(live, moved, "Pod", "kubectl-patch", now=NOW)
+    assert owners(out).keys() == {("kubectl", "Apply")}
+    # sent unchanged (a PUT of what was read): kept as the server has it
+    edited = copy.deepcopy(live)
+    edited["metadata"]["labels"]["x"] = "1"
+    out = record_update(live, edited, "Pod", "kubectl-edit", now=NOW)
+    assert owners(out).keys() == {
+        ("kubectl-client-side-apply", "Apply"),
+        ("kubectl-edit", "Update"),
+    }

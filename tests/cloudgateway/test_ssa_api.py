@@ -121,31 +121,29 @@ async def test_dry_run_apply_writes_nothing(api: Api) -> None:
 async def test_bad_applies_are_refused_and_change_nothing(api: Api) -> None:
     await do_apply(api, pod("web"))
     rev = api.store.current_rev()
-    status, body = await api.call("PATCH", f"{NS}/pods/web", pod("web"), ctype=APPLY)
+    _, body = await api.call("PATCH", f"{NS}/pods/web", pod("web"), ctype=APPLY)
     assert_status(body, 422, "Invalid")
     assert "fieldManager is required" in body["message"]
-    status, body = await api.call(
-        "PATCH", f"{NS}/pods/web?fieldManager=m", raw=b"a: [", ctype=APPLY
-    )
+    _, body = await api.call("PATCH", f"{NS}/pods/web?fieldManager=m", raw=b"a: [", ctype=APPLY)
     assert_status(body, 400, "BadRequest")
-    status, body = await api.call("PATCH", f"{NS}/pods/web?fieldManager=m", [1], ctype=APPLY)
+    _, body = await api.call("PATCH", f"{NS}/pods/web?fieldManager=m", [1], ctype=APPLY)
     assert_status(body, 400, "BadRequest")
     wrong_kind = {**pod("web"), "kind": "ConfigMap"}
-    status, body = await do_apply(api, wrong_kind)
+    _, body = await do_apply(api, wrong_kind)
     assert_status(body, 400, "BadRequest")
     no_key = pod("web")
     no_key["spec"]["containers"][0]["ports"] = [{"name": "http"}]
-    status, body = await do_apply(api, no_key)
+    _, body = await do_apply(api, no_key)
     assert_status(body, 422, "Invalid")
     bad_image = pod("web")
     bad_image["spec"]["containers"][0]["image"] = ""
-    status, body = await do_apply(api, bad_image, manager="kubectl", query="&force=true")
+    _, body = await do_apply(api, bad_image, manager="kubectl", query="&force=true")
     assert_status(body, 422, "Invalid")
-    status, body = await api.call(
+    _, body = await api.call(
         "PATCH", f"{NS}/pods/web/status?fieldManager=m", pod("web"), ctype=APPLY
     )
     assert_status(body, 415, "UnsupportedMediaType")
-    status, body = await api.call(
+    _, body = await api.call(
         "PATCH", "/api/v1/namespaces/nowhere/pods/x?fieldManager=m", pod("x"), ctype=APPLY
     )
     assert_status(body, 404, "NotFound")
