@@ -199,7 +199,22 @@ def fields_v1(paths: Iterable[Path]) -> dict[str, Any]:
     return root
 
 
+def _well_formed(part: str) -> bool:
+    tag = part[:2]
+    if tag == "f:":
+        return True
+    if tag not in ("k:", "v:"):
+        return False
+    try:
+        value = json.loads(part[2:])
+    except ValueError:
+        return False
+    return tag == "v:" or (isinstance(value, dict) and bool(value))
+
+
 def _paths_of(tree: Any, prefix: Path = ()) -> set[Path]:
+    """The paths of a FieldsV1 tree; parts that name nothing (a client may send
+    any managedFields) are left out."""
     out: set[Path] = set()
     if not isinstance(tree, dict):
         return out
@@ -207,8 +222,9 @@ def _paths_of(tree: Any, prefix: Path = ()) -> set[Path]:
         out.add(prefix)
     for k, v in tree.items():
         if k == ".":
-            out.add(prefix)
-        else:
+            if prefix:
+                out.add(prefix)
+        elif isinstance(k, str) and _well_formed(k):
             out |= _paths_of(v, (*prefix, k))
     return out
 

@@ -34,7 +34,12 @@ spec:
 
 
 async def test_kubectl_server_side_apply(gw: Gateway, tmp_path: Path) -> None:
-    out = await ok(gw, "apply", "--server-side", "-f", manifest(tmp_path, "busybox:1.36"))
+    path = manifest(tmp_path, "busybox:1.36")
+    out = await ok(gw, "apply", "--server-side", "--dry-run=server", "-f", path)
+    assert out == "pod/web serverside-applied (server dry run)\n"
+    records, _ = await gw.store.list("pods/")
+    assert records == []
+    out = await ok(gw, "apply", "--server-side", "-f", path)
     assert out == "pod/web serverside-applied\n"
     pod = (await gw.store.get("pods/default/web")).value
     (entry,) = pod["metadata"]["managedFields"]

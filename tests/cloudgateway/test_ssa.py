@@ -264,3 +264,14 @@ def test_a_write_may_set_managed_fields() -> None:
         ("kubectl-client-side-apply", "Apply"),
         ("kubectl-edit", "Update"),
     }
+
+
+def test_malformed_managed_fields_a_client_sent_are_left_out() -> None:
+    live = pod()
+    live["metadata"]["managedFields"] = [
+        {"manager": "x", "operation": "Update", "fieldsV1": {"k:notjson": {}, "v:[": {}, "z": {}}},
+        {"manager": "y", "operation": "Update", "fieldsV1": {"f:spec": {"k:[1]": {"f:a": {}}}}},
+        "junk",
+    ]
+    out = apply(live, pod("busybox:1.37"), "Pod", "kubectl", force=False, now=NOW)
+    assert owners(out).keys() == {("kubectl", "Apply")}
