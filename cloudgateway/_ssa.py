@@ -184,18 +184,19 @@ def _changed(old: Mapping[Path, Any], new: Mapping[Path, Any]) -> set[Path]:
 
 def fields_v1(paths: Iterable[Path]) -> dict[str, Any]:
     """The FieldsV1 tree of a set of paths (``.``: the node itself is in the set)."""
+    ps = sorted(set(paths))  # a stable order: the same set, the same document
     root: dict[str, Any] = {}
-    ps = set(paths)
     for p in ps:
         node = root
         for part in p:
             node = node.setdefault(part, {})
-    for p in ps:
-        node = root
-        for part in p:
-            node = node[part]
+    for p in ps:  # a member with members below it says so first, with "."
+        parent = root
+        for part in p[:-1]:
+            parent = parent[part]
+        node = parent[p[-1]]
         if node and "." not in node:
-            node["."] = {}
+            parent[p[-1]] = {".": {}, **node}
     return root
 
 

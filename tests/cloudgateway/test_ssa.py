@@ -68,6 +68,10 @@ def test_field_set_names_fields_keyed_elements_and_set_values() -> None:
             }
         },
     }
+    # "." first, then the members in a stable order, as Kubernetes writes them
+    tree = fields_v1(field_set(obj, "Pod"))
+    element = tree["f:spec"]["f:containers"]['k:{"name":"app"}']
+    assert list(element) == [".", "f:command", "f:image", "f:name", "f:ports"]
     path = ("f:spec", "f:containers", 'k:{"name":"app"}', "f:image")
     assert path_text(path) == '.spec.containers[name="app"].image'
 
