@@ -166,7 +166,6 @@ def _values(obj: Mapping[str, Any], kind: str) -> dict[Path, Any]:
     for p in list(out):
         if p[:2] in _IGNORED or p[:1] in _IGNORED:
             del out[p]
-    # a struct that holds only ignored fields (metadata: {name}) sets nothing
     return out
 
 
@@ -434,7 +433,7 @@ def apply(
         e.paths &= after.keys()
     api_version = str(merged.get("apiVersion", ""))
     new_mine = _Entry(manager, "Apply", api_version, now, set(applied & after.keys()))
-    kept = [e for e in others]
+    kept = list(others)
     if mine is None:
         kept.append(new_mine)
     else:
@@ -450,7 +449,7 @@ def _last_applied(live: Mapping[str, Any], kind: str, values: Mapping[Path, Any]
         if not isinstance(last, dict) or last.get("apiVersion") != live.get("apiVersion"):
             return set()
         then = _values(last, kind)
-    except (ValueError, SsaError):
+    except (TypeError, ValueError, SsaError):
         return set()
     missing = object()
     return {p for p, v in then.items() if values.get(p, missing) == v}
