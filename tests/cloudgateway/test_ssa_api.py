@@ -5,6 +5,7 @@ ordinary writes record their manager, and boards are not sent managedFields."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 import trio
 
 import edgeproto
+from cloudgateway._reports import Reports
 from cloudgateway._view import plan_node_sync
 from tests.cloudgateway.test_api import NS, Api, assert_status, pod, start_api
 
@@ -158,3 +160,11 @@ async def test_boards_are_not_sent_managed_fields(api: Api) -> None:
     sent = edgeproto.decode_object(entry.data)
     assert sent["spec"]["containers"][0]["image"] == "busybox:1.36"
     assert "managedFields" not in sent["metadata"]
+
+
+async def test_a_board_reading_an_object_is_not_sent_managed_fields(api: Api) -> None:
+    await do_apply(api, pod("web"))
+    ask = edgeproto.Message(edgeproto.Kind.REQUEST, id=1, res="pods/default/web", op="get")
+    answer = await Reports(api.store, Counter()).request("pi-01", {"pods/default/web": 1}, ask)
+    sent = edgeproto.decode_object(answer["object"])
+    assert sent["metadata"]["name"] == "web" and "managedFields" not in sent["metadata"]
