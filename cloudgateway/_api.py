@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+import yaml
 
 import edgeproto
 from edgeproto import Resource
@@ -37,6 +38,8 @@ from ._openapi import openapi_v2, openapi_v3, openapi_v3_index
 from ._patch import PatchError, apply_json_patch, apply_strategic_merge_patch, merge_patch
 from ._podstream import StreamOpener, exec_in_pod, exec_websocket, pod_logs, wants_websocket
 from ._revocation import revocation_key, revoke_node
+from ._ssa import ApplyConflict, SsaError, conflict_message, path_text, record_update
+from ._ssa import apply as ssa_apply
 from ._store import (
     AlreadyExists,
     Compacted,
@@ -105,7 +108,8 @@ _STATUS_VERBS = ["get", "patch", "update"]
 _MERGE_PATCH = "application/merge-patch+json"
 _STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 _JSON_PATCH = "application/json-patch+json"
-_PATCH_TYPES = (_STRATEGIC_PATCH, _MERGE_PATCH, _JSON_PATCH)
+_APPLY_PATCH = "application/apply-patch+yaml"
+_PATCH_TYPES = (_STRATEGIC_PATCH, _MERGE_PATCH, _JSON_PATCH, _APPLY_PATCH)
 _REPLAY_BATCH = 1000  # history events read per store call while replaying a watch
 _CHUNK_LINES = 500  # watch lines per chunk while replaying
 
@@ -458,6 +462,44 @@ def _dry_run(req: Request) -> bool:
                 400, "BadRequest", f'invalid dryRun value {v!r}: the only supported value is "All"'
             )
     return bool(values)
+
+
+def _field_manager(req: Request) -> str:
+    """Who an ordinary write's fields belong to: ``fieldManager``, else the
+    client's name from its User-Agent (``kubectl/v1.32 ...`` -> kubectl), as Kubernetes does."""
+    given = req.param("fieldManager")
+    if given:
+        return _checked_manager(given)
+    agent = req.headers.get("user-agent", "").split("/")[0].strip()
+    return agent[:128] or "unknown"
+
+
+def _checked_manager(name: str) -> str:
+    if len(name) > 128 or not name.isprintable():
+        raise ApiError(422, "Invalid", "fieldManager: at most 128 printable characters are allowed")
+    return name
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _apply_conflict(exc: ApplyConflict, name: str, kind: str) -> ApiError:
+    return ApiError(
+        409,
+        "Conflict",
+        str(exc),
+        name=name,
+        kind=kind,
+        causes=[
+            {
+                "reason": "FieldManagerConflict",
+                "message": conflict_message(manager, api_version, path),
+                "field": path_text(path),
+            }
+            for manager, api_version, path in exc.conflicts
+        ],
+    )
 
 
 def _continue_token(rev: int, after: str) -> str:
@@ -908,6 +950,7 @@ class ApiServer:
         elif t.resource.namespaced:
             await self._require_namespace(meta["namespace"])
         key = t.key_for(name)
+        obj = record_update(None, obj, t.resource.kind, _field_manager(req), now=_now())
         if _dry_run(req):
             try:
                 await self._store.get(key)
@@ -972,7 +1015,11 @@ class ApiServer:
                 new.pop("status", None)
             return new
 
-        return fields.warn(await self._read_modify_write(t, expect, edit, dry_run=_dry_run(req)))
+        return fields.warn(
+            await self._read_modify_write(
+                t, expect, edit, dry_run=_dry_run(req), manager=_field_manager(req)
+            )
+        )
 
     async def _read_modify_write(
         self,
@@ -982,12 +1029,21 @@ class ApiServer:
         *,
         status: bool = False,
         dry_run: bool = False,
+        manager: str | None = None,
     ) -> Response:
         """Write ``edit(current)``; with ``expect`` (the client's resourceVersion)
         a concurrent write is a Conflict; without it the edit applies to the current object.
         With ``dry_run`` the same checks run and the answer is what would be
-        stored, but nothing is written."""
+        stored, but nothing is written. With ``manager`` the fields the edit
+        changes become that manager's (an Update entry in managedFields)."""
         assert t.name is not None
+        if manager is not None:
+            plain_edit = edit
+            kind = t.resource.kind
+
+            def edit(cur: Record) -> Any:
+                return record_update(cur.value, plain_edit(cur), kind, manager, now=_now())
+
         if dry_run:
             cur = await self._get(t)
             try:
@@ -1053,6 +1109,8 @@ class ApiServer:
                 f"the body of the request was in an unknown format ({ctype or 'none'}); "
                 f"accepted: {', '.join(_PATCH_TYPES)}",
             )
+        if ctype == _APPLY_PATCH:
+            return await self._apply(req, t)
         patch = _parse_json(req.body, "patch")
         if ctype == _JSON_PATCH:
             if not isinstance(patch, list):
@@ -1099,7 +1157,97 @@ class ApiServer:
                 obj.pop("status", None)
             return obj
 
-        return fields.warn(await self._read_modify_write(t, expect, edit, dry_run=_dry_run(req)))
+        return fields.warn(
+            await self._read_modify_write(
+                t, expect, edit, dry_run=_dry_run(req), manager=_field_manager(req)
+            )
+        )
+
+    async def _apply(self, req: Request, t: _Target) -> Response:
+        """Server-side apply (``_ssa.py``): merge the applied configuration,
+        owned by ``fieldManager``; create the object if it is absent."""
+        assert t.name is not None
+        name = t.name
+        kind = t.resource.kind
+        if t.subresource is not None:
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"server-side apply is not supported on {t.subresource}; apply the object",
+            )
+        manager = req.param("fieldManager")
+        if not manager:
+            raise ApiError(
+                422, "Invalid", "fieldManager is required for apply requests (kubectl: kubectl)"
+            )
+        manager = _checked_manager(manager)
+        try:
+            config = yaml.safe_load(req.body.decode("utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ApiError(
+                400, "BadRequest", f"the applied configuration is not YAML: {exc}"
+            ) from None
+        if not isinstance(config, dict):
+            raise ApiError(400, "BadRequest", "the applied configuration must be an object")
+        if config.get("kind") != kind or not config.get("apiVersion"):
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the applied configuration must give apiVersion and kind {kind!r} "
+                f"(got kind {config.get('kind')!r})",
+            )
+        expect = _resource_version(config, "metadata.resourceVersion")
+        force = req.flag("force")
+        fields = _UnknownFields.of(req)
+
+        def applied(cur: Record | None) -> dict[str, Any]:
+            try:
+                obj = ssa_apply(
+                    None if cur is None else cur.value,
+                    config,
+                    kind,
+                    manager,
+                    force=force,
+                    now=_now(),
+                )
+            except ApplyConflict as exc:
+                raise _apply_conflict(exc, name, t.resource.name) from None
+            except SsaError as exc:
+                raise ApiError(422, "Invalid", str(exc), name=name, kind=t.resource.name) from None
+            obj = self._validate(t, obj, name, fields)
+            if cur is not None and "status" in cur.value:
+                obj["status"] = cur.value["status"]
+            else:
+                obj.pop("status", None)
+            return obj
+
+        try:
+            await self._store.get(t.key)
+        except NotFound:
+            return fields.warn(await self._apply_create(req, t, applied(None)))
+        except StoreError as exc:
+            raise self._store_error(t, name, exc) from None
+        return fields.warn(await self._read_modify_write(t, expect, applied, dry_run=_dry_run(req)))
+
+    async def _apply_create(self, req: Request, t: _Target, obj: dict[str, Any]) -> Response:
+        assert t.name is not None
+        meta = obj["metadata"]
+        for field in ("resourceVersion", "creationTimestamp", "uid"):
+            meta.pop(field, None)
+        if t.resource.name == "namespaces":
+            self._check_namespace(t.name)
+            obj = {**obj, **_namespace_object(t.name, obj)}
+        elif t.resource.namespaced:
+            await self._require_namespace(meta["namespace"])
+        if _dry_run(req):
+            new = normalized_object(t.key, obj)
+            settle_new(new)
+            return json_response(201, new)
+        try:
+            ev = await self._store.create(t.key, obj)
+        except StoreError as exc:
+            raise self._store_error(t, t.name, exc) from None
+        return json_response(201, ev.record.value)
 
     async def _delete(self, req: Request, t: _Target) -> Response:
         assert t.name is not None

@@ -31,6 +31,7 @@ from ._events import SOURCE as EVENT_SOURCE
 from ._failures import FailureLog
 from ._health import merge_node_status
 from ._reportcheck import check_json, check_status, desired_values, history_entries
+from ._ssa import without_managed_fields
 from ._store import AlreadyExists, Conflict, NotFound, Record, Store, StoreError, Unavailable
 from ._validate import Invalid, validate
 
@@ -390,7 +391,8 @@ class Reports:
             return {"error": {"code": 404, "message": f"{key} not found"}}
         except StoreError as exc:  # e.g. Unavailable: the node asks again when it needs to
             return {"error": {"code": 503, "message": str(exc)}}
-        return {"object": edgeproto.encode_object(rec.value), "rev": rec.mod_rev}
+        obj = without_managed_fields(rec.value)  # for API clients only, not boards
+        return {"object": edgeproto.encode_object(obj), "rev": rec.mod_rev}
 
 
 def _check_owner(node: str, rec: Record) -> None:

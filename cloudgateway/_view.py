@@ -17,6 +17,7 @@ import edgeproto
 from edgeproto import Entry, diff_views, encode_object, plan_resync
 
 from ._backend import Backend, Compacted, Record
+from ._ssa import without_managed_fields
 
 __all__ = ["View", "ViewSync", "compute_view", "plan_node_sync"]
 
@@ -61,7 +62,13 @@ class ViewSync:
 
 
 def _entries(view: View, keys: list[str]) -> list[Entry]:
-    return [Entry(k, view.records[k].mod_rev, encode_object(view.records[k].value)) for k in keys]
+    # managedFields is for API clients only: boards are not sent it
+    return [
+        Entry(
+            k, view.records[k].mod_rev, encode_object(without_managed_fields(view.records[k].value))
+        )
+        for k in keys
+    ]
 
 
 def plan_node_sync(
