@@ -35,7 +35,7 @@ from ._pki import PkiError, cert_issued_at, node_from_peercert
 from ._revocation import REVOCATIONS, revoked_at, revoked_node
 from ._store import AlreadyExists, NotFound, Record, Store, StoreError, SubscriptionLost
 from ._streams import NodeStream, StreamError
-from ._tls import SocketTLSStream, accept_tls
+from ._tls import SocketTLSStream, accept_tls, client_hello_arrived
 from ._view import View, ViewSync, plan_node_sync
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,11 @@ class HubConfig:
     host: str = "0.0.0.0"
     port: int = 10000
     max_message: int = edgeproto.DEFAULT_MAX_MESSAGE
-    # Admission: a connection must send its first byte (the ClientHello's)
-    # this soon after accept, and finish the TLS handshake within
-    # ``handshake_timeout`` of accept, time queued for a handshake slot included.
-    first_byte_timeout: float = 3.0
+    # Admission: a connection must have sent its whole ClientHello this soon
+    # after accept (it waits for it without a handshake slot), and finish the
+    # TLS handshake within ``handshake_timeout`` of accept, time queued for a
+    # handshake slot included.
+    client_hello_timeout: float = 3.0
     handshake_timeout: float = 10.0
     hello_timeout: float = 10.0
     idle_timeout: float = 45.0  # no frame at all for this long → close (agents ping every 10 s)
@@ -82,13 +83,16 @@ class HubConfig:
 
 
 class _HalfOpen:
-    """A connection on its way through admission; cancelled to shed it."""
+    """A connection on its way through admission; cancelled to shed it.
+    ``scope`` is dropped when it leaves admission (``done``)."""
 
-    __slots__ = ("scope", "shed")
+    __slots__ = ("done", "hello", "scope", "shed")
 
     def __init__(self, deadline: float) -> None:
-        self.scope = trio.CancelScope(deadline=deadline)
+        self.scope: trio.CancelScope | None = trio.CancelScope(deadline=deadline)
+        self.hello = False  # its ClientHello is in: waiting for, or in, a handshake
         self.shed = False
+        self.done = False
 
 
 class _Session:
@@ -136,7 +140,10 @@ class Hub:
         self._watchers: dict[str, set[str]] = {}  # key -> nodes whose view depends on it
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)
         self._handshakes = trio.CapacityLimiter(config.max_handshakes)
-        self._half_open: dict[_HalfOpen, None] = {}  # oldest first
+        # Half-open connections in accept order; those done leave lazily (at
+        # the front), so shedding the oldest is O(1) amortized.
+        self._half_open: deque[_HalfOpen] = deque()
+        self._half_open_count = 0
         self._waiting = 0
         self._resync_seconds = 0.01  # moving average, for retry_after estimates
         self._stream_ids = 0
@@ -150,7 +157,7 @@ class Hub:
             "sessions": len(self._sessions),
             "resyncs_running": self._resyncs.borrowed_tokens,
             "resyncs_waiting": self._waiting,
-            "half_open": len(self._half_open),
+            "half_open": self._half_open_count,
             **self.counters,
         }
 
@@ -256,27 +263,26 @@ class Hub:
 
     async def _admit_tls(self, tcp: trio.SocketStream, peer: str) -> SocketTLSStream | None:
         """TLS on an accepted connection, or None (closed) if it is shed, too
-        slow or refused. Waiting for the first byte takes no handshake slot; a
+        slow or refused. A connection takes a handshake slot only once its
+        whole ClientHello is in, so idle or trickling sockets hold none; a
         connect storm queues (cheap) for the slots instead of running thousands
         of handshakes at once, each slower than its client's patience."""
         config = self.config
-        if len(self._half_open) >= config.max_handshakes + config.max_handshake_queue:
-            oldest = next(iter(self._half_open))
-            del self._half_open[oldest]
-            oldest.shed = True
-            oldest.scope.cancel()
-        pending = _HalfOpen(trio.current_time() + config.handshake_timeout)
-        self._half_open[pending] = None
+        if self._half_open_count >= config.max_handshakes + config.max_handshake_queue:
+            self._shed_oldest()
+        accepted = trio.current_time()
+        pending = _HalfOpen(accepted + config.client_hello_timeout)
+        self._half_open_count += 1
+        self._half_open.append(pending)
+        scope = pending.scope
+        assert scope is not None
         stream: SocketTLSStream | None = None
         try:
-            with pending.scope:
-                with trio.move_on_after(config.first_byte_timeout) as first:
-                    await trio.lowlevel.wait_readable(tcp.socket)
-                if first.cancelled_caught:
-                    self.counters["first_byte_timeouts"] += 1
-                    log.debug("%s sent nothing within %.1f s", peer, config.first_byte_timeout)
-                    await trio.aclose_forcefully(tcp)
-                    return None
+            with scope:
+                if not await client_hello_arrived(tcp.socket):
+                    return await self._closed_half_open(tcp, peer, "closed before its ClientHello")
+                pending.hello = True
+                scope.deadline = accepted + config.handshake_timeout
                 stream = accept_tls(tcp, self._ssl)
                 async with self._handshakes:
                     await stream.do_handshake()
@@ -285,16 +291,45 @@ class Hub:
             self.counters["tls_rejected"] += 1
             log.debug("TLS handshake with %s failed: %s", peer, exc)
         finally:
-            self._half_open.pop(pending, None)
+            self._leave_half_open(pending)
         if pending.shed:  # the oldest half-open connection when a new one came
             self.counters["connections_shed"] += 1
-        elif pending.scope.cancelled_caught:
+        elif scope.cancelled_caught and not pending.hello:
+            self.counters["client_hello_timeouts"] += 1
+            log.debug("%s sent no ClientHello within %.1f s", peer, config.client_hello_timeout)
+        elif scope.cancelled_caught:
             self.counters["handshake_timeouts"] += 1
             log.debug(
                 "TLS handshake with %s not done within %.1f s", peer, config.handshake_timeout
             )
         await trio.aclose_forcefully(stream if stream is not None else tcp)
         return None
+
+    async def _closed_half_open(self, tcp: trio.SocketStream, peer: str, why: str) -> None:
+        self.counters["closed_half_open"] += 1
+        log.debug("%s %s", peer, why)
+        await trio.aclose_forcefully(tcp)
+
+    def _shed_oldest(self) -> None:
+        queue = self._half_open
+        while queue:
+            oldest = queue.popleft()
+            if not oldest.done:
+                oldest.shed = True
+                assert oldest.scope is not None
+                oldest.scope.cancel()
+                self._leave_half_open(oldest)
+                return
+
+    def _leave_half_open(self, pending: _HalfOpen) -> None:
+        if pending.done:
+            return
+        pending.done = True
+        pending.scope = None
+        self._half_open_count -= 1
+        queue = self._half_open
+        while queue and queue[0].done:
+            queue.popleft()
 
     # ---- revoked nodes ---------------------------------------------------------------
 

@@ -21,9 +21,14 @@ from typing import Any, TypeVar
 
 import trio
 
-__all__ = ["SocketTLSStream", "accept_tls"]
+__all__ = ["SocketTLSStream", "accept_tls", "client_hello_arrived"]
 
 _RECEIVE_SIZE = 65536
+# TLS record layer (RFC 8446 section 5.1): type, legacy version (2 bytes),
+# length (2 bytes); a handshake record is type 22 and its body at most 2^14 bytes.
+_RECORD_HEADER = 5
+_HANDSHAKE_RECORD = 22
+_MAX_RECORD_BODY = 2**14
 T = TypeVar("T")
 
 
@@ -112,6 +117,40 @@ class SocketTLSStream(trio.abc.Stream):
         trio.lowlevel.notify_closing(self._sock)
         self._sock.close()
         await trio.lowlevel.checkpoint()
+
+
+async def client_hello_arrived(sock: trio.socket.SocketType) -> bool:
+    """Wait until the first TLS record a client sends (its ClientHello) has
+    arrived whole, without reading it: OpenSSL reads it later. False if the
+    peer closed (or reset) first.
+
+    The socket's receive low-water mark (``SO_RCVLOWAT``) is set to the bytes
+    still missing, so the kernel wakes us once, when they are all in: a client
+    trickling its hello costs no wake-up per byte. Bytes that are not a TLS
+    handshake record, or a record longer than TLS allows, count as arrived:
+    OpenSSL refuses them at once."""
+    need = _RECORD_HEADER
+    seen = -1
+    try:
+        while True:
+            data = await sock.recv(need, socket.MSG_PEEK)
+            if len(data) >= need:
+                if need > _RECORD_HEADER:
+                    return True
+                body = int.from_bytes(data[3:5], "big")
+                if data[0] != _HANDSHAKE_RECORD or body > _MAX_RECORD_BODY:
+                    return True
+                need += body
+                continue
+            if len(data) <= seen:  # readable yet nothing new: end of stream
+                return False
+            seen = len(data)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
+            await trio.lowlevel.wait_readable(sock)
+    finally:
+        if seen >= 0:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
 def accept_tls(tcp: trio.SocketStream, context: ssl.SSLContext) -> SocketTLSStream:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +21,19 @@ from tests.cloudgateway.test_hub import hub_url
 from tests.conftest import Gateway, join_node, start_gateway, wait_for
 
 GUARD = 10.0  # seconds: against hangs; well under every timeout the flood could wait out
+SLOW = b"\x16\x03\x01\x02\x00"  # a TLS handshake record's header; its 512-byte body never sent
+
+
+def client_hello() -> bytes:
+    """The first flight of a real TLS client: its whole ClientHello."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
 
 
 @contextlib.asynccontextmanager
@@ -45,11 +59,14 @@ async def flood(
 
 
 async def closed_by_peer(s: socket.socket) -> bool:
-    await trio.lowlevel.wait_readable(s)
-    try:
-        return s.recv(65536) == b""
-    except ConnectionResetError:
-        return True
+    """Read (and drop) what the peer sends until it closes."""
+    while True:
+        await trio.lowlevel.wait_readable(s)
+        try:
+            if s.recv(65536) == b"":
+                return True
+        except ConnectionResetError:
+            return True
 
 
 async def sync_once(node_dir: Path, node: str) -> Message:
@@ -68,7 +85,7 @@ async def sync_once(node_dir: Path, node: str) -> Message:
 async def test_idle_flood_does_not_keep_a_board_out(nursery: trio.Nursery, tmp_path: Path) -> None:
     # Timeouts far beyond the test's guard: only admission itself can let the board in.
     config = HubConfig(
-        max_handshakes=4, max_handshake_queue=8, first_byte_timeout=60, handshake_timeout=60
+        max_handshakes=4, max_handshake_queue=8, client_hello_timeout=60, handshake_timeout=60
     )
     gw = await start_gateway(nursery, tmp_path / "gw", hub=config)
     await join_node(gw, "pi-01", tmp_path / "pi-01")
@@ -82,21 +99,43 @@ async def test_idle_flood_does_not_keep_a_board_out(nursery: trio.Nursery, tmp_p
         assert hub.statistics()["connections_shed"] >= 48
 
 
-async def test_silent_and_slow_connections_are_closed_at_their_deadlines(
+async def test_silent_slow_and_stalled_connections_are_closed_at_their_deadlines(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    config = HubConfig(first_byte_timeout=0.2, handshake_timeout=0.5)
+    config = HubConfig(client_hello_timeout=0.2, handshake_timeout=0.5)
     gw = await start_gateway(nursery, tmp_path / "gw", hub=config)
     hub = gw.running.hub
     with trio.fail_after(GUARD):
         async with flood(gw.ports["hub"], 1) as (silent,):
             assert await closed_by_peer(silent)
-        # The first bytes of a TLS record, then nothing: a slot is not held for long.
-        async with flood(gw.ports["hub"], 1, b"\x16\x03\x01\x02\x00") as (slow,):
+        # The first bytes of a TLS record, then nothing: no ClientHello either.
+        async with flood(gw.ports["hub"], 1, SLOW) as (slow,):
             assert await closed_by_peer(slow)
+        assert hub.statistics()["client_hello_timeouts"] == 2
+        # A whole ClientHello, then silence: the handshake's deadline closes it.
+        async with flood(gw.ports["hub"], 1, client_hello()) as (stalled,):
+            assert await closed_by_peer(stalled)
     stats = hub.statistics()
-    assert stats["first_byte_timeouts"] == 1 and stats["handshake_timeouts"] == 1
+    assert stats["client_hello_timeouts"] == 2 and stats["handshake_timeouts"] == 1
     assert stats["half_open"] == 0
+
+
+async def test_slow_flood_holds_no_handshake_slot(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Sockets that send part of a ClientHello and stop wait for the rest
+    without a handshake slot: with every slot's worth of them (and more)
+    connected, a board still gets through at once, nobody shed."""
+    config = HubConfig(
+        max_handshakes=2, max_handshake_queue=100, client_hello_timeout=60, handshake_timeout=60
+    )
+    gw = await start_gateway(nursery, tmp_path / "gw", hub=config)
+    await join_node(gw, "pi-01", tmp_path / "pi-01")
+    hub = gw.running.hub
+    async with flood(gw.ports["hub"], 20, SLOW):
+        await wait_for(lambda: hub.statistics()["half_open"] == 20)
+        with trio.fail_after(GUARD):
+            snap = await sync_once(tmp_path / "pi-01", "pi-01")
+        assert snap.kind is Kind.SNAPSHOT
+        assert hub.counters["connections_shed"] == 0
 
 
 async def test_api_and_join_serve_under_an_idle_flood(gateway: Gateway, tmp_path: Path) -> None:
