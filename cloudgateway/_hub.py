@@ -16,6 +16,7 @@ import contextlib
 import copy
 import logging
 import random
+import socket
 import ssl
 import time
 from collections import Counter, deque
@@ -29,6 +30,7 @@ import trio_websocket as tws
 import edgeproto
 from edgeproto import Kind, Message, ProtocolError
 
+from ._accept import LazyPeer, close_socket, peer_name, serve_sockets
 from ._events import edge_event
 from ._health import NodeHealth
 from ._pki import PkiError, cert_issued_at, node_from_peercert
@@ -172,7 +174,7 @@ class Hub:
             self.port = listeners[0].socket.getsockname()[1]
             log.info("hub listening on %s:%d", self.config.host, self.port)
             task_status.started(self.port)
-            await trio.serve_listeners(self._handle_tcp, listeners, handler_nursery=nursery)
+            await serve_sockets(self._handle_tcp, listeners, handler_nursery=nursery)
 
     # ---- store events → dirty sessions -------------------------------------------------
 
@@ -224,11 +226,11 @@ class Hub:
 
     # ---- connections ----------------------------------------------------------------
 
-    async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
-        peer = _peer(tcp)
-        stream = await self._admit_tls(tcp, peer)
-        if stream is None:
+    async def _handle_tcp(self, sock: socket.socket) -> None:
+        admitted = await self._admit_tls(sock)
+        if admitted is None:
             return
+        stream, peer = admitted
         try:
             cert = stream.getpeercert()
             node = node_from_peercert(cert)
@@ -261,12 +263,13 @@ class Hub:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _admit_tls(self, tcp: trio.SocketStream, peer: str) -> SocketTLSStream | None:
-        """TLS on an accepted connection, or None (closed) if it is shed, too
-        slow or refused. A connection takes a handshake slot only once its
-        whole ClientHello is in, so idle or trickling sockets hold none; a
-        connect storm queues (cheap) for the slots instead of running thousands
-        of handshakes at once, each slower than its client's patience."""
+    async def _admit_tls(self, sock: socket.socket) -> tuple[SocketTLSStream, str] | None:
+        """TLS on an accepted connection (and the peer's name), or None (closed)
+        if it is shed, too slow or refused. A connection takes a handshake slot
+        only once its whole ClientHello is in, so idle or trickling sockets hold
+        none; a connect storm queues (cheap) for the slots instead of running
+        thousands of handshakes at once, each slower than its client's patience.
+        Until then a connection costs its socket, this task and a ``_HalfOpen``."""
         config = self.config
         if self._half_open_count >= config.max_handshakes + config.max_handshake_queue:
             self._shed_oldest()
@@ -277,38 +280,47 @@ class Hub:
         scope = pending.scope
         assert scope is not None
         stream: SocketTLSStream | None = None
+        name: object = LazyPeer(sock)  # for logs; the TLS socket takes the descriptor
         try:
             with scope:
-                if not await client_hello_arrived(tcp.socket):
-                    return await self._closed_half_open(tcp, peer, "closed before its ClientHello")
+                if not await client_hello_arrived(sock):
+                    self.counters["closed_half_open"] += 1
+                    log.debug("%s closed before its ClientHello", name)
+                    return None
                 pending.hello = True
                 scope.deadline = accepted + config.handshake_timeout
-                stream = accept_tls(tcp, self._ssl)
+                name = peer = peer_name(sock)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                stream = accept_tls(sock, self._ssl)
                 async with self._handshakes:
                     await stream.do_handshake()
-                return stream
+                admitted, stream = stream, None
+                return admitted, peer
         except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
             self.counters["tls_rejected"] += 1
-            log.debug("TLS handshake with %s failed: %s", peer, exc)
+            log.debug("TLS handshake with %s failed: %s", name, exc)
         finally:
             self._leave_half_open(pending)
-        if pending.shed:  # the oldest half-open connection when a new one came
-            self.counters["connections_shed"] += 1
-        elif scope.cancelled_caught and not pending.hello:
-            self.counters["client_hello_timeouts"] += 1
-            log.debug("%s sent no ClientHello within %.1f s", peer, config.client_hello_timeout)
-        elif scope.cancelled_caught:
-            self.counters["handshake_timeouts"] += 1
-            log.debug(
-                "TLS handshake with %s not done within %.1f s", peer, config.handshake_timeout
-            )
-        await trio.aclose_forcefully(stream if stream is not None else tcp)
+            if pending.shed:  # the oldest half-open connection when a new one came
+                self.counters["connections_shed"] += 1
+            elif scope.cancelled_caught and not pending.hello:
+                self.counters["client_hello_timeouts"] += 1
+                log.debug(
+                    "%s sent no ClientHello within %.1f s",
+                    name,
+                    config.client_hello_timeout,
+                )
+            elif scope.cancelled_caught:
+                self.counters["handshake_timeouts"] += 1
+                log.debug(
+                    "TLS handshake with %s not done within %.1f s",
+                    name,
+                    config.handshake_timeout,
+                )
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            close_socket(sock)  # unless TLS took it over (its descriptor is then -1)
         return None
-
-    async def _closed_half_open(self, tcp: trio.SocketStream, peer: str, why: str) -> None:
-        self.counters["closed_half_open"] += 1
-        log.debug("%s %s", peer, why)
-        await trio.aclose_forcefully(tcp)
 
     def _shed_oldest(self) -> None:
         queue = self._half_open
@@ -847,14 +859,6 @@ def _shed_handshake(ws: tws.WebSocketConnection) -> None:
     proto = getattr(ws, "_wsproto", None)
     if proto is not None and getattr(proto, "connection", None) is not None:
         proto.handshake = _SPENT
-
-
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-        return f"{host}:{port}"
-    except OSError:
-        return "?"
 
 
 def _history_entries(raw: Any) -> list[dict[str, str]]:

@@ -119,10 +119,10 @@ class SocketTLSStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
-async def client_hello_arrived(sock: trio.socket.SocketType) -> bool:
+async def client_hello_arrived(sock: socket.socket) -> bool:
     """Wait until the first TLS record a client sends (its ClientHello) has
     arrived whole, without reading it: OpenSSL reads it later. False if the
-    peer closed (or reset) first.
+    peer closed first; OSError if it reset. ``sock`` is non-blocking.
 
     The socket's receive low-water mark (``SO_RCVLOWAT``) is set to the bytes
     still missing, so the kernel wakes us once, when they are all in: a client
@@ -133,8 +133,11 @@ async def client_hello_arrived(sock: trio.socket.SocketType) -> bool:
     seen = -1
     try:
         while True:
-            data = await sock.recv(need, socket.MSG_PEEK)
-            if len(data) >= need:
+            try:
+                data = sock.recv(need, socket.MSG_PEEK)
+            except BlockingIOError:
+                data = None
+            if data is not None and len(data) >= need:
                 if need > _RECORD_HEADER:
                     return True
                 body = int.from_bytes(data[3:5], "big")
@@ -142,10 +145,11 @@ async def client_hello_arrived(sock: trio.socket.SocketType) -> bool:
                     return True
                 need += body
                 continue
-            if len(data) <= seen:  # readable yet nothing new: end of stream
-                return False
-            seen = len(data)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
+            if data is not None:
+                if len(data) <= seen or not data:  # readable, nothing new: end of stream
+                    return False
+                seen = len(data)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
             await trio.lowlevel.wait_readable(sock)
     finally:
         if seen >= 0:
@@ -153,12 +157,16 @@ async def client_hello_arrived(sock: trio.socket.SocketType) -> bool:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
-def accept_tls(tcp: trio.SocketStream, context: ssl.SSLContext) -> SocketTLSStream:
-    """Take the accepted TCP connection's descriptor from trio and put TLS on it
-    (the handshake is left to ``do_handshake``)."""
-    sock = socket.socket(fileno=tcp.socket.detach())
-    try:
+def accept_tls(conn: trio.SocketStream | socket.socket, context: ssl.SSLContext) -> SocketTLSStream:
+    """Put TLS on an accepted connection: its non-blocking socket, or trio's
+    stream (whose descriptor is taken from trio). The handshake is left to
+    ``do_handshake``."""
+    if isinstance(conn, trio.SocketStream):
+        sock = socket.socket(fileno=conn.socket.detach())
         sock.setblocking(False)
+    else:
+        sock = conn
+    try:
         return SocketTLSStream(
             context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         )
