@@ -237,10 +237,9 @@ class HttpServer:
                 slot.scope.deadline = trio.current_time() + self.config.idle_timeout
                 await trio.lowlevel.wait_readable(sock)
                 slot.scope.deadline = math.inf
-                if self._ssl is None and not _may_start_http(sock):
-                    # TLS or another protocol: it could not read an HTTP answer.
-                    self.counters["not_http"] += 1
-                    log.debug("%s: not HTTP, closed", LazyPeer(sock))
+                if self._ssl is None and _tls_hello(sock):
+                    self.counters["tls_on_plain"] += 1
+                    log.debug("%s: TLS on the plaintext port, closed", LazyPeer(sock))
                     return
                 peer = peer_name(sock)
                 tcp = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
@@ -533,17 +532,15 @@ def _request(head: h11.Request, body: bytes, peer: str) -> Request:
     )
 
 
-# A request line starts with its method (letters; RFC 9110 section 9), maybe
-# after empty lines (RFC 9112 section 2.2).
-_HTTP_FIRST = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\r\n")
+_TLS_HANDSHAKE = 0x16  # first byte of a TLS record carrying a ClientHello
 
 
-def _may_start_http(sock: socket.socket) -> bool:
-    """Whether the first byte the peer sent (peeked: not consumed) can begin a
-    request; the end of the stream or an error counts as yes (they are
-    handled where the request is read)."""
+def _tls_hello(sock: socket.socket) -> bool:
+    """Whether the peer's first byte (peeked, not consumed) starts a TLS
+    handshake record: a TLS client on a plaintext port, which could not read
+    an HTTP answer."""
     try:
         first = sock.recv(1, socket.MSG_PEEK)
     except OSError:
-        return True
-    return not first or first[0] in _HTTP_FIRST
+        return False
+    return first == bytes([_TLS_HANDSHAKE])

@@ -9,6 +9,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -58,15 +59,18 @@ async def flood(
             s.close()
 
 
-async def closed_by_peer(s: socket.socket) -> bool:
-    """Read (and drop) what the peer sends until it closes."""
+async def closed_by_peer(s: socket.socket) -> bytes:
+    """What the peer sent before it closed (or reset) the connection."""
+    received = b""
     while True:
         await trio.lowlevel.wait_readable(s)
         try:
-            if s.recv(65536) == b"":
-                return True
+            data = s.recv(65536)
         except ConnectionResetError:
-            return True
+            return received
+        if not data:
+            return received
+        received += data
 
 
 async def sync_once(node_dir: Path, node: str) -> Message:
@@ -107,14 +111,14 @@ async def test_silent_slow_and_stalled_connections_are_closed_at_their_deadlines
     hub = gw.running.hub
     with trio.fail_after(GUARD):
         async with flood(gw.ports["hub"], 1) as (silent,):
-            assert await closed_by_peer(silent)
+            assert await closed_by_peer(silent) == b""
         # The first bytes of a TLS record, then nothing: no ClientHello either.
         async with flood(gw.ports["hub"], 1, SLOW) as (slow,):
-            assert await closed_by_peer(slow)
+            assert await closed_by_peer(slow) == b""
         assert hub.statistics()["client_hello_timeouts"] == 2
         # A whole ClientHello, then silence: the handshake's deadline closes it.
         async with flood(gw.ports["hub"], 1, client_hello()) as (stalled,):
-            assert await closed_by_peer(stalled)
+            assert await closed_by_peer(stalled)  # the hub's first flight
     stats = hub.statistics()
     assert stats["client_hello_timeouts"] == 2 and stats["handshake_timeouts"] == 1
     assert stats["half_open"] == 0
@@ -136,6 +140,62 @@ async def test_slow_flood_holds_no_handshake_slot(nursery: trio.Nursery, tmp_pat
             snap = await sync_once(tmp_path / "pi-01", "pi-01")
         assert snap.kind is Kind.SNAPSHOT
         assert hub.counters["connections_shed"] == 0
+
+
+async def handshake_in_pieces(port: int, ctx: ssl.SSLContext, on_header: Any) -> None:
+    """A TLS handshake whose ClientHello reaches the server in pieces: its
+    record header first, then (once ``on_header()`` has returned) the rest."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setblocking(False)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello = outgoing.read()
+        s.send(hello[:5])
+        await on_header()
+        half = (len(hello) + 5) // 2
+        s.send(hello[5:half])
+        s.send(hello[half:])
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if pending := outgoing.read():
+                    s.sendall(pending)
+                await trio.lowlevel.wait_readable(s)
+                data = s.recv(65536)
+                if not data:
+                    raise ConnectionError("closed by the hub during the handshake") from None
+                incoming.write(data)
+        s.sendall(outgoing.read())  # the client's last flight (certificate, finished)
+    assert tls.getpeercert() is not None
+
+
+async def test_client_hello_in_pieces_is_admitted(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The hub waits for the whole first record, whatever pieces it comes in."""
+    gw = await start_gateway(nursery, tmp_path / "gw")
+    await join_node(gw, "pi-01", tmp_path / "pi-01")
+    hub = gw.running.hub
+
+    async def accepted() -> None:
+        await wait_for(lambda: hub.statistics()["half_open"] == 1)
+
+    ctx = client_ssl_context(tmp_path / "pi-01")
+    with trio.fail_after(GUARD):
+        await handshake_in_pieces(gw.ports["hub"], ctx, accepted)
+        await wait_for(lambda: hub.statistics()["half_open"] == 0)
+    assert hub.counters["handshake_timeouts"] == hub.counters["tls_rejected"] == 0
+
+
+async def test_tls_on_the_plaintext_api_is_closed_unanswered(gateway: Gateway) -> None:
+    """A TLS client on the plaintext API port could not read an HTTP answer:
+    it is closed at once, not answered 400 and lingered over."""
+    with trio.fail_after(GUARD):
+        async with flood(gateway.ports["api"], 1, client_hello()) as (s,):
+            assert await closed_by_peer(s) == b""
+    assert gateway.running.api.http_statistics()["tls_on_plain"] == 1
 
 
 async def test_api_and_join_serve_under_an_idle_flood(gateway: Gateway, tmp_path: Path) -> None:
