@@ -73,6 +73,11 @@ class HubConfig:
     hello_timeout: float = 10.0
     idle_timeout: float = 45.0  # no frame at all for this long → close (agents ping every 10 s)
     max_handshakes: int = 64  # concurrent TLS handshakes; more wait, already accepted
+    # With every handshake slot taken and a client waiting for one, the slot
+    # held longest goes, if held this long: a client that sent its ClientHello
+    # and stalls (a replayed hello costs an attacker nothing) cannot keep
+    # boards out until ``handshake_timeout``.
+    handshake_grace: float = 1.0
     # Half-open connections (not yet through TLS) allowed beyond the handshake
     # slots; a newcomer past them sheds the OLDEST half-open one (a flood's idle
     # sockets go first; boards retrying are the newest).
@@ -88,12 +93,14 @@ class _HalfOpen:
     """A connection on its way through admission; cancelled to shed it.
     ``scope`` is dropped when it leaves admission (``done``)."""
 
-    __slots__ = ("done", "hello", "scope", "shed")
+    __slots__ = ("done", "hello", "preempted", "scope", "shed", "slot_since")
 
     def __init__(self, deadline: float) -> None:
         self.scope: trio.CancelScope | None = trio.CancelScope(deadline=deadline)
         self.hello = False  # its ClientHello is in: waiting for, or in, a handshake
+        self.slot_since: float | None = None  # holds a handshake slot since
         self.shed = False
+        self.preempted = False
         self.done = False
 
 
@@ -146,6 +153,8 @@ class Hub:
         # the front), so shedding the oldest is O(1) amortized.
         self._half_open: deque[_HalfOpen] = deque()
         self._half_open_count = 0
+        self._slot_holders: deque[_HalfOpen] = deque()  # by slot_since; lazily pruned
+        self._slot_wanted = trio.lowlevel.ParkingLot()  # a client waits for a slot
         self._waiting = 0
         self._resync_seconds = 0.01  # moving average, for retry_after estimates
         self._stream_ids = 0
@@ -169,6 +178,7 @@ class Hub:
             for _ in range(self.config.senders):
                 nursery.start_soon(self._sender)
             nursery.start_soon(self._progress_ticker)
+            nursery.start_soon(self._preempt_stalled_handshakes)
             await nursery.start(self._watch_revocations)
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
             self.port = listeners[0].socket.getsockname()[1]
@@ -292,8 +302,20 @@ class Hub:
                 name = peer = peer_name(sock)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 stream = accept_tls(sock, self._ssl)
+                if self._handshakes.available_tokens == 0:
+                    self._slot_wanted.unpark_all()
                 async with self._handshakes:
-                    await stream.do_handshake()
+                    pending.slot_since = trio.current_time()
+                    self._slot_holders.append(pending)
+                    if self._handshakes.statistics().tasks_waiting:
+                        self._slot_wanted.unpark_all()  # a holder to time, for those waiting
+                    try:
+                        await stream.do_handshake()
+                    finally:
+                        pending.slot_since = None
+                        holders = self._slot_holders
+                        while holders and holders[0].slot_since is None:
+                            holders.popleft()
                 admitted, stream = stream, None
                 return admitted, peer
         except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
@@ -303,6 +325,9 @@ class Hub:
             self._leave_half_open(pending)
             if pending.shed:  # the oldest half-open connection when a new one came
                 self.counters["connections_shed"] += 1
+            elif pending.preempted:
+                self.counters["handshakes_preempted"] += 1
+                log.debug("%s held a handshake slot longest while another waited", name)
             elif scope.cancelled_caught and not pending.hello:
                 self.counters["client_hello_timeouts"] += 1
                 log.debug(
@@ -332,6 +357,24 @@ class Hub:
                 oldest.scope.cancel()
                 self._leave_half_open(oldest)
                 return
+
+    async def _preempt_stalled_handshakes(self) -> None:
+        """While a client waits for a handshake slot, cancel the handshake that
+        has held its slot longest once it has held it ``handshake_grace``."""
+        holders = self._slot_holders  # pruned on every release: the first holds its slot
+        while True:
+            if not holders or self._handshakes.statistics().tasks_waiting == 0:
+                await self._slot_wanted.park()
+                continue
+            oldest = holders[0]
+            assert oldest.slot_since is not None and oldest.scope is not None
+            due = oldest.slot_since + self.config.handshake_grace
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue
+            holders.popleft()
+            oldest.preempted = True
+            oldest.scope.cancel()
 
     def _leave_half_open(self, pending: _HalfOpen) -> None:
         if pending.done:

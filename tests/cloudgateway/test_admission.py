@@ -173,6 +173,25 @@ async def handshake_in_pieces(port: int, ctx: ssl.SSLContext, on_header: Any) ->
     assert tls.getpeercert() is not None
 
 
+async def test_stalled_handshakes_give_their_slots_to_a_board(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Sockets that send a whole (replayed) ClientHello and then stall hold
+    every handshake slot; a board waiting for one takes the slot held longest
+    once it has been held ``handshake_grace``, not ``handshake_timeout``."""
+    config = HubConfig(max_handshakes=2, handshake_grace=0.5, handshake_timeout=60)
+    gw = await start_gateway(nursery, tmp_path / "gw", hub=config)
+    await join_node(gw, "pi-01", tmp_path / "pi-01")
+    hub = gw.running.hub
+    async with flood(gw.ports["hub"], 4, client_hello()) as stalled:
+        await wait_for(lambda: hub.statistics()["half_open"] == 4)
+        with trio.fail_after(GUARD):
+            snap = await sync_once(tmp_path / "pi-01", "pi-01")
+            assert snap.kind is Kind.SNAPSHOT
+            assert hub.counters["handshakes_preempted"] >= 1
+            assert await closed_by_peer(stalled[0])  # the hub's first flight, then closed
+
+
 async def test_client_hello_in_pieces_is_admitted(nursery: trio.Nursery, tmp_path: Path) -> None:
     """The hub waits for the whole first record, whatever pieces it comes in."""
     gw = await start_gateway(nursery, tmp_path / "gw")
