@@ -1,7 +1,8 @@
 """Time for a real board to connect (TLS with its certificate, hello, snapshot)
 and for an admin API request to be answered, while K unauthenticated
-connections flood the hub and the API: idle ones (never send a byte) or slow
-ones (the first 5 bytes of a TLS record, then nothing).
+connections flood the hub and the API: idle ones (never send a byte), slow
+ones (the first 5 bytes of a TLS record, then nothing) or stalled ones (a whole
+ClientHello, the same bytes replayed on every socket, then nothing).
 
     .venv/bin/python bench/hub_flood.py [--floods 0,300,1000,3000]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import socket
+import ssl
 import tempfile
 import time
 import urllib.request
@@ -29,6 +31,18 @@ from edgeagent._tls import client_ssl_context
 from edgeproto import Kind, Message
 
 SLOW = b"\x16\x03\x01\x02\x00"  # a TLS handshake record header, its body never sent
+
+
+def client_hello() -> bytes:
+    """A real TLS client's first flight: its whole ClientHello."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
 
 
 @contextlib.asynccontextmanager
@@ -105,7 +119,7 @@ def main() -> None:
             gw.join("bench-board", node_dir)
             print(f"{'flood':>6} {'kind':>5} {'board connect s':>16} {'admin GET s':>12}")
             for count in counts:
-                for kind, first in (("idle", b""), ("slow", SLOW)):
+                for kind, first in (("idle", b""), ("slow", SLOW), ("stall", client_hello())):
                     board, admin = trio.run(measure, gw, node_dir, count, first)
                     print(f"{count:>6} {kind:>5} {board:>16.3f} {admin:>12.3f}")
         finally:
