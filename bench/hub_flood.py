@@ -88,6 +88,7 @@ async def board_connect(gw: Gateway, node_dir: Path) -> tuple[float, int]:
                 return time.monotonic() - t0, attempts
             except (OSError, trio.BrokenResourceError) as exc:
                 print(f"  (attempt {attempts} cut after {time.monotonic() - t0:.1f} s: {exc})")
+                await trio.sleep(1.0)  # the agent's first backoff (backoff_base)
 
 
 def admin_request(gw: Gateway) -> float:

@@ -361,13 +361,15 @@ class Hub:
     async def _preempt_stalled_handshakes(self) -> None:
         """While a client waits for a handshake slot, cancel the handshake that
         has held its slot longest once it has held it ``handshake_grace``."""
-        holders = self._slot_holders  # pruned on every release: the first holds its slot
+        holders = self._slot_holders
         while True:
             if not holders or self._handshakes.statistics().tasks_waiting == 0:
                 await self._slot_wanted.park()
                 continue
             oldest = holders[0]
-            assert oldest.slot_since is not None and oldest.scope is not None
+            if oldest.scope is None or oldest.slot_since is None:
+                holders.popleft()  # shed meanwhile: its slot comes back as it unwinds
+                continue
             due = oldest.slot_since + self.config.handshake_grace
             if trio.current_time() < due:
                 await trio.sleep_until(due)
