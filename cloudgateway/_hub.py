@@ -104,6 +104,59 @@ class _HalfOpen:
         self.done = False
 
 
+class _Waiter:
+    __slots__ = ("gone", "granted")
+
+    def __init__(self) -> None:
+        self.granted = trio.Event()
+        self.gone = False  # cancelled while waiting; left in the stack lazily
+
+
+class _Slots:
+    """Handshake slots, handed to the NEWEST waiter first. Under a flood the
+    clients queued longest are the flood's, or have given up; a board that
+    just connected is served next instead of after all of them. Without a
+    queue (the usual case) this is a plain counter."""
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+        self.waiting = 0
+        self._stack: list[_Waiter] = []
+        self._gone = 0
+
+    async def acquire(self) -> None:
+        if self.free:
+            self.free -= 1
+            return
+        waiter = _Waiter()
+        self._stack.append(waiter)
+        self.waiting += 1
+        try:
+            await waiter.granted.wait()
+        except BaseException:
+            if waiter.granted.is_set():
+                self.release()  # handed over as we were cancelled: pass it on
+            else:
+                waiter.gone = True
+                self._gone += 1
+                if self._gone > len(self._stack) // 2:
+                    self._stack = [w for w in self._stack if not w.gone]
+                    self._gone = 0
+            raise
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> None:
+        stack = self._stack
+        while stack:
+            waiter = stack.pop()
+            if not waiter.gone:
+                waiter.granted.set()
+                return
+            self._gone -= 1
+        self.free += 1
+
+
 class _Session:
     __slots__ = (
         "dirty",
@@ -148,7 +201,7 @@ class Hub:
         self._sessions: dict[str, _Session] = {}
         self._watchers: dict[str, set[str]] = {}  # key -> nodes whose view depends on it
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)
-        self._handshakes = trio.CapacityLimiter(config.max_handshakes)
+        self._handshakes = _Slots(config.max_handshakes)
         # Half-open connections in accept order; those done leave lazily (at
         # the front), so shedding the oldest is O(1) amortized.
         self._half_open: deque[_HalfOpen] = deque()
@@ -169,6 +222,7 @@ class Hub:
             "resyncs_running": self._resyncs.borrowed_tokens,
             "resyncs_waiting": self._waiting,
             "half_open": self._half_open_count,
+            "handshakes_waiting": self._handshakes.waiting,
             **self.counters,
         }
 
@@ -302,20 +356,22 @@ class Hub:
                 name = peer = peer_name(sock)
                 _tune_tcp(sock)
                 stream = accept_tls(sock, self._ssl)
-                if self._handshakes.available_tokens == 0:
+                slots = self._handshakes
+                if not slots.free:
                     self._slot_wanted.unpark_all()
-                async with self._handshakes:
+                await slots.acquire()
+                try:
                     pending.slot_since = trio.current_time()
                     self._slot_holders.append(pending)
-                    if self._handshakes.statistics().tasks_waiting:
+                    if slots.waiting:
                         self._slot_wanted.unpark_all()  # a holder to time, for those waiting
-                    try:
-                        await stream.do_handshake()
-                    finally:
-                        pending.slot_since = None
-                        holders = self._slot_holders
-                        while holders and holders[0].slot_since is None:
-                            holders.popleft()
+                    await stream.do_handshake()
+                finally:
+                    slots.release()
+                    pending.slot_since = None
+                    holders = self._slot_holders
+                    while holders and holders[0].slot_since is None:
+                        holders.popleft()
                 admitted, stream = stream, None
                 return admitted, peer
         except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
@@ -363,7 +419,7 @@ class Hub:
         has held its slot longest once it has held it ``handshake_grace``."""
         holders = self._slot_holders
         while True:
-            if not holders or self._handshakes.statistics().tasks_waiting == 0:
+            if not holders or not self._handshakes.waiting:
                 await self._slot_wanted.park()
                 continue
             oldest = holders[0]

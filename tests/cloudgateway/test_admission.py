@@ -192,6 +192,23 @@ async def test_stalled_handshakes_give_their_slots_to_a_board(
             assert await closed_by_peer(stalled[0])  # the hub's first flight, then closed
 
 
+async def test_newest_waiter_gets_the_next_handshake_slot(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Slots go to the newest waiter: a board that connects behind a queue of
+    stalled hellos takes the first slot that frees, not the sixth."""
+    config = HubConfig(max_handshakes=1, handshake_grace=1.0, handshake_timeout=60)
+    gw = await start_gateway(nursery, tmp_path / "gw", hub=config)
+    await join_node(gw, "pi-01", tmp_path / "pi-01")
+    hub = gw.running.hub
+    async with flood(gw.ports["hub"], 6, client_hello()):
+        await wait_for(lambda: hub.statistics()["handshakes_waiting"] == 5)
+        with trio.fail_after(GUARD):
+            snap = await sync_once(tmp_path / "pi-01", "pi-01")
+        assert snap.kind is Kind.SNAPSHOT
+        assert hub.counters["handshakes_preempted"] == 1
+
+
 async def test_client_hello_in_pieces_is_admitted(nursery: trio.Nursery, tmp_path: Path) -> None:
     """The hub waits for the whole first record, whatever pieces it comes in."""
     gw = await start_gateway(nursery, tmp_path / "gw")
