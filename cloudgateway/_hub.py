@@ -16,6 +16,7 @@ import contextlib
 import copy
 import logging
 import random
+import select
 import socket
 import ssl
 import time
@@ -65,10 +66,11 @@ class HubConfig:
     port: int = 10000
     max_message: int = edgeproto.DEFAULT_MAX_MESSAGE
     # Admission: a connection must have sent its whole ClientHello this soon
-    # after accept (it waits for it without a handshake slot), and finish the
-    # TLS handshake within ``handshake_timeout`` of accept, time queued for a
-    # handshake slot included.
-    client_hello_timeout: float = 3.0
+    # after accept (it waits for it without a handshake slot, so a long wait
+    # is cheap: clients slowed by a connect storm of their own need it), and
+    # finish the TLS handshake within ``handshake_timeout`` of accept, time
+    # queued for a handshake slot included.
+    client_hello_timeout: float = 10.0
     handshake_timeout: float = 10.0
     hello_timeout: float = 10.0
     idle_timeout: float = 45.0  # no frame at all for this long → close (agents ping every 10 s)
@@ -93,12 +95,13 @@ class _HalfOpen:
     """A connection on its way through admission; cancelled to shed it.
     ``scope`` is dropped when it leaves admission (``done``)."""
 
-    __slots__ = ("done", "hello", "preempted", "scope", "shed", "slot_since")
+    __slots__ = ("done", "fd", "hello", "preempted", "scope", "shed", "slot_since")
 
     def __init__(self, deadline: float) -> None:
         self.scope: trio.CancelScope | None = trio.CancelScope(deadline=deadline)
         self.hello = False  # its ClientHello is in: waiting for, or in, a handshake
-        self.slot_since: float | None = None  # holds a handshake slot since
+        self.slot_since: float | None = None  # holds a handshake slot; made progress since
+        self.fd = -1  # its socket, while it holds a slot
         self.shed = False
         self.preempted = False
         self.done = False
@@ -361,6 +364,7 @@ class Hub:
                     self._slot_wanted.unpark_all()
                 await slots.acquire()
                 try:
+                    pending.fd = stream.fileno()
                     pending.slot_since = trio.current_time()
                     self._slot_holders.append(pending)
                     if slots.waiting:
@@ -416,7 +420,9 @@ class Hub:
 
     async def _preempt_stalled_handshakes(self) -> None:
         """While a client waits for a handshake slot, cancel the handshake that
-        has held its slot longest once it has held it ``handshake_grace``."""
+        has waited longest on its client, once for ``handshake_grace``. One
+        whose client has sent bytes not yet read is making progress: its
+        clock restarts."""
         holders = self._slot_holders
         while True:
             if not holders or not self._handshakes.waiting:
@@ -431,6 +437,12 @@ class Hub:
                 await trio.sleep_until(due)
                 continue
             holders.popleft()
+            if _readable(oldest.fd):
+                # Its client has answered and we have not read it yet (a busy
+                # gateway, not a stalled client): progress, to the back.
+                oldest.slot_since = trio.current_time()
+                holders.append(oldest)
+                continue
             oldest.preempted = True
             oldest.scope.cancel()
 
@@ -960,6 +972,13 @@ def _shed_handshake(ws: tws.WebSocketConnection) -> None:
     proto = getattr(ws, "_wsproto", None)
     if proto is not None and getattr(proto, "connection", None) is not None:
         proto.handshake = _SPENT
+
+
+def _readable(fd: int) -> bool:
+    """Bytes (or the end of the stream) wait unread on ``fd``."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _tune_tcp(sock: socket.socket) -> None:

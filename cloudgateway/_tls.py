@@ -41,6 +41,9 @@ class SocketTLSStream(trio.abc.Stream):
         self._sending = False
         self._receiving = False
 
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
     def getpeercert(self) -> dict[str, Any] | None:
         return self._sock.getpeercert()
 
