@@ -1,7 +1,8 @@
 """Time for a real board to connect (TLS with its certificate, hello, snapshot)
 and for an admin API request to be answered, while K unauthenticated
-connections flood the hub and the API: idle ones (never send a byte) or slow
-ones (the first 5 bytes of a TLS record, then nothing).
+connections flood the hub and the API: idle ones (never send a byte), slow
+ones (the first 5 bytes of a TLS record, then nothing) or stalled ones (a whole
+ClientHello, the same bytes replayed on every socket, then nothing).
 
     .venv/bin/python bench/hub_flood.py [--floods 0,300,1000,3000]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import socket
+import ssl
 import tempfile
 import time
 import urllib.request
@@ -29,6 +31,18 @@ from edgeagent._tls import client_ssl_context
 from edgeproto import Kind, Message
 
 SLOW = b"\x16\x03\x01\x02\x00"  # a TLS handshake record header, its body never sent
+
+
+def client_hello() -> bytes:
+    """A real TLS client's first flight: its whole ClientHello."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
 
 
 @contextlib.asynccontextmanager
@@ -51,20 +65,30 @@ async def flood(port: int, count: int, first: bytes) -> AsyncIterator[None]:
             s.close()
 
 
-async def board_connect(gw: Gateway, node_dir: Path) -> float:
+async def board_connect(gw: Gateway, node_dir: Path) -> tuple[float, int]:
+    """Seconds until the board has its snapshot, and the attempts it took (a
+    connection the hub cut is retried at once, as the agent would after its
+    backoff)."""
     t0 = time.monotonic()
+    attempts = 0
     with trio.fail_after(60):
-        async with open_hub_connection(
-            f"wss://127.0.0.1:{gw.ports['hub']}/",
-            client_ssl_context(node_dir),
-            connect_timeout=60,
-            max_message=edgeproto.DEFAULT_MAX_MESSAGE,
-        ) as ws:
-            hello = Message(Kind.HELLO, body={"node": "bench-board", "last_rev": 0})
-            await ws.send_message(edgeproto.encode_message(hello))
-            msg = edgeproto.decode_message(await ws.get_message())
-            assert msg.kind is Kind.SNAPSHOT, msg
-    return time.monotonic() - t0
+        while True:
+            attempts += 1
+            try:
+                async with open_hub_connection(
+                    f"wss://127.0.0.1:{gw.ports['hub']}/",
+                    client_ssl_context(node_dir),
+                    connect_timeout=60,
+                    max_message=edgeproto.DEFAULT_MAX_MESSAGE,
+                ) as ws:
+                    hello = Message(Kind.HELLO, body={"node": "bench-board", "last_rev": 0})
+                    await ws.send_message(edgeproto.encode_message(hello))
+                    msg = edgeproto.decode_message(await ws.get_message())
+                    assert msg.kind is Kind.SNAPSHOT, msg
+                return time.monotonic() - t0, attempts
+            except (OSError, trio.BrokenResourceError) as exc:
+                print(f"  (attempt {attempts} cut after {time.monotonic() - t0:.1f} s: {exc})")
+                await trio.sleep(1.0)  # the agent's first backoff (backoff_base)
 
 
 def admin_request(gw: Gateway) -> float:
@@ -83,12 +107,14 @@ def admin_request(gw: Gateway) -> float:
             time.sleep(0.05)  # refused: retry like a client would
 
 
-async def measure(gw: Gateway, node_dir: Path, count: int, first: bytes) -> tuple[float, float]:
+async def measure(
+    gw: Gateway, node_dir: Path, count: int, first: bytes
+) -> tuple[float, int, float]:
     async with flood(gw.ports["hub"], count, first), flood(gw.ports["api"], count, first):
         await trio.sleep(0.5)  # let the gateway accept the flood first
-        board = await board_connect(gw, node_dir)
+        board, attempts = await board_connect(gw, node_dir)
         admin = await trio.to_thread.run_sync(admin_request, gw)
-    return board, admin
+    return board, attempts, admin
 
 
 def main() -> None:
@@ -103,11 +129,13 @@ def main() -> None:
         try:
             node_dir = Path(tmp) / "board"
             gw.join("bench-board", node_dir)
-            print(f"{'flood':>6} {'kind':>5} {'board connect s':>16} {'admin GET s':>12}")
+            print(
+                f"{'flood':>6} {'kind':>5} {'board connect s':>16} {'tries':>5} {'admin GET s':>12}"
+            )
             for count in counts:
-                for kind, first in (("idle", b""), ("slow", SLOW)):
-                    board, admin = trio.run(measure, gw, node_dir, count, first)
-                    print(f"{count:>6} {kind:>5} {board:>16.3f} {admin:>12.3f}")
+                for kind, first in (("idle", b""), ("slow", SLOW), ("stall", client_hello())):
+                    board, tries, admin = trio.run(measure, gw, node_dir, count, first)
+                    print(f"{count:>6} {kind:>5} {board:>16.3f} {tries:>5} {admin:>12.3f}")
         finally:
             gw.stop()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import socket
 import ssl
 import urllib.parse
 from collections import Counter
@@ -18,6 +20,8 @@ from typing import Any
 
 import h11
 import trio
+
+from ._accept import LazyPeer, close_socket, peer_name, serve_sockets
 
 log = logging.getLogger(__name__)
 
@@ -214,18 +218,32 @@ class HttpServer:
         """Reports the bound port (useful with port 0) through ``task_status``."""
         listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._on_connection, listeners)
+        async with trio.open_nursery() as nursery:
+            await serve_sockets(self._on_connection, listeners, handler_nursery=nursery)
 
-    async def _on_connection(self, tcp: trio.SocketStream) -> None:
-        peer = _peer(tcp)
+    async def _on_connection(self, sock: socket.socket) -> None:
         slot = self._admission.open()
         if slot is None:
-            log.debug("refusing %s: %d connections busy", peer, self.config.max_connections)
-            await trio.aclose_forcefully(tcp)
+            log.debug(
+                "refusing %s: %d connections busy", LazyPeer(sock), self.config.max_connections
+            )
+            close_socket(sock)
             return
-        stream: trio.abc.Stream = tcp
+        stream: trio.abc.Stream | None = None
         try:
             with slot.scope:
+                # A socket that never speaks costs only its slot and this task:
+                # the stream, TLS and HTTP state are made once it has.
+                slot.scope.deadline = trio.current_time() + self.config.idle_timeout
+                await trio.lowlevel.wait_readable(sock)
+                slot.scope.deadline = math.inf
+                if self._ssl is None and _tls_hello(sock):
+                    self.counters["tls_on_plain"] += 1
+                    log.debug("%s: TLS on the plaintext port, closed", LazyPeer(sock))
+                    return
+                peer = peer_name(sock)
+                tcp = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                stream = tcp
                 if self._ssl is not None:
                     tls = trio.SSLStream(tcp, self._ssl, server_side=True)
                     stream = tls
@@ -237,13 +255,21 @@ class HttpServer:
                         log.debug("TLS handshake with %s failed: %r", peer, exc.__cause__ or exc)
                         return
                 await _Connection(self, slot, stream, peer).serve()
+            if stream is None and slot.scope.cancelled_caught and not slot.shed:
+                self.counters["idle_closed"] += 1
+                log.debug(
+                    "%s: sent nothing within %.0f s", LazyPeer(sock), self.config.idle_timeout
+                )
         except Exception:
-            log.exception("connection from %s failed", peer)
+            log.exception("connection from %s failed", LazyPeer(sock))
         finally:
             if slot.shed:
-                log.debug("%s shed: waited longest for a request at the cap", peer)
+                log.debug("%s shed: waited longest for a request at the cap", LazyPeer(sock))
             self._admission.close(slot)
-            await trio.aclose_forcefully(stream)
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            else:
+                close_socket(sock)
 
 
 async def serve_http(
@@ -506,12 +532,15 @@ def _request(head: h11.Request, body: bytes, peer: str) -> Request:
     )
 
 
-def _peer(stream: trio.SocketStream) -> str:
+_TLS_HANDSHAKE = 0x16  # first byte of a TLS record carrying a ClientHello
+
+
+def _tls_hello(sock: socket.socket) -> bool:
+    """Whether the peer's first byte (peeked, not consumed) starts a TLS
+    handshake record: a TLS client on a plaintext port, which could not read
+    an HTTP answer."""
     try:
-        addr = stream.socket.getpeername()
+        first = sock.recv(1, socket.MSG_PEEK)
     except OSError:
-        return "?"
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(addr)
+        return False
+    return first == bytes([_TLS_HANDSHAKE])

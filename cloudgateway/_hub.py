@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import select
+import socket
 import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ import trio_websocket as tws
 import edgeproto
 from edgeproto import Kind, Message, ProtocolError
 
+from ._accept import LazyPeer, close_socket, peer_name, serve_sockets
 from ._failures import FailureLog
 from ._health import NodeHealth
 from ._hubsync import CLOSE_TRY_AGAIN, CONNECTION_ENDED, HubSync, Session
@@ -33,7 +36,7 @@ from ._reports import ReportLimits, Reports
 from ._revocation import REVOCATIONS, revoked_at, revoked_node
 from ._store import Store, StoreError, SubscriptionLost
 from ._streams import NodeStream, StreamError
-from ._tls import SocketTLSStream, accept_tls
+from ._tls import SocketTLSStream, accept_tls, client_hello_arrived
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,21 @@ class HubConfig:
     host: str = "0.0.0.0"
     port: int = 10000
     max_message: int = edgeproto.DEFAULT_MAX_MESSAGE
-    # Admission: a connection must send its first byte (the ClientHello's)
-    # this soon after accept, and finish the TLS handshake within
-    # ``handshake_timeout`` of accept, time queued for a handshake slot included.
-    first_byte_timeout: float = 3.0
+    # Admission: a connection must have sent its whole ClientHello this soon
+    # after accept (it waits for it without a handshake slot, so a long wait
+    # is cheap: clients slowed by a connect storm of their own need it), and
+    # finish the TLS handshake within ``handshake_timeout`` of accept, time
+    # queued for a handshake slot included.
+    client_hello_timeout: float = 10.0
     handshake_timeout: float = 10.0
     hello_timeout: float = 10.0
     idle_timeout: float = 45.0  # no frame at all for this long → close (agents ping every 10 s)
     max_handshakes: int = 64  # concurrent TLS handshakes; more wait, already accepted
+    # With every handshake slot taken and a client waiting for one, the slot
+    # held longest goes, if held this long: a client that sent its ClientHello
+    # and stalls (a replayed hello costs an attacker nothing) cannot keep
+    # boards out until ``handshake_timeout``.
+    handshake_grace: float = 1.0
     # Half-open connections (not yet through TLS) allowed beyond the handshake
     # slots; a newcomer past them sheds the OLDEST half-open one (a flood's idle
     # sockets go first; boards retrying are the newest).
@@ -69,13 +79,72 @@ class HubConfig:
 
 
 class _HalfOpen:
-    """A connection on its way through admission; cancelled to shed it."""
+    """A connection on its way through admission; cancelled to shed it.
+    ``scope`` is dropped when it leaves admission (``done``)."""
 
-    __slots__ = ("scope", "shed")
+    __slots__ = ("done", "fd", "hello", "preempted", "scope", "shed", "slot_since")
 
     def __init__(self, deadline: float) -> None:
-        self.scope = trio.CancelScope(deadline=deadline)
+        self.scope: trio.CancelScope | None = trio.CancelScope(deadline=deadline)
+        self.hello = False  # its ClientHello is in: waiting for, or in, a handshake
+        self.slot_since: float | None = None  # holds a handshake slot; made progress since
+        self.fd = -1  # its socket, while it holds a slot
         self.shed = False
+        self.preempted = False
+        self.done = False
+
+
+class _Waiter:
+    __slots__ = ("gone", "granted")
+
+    def __init__(self) -> None:
+        self.granted = trio.Event()
+        self.gone = False  # cancelled while waiting; left in the stack lazily
+
+
+class _Slots:
+    """Handshake slots, handed to the NEWEST waiter first. Under a flood the
+    clients queued longest are the flood's, or have given up; a board that
+    just connected is served next instead of after all of them. Without a
+    queue (the usual case) this is a plain counter."""
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+        self.waiting = 0
+        self._stack: list[_Waiter] = []
+        self._gone = 0
+
+    async def acquire(self) -> None:
+        if self.free:
+            self.free -= 1
+            return
+        waiter = _Waiter()
+        self._stack.append(waiter)
+        self.waiting += 1
+        try:
+            await waiter.granted.wait()
+        except BaseException:
+            if waiter.granted.is_set():
+                self.release()  # handed over as we were cancelled: pass it on
+            else:
+                waiter.gone = True
+                self._gone += 1
+                if self._gone > len(self._stack) // 2:
+                    self._stack = [w for w in self._stack if not w.gone]
+                    self._gone = 0
+            raise
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> None:
+        stack = self._stack
+        while stack:
+            waiter = stack.pop()
+            if not waiter.gone:
+                waiter.granted.set()
+                return
+            self._gone -= 1
+        self.free += 1
 
 
 class Hub:
@@ -97,8 +166,13 @@ class Hub:
         self._sessions = self._sync.sessions
         self._reports = Reports(store, self.counters, report_limits or ReportLimits())
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)
-        self._handshakes = trio.CapacityLimiter(config.max_handshakes)
-        self._half_open: dict[_HalfOpen, None] = {}  # oldest first
+        self._handshakes = _Slots(config.max_handshakes)
+        # Half-open connections in accept order; those done leave lazily (at
+        # the front), so shedding the oldest is O(1) amortized.
+        self._half_open: deque[_HalfOpen] = deque()
+        self._half_open_count = 0
+        self._slot_holders: deque[_HalfOpen] = deque()  # by slot_since; lazily pruned
+        self._slot_wanted = trio.lowlevel.ParkingLot()  # a client waits for a slot
         self._waiting = 0
         self._resync_seconds = 0.01  # moving average, for retry_after estimates
         self._stream_ids = 0
@@ -114,27 +188,29 @@ class Hub:
             "sessions": len(self._sessions),
             "resyncs_running": self._resyncs.borrowed_tokens,
             "resyncs_waiting": self._waiting,
-            "half_open": len(self._half_open),
+            "half_open": self._half_open_count,
+            "handshakes_waiting": self._handshakes.waiting,
             **self.counters,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._sync.run)
+            nursery.start_soon(self._preempt_stalled_handshakes)
             await nursery.start(self._watch_revocations)
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
             self.port = listeners[0].socket.getsockname()[1]
             log.info("hub listening on %s:%d", self.config.host, self.port)
             task_status.started(self.port)
-            await trio.serve_listeners(self._handle_tcp, listeners, handler_nursery=nursery)
+            await serve_sockets(self._handle_tcp, listeners, handler_nursery=nursery)
 
     # ---- connections ----------------------------------------------------------------
 
-    async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
-        peer = _peer(tcp)
-        stream = await self._admit_tls(tcp, peer)
-        if stream is None:
+    async def _handle_tcp(self, sock: socket.socket) -> None:
+        admitted = await self._admit_tls(sock)
+        if admitted is None:
             return
+        stream, peer = admitted
         try:
             cert = stream.getpeercert()
             node = node_from_peercert(cert)
@@ -173,47 +249,131 @@ class Hub:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _admit_tls(self, tcp: trio.SocketStream, peer: str) -> SocketTLSStream | None:
-        """TLS on an accepted connection, or None (closed) if it is shed, too
-        slow or refused. Waiting for the first byte takes no handshake slot; a
-        connect storm queues (cheap) for the slots instead of running thousands
-        of handshakes at once, each slower than its client's patience."""
+    async def _admit_tls(self, sock: socket.socket) -> tuple[SocketTLSStream, str] | None:
+        """TLS on an accepted connection (and the peer's name), or None (closed)
+        if it is shed, too slow or refused. A connection takes a handshake slot
+        only once its whole ClientHello is in, so idle or trickling sockets hold
+        none; a connect storm queues (cheap) for the slots instead of running
+        thousands of handshakes at once, each slower than its client's patience.
+        Until then a connection costs its socket, this task and a ``_HalfOpen``."""
         config = self.config
-        if len(self._half_open) >= config.max_handshakes + config.max_handshake_queue:
-            oldest = next(iter(self._half_open))
-            del self._half_open[oldest]
-            oldest.shed = True
-            oldest.scope.cancel()
-        pending = _HalfOpen(trio.current_time() + config.handshake_timeout)
-        self._half_open[pending] = None
+        if self._half_open_count >= config.max_handshakes + config.max_handshake_queue:
+            self._shed_oldest()
+        accepted = trio.current_time()
+        pending = _HalfOpen(accepted + config.client_hello_timeout)
+        self._half_open_count += 1
+        self._half_open.append(pending)
+        scope = pending.scope
+        assert scope is not None
         stream: SocketTLSStream | None = None
+        name: object = LazyPeer(sock)  # for logs; the TLS socket takes the descriptor
         try:
-            with pending.scope:
-                with trio.move_on_after(config.first_byte_timeout) as first:
-                    await trio.lowlevel.wait_readable(tcp.socket)
-                if first.cancelled_caught:
-                    self.counters["first_byte_timeouts"] += 1
-                    log.debug("%s sent nothing within %.1f s", peer, config.first_byte_timeout)
-                    await trio.aclose_forcefully(tcp)
+            with scope:
+                if not await client_hello_arrived(sock):
+                    self.counters["closed_half_open"] += 1
+                    log.debug("%s closed before its ClientHello", name)
                     return None
-                stream = accept_tls(tcp, self._ssl)
-                async with self._handshakes:
+                pending.hello = True
+                scope.deadline = accepted + config.handshake_timeout
+                name = peer = peer_name(sock)
+                _tune_tcp(sock)
+                stream = accept_tls(sock, self._ssl)
+                slots = self._handshakes
+                if not slots.free:
+                    self._slot_wanted.unpark_all()
+                await slots.acquire()
+                try:
+                    pending.fd = stream.fileno()
+                    pending.slot_since = trio.current_time()
+                    self._slot_holders.append(pending)
+                    if slots.waiting:
+                        self._slot_wanted.unpark_all()  # a holder to time, for those waiting
                     await stream.do_handshake()
-                return stream
+                finally:
+                    slots.release()
+                    pending.slot_since = None
+                    holders = self._slot_holders
+                    while holders and holders[0].slot_since is None:
+                        holders.popleft()
+                admitted, stream = stream, None
+                return admitted, peer
         except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
             self.counters["tls_rejected"] += 1
-            log.debug("TLS handshake with %s failed: %s", peer, exc)
+            log.debug("TLS handshake with %s failed: %s", name, exc)
         finally:
-            self._half_open.pop(pending, None)
-        if pending.shed:  # the oldest half-open connection when a new one came
-            self.counters["connections_shed"] += 1
-        elif pending.scope.cancelled_caught:
-            self.counters["handshake_timeouts"] += 1
-            log.debug(
-                "TLS handshake with %s not done within %.1f s", peer, config.handshake_timeout
-            )
-        await trio.aclose_forcefully(stream if stream is not None else tcp)
+            self._leave_half_open(pending)
+            if pending.shed:  # the oldest half-open connection when a new one came
+                self.counters["connections_shed"] += 1
+            elif pending.preempted:
+                self.counters["handshakes_preempted"] += 1
+                log.debug("%s held a handshake slot longest while another waited", name)
+            elif scope.cancelled_caught and not pending.hello:
+                self.counters["client_hello_timeouts"] += 1
+                log.debug(
+                    "%s sent no ClientHello within %.1f s",
+                    name,
+                    config.client_hello_timeout,
+                )
+            elif scope.cancelled_caught:
+                self.counters["handshake_timeouts"] += 1
+                log.debug(
+                    "TLS handshake with %s not done within %.1f s",
+                    name,
+                    config.handshake_timeout,
+                )
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            close_socket(sock)  # unless TLS took it over (its descriptor is then -1)
         return None
+
+    def _shed_oldest(self) -> None:
+        queue = self._half_open
+        while queue:
+            oldest = queue.popleft()
+            if not oldest.done:
+                oldest.shed = True
+                assert oldest.scope is not None
+                oldest.scope.cancel()
+                self._leave_half_open(oldest)
+                return
+
+    async def _preempt_stalled_handshakes(self) -> None:
+        """While a client waits for a handshake slot, cancel the handshake that
+        has waited longest on its client, once for ``handshake_grace``. One
+        whose client has sent bytes not yet read is making progress: its
+        clock restarts."""
+        holders = self._slot_holders
+        while True:
+            if not holders or not self._handshakes.waiting:
+                await self._slot_wanted.park()
+                continue
+            oldest = holders[0]
+            if oldest.scope is None or oldest.slot_since is None:
+                holders.popleft()  # shed meanwhile: its slot comes back as it unwinds
+                continue
+            due = oldest.slot_since + self.config.handshake_grace
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue
+            holders.popleft()
+            if _readable(oldest.fd):
+                # Its client has answered and we have not read it yet (a busy
+                # gateway, not a stalled client): progress, to the back.
+                oldest.slot_since = trio.current_time()
+                holders.append(oldest)
+                continue
+            oldest.preempted = True
+            oldest.scope.cancel()
+
+    def _leave_half_open(self, pending: _HalfOpen) -> None:
+        if pending.done:
+            return
+        pending.done = True
+        pending.scope = None
+        self._half_open_count -= 1
+        queue = self._half_open
+        while queue and queue[0].done:
+            queue.popleft()
 
     # ---- revoked nodes ---------------------------------------------------------------
 
@@ -506,9 +666,18 @@ def _shed_handshake(ws: tws.WebSocketConnection) -> None:
         proto.handshake = _SPENT
 
 
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-        return f"{host}:{port}"
-    except OSError:
-        return "?"
+def _readable(fd: int) -> bool:
+    """Bytes (or the end of the stream) wait unread on ``fd``."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _tune_tcp(sock: socket.socket) -> None:
+    """What ``trio.SocketStream`` sets, for a connection taken without one:
+    no Nagle delay, and at most 16 KiB unsent in the kernel before a writer waits."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 2**14)

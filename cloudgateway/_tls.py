@@ -21,9 +21,14 @@ from typing import Any, TypeVar
 
 import trio
 
-__all__ = ["SocketTLSStream", "accept_tls"]
+__all__ = ["SocketTLSStream", "accept_tls", "client_hello_arrived"]
 
 _RECEIVE_SIZE = 65536
+# TLS record layer (RFC 8446 section 5.1): type, legacy version (2 bytes),
+# length (2 bytes); a handshake record is type 22 and its body at most 2^14 bytes.
+_RECORD_HEADER = 5
+_HANDSHAKE_RECORD = 22
+_MAX_RECORD_BODY = 2**14
 T = TypeVar("T")
 
 
@@ -35,6 +40,9 @@ class SocketTLSStream(trio.abc.Stream):
         self._closed = False
         self._sending = False
         self._receiving = False
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
 
     def getpeercert(self) -> dict[str, Any] | None:
         return self._sock.getpeercert()
@@ -114,12 +122,54 @@ class SocketTLSStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
-def accept_tls(tcp: trio.SocketStream, context: ssl.SSLContext) -> SocketTLSStream:
-    """Take the accepted TCP connection's descriptor from trio and put TLS on it
-    (the handshake is left to ``do_handshake``)."""
-    sock = socket.socket(fileno=tcp.socket.detach())
+async def client_hello_arrived(sock: socket.socket) -> bool:
+    """Wait until the first TLS record a client sends (its ClientHello) has
+    arrived whole, without reading it: OpenSSL reads it later. False if the
+    peer closed first; OSError if it reset. ``sock`` is non-blocking.
+
+    The socket's receive low-water mark (``SO_RCVLOWAT``) is set to the bytes
+    still missing, so the kernel wakes us once, when they are all in: a client
+    trickling its hello costs no wake-up per byte. Bytes that are not a TLS
+    handshake record, or a record longer than TLS allows, count as arrived:
+    OpenSSL refuses them at once."""
+    need = _RECORD_HEADER
+    seen = -1
     try:
+        while True:
+            try:
+                data = sock.recv(need, socket.MSG_PEEK)
+            except BlockingIOError:
+                data = None
+            if data is not None and len(data) >= need:
+                if need > _RECORD_HEADER:
+                    return True
+                body = int.from_bytes(data[3:5], "big")
+                if data[0] != _HANDSHAKE_RECORD or body > _MAX_RECORD_BODY:
+                    return True
+                need += body
+                continue
+            if data is not None:
+                if len(data) <= seen or not data:  # readable, nothing new: end of stream
+                    return False
+                seen = len(data)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
+            await trio.lowlevel.wait_readable(sock)
+    finally:
+        if seen >= 0:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+
+def accept_tls(conn: trio.SocketStream | socket.socket, context: ssl.SSLContext) -> SocketTLSStream:
+    """Put TLS on an accepted connection: its non-blocking socket, or trio's
+    stream (whose descriptor is taken from trio). The handshake is left to
+    ``do_handshake``."""
+    if isinstance(conn, trio.SocketStream):
+        sock = socket.socket(fileno=conn.socket.detach())
         sock.setblocking(False)
+    else:
+        sock = conn
+    try:
         return SocketTLSStream(
             context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         )
