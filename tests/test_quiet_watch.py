@@ -123,7 +123,7 @@ async def test_labelling_a_pod_on_a_board_without_runtime_gives_one_modified_eve
 
     async def new_image_reported() -> bool:
         _, obj = await gateway.api("GET", f"{NS}/pods/web")
-        return obj["status"]["containerStatuses"][0]["image"] == "busybox:1.37"
+        return bool(obj["status"]["containerStatuses"][0]["image"] == "busybox:1.37")
 
     await wait_for(new_image_reported, timeout=10, interval=0.05)
     await agent.stop()
