@@ -168,12 +168,15 @@ def pending_status(pod: dict[str, Any], since: str) -> dict[str, Any]:
 
 
 class PodStatusReporter:
-    """Reports each pod bound to this node once per (uid, generation)."""
+    """Reports each pod bound to this node whenever the status it gets differs
+    from the one last reported for it: a change of the pod's metadata alone
+    (a label) writes nothing, so a watch sees the one change the user made.
+    ``since`` is the time the pod (its uid) was first seen here."""
 
     def __init__(self, config: AgentConfig, meta: Meta) -> None:
         self._cfg = config
         self._meta = meta
-        self._reported: dict[str, tuple[Any, Any]] = {}
+        self._reported: dict[str, tuple[Any, str, dict[str, Any]]] = {}  # uid, since, status
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -186,17 +189,17 @@ class PodStatusReporter:
     async def report_once(self) -> None:
         now = edgeproto.rfc3339(time.time())
         items: list[tuple[str, str, bytes, bool]] = []
-        current: dict[str, tuple[Any, Any]] = {}
+        current: dict[str, tuple[Any, str, dict[str, Any]]] = {}
         for key, pod in await self._meta.list_objects("pods"):
             if (pod.get("spec") or {}).get("nodeName") != self._cfg.node:
                 continue
-            meta = pod.get("metadata") or {}
-            ident = (meta.get("uid"), meta.get("generation"))
-            current[key] = ident
-            if self._reported.get(key) != ident:
-                items.append(
-                    (key, "status", cbor2.dumps({"status": pending_status(pod, now)}), True)
-                )
+            uid = (pod.get("metadata") or {}).get("uid")
+            last = self._reported.get(key)
+            since = last[1] if last is not None and last[0] == uid else now
+            status = pending_status(pod, since)
+            current[key] = (uid, since, status)
+            if last is None or last[0] != uid or last[2] != status:
+                items.append((key, "status", cbor2.dumps({"status": status}), True))
         if items:
             await self._meta.enqueue(items)
             log.debug("reported %d pod statuses", len(items))

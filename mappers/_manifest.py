@@ -5,6 +5,11 @@ Two sources give the same record: the agent's membership DEV objects
 ``kind: Device`` / ``kind: DeviceModel`` documents. Protocol-specific parsing
 (Modbus registers, serial fields) happens in each mapper from ``protocol_config``
 and each property's ``visitor``.
+
+KubeEdge 1.22 lets a DeviceModel carry defaults: ``spec.protocolConfigData`` and
+each model property's ``visitors``. They are merged into the device as edgecore
+does: the model's map first, the device's keys on top (``configData`` key by
+key), and only for properties the device lists.
 """
 
 from __future__ import annotations
@@ -104,6 +109,22 @@ def _model_properties(model: Mapping[str, Any], where: str) -> dict[str, ModelPr
     return out
 
 
+def _merged(base: Mapping[str, Any], top: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``base`` with ``top``'s keys on top (one level, as edgecore merges)."""
+    return {**base, **top} if base else top
+
+
+def _model_visitors(model: Mapping[str, Any], where: str) -> dict[str, Mapping[str, Any]]:
+    """The default ``visitors`` of each model property that has them."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for i, raw in enumerate(model.get("properties") or []):
+        if isinstance(raw, Mapping) and isinstance(raw.get("name"), str):
+            visitors = _map(raw.get("visitors"), f"{where}.properties[{i}].visitors")
+            if visitors:
+                out[raw["name"]] = visitors
+    return out
+
+
 def build_doc(
     name: str,
     namespace: str,
@@ -113,9 +134,14 @@ def build_doc(
 ) -> DeviceDoc:
     where = f"device {namespace}/{name}"
     protocol = _map(spec.get("protocol"), f"{where} spec.protocol")
-    protocol_name = str(protocol.get("protocolName") or "")
-    config = _map(protocol.get("configData"), f"{where} spec.protocol.configData")
-    models = _model_properties(_map(model, f"{where} model"), f"{where} model")
+    model = _map(model, f"{where} model")
+    protocol_name = str(protocol.get("protocolName") or model.get("protocol") or "")
+    config = _merged(
+        _map(model.get("protocolConfigData"), f"{where} model protocolConfigData"),
+        _map(protocol.get("configData"), f"{where} spec.protocol.configData"),
+    )
+    models = _model_properties(model, f"{where} model")
+    model_visitors = _model_visitors(model, f"{where} model")
     props: list[PropertyDoc] = []
     for i, raw in enumerate(spec.get("properties") or []):
         pw = f"{where} spec.properties[{i}]"
@@ -123,7 +149,13 @@ def build_doc(
         pname = p.get("name")
         if not isinstance(pname, str) or not pname:
             raise ConfigError(f"{pw}.name is required")
-        visitors = _map(p.get("visitors"), f"{pw}.visitors")
+        own = _map(p.get("visitors"), f"{pw}.visitors")
+        default = model_visitors.get(pname, {})
+        visitors = {**default, **own}
+        visitors["configData"] = _merged(
+            _map(default.get("configData"), f"{where} model property {pname} visitors.configData"),
+            _map(own.get("configData"), f"{pw}.visitors.configData"),
+        )
         vproto = visitors.get("protocolName")
         if vproto and protocol_name and vproto != protocol_name:
             raise ConfigError(

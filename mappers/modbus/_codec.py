@@ -9,6 +9,11 @@ the first word most significant ("ABCD") unless told otherwise:
   order of the words ("CDAB" for a 32-bit value).
 
 The engineering value is ``raw * scale + value_offset``; writing inverts that.
+Two finishing rules reproduce KubeEdge's Modbus mappers for manifests written
+for them: ``truncate`` (an integer property's scaled value cut toward zero, as
+Go's ``int64(float64(raw) * scale)``) and ``decimals`` (a float property read
+from one register rounded half up to that many decimals, as the kubeedge/examples
+temperature mapper does).
 """
 
 from __future__ import annotations
@@ -124,6 +129,8 @@ class RegisterCodec:
     scale: float = 1.0
     value_offset: float = 0.0
     encoding: str = "utf-8"
+    truncate: bool = False  # a scaled value cut toward zero to an integer
+    decimals: int | None = None  # a scaled value rounded half up to this many decimals
 
     def __post_init__(self) -> None:
         natural = registers_for(self.data_type)
@@ -197,7 +204,17 @@ class RegisterCodec:
             raw = _shortest_float32(float(raw))
         if not self.scaled:
             return raw
-        return _tidy(raw * self.scale + self.value_offset)
+        return self._finish(raw * self.scale + self.value_offset)
+
+    def _finish(self, value: float) -> Value:
+        """A scaled value with the configured finishing rule applied."""
+        if not math.isfinite(value):
+            return value
+        if self.truncate:
+            return math.trunc(value)
+        if self.decimals is not None:
+            return _tidy(math.floor(value * 10**self.decimals + 0.5) / 10**self.decimals)
+        return _tidy(value)
 
     def decode_bits(self, bits: Sequence[bool]) -> Value:
         """Coil / discrete input bits → value (bool for one bit, else an int)."""
@@ -205,7 +222,8 @@ class RegisterCodec:
             raise CodecError(f"expected {self.count} bits, got {len(bits)}")
         if self.data_type is DataType.BOOL:
             return bool(bits[0]) if self.count == 1 else any(bits)
-        return sum(1 << i for i, b in enumerate(bits) if b)
+        raw = sum(1 << i for i, b in enumerate(bits) if b)
+        return self._finish(raw * self.scale + self.value_offset) if self.scaled else raw
 
     # -- encode -----------------------------------------------------------------
 

@@ -9,6 +9,18 @@ Visitor ``configData`` (KubeEdge keys): ``register``, ``offset`` (0-based Modbus
 address), ``limit`` (registers/bits), ``scale``, ``isSwap``, ``isRegisterSwap``.
 Extensions: ``dataType``, ``byteOrder``/``wordOrder`` (big|little), ``valueOffset``.
 ``collectCycle`` on the property is in milliseconds.
+
+KubeEdge semantics: a visitor without ``dataType``, or with one of KubeEdge's own
+names (``int``, ``float``, ``double``, ``boolean``/``bool``, ``string``, as the
+kubeedge/examples manifests write it), is read as KubeEdge's Modbus mappers read
+it (mappers-go ``TransferData``, kubeedge/examples temperature mapper): an
+``int`` is the unsigned big-endian value of its 1, 2 or 4 registers (after the
+swaps), times ``scale``, cut toward zero; an ``int`` on coils or discrete inputs
+is the bits as a number (``1``/``0`` for one coil); a ``float``/``double`` of 2/4
+registers is an IEEE float times ``scale``; of one register, the unsigned value
+times ``scale`` rounded half up to 2 decimals. The type is the visitor's
+``dataType`` if given, else the DeviceModel property's ``type``. An edgeflock
+``dataType`` (``int16``, ``uint32``, ``float32``...) keeps edgeflock's semantics.
 """
 
 from __future__ import annotations
@@ -175,16 +187,23 @@ def _endpoint(cfg: Mapping[str, Any], where: str) -> TcpEndpoint | SerialEndpoin
     )
 
 
-def _default_type(register: Register, twin_type: str, limit: int) -> DataType:
+# dataType values that are KubeEdge's own names: the manifest asks for KubeEdge's reading
+_KUBEEDGE_TYPES = {"int", "float", "double", "boolean", "bool", "string"}
+
+
+def _kubeedge_codec(register: Register, kind: str, limit: int) -> tuple[DataType, bool, int | None]:
+    """(data type, truncate, decimals) of KubeEdge's reading of a ``kind`` property."""
     if register.is_bits:
-        return DataType.BOOL
-    if twin_type in ("float", "double"):
-        return {2: DataType.FLOAT32, 4: DataType.FLOAT64}.get(limit, DataType.INT16)
-    if twin_type == "boolean":
-        return DataType.BOOL
-    if twin_type == "string":
-        return DataType.STRING if limit > 0 else DataType.UINT16
-    return {2: DataType.INT32, 4: DataType.INT64}.get(limit, DataType.INT16)
+        return (DataType.UINT16, True, None) if kind == "int" else (DataType.BOOL, False, None)
+    if kind in ("float", "double"):
+        if limit in (2, 4):
+            return ({2: DataType.FLOAT32, 4: DataType.FLOAT64}[limit], False, None)
+        return DataType.UINT16, False, 2
+    if kind in ("boolean", "bool"):
+        return DataType.BOOL, False, None
+    if kind == "string":
+        return (DataType.STRING if limit > 0 else DataType.UINT16), False, None
+    return {2: DataType.UINT32, 4: DataType.UINT64}.get(limit, DataType.UINT16), True, None
 
 
 def _property(doc: PropertyDoc, where: str) -> ModbusProperty:
@@ -200,11 +219,13 @@ def _property(doc: PropertyDoc, where: str) -> ModbusProperty:
     address = _int(v.get("offset", 0), f"{where}.offset", 0, 0xFFFF)
     limit = _int(v.get("limit", 0) or 0, f"{where}.limit", 0, register.max_read)
     twin_type = doc.model.type
+    named = str(v.get("dataType") or "").strip().lower()
+    truncate, decimals = False, None
     try:
-        if v.get("dataType"):
-            data_type = DataType.parse(str(v["dataType"]))
+        if not named or named in _KUBEEDGE_TYPES:
+            data_type, truncate, decimals = _kubeedge_codec(register, named or twin_type, limit)
         else:
-            data_type = _default_type(register, twin_type, limit)
+            data_type = DataType.parse(named)
     except CodecError as exc:
         raise ConfigError(f"{where}.dataType: {exc}") from None
     if register.is_bits and data_type not in (DataType.BOOL, DataType.UINT16):
@@ -227,6 +248,8 @@ def _property(doc: PropertyDoc, where: str) -> ModbusProperty:
             word_swap=word_swap,
             scale=scale,
             value_offset=offset,
+            truncate=truncate,
+            decimals=decimals,
         )
     except CodecError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -235,7 +258,11 @@ def _property(doc: PropertyDoc, where: str) -> ModbusProperty:
     if address + codec.count > 0x10000:
         raise ConfigError(f"{where}: offset+limit past address 65535")
     if twin_type == "string" and data_type is not DataType.STRING:
-        twin_type = "float" if codec.scaled or data_type.value.startswith("float") else "int"
+        twin_type = (
+            "float"
+            if (codec.scaled and not codec.truncate) or data_type.value.startswith("float")
+            else "int"
+        )
     return ModbusProperty(
         name=doc.name,
         register=register,

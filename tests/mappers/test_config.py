@@ -33,7 +33,9 @@ def test_kubeedge_keys_and_extensions() -> None:
     assert (t.register, t.address, t.count) == (Register.HOLDING, 0, 2)
     assert t.codec.data_type is DataType.FLOAT32 and t.codec.word_swap and t.read_only
     h = dev.prop("humidity")
-    assert h.codec.data_type is DataType.INT16 and h.codec.scale == 0.1  # float type, limit 1
+    # a float property on one register, no dataType: KubeEdge's reading (unsigned, 2 decimals)
+    assert h.codec.data_type is DataType.UINT16 and h.codec.scale == 0.1
+    assert h.codec.decimals == 2
     assert dev.prop("relay").codec.data_type is DataType.BOOL and not dev.prop("relay").read_only
     assert t.collect_cycle_ms == 100
 
