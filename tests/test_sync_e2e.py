@@ -139,10 +139,14 @@ async def test_offline_restart_then_converge(nursery: trio.Nursery, tmp_path: Pa
     # While offline the cloud changes; the gateway returns on the same ports.
     gw = await start_gateway(nursery, tmp_path / "gw", ports)
     await create(gw, "configmaps", cm("c2"))
-    code, body = await gw.api("GET", f"{NS}/pods/p1")
-    body["spec"]["volumes"].append({"name": "c2", "configMap": {"name": "c2"}})
-    code, _ = await gw.api("PUT", f"{NS}/pods/p1", body)
-    assert code == 200
+    # A patch, not GET+PUT: the reconnecting board may write the pod's status
+    # in between, which a PUT of the old resourceVersion would meet as a 409.
+    patch = {"spec": {"volumes": [{"name": "c2", "configMap": {"name": "c2"}}]}}
+    code, body = await trio.to_thread.run_sync(
+        gw.request, "PATCH", f"{NS}/pods/p1", patch, "application/strategic-merge-patch+json"
+    )
+    assert code == 200, body
+    assert [v["name"] for v in body["spec"]["volumes"]][-1] == "c2"
     await wait_for(
         lambda: agent.status()["connected"] and agent.status()["objects"].get("ConfigMap") == 2,
         timeout=15,
