@@ -1294,12 +1294,16 @@ class ApiServer:
         """Delete one object, with what follows from it: a deleted Node's
         certificates are revoked, a deleted Namespace's objects deleted (here,
         before the answer: there is no Terminating phase)."""
-        ev = await self._store.delete(key, expect_rev=expect)
         _, _, name = edgeproto.split_key(key)
         if resource.name == "nodes":
-            # Or the board reconnects and its Node comes back.
+            # Revoked first, or the board could reconnect between the delete and
+            # the revocation and its Node come back with it.
+            cur = await self._store.get(key)
+            if expect is not None and cur.mod_rev != expect:
+                raise Conflict(f"{key} is at revision {cur.mod_rev}, not {expect}", key=key)
             await revoke_node(self._store, name)
-        elif resource.name == "namespaces":
+        ev = await self._store.delete(key, expect_rev=expect)
+        if resource.name == "namespaces":
             for r in edgeproto.RESOURCES:
                 if r.namespaced:
                     records, _ = await self._store.list(f"{r.name}/{name}/")

@@ -231,7 +231,7 @@ class Hub:
                     if revoked:  # told why after the upgrade, so the agent can log it
                         await ws.aclose(CLOSE_POLICY, "certificate revoked")
                         return
-                    await self._serve_node(node, ws, peer)
+                    await self._serve_node(node, ws, peer, cert_issued_at(cert))
                 finally:
                     await ws.aclose()
                     nursery.cancel_scope.cancel()
@@ -424,7 +424,9 @@ class Hub:
                     except SubscriptionLost:
                         log.warning("revocation watch fell behind; checking the store")
 
-    async def _serve_node(self, node: str, ws: tws.WebSocketConnection, peer: str) -> None:
+    async def _serve_node(
+        self, node: str, ws: tws.WebSocketConnection, peer: str, issued_at: float
+    ) -> None:
         hello = await self._receive_hello(node, ws)
         if hello is None:
             return
@@ -459,6 +461,11 @@ class Hub:
             finally:
                 self._resyncs.release()
             self._resync_seconds = 0.9 * self._resync_seconds + 0.1 * took
+            if await self._revoked(node, issued_at):
+                # Revoked while this connection was resyncing: Ready would
+                # re-create the deleted Node.
+                await ws.aclose(CLOSE_POLICY, "certificate revoked")
+                return
             await self._health.connected(node)
             log.info("node %s connected from %s (last_rev %d)", node, peer, last_rev)
             self._sync.go_live(session)
