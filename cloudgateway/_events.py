@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 import edgeproto
-from edgeproto import ProtocolError
+from edgeproto import ProtocolError, events
 
 from ._store import Conflict, NotFound, Record, Store
 
@@ -27,7 +27,6 @@ __all__ = ["EVENT_NAMESPACE", "edge_event", "prune_events"]
 EVENT_NAMESPACE = "default"
 SOURCE = "edgeflock-eventbus"
 MAX_MESSAGE = 1024  # characters of the payload kept in .message
-MAX_TIMESTAMP = 253_402_300_799_999  # ms: the last of year 9999, as far as RFC 3339 goes
 TOPIC_ANNOTATION = "edgeflock.io/topic"
 
 
@@ -35,18 +34,11 @@ def edge_event(node: str, seq: int | None, body: Any) -> dict[str, Any]:
     """The Event for a node's ``event`` report (``ProtocolError`` if malformed).
     Its name comes from the report's timestamp and outbox sequence number, so a
     resent report names the same Event."""
-    topic = body.get("topic")
-    ms = body.get("timestamp")
-    if not isinstance(topic, str) or not topic:
-        raise ProtocolError("an event report needs its topic", code="bad-field")
-    if type(ms) is not int or not 0 <= ms <= MAX_TIMESTAMP:
-        raise ProtocolError(
-            "an event report needs a timestamp (ms since the epoch, up to year 9999)",
-            code="bad-field",
-        )
+    # What an edge event may be is defined once, in edgeproto, for the agent
+    # (which refuses the rest before it enters the outbox) and for us.
+    topic, payload, ms = events.check_event_body(body)
     if type(seq) is not int or seq < 0:
         raise ProtocolError("an event report needs its sequence number as id", code="bad-field")
-    payload = body.get("payload")
     if isinstance(payload, str):
         message = payload
     else:
@@ -63,7 +55,7 @@ def edge_event(node: str, seq: int | None, body: Any) -> dict[str, Any]:
         "metadata": {
             "name": f"{node}.{ms:x}.{seq}",
             "namespace": EVENT_NAMESPACE,
-            "annotations": {TOPIC_ANNOTATION: topic[:200]},
+            "annotations": {TOPIC_ANNOTATION: topic},
         },
         "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node},
         "reason": "EdgeEvent",

@@ -30,7 +30,7 @@ from ._events import EVENT_NAMESPACE, edge_event
 from ._events import SOURCE as EVENT_SOURCE
 from ._failures import FailureLog
 from ._health import merge_node_status
-from ._reportcheck import check_json, check_status, desired_values, history_entries
+from ._reportcheck import check_status, desired_values, history_entries
 from ._ssa import without_managed_fields
 from ._store import AlreadyExists, Conflict, NotFound, Record, Store, StoreError, Unavailable
 from ._validate import Invalid, validate
@@ -239,7 +239,6 @@ class Reports:
         elif op is ReportOp.TWIN_HISTORY:
             await self._add_history(node, key, history_entries(msg.body.get("history")))
         else:
-            check_json(dict(msg.body), "event")
             event = edge_event(name, msg.id, msg.body)
             if name != node:
                 raise Rejected(403, f"node {node} may not write {key}")

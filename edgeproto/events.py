@@ -36,6 +36,8 @@ MAX_EVENT_DEPTH = 64  # nesting of arrays and objects (as the API's objects)
 MAX_EVENT_INT_BITS = 13_000  # about 3,900 digits: JSON and the store still print it
 MAX_EVENT_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last RFC 3339 time
 
+_NOT_JSON = "payload is not JSON the cloud keeps: "
+
 
 class EventError(ProtocolError):
     """An edge event the cloud cannot use; the message says why."""
@@ -90,32 +92,44 @@ def check_payload(value: Any) -> None:
             continue
         if isinstance(v, int):
             if v.bit_length() > MAX_EVENT_INT_BITS:
-                raise EventError(f"payload has an integer over {MAX_EVENT_INT_BITS} bits")
+                raise EventError(
+                    f"payload is not JSON the cloud keeps: it has an integer over {MAX_EVENT_INT_BITS} bits"
+                )
         elif isinstance(v, float):
             if not math.isfinite(v):
-                raise EventError("payload has a number that is not finite")
+                raise EventError(
+                    "payload is not JSON the cloud keeps: it has a number that is not finite"
+                )
         elif isinstance(v, str):
             _check_text(v)
         elif isinstance(v, list | dict):
             if depth >= MAX_EVENT_DEPTH:
-                raise EventError(f"payload is nested deeper than {MAX_EVENT_DEPTH}")
+                raise EventError(
+                    f"payload is not JSON the cloud keeps: nested deeper than {MAX_EVENT_DEPTH}"
+                )
             if isinstance(v, dict):
                 for k in v:
                     if not isinstance(k, str):
-                        raise EventError("payload has an object key that is not a string")
+                        raise EventError(
+                            "payload is not JSON the cloud keeps: it has an object key that is not a string"
+                        )
                     _check_text(k)
                 stack.extend((c, depth + 1) for c in v.values())
             else:
                 stack.extend((c, depth + 1) for c in v)
         else:
-            raise EventError(f"payload has a {type(v).__name__}, not a JSON value")
+            raise EventError(
+                f"payload is not JSON the cloud keeps: it has a {type(v).__name__}, not a JSON value"
+            )
 
 
 def _check_text(s: str) -> None:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        raise EventError("payload has a string that is not valid Unicode") from None
+        raise EventError(
+            "payload is not JSON the cloud keeps: it has a string that is not valid Unicode"
+        ) from None
 
 
 def event_body(what: str, payload: Any, ms: int) -> dict[str, Any]:
