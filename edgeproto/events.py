@@ -92,14 +92,10 @@ def check_payload(value: Any) -> None:
             continue
         if isinstance(v, int):
             if v.bit_length() > MAX_EVENT_INT_BITS:
-                raise EventError(
-                    f"payload is not JSON the cloud keeps: it has an integer over {MAX_EVENT_INT_BITS} bits"
-                )
+                raise EventError(_NOT_JSON + f"it has an integer over {MAX_EVENT_INT_BITS} bits")
         elif isinstance(v, float):
             if not math.isfinite(v):
-                raise EventError(
-                    "payload is not JSON the cloud keeps: it has a number that is not finite"
-                )
+                raise EventError(_NOT_JSON + "it has a number that is not finite")
         elif isinstance(v, str):
             _check_text(v)
         elif isinstance(v, list | dict):
@@ -110,26 +106,20 @@ def check_payload(value: Any) -> None:
             if isinstance(v, dict):
                 for k in v:
                     if not isinstance(k, str):
-                        raise EventError(
-                            "payload is not JSON the cloud keeps: it has an object key that is not a string"
-                        )
+                        raise EventError(_NOT_JSON + "it has an object key that is not a string")
                     _check_text(k)
                 stack.extend((c, depth + 1) for c in v.values())
             else:
                 stack.extend((c, depth + 1) for c in v)
         else:
-            raise EventError(
-                f"payload is not JSON the cloud keeps: it has a {type(v).__name__}, not a JSON value"
-            )
+            raise EventError(_NOT_JSON + f"it has a {type(v).__name__}, not a JSON value")
 
 
 def _check_text(s: str) -> None:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        raise EventError(
-            "payload is not JSON the cloud keeps: it has a string that is not valid Unicode"
-        ) from None
+        raise EventError(_NOT_JSON + "it has a string that is not valid Unicode") from None
 
 
 def event_body(what: str, payload: Any, ms: int) -> dict[str, Any]:
