@@ -1,5 +1,5 @@
 """Regenerate ``_dmi_api_pb2.py`` from ``_dmi_api.proto`` (dev time only; needs
-grpcio-tools): ``python -m edgeagent._dmi_gen``, with edged's generator. No
+grpcio-tools): ``python -m edgeagent._dmi_gen``, with edgeio.protogen. No
 ``_pb2_grpc`` module is generated: ``_dmi.py`` builds its handlers and calls from
 the descriptors."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 def main() -> int:
     from grpc_tools import protoc  # type: ignore[import-untyped,unused-ignore]
 
-    from .edged._gen import generate
+    from edgeio.protogen import generate
 
     include = Path(protoc.__file__).resolve().parent / "_proto"  # google/protobuf/any.proto
     proto = Path(__file__).resolve().parent / "_dmi_api.proto"

@@ -1,5 +1,5 @@
 """Regenerate ``_rpc_pb2.py`` from ``_rpc.proto`` (dev time only; needs
-grpcio-tools): ``python -m cloudgateway.etcd._gen``, with edged's generator. No
+grpcio-tools): ``python -m cloudgateway.etcd._gen``, with edgeio.protogen. No
 ``_pb2_grpc`` module is generated: ``_client.py`` builds its calls from the channel."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def main() -> int:
-    from edgeagent.edged._gen import generate
+    from edgeio.protogen import generate
 
     return generate(Path(__file__).resolve().parent / "_rpc.proto", "cloudgateway/etcd/_gen.py")
 
