@@ -38,6 +38,7 @@ class ConfigError(GatewayError):
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     data_dir: Path
+    store: str = "sqlite"  # or etcd://HOST:PORT[,...] (cloudgateway._backends)
     hub: HubConfig = field(default_factory=HubConfig)
     join: HttpConfig = field(
         default_factory=lambda: HttpConfig(host="0.0.0.0", port=10002, max_body=64 * 1024)
