@@ -38,7 +38,6 @@ class ConfigError(GatewayError):
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     data_dir: Path
-    store: str = "sqlite"  # or etcd://HOST:PORT[,...] (cloudgateway._backends)
     hub: HubConfig = field(default_factory=HubConfig)
     join: HttpConfig = field(
         default_factory=lambda: HttpConfig(host="0.0.0.0", port=10002, max_body=64 * 1024)
@@ -52,6 +51,7 @@ class GatewayConfig:
     retain_revisions: int = 100_000
     compact_interval: float = 300.0
     event_ttl: float = 3600.0  # Events (edge events) are deleted this long after creation
+    store: str = "sqlite"  # the fleet's store: cloudgateway._backends.open_backend
 
 
 _SECTIONS = ("gateway", "hub", "api", "join", "reports")

@@ -21,9 +21,9 @@ import trio
 
 from ._backends import DEFAULT_STORE, open_backend, store_is_shared
 from ._errors import GatewayError
-from ._fleet import JOIN_TOKENS, join_token_key, load_pki
+from ._fleet import JOIN_TOKENS, fleet_ca, join_token_key
 from ._http import Request, Response, json_response
-from ._pki import GatewayPki, PkiError, sign_node_csr
+from ._pki import GatewayPki, PkiError, load_or_create_pki, sign_node_csr, spki_pin
 from ._store import AlreadyExists, Conflict, NotFound, Store, StoreError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -189,11 +189,14 @@ async def create_join_token(
     backend = open_backend(data_dir, store_url)
     try:
         store = Store(backend)
-        pki = await load_pki(store, data_dir, shared=store_is_shared(store_url))
+        if store_is_shared(store_url):  # only the pin: no certificate in this data dir
+            pin = spki_pin((await fleet_ca(store, data_dir))[0])
+        else:
+            pin = load_or_create_pki(data_dir).ca_pin
         token = await TokenStore(store, clock=clock).create(node, ttl=ttl)
     finally:
         backend.close()
-    return f"{token}.{pki.ca_pin.removeprefix('sha256:')}"
+    return f"{token}.{pin.removeprefix('sha256:')}"
 
 
 async def list_join_tokens(data_dir: Path, store_url: str = DEFAULT_STORE) -> list[dict[str, Any]]:

@@ -366,3 +366,19 @@ async def test_a_node_joined_through_one_gateway_connects_to_the_other(
         assert first.kind is Kind.SNAPSHOT, first
         assert b.running.hub.connected_nodes() == ["pi-x"]
     assert a.running.hub.connected_nodes() == []
+
+
+def test_serve_takes_the_store_from_its_flag(tmp_path: Path) -> None:
+    from cloudgateway._cli import _parser, serve_config
+
+    args = ["serve", "--data-dir", str(tmp_path / "gw")]
+    assert serve_config(_parser().parse_args(args)).store == "sqlite"
+    shared = serve_config(_parser().parse_args([*args, "--store", "etcd://10.0.0.5:2379"]))
+    assert shared.store == "etcd://10.0.0.5:2379"
+    cmd = [sys.executable, "-m", "cloudgateway._cli", *args, "--store", "etcd://127.0.0.1:1"]
+    cmd += ["--hub", "127.0.0.1:0", "--join", "127.0.0.1:0", "--api", "127.0.0.1:0"]
+    serve = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert serve.returncode == 1
+    assert serve.stderr.strip().splitlines()[-1] == (
+        "error: --store etcd://127.0.0.1:1: the etcd backend is not built yet"
+    )
