@@ -5,26 +5,25 @@ from __future__ import annotations
 
 import functools
 import logging
-import secrets
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
 import edgeproto
-from edgeio import write_atomic
 
 from ._api import ApiServer
+from ._backends import open_backend, store_is_shared
 from ._config import GatewayConfig
 from ._events import prune_events
+from ._fleet import load_admin_token, load_pki
 from ._health import NodeHealth
 from ._http import HttpServer, Request
 from ._hub import Hub
 from ._join import JoinService, TokenStore
-from ._pki import load_or_create_pki, server_ssl_context
-from ._store import AlreadyExists, SqliteBackend, Store
+from ._pki import server_ssl_context
+from ._store import AlreadyExists, Store
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +55,6 @@ class RunningGateway:
         }
 
 
-def load_admin_token(data_dir: Path) -> str:
-    """The admin bearer token, created (mode 0600) on first start."""
-    path = data_dir / "admin.token"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    # Hex, not base64url: a token starting with "-" reads as an option to
-    # edgectl's and kubectl's argument parsers ("--token -x...").
-    token = secrets.token_hex(32)
-    write_atomic(path, (token + "\n").encode(), 0o600)
-    return token
-
-
 def _hub_url_for(config: GatewayConfig, hub_port: int) -> Callable[[Request], str]:
     def hub_url(request: Request) -> str:
         host = config.advertise
@@ -88,15 +73,26 @@ def _hub_url_for(config: GatewayConfig, hub_port: int) -> Callable[[Request], st
 async def run_gateway(
     config: GatewayConfig,
     *,
+    store: Store | None = None,
     task_status: trio.TaskStatus[RunningGateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run the gateway on ``config.store``, or on ``store`` when given (a store
+    shared with other gateways in this process, e.g. in tests; left open)."""
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    admin_token = load_admin_token(data_dir)
-    pki = load_or_create_pki(data_dir, sans=config.sans)
-    backend = SqliteBackend(str(data_dir / "store.db"), node_of=edgeproto.owner_node)
-    store = Store(backend)
-    tokens = TokenStore(data_dir / "tokens.db")
+    backend = None
+    if store is None:
+        backend = open_backend(data_dir, config.store)
+        store = Store(backend)
+    try:
+        admin_token = await load_admin_token(store, data_dir)
+        shared = backend is None or store_is_shared(config.store)
+        pki = await load_pki(store, data_dir, sans=config.sans, shared=shared)
+    except BaseException:
+        if backend is not None:
+            backend.close()
+        raise
+    tokens = TokenStore(store)
     health = NodeHealth(store, grace=config.grace)
     hub_ssl = server_ssl_context(pki, require_client_cert=True)
     hub_ssl.num_tickets = 0  # agents reconnect with a full handshake; tickets cost CPU and memory
@@ -161,8 +157,8 @@ async def run_gateway(
             running.append(RunningGateway(ports, store, hub, api, health, join, join_http))
             task_status.started(running[0])
     finally:
-        tokens.close()
-        backend.close()
+        if backend is not None:
+            backend.close()
 
 
 async def _event_pruner(store: Store, ttl: float) -> None:

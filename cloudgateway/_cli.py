@@ -1,4 +1,4 @@
-"""``cloudgateway``: serve, token create/list."""
+"""``cloudgateway``: serve, token create/list, kubeconfig."""
 
 from __future__ import annotations
 
@@ -33,6 +33,18 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _add_store(p: argparse.ArgumentParser, default: str | None) -> None:
+    from ._backends import check_store_url
+
+    p.add_argument(
+        "--store",
+        type=check_store_url,
+        default=default,
+        help="the fleet's store: sqlite (default: the data dir's store.db) or "
+        "etcd://HOST:PORT[,HOST:PORT...] (shared by replicas)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloudgateway", description="edgeflock cloud gateway")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -44,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a TOML file with [gateway], [hub], [api] and [join] sections; flags override it",
     )
     s.add_argument("--data-dir", default=None, help=f"default {DEFAULT_DATA_DIR}")
+    _add_store(s, None)  # None: the --config file's, else sqlite
     s.add_argument(
         "--hub", type=parse_hostport, default=None, help="HOST:PORT for agents (wss, mTLS)"
     )
@@ -83,14 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="tcmd", required=True)
     tc = tsub.add_parser("create", help="print a single-use join token for a node")
     tc.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    _add_store(tc, "sqlite")
     tc.add_argument("--node", required=True)
     tc.add_argument("--ttl", type=parse_duration, default=3600.0)
     tl = tsub.add_parser("list", help="list join tokens (without secrets)")
     tl.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    _add_store(tl, "sqlite")
     k = sub.add_parser(
         "kubeconfig", help="print a kubeconfig for kubectl (the API must run with --api-tls)"
     )
     k.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    _add_store(k, "sqlite")
     k.add_argument("--server", default="https://127.0.0.1:8080", help="the API's https:// URL")
     return p
 
@@ -103,20 +119,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "serve":
             return _serve(args)
         if args.cmd == "kubeconfig":
-            print(json.dumps(kubeconfig(Path(args.data_dir), args.server), indent=2))
+            config = kubeconfig(Path(args.data_dir), args.server, store_url=args.store)
+            print(json.dumps(config, indent=2))
             return 0
+        import functools
+
+        import trio
+
+        from ._join import create_join_token, list_join_tokens
+
+        data_dir = Path(args.data_dir)
         if args.tcmd == "create":
-            from ._join import create_join_token
-
-            print(create_join_token(Path(args.data_dir), args.node, args.ttl))
+            create = functools.partial(create_join_token, store_url=args.store)
+            print(trio.run(create, data_dir, args.node, args.ttl))
             return 0
-        from ._join import TokenStore
-
-        ts = TokenStore(Path(args.data_dir) / "tokens.db")
-        try:
-            print(json.dumps(ts.list(), indent=2, default=str))
-        finally:
-            ts.close()
+        tokens = trio.run(list_join_tokens, data_dir, args.store)
+        print(json.dumps(tokens, indent=2, default=str))
         return 0
     except Exception as exc:  # one line per error, the traceback at DEBUG
         for leaf in _leaves(exc):
@@ -147,23 +165,32 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [] if isinstance(exc, trio.Cancelled) else [exc]
 
 
-def kubeconfig(data_dir: Path, server: str) -> dict[str, Any]:
-    """A kubeconfig (JSON is YAML) trusting the gateway's CA, with the admin token."""
+def kubeconfig(data_dir: Path, server: str, *, store_url: str = "sqlite") -> dict[str, Any]:
+    """A kubeconfig (JSON is YAML) trusting the gateway's CA, with the admin
+    token: from the data dir, or with a shared store, the fleet's from the store."""
     import base64
 
+    from ._backends import store_is_shared
     from ._errors import GatewayError
 
     if not server.startswith("https://"):
         raise GatewayError(
             f"kubectl sends tokens only over TLS: --server must be https://, not {server}"
         )
-    try:
-        ca = (data_dir / "ca.crt").read_bytes()
-        token = (data_dir / "admin.token").read_text().strip()
-    except OSError as exc:
-        raise GatewayError(
-            f"{data_dir} is not a gateway data dir (start the gateway once): {exc}"
-        ) from exc
+    if store_is_shared(store_url):
+        import trio
+
+        from ._fleet import read_fleet_credentials
+
+        ca, token = trio.run(read_fleet_credentials, data_dir, store_url)
+    else:
+        try:
+            ca = (data_dir / "ca.crt").read_bytes()
+            token = (data_dir / "admin.token").read_text().strip()
+        except OSError as exc:
+            raise GatewayError(
+                f"{data_dir} is not a gateway data dir (start the gateway once): {exc}"
+            ) from exc
     return {
         "apiVersion": "v1",
         "kind": "Config",
@@ -196,6 +223,7 @@ def serve_config(args: argparse.Namespace) -> Any:
         "grace": args.grace,
         "event_ttl": args.event_ttl,
         "api_tls": args.api_tls,
+        "store": args.store,
     }
     sections: dict[str, dict[str, Any]] = {
         "gateway": {k: v for k, v in gateway.items() if v is not None}

@@ -51,6 +51,7 @@ class GatewayConfig:
     retain_revisions: int = 100_000
     compact_interval: float = 300.0
     event_ttl: float = 3600.0  # Events (edge events) are deleted this long after creation
+    store: str = "sqlite"  # the fleet's store: cloudgateway._backends.open_backend
 
 
 _SECTIONS = ("gateway", "hub", "api", "join", "reports")

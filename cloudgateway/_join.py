@@ -17,16 +17,24 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import apsw
 import trio
 
+from ._backends import DEFAULT_STORE, open_backend, store_is_shared
 from ._errors import GatewayError
+from ._fleet import JOIN_TOKENS, fleet_ca, join_token_key
 from ._http import Request, Response, json_response
-from ._pki import GatewayPki, PkiError, load_or_create_pki, sign_node_csr
+from ._pki import GatewayPki, PkiError, load_or_create_pki, sign_node_csr, spki_pin
+from ._store import AlreadyExists, Conflict, NotFound, Store, StoreError, Unavailable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JoinError", "JoinService", "TokenStore", "create_join_token"]
+__all__ = [
+    "JoinError",
+    "JoinService",
+    "TokenStore",
+    "create_join_token",
+    "list_join_tokens",
+]
 
 _TOKEN = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
 _NODE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -49,95 +57,155 @@ def valid_node_name(node: str) -> bool:
 
 
 class TokenStore:
-    """Join tokens in SQLite (``path``). ``clock`` is the wall clock that
-    creation, expiry and use are measured with (tests move it by hand)."""
+    """Join tokens in the gateway's store (``edgeflock.io/jointokens/<id>``),
+    shared by every gateway on it. The secret is kept hashed. ``clock`` is the
+    wall clock that creation, expiry and use are measured with (tests move it
+    by hand). A token is used by a write guarded on the revision it was read
+    at, so of two joins racing with one token (on one gateway or two) exactly
+    one wins. Tokens expired for ``keep_expired`` seconds are deleted when a
+    token is created."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        keep_expired: float = 86400.0,
+    ) -> None:
+        self._store = store
         self._clock = clock
-        try:
-            self._conn = apsw.Connection(str(path))
-            self._conn.setbusytimeout(5000)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            with self._conn:
-                self._conn.execute(
-                    "CREATE TABLE IF NOT EXISTS tokens(id TEXT PRIMARY KEY, "
-                    "secret_hash TEXT NOT NULL, node TEXT NOT NULL, created REAL NOT NULL, "
-                    "expires REAL NOT NULL, used_at REAL)"
-                )
-        except apsw.Error as exc:
-            raise JoinError("BadRequest", f"cannot open token store {path}: {exc}", 500) from exc
+        self._keep_expired = keep_expired
 
-    def close(self) -> None:
-        self._conn.close()
-
-    def create(self, node: str, *, ttl: float = 3600.0) -> str:
+    async def create(self, node: str, *, ttl: float = 3600.0) -> str:
+        """A new token for ``node`` (``<id>.<secret>``), valid for ``ttl`` seconds."""
         if not valid_node_name(node):
             raise JoinError(
                 "BadRequest", f"invalid node name {node!r}: use a DNS-1123 subdomain", 400
             )
         if ttl <= 0:
             raise JoinError("BadRequest", "ttl must be positive", 400)
-        tid = "".join(secrets.choice(_ALPHABET) for _ in range(6))
-        secret = "".join(secrets.choice(_ALPHABET) for _ in range(16))
         now = self._clock()
-        with self._conn:
-            self._conn.execute(
-                "INSERT INTO tokens(id, secret_hash, node, created, expires) VALUES(?, ?, ?, ?, ?)",
-                (tid, _hash(secret), node, now, now + ttl),
-            )
-        return f"{tid}.{secret}"
+        await self.prune(now=now)
+        secret = "".join(secrets.choice(_ALPHABET) for _ in range(16))
+        for _ in range(5):  # a clash of random ids is rare; retry with another
+            tid = "".join(secrets.choice(_ALPHABET) for _ in range(6))
+            value = {
+                "kind": "JoinToken",
+                "node": node,
+                "secretHash": _hash(secret),
+                "created": now,
+                "expires": now + ttl,
+            }
+            try:
+                await self._store.create(join_token_key(tid), value)
+            except AlreadyExists:
+                continue
+            return f"{tid}.{secret}"
+        raise JoinError("Unavailable", "could not pick an unused token id; try again", 503)
 
-    def consume(self, token: str, *, now: float | None = None) -> str:
+    async def consume(self, token: str, *, now: float | None = None) -> str:
+        """Use ``token`` once: the node it was made for, or ``JoinError``."""
         m = _TOKEN.match(token or "")
         if not m:
             raise JoinError("BadToken", "malformed token (expected <6 chars>.<16 chars>)")
         tid, secret = m.groups()
         now = self._clock() if now is None else now
-        with self._conn:
-            row = self._conn.execute(
-                "SELECT secret_hash, node, expires, used_at FROM tokens WHERE id=?", (tid,)
-            ).fetchone()
-            if row is None or not hmac.compare_digest(str(row[0]), _hash(secret)):
+        key = join_token_key(tid)
+        try:
+            try:
+                rec = await self._store.get(key)
+            except NotFound:
+                raise JoinError("UnknownToken", "unknown token") from None
+            t = rec.value
+            if not hmac.compare_digest(str(t.get("secretHash")), _hash(secret)):
                 raise JoinError("UnknownToken", "unknown token")
-            if row[3] is not None:
+            if t.get("usedAt") is not None:
                 raise JoinError("UsedToken", "token already used")
-            if float(str(row[2])) <= now:
+            if _number(t.get("expires")) <= now:
                 raise JoinError("ExpiredToken", "token expired")
-            self._conn.execute(
-                "UPDATE tokens SET used_at=? WHERE id=? AND used_at IS NULL", (now, tid)
-            )
-            if self._conn.changes() != 1:
-                raise JoinError("UsedToken", "token already used")
-            node = str(row[1])
-        return node
+            try:
+                await self._store.update(key, {**t, "usedAt": now}, expect_rev=rec.mod_rev)
+            except (Conflict, NotFound):
+                raise JoinError("UsedToken", "token already used (by a concurrent join)") from None
+        except StoreError as exc:
+            if isinstance(exc, Unavailable):  # the same join may succeed later
+                raise JoinError(
+                    "StoreUnavailable", f"cannot check the token now: {exc}", 503
+                ) from exc
+            raise JoinError("StoreError", f"cannot check the token: {exc}", 500) from exc
+        return str(t.get("node"))
 
-    def list(self) -> list[dict[str, Any]]:
+    async def list(self) -> list[dict[str, Any]]:
         now = self._clock()
+        records, _ = await self._store.list(JOIN_TOKENS)
+        tokens = sorted(records, key=lambda r: (_number(r.value.get("created")), r.create_rev))
         return [
             {
-                "id": r[0],
-                "node": r[1],
-                "expires": r[2],
-                "state": "used" if r[3] else ("expired" if float(str(r[2])) <= now else "valid"),
+                "id": r.key.removeprefix(JOIN_TOKENS),
+                "node": r.value.get("node"),
+                "expires": r.value.get("expires"),
+                "state": _state(r.value, now),
             }
-            for r in self._conn.execute(
-                "SELECT id, node, expires, used_at FROM tokens ORDER BY created"
-            )
+            for r in tokens
         ]
 
+    async def prune(self, *, now: float | None = None) -> int:
+        """Delete the tokens expired ``keep_expired`` seconds ago or more (used
+        or not); returns how many."""
+        now = self._clock() if now is None else now
+        records, _ = await self._store.list(JOIN_TOKENS)
+        pruned = 0
+        for r in records:
+            if _number(r.value.get("expires")) + self._keep_expired <= now:
+                try:
+                    await self._store.delete(r.key, expect_rev=r.mod_rev)
+                except (Conflict, NotFound):
+                    continue  # used or pruned meanwhile by another gateway
+                pruned += 1
+        return pruned
 
-def create_join_token(
-    data_dir: Path, node: str, ttl: float, *, clock: Callable[[], float] = time.time
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _state(token: dict[str, Any], now: float) -> str:
+    if token.get("usedAt") is not None:
+        return "used"
+    return "expired" if _number(token.get("expires")) <= now else "valid"
+
+
+async def create_join_token(
+    data_dir: Path,
+    node: str,
+    ttl: float,
+    *,
+    store_url: str = DEFAULT_STORE,
+    clock: Callable[[], float] = time.time,
 ) -> str:
     """The full token a board joins with: ``<id>.<secret>.<ca-pin-hex>``
-    (created at ``clock()``)."""
-    pki = load_or_create_pki(data_dir)
-    store = TokenStore(data_dir / "tokens.db", clock=clock)
+    (created at ``clock()``), written to the store ``store_url`` names (which a
+    running gateway may have open too) and pinning the fleet's CA."""
+    backend = open_backend(data_dir, store_url)
     try:
-        token = store.create(node, ttl=ttl)
+        store = Store(backend)
+        if store_is_shared(store_url):  # only the pin: no certificate in this data dir
+            pin = spki_pin((await fleet_ca(store, data_dir))[0])
+        else:
+            pin = load_or_create_pki(data_dir).ca_pin
+        token = await TokenStore(store, clock=clock).create(node, ttl=ttl)
     finally:
-        store.close()
-    return f"{token}.{pki.ca_pin.removeprefix('sha256:')}"
+        backend.close()
+    return f"{token}.{pin.removeprefix('sha256:')}"
+
+
+async def list_join_tokens(data_dir: Path, store_url: str = DEFAULT_STORE) -> list[dict[str, Any]]:
+    """The join tokens in the store ``store_url`` names, without their secrets."""
+    backend = open_backend(data_dir, store_url)
+    try:
+        return await TokenStore(Store(backend)).list()
+    finally:
+        backend.close()
 
 
 class JoinService:
@@ -181,9 +249,8 @@ class JoinService:
             if len(parts) == 3:  # tolerate the full printed token
                 token = ".".join(parts[:2])
             csr = body["csr"].encode()
-            node = await trio.to_thread.run_sync(
-                self._consume_and_sign_check, token, csr, limiter=self._limiter
-            )
+            await trio.to_thread.run_sync(_check_csr, csr, limiter=self._limiter)
+            node = await self._tokens.consume(token)
             cert = await trio.to_thread.run_sync(
                 sign_node_csr, self._pki, csr, node, limiter=self._limiter
             )
@@ -206,22 +273,22 @@ class JoinService:
             },
         )
 
-    def _consume_and_sign_check(self, token: str, csr: bytes) -> str:
-        # Check the CSR first so a bad CSR does not burn the token.
-        from cryptography import x509
-
-        try:
-            parsed = x509.load_pem_x509_csr(csr)
-        except ValueError as exc:
-            raise PkiError(f"not a PEM certificate signing request: {exc}") from exc
-        if not parsed.is_signature_valid:
-            raise PkiError("the CSR's signature does not match its public key")
-        return self._tokens.consume(token)
-
     def _fail(self, exc: JoinError, request: Request) -> Response:
         self.counters[f"rejected_{exc.reason}"] += 1
         log.warning("join from %s refused: %s", request.peer, exc)
         return _error(exc)
+
+
+def _check_csr(csr: bytes) -> None:
+    """Refuse a bad CSR before the token is used, so it does not burn the token."""
+    from cryptography import x509
+
+    try:
+        parsed = x509.load_pem_x509_csr(csr)
+    except ValueError as exc:
+        raise PkiError(f"not a PEM certificate signing request: {exc}") from exc
+    if not parsed.is_signature_valid:
+        raise PkiError("the CSR's signature does not match its public key")
 
 
 def _error(exc: JoinError) -> Response:

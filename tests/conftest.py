@@ -176,7 +176,7 @@ class Agent:
 
 
 async def join_node(gw: Gateway, node: str, data_dir: Path) -> None:
-    token = create_join_token(gw.data_dir, node, 600.0)
+    token = await create_join_token(gw.data_dir, node, 600.0)
     await trio.to_thread.run_sync(join, gw.join_url, token, data_dir)
 
 

@@ -23,11 +23,8 @@ def _files(directory: Path) -> list[str]:
 
 
 async def _token_state(gateway: Gateway, node: str) -> str:
-    store = TokenStore(gateway.data_dir / "tokens.db")
-    try:
-        return str(next(t["state"] for t in store.list() if t["node"] == node))
-    finally:
-        store.close()
+    tokens = await TokenStore(gateway.store).list()
+    return str(next(t["state"] for t in tokens if t["node"] == node))
 
 
 async def test_join_on_a_read_only_card_keeps_the_token(
@@ -36,7 +33,7 @@ async def test_join_on_a_read_only_card_keeps_the_token(
     """Before, the token was spent first and the write failed after: the board
     could never join with it again."""
     data = bind_mount.path / "agent"
-    token = create_join_token(gateway.data_dir, "pi-ro", 600)
+    token = await create_join_token(gateway.data_dir, "pi-ro", 600)
     bind_mount.read_only()
     with pytest.raises(JoinFailed, match="the token was not used"):
         await trio.to_thread.run_sync(join, gateway.join_url, token, data)
@@ -49,7 +46,7 @@ async def test_join_on_a_read_only_card_keeps_the_token(
 async def test_join_on_a_full_card_keeps_the_token(gateway: Gateway, small_fs: Path) -> None:
     data = small_fs / "agent"
     data.mkdir()
-    token = create_join_token(gateway.data_dir, "pi-full", 600)
+    token = await create_join_token(gateway.data_dir, "pi-full", 600)
     filler = fill_up(small_fs)
     with pytest.raises(JoinFailed, match="the token was not used"):
         await trio.to_thread.run_sync(join, gateway.join_url, token, data)

@@ -61,7 +61,7 @@ def _exec_start(unit: Path, root: Path) -> list[str]:
 async def test_first_boot_joins_and_node_becomes_ready(
     gateway: Gateway, pi_image: PiImage, tmp_path: Path, project_bundle: Path
 ) -> None:
-    token = create_join_token(gateway.data_dir, "pi-fb", 600)
+    token = await create_join_token(gateway.data_dir, "pi-fb", 600)
     out = tmp_path / "fleet.img"
     proc = await trio.to_thread.run_sync(
         lambda: edgeflash(
