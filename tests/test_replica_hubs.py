@@ -27,12 +27,13 @@ import trio
 import trio_websocket as tws
 
 import edgeproto
+from cloudgateway._backends import open_backend
 from cloudgateway._health import NodeHealth
 from cloudgateway._http import HttpConfig, HttpServer
 from cloudgateway._hub import Hub, HubConfig
 from cloudgateway._join import JoinService, TokenStore, create_join_token
 from cloudgateway._pki import load_or_create_pki, server_ssl_context
-from cloudgateway._store import SqliteBackend, Store
+from cloudgateway._store import Store
 from edgeagent._join import join
 from edgeproto import Entry, Kind, Message
 from tests.conftest import Gateway, start_agent, start_gateway, wait_for, write_node_credentials
@@ -85,9 +86,9 @@ async def start_replica(
     own in ``data_dir`` (PKI there too), wired as cloudgateway._app does,
     with ``hub_urls`` given to the hub and the join service."""
     pki = load_or_create_pki(data_dir)
-    backend = SqliteBackend(str(data_dir / "store.db"), node_of=edgeproto.owner_node)
+    backend = open_backend(data_dir)
     store = Store(backend)
-    tokens = TokenStore(data_dir / "tokens.db")
+    tokens = TokenStore(store)
     health = NodeHealth(store)
     hub_ssl = server_ssl_context(pki, require_client_cert=True)
     config = HubConfig(host="127.0.0.1", port=0, idle_timeout=10.0)
@@ -119,7 +120,6 @@ async def start_replica(
                     ports = {"hub": hub_port, "join": join_port}
                     task_status.started(Replica(data_dir, hub, service, ports, scope))
         finally:
-            tokens.close()
             backend.close()
 
     replica: Replica = await nursery.start(run)
@@ -127,7 +127,7 @@ async def start_replica(
 
 
 async def join_through(replica: Replica, node: str, data_dir: Path) -> Any:
-    token = create_join_token(replica.data_dir, node, 600.0)
+    token = await create_join_token(replica.data_dir, node, 600.0)
     return await trio.to_thread.run_sync(join, replica.join_url, token, data_dir)
 
 
