@@ -17,7 +17,7 @@ import socket
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,13 +156,16 @@ class Hub:
         config: HubConfig = HubConfig(),
         *,
         report_limits: ReportLimits | None = None,
+        hub_urls: Callable[[], Sequence[str]] | None = None,
     ) -> None:
+        """``hub_urls``: the hub URL (``wss://HOST:PORT/``) of every live
+        replica, sent to each node with its resync on every connect."""
         self._store = store
         self._ssl = ssl_context
         self._health = health
         self.config = config
         self.counters: Counter[str] = Counter()
-        self._sync = HubSync(store, config, self.counters)
+        self._sync = HubSync(store, config, self.counters, hub_urls=hub_urls)
         self._sessions = self._sync.sessions
         self._reports = Reports(store, self.counters, report_limits or ReportLimits())
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)

@@ -14,13 +14,14 @@ import contextlib
 import logging
 import random
 from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
 import trio_websocket as tws
 
 import edgeproto
-from edgeproto import Message
+from edgeproto import Message, ProtocolError
 
 from ._store import Store, SubscriptionLost
 from ._view import View, ViewSync, plan_node_sync
@@ -75,10 +76,19 @@ class Session:
 class HubSync:
     """The sessions of connected nodes and what keeps their views current."""
 
-    def __init__(self, store: Store, config: HubConfig, counters: Counter[str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: HubConfig,
+        counters: Counter[str],
+        *,
+        hub_urls: Callable[[], Sequence[str]] | None = None,
+    ) -> None:
         self._store = store
         self.config = config
         self.counters = counters
+        self._hub_urls = hub_urls
+        self._hubs_problem = ""  # the last reason the list was not sent, logged once
         self.sessions: dict[str, Session] = {}
         self._watchers: dict[str, set[str]] = {}  # key -> nodes whose view depends on it
         self._ready: deque[Session] = deque()  # dirty sessions, each at most once
@@ -148,13 +158,19 @@ class HubSync:
         t0 = trio.current_time()
         plan = await self._store.call(plan_node_sync, self._store.backend, session.node, last_rev)
         self.watch(session, plan.view)
+        hubs = self.hubs()
         if plan.mode == "snapshot":
             msgs = edgeproto.snapshot_messages(
-                plan.rev, plan.upserts, max_size=self.config.max_message
+                plan.rev, plan.upserts, max_size=self.config.max_message, hubs=hubs
             )
         else:
             msgs = edgeproto.change_messages(
-                plan.rev, plan.upserts, plan.deletes, resync=True, max_size=self.config.max_message
+                plan.rev,
+                plan.upserts,
+                plan.deletes,
+                resync=True,
+                max_size=self.config.max_message,
+                hubs=hubs,
             )
         for m in msgs:
             await self._send(session.ws, m)
@@ -162,6 +178,26 @@ class HubSync:
         session.sent_rev = plan.rev
         self.counters[f"resyncs_{plan.mode}"] += 1
         return trio.current_time() - t0
+
+    def hubs(self) -> tuple[str, ...] | None:
+        """Every live replica's hub URL, to send with a resync; None (the field
+        left out: boards keep the list they have) when there is no source, it
+        gives nothing, or what it gives is not a valid list (a board would
+        refuse the whole resync message: said once in the log instead)."""
+        if self._hub_urls is None:
+            return None
+        try:
+            urls = list(self._hub_urls())
+            return edgeproto.check_hubs(urls) if urls else None
+        except ProtocolError as exc:
+            problem = f"not sending the replicas' hub URLs to nodes: {exc}"
+        except Exception as exc:  # the registry's bug must not cost a resync
+            problem = f"not sending the replicas' hub URLs to nodes: {type(exc).__name__}: {exc}"
+        self.counters["hubs_not_sent"] += 1
+        if problem != self._hubs_problem:
+            self._hubs_problem = problem
+            log.warning("%s", problem)
+        return None
 
     def go_live(self, session: Session) -> None:
         """Resynced: from now on live changes flow to the session."""

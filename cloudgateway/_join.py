@@ -13,11 +13,13 @@ import secrets
 import string
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import trio
+
+import edgeproto
 
 from ._backends import DEFAULT_STORE, open_backend, store_is_shared
 from ._errors import GatewayError
@@ -216,10 +218,14 @@ class JoinService:
         *,
         hub_url: Callable[[Request], str],
         on_joined: Callable[[str], Awaitable[None]],
+        hub_urls: Callable[[], Sequence[str]] | None = None,
     ) -> None:
+        """``hub_url``: this gateway's hub, as the joining board reaches it;
+        ``hub_urls``: every live replica's hub, sent beside it as ``hubs``."""
         self._pki = pki
         self._tokens = tokens
         self._hub_url = hub_url
+        self._hub_urls = hub_urls
         self._on_joined = on_joined
         self._limiter = trio.CapacityLimiter(1)
         self.counters: Counter[str] = Counter()
@@ -263,15 +269,29 @@ class JoinService:
             return self._fail(exc, request)
         self.counters["joined"] += 1
         log.info("node %s joined from %s", node, request.peer)
-        return json_response(
-            200,
-            {
-                "node": node,
-                "certificate": cert.decode(),
-                "ca": self._pki.ca_cert_pem.decode(),
-                "hub": self._hub_url(request),
-            },
-        )
+        answer: dict[str, Any] = {
+            "node": node,
+            "certificate": cert.decode(),
+            "ca": self._pki.ca_cert_pem.decode(),
+            "hub": self._hub_url(request),
+        }
+        hubs = self._hubs()
+        if hubs:
+            answer["hubs"] = list(hubs)
+        return json_response(200, answer)
+
+    def _hubs(self) -> tuple[str, ...] | None:
+        """Every live replica's hub URL, or None (left out: the board keeps
+        the one hub) when there is no source or what it gives is not valid."""
+        if self._hub_urls is None:
+            return None
+        try:
+            urls = list(self._hub_urls())
+            return edgeproto.check_hubs(urls) if urls else None
+        except Exception as exc:  # a bad list must not cost a spent token its answer
+            self.counters["hubs_not_sent"] += 1
+            log.warning("not sending the replicas' hub URLs to a joining node: %s", exc)
+            return None
 
     def _fail(self, exc: JoinError, request: Request) -> Response:
         self.counters[f"rejected_{exc.reason}"] += 1

@@ -84,7 +84,8 @@ async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = Non
     exec requests when edged does not (edged takes over when ``config.cri`` is set)."""
     meta = Meta(config.meta_path, outbox_max=config.outbox_max, writable_retry=config.storage_retry)
     try:
-        await meta.set_state(pid=os.getpid(), node=config.node, hub=config.hub_url)
+        # The hub in use ("hub") and those known ("hubs") are the hub client's.
+        await meta.set_state(pid=os.getpid(), node=config.node)
         client_ssl_context(config.data_dir)  # unusable credentials stop the start, clearly
         hub = HubClient(config, meta, lambda: client_ssl_context(config.data_dir))
         hub.pod_streams = pod_streams

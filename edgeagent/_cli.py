@@ -190,8 +190,13 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
         enrollment = _json.loads((data_dir / "enrollment.json").read_text())
     except (OSError, ValueError):
         pass
+    listed = enrollment.get("hubs")
+    enrolled_hubs = [enrollment.get("hub"), *(listed if isinstance(listed, list) else [])]
+    enrolled_hubs = list(dict.fromkeys(h for h in enrolled_hubs if isinstance(h, str)))
     nothing_yet: dict[str, Any] = {
         "node": enrollment.get("node"),
+        "gateway": enrollment.get("hub"),
+        "hubs": enrolled_hubs,
         "running": False,
         "connected": False,
         "last_rev": 0,
@@ -228,9 +233,13 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
     finally:
         conn.close()
     running = _alive(int(state.get("pid") or 0))
+    hubs = state.get("hubs")
     return {
         "node": state.get("node") or enrollment.get("node"),
+        # the hub connected to now, or last tried
         "gateway": state.get("hub") or enrollment.get("hub"),
+        # every gateway replica's hub, as last learnt
+        "hubs": hubs if isinstance(hubs, list) and hubs else enrolled_hubs,
         "running": running,
         "connected": bool(state.get("connected")) and running,
         "last_rev": int(state.get("last_rev") or 0),
@@ -272,6 +281,9 @@ def _status(data_dir: Path, output: str) -> int:
     print(f"node:       {st['node']}")
     print(f"running:    {st['running']}")
     print(f"connected:  {st['connected']}")
+    print(f"gateway:    {st['gateway']}")
+    if len(st["hubs"]) > 1:
+        print(f"replicas:   {', '.join(st['hubs'])}")
     print(f"last_rev:   {st['last_rev']}")
     objs = ", ".join(f"{k}={v}" for k, v in sorted(st["objects"].items())) or "none"
     print(f"objects:    {objs}")

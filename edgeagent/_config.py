@@ -1,7 +1,8 @@
 """Agent configuration: parsed once from the data dir into a frozen dataclass.
 
 ``DATA_DIR/enrollment.json`` (written by ``edgeagent join``) names the node and
-the hub; ``DATA_DIR/agent.toml`` (optional) overrides the defaults below;
+the hub (and, from a gateway with replicas, every replica's hub: ``hubs``);
+``DATA_DIR/agent.toml`` (optional) overrides the defaults below;
 command-line flags override both.
 """
 
@@ -12,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import edgeproto
 
 from ._errors import AgentError
 
@@ -26,7 +29,10 @@ class ConfigError(AgentError):
 class AgentConfig:
     data_dir: Path
     node: str
-    hub_url: str
+    hub_url: str  # the hub enrolled with
+    # The hubs of every gateway replica the gateway named at join (the agent
+    # learns newer lists on each connect and keeps them in its store).
+    hub_urls: tuple[str, ...] = ()
     heartbeat: float = 10.0  # seconds between pings
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
@@ -48,6 +54,11 @@ class AgentConfig:
     dmi: str | None = None
 
     @property
+    def hubs(self) -> tuple[str, ...]:
+        """The hubs known from the enrollment, the enrolled hub first."""
+        return (self.hub_url, *(h for h in self.hub_urls if h != self.hub_url))
+
+    @property
     def meta_path(self) -> Path:
         return self.data_dir / "meta.db"
 
@@ -66,7 +77,7 @@ class AgentConfig:
 _TUNABLE = {
     f.name: f.type
     for f in dataclasses.fields(AgentConfig)
-    if f.name not in ("data_dir", "node", "hub_url")
+    if f.name not in ("data_dir", "node", "hub_url", "hub_urls")
 }
 
 
@@ -75,12 +86,13 @@ def load_config(data_dir: Path, **overrides: Any) -> AgentConfig:
     try:
         enrollment = json.loads(enroll_path.read_text())
         node, hub = enrollment["node"], enrollment["hub"]
+        hubs = edgeproto.check_hubs(enrollment["hubs"]) if enrollment.get("hubs") else ()
     except FileNotFoundError:
         raise ConfigError(
             f"{enroll_path} not found: run 'edgeagent join --gateway URL --token T "
             f"--data-dir {data_dir}' first"
         ) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, edgeproto.ProtocolError) as exc:
         raise ConfigError(f"{enroll_path}: unreadable enrollment ({exc})") from exc
     values: dict[str, Any] = {}
     toml_path = data_dir / "agent.toml"
@@ -99,7 +111,7 @@ def load_config(data_dir: Path, **overrides: Any) -> AgentConfig:
     for name, value in overrides.items():
         if value is not None:
             values[name] = value
-    cfg = AgentConfig(data_dir=data_dir, node=str(node), hub_url=str(hub), **values)
+    cfg = AgentConfig(data_dir=data_dir, node=str(node), hub_url=str(hub), hub_urls=hubs, **values)
     if cfg.heartbeat <= 0 or cfg.backoff_cap < cfg.backoff_base or cfg.outbox_max < 1:
         raise ConfigError(f"{toml_path}: heartbeat, backoff and outbox_max must be positive")
     if cfg.dmi is not None and not (cfg.dmi.startswith("unix://") and len(cfg.dmi) > 7):

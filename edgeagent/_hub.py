@@ -3,7 +3,8 @@ connect, applies changes to the metadata store before acking them, and drains
 the outbox of reports until each is acked.
 
 Reconnects back off exponentially with full jitter (capped), so a gateway
-coming back is not hit by every board at once.
+coming back is not hit by every board at once; with several gateway replicas
+the client fails over among their hubs (``_failover``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import edgeproto
 from edgeproto import AgentSync, Kind, Message, ProtocolError
 
 from ._config import AgentConfig
+from ._failover import Failover, full_jitter
 from ._lean import import_trio_websocket, trim_heap
 from ._meta import Meta, MetaError
 from ._streams import PodStreams, StreamServer
@@ -43,13 +45,6 @@ if TYPE_CHECKING:
     import trio_websocket as tws
 else:
     tws = import_trio_websocket()
-
-
-def full_jitter(
-    attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random
-) -> float:
-    """AWS's full-jitter backoff: uniform in [0, min(cap, base * 2**attempt))."""
-    return float(rng() * min(cap, base * (2 ** min(attempt, 30))))
 
 
 @contextlib.asynccontextmanager
@@ -165,13 +160,38 @@ class _Retry(Exception):
         self.after = after
 
 
+# What ends a session with the hub: the hub's doing, or the network's (the
+# client moves to another hub) or, for MetaError, this board's store.
+_SESSION_ERRORS = (
+    OSError,
+    ssl.SSLError,
+    tws.HandshakeError,
+    tws.ConnectionClosed,
+    trio.BrokenResourceError,
+    trio.TooSlowError,
+    ProtocolError,
+    MetaError,  # a change could not be stored (full card): not acked, resent
+)
+
+
 class HubClient:
     def __init__(
-        self, config: AgentConfig, meta: Meta, ssl_context: Callable[[], ssl.SSLContext]
+        self,
+        config: AgentConfig,
+        meta: Meta,
+        ssl_context: Callable[[], ssl.SSLContext],
+        *,
+        rng: random.Random | None = None,
     ) -> None:
         self._cfg = config
         self._meta = meta
         self._ssl_factory = ssl_context
+        self._rng = rng or random.Random()
+        # The hubs known and the one in use; loaded from the store by run().
+        self.failover = Failover(
+            config.hubs, base=config.backoff_base, cap=config.backoff_cap, rng=self._rng
+        )
+        self._hub_noted: str | None = None  # the hub last written to the store's state
         self.connected = False
         self.counters: Counter[str] = Counter()
         self._ids = 0
@@ -204,76 +224,102 @@ class HubClient:
         self._ids += 1
         return self._ids
 
+    @property
+    def hub_url(self) -> str:
+        """The hub connected to, or being (or last) tried."""
+        return self.failover.current
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        attempt = 0
+        await self._load_hubs()
         await self._meta.set_state(connected=False)
         while True:
-            delay: float
+            url = self.failover.current
+            await self._note_hub(url)
+            retry_after: float | None = None
+            hub_failed = True
+            why = "session ended"
             try:
-                synced = await self._session()
+                await self._session(url)
+                hub_failed = False  # this agent ended it (its store became writable)
             except _Retry as exc:
                 self.counters["told_to_retry"] += 1
-                delay = exc.after * random.uniform(1.0, 1.5)
-                log.info("%s", exc)
-            except (
-                OSError,
-                ssl.SSLError,
-                tws.HandshakeError,
-                tws.ConnectionClosed,
-                trio.BrokenResourceError,
-                trio.TooSlowError,
-                ProtocolError,
-                MetaError,  # a change could not be stored (full card): not acked, resent
-            ) as exc:
+                retry_after, why = exc.after, str(exc)
+            except _SESSION_ERRORS as exc:
                 self.counters["disconnects"] += 1
-                synced = False
-                delay = full_jitter(attempt, self._cfg.backoff_base, self._cfg.backoff_cap)
-                attempt += 1
-                level = logging.WARNING if attempt <= 1 else logging.DEBUG
-                log.log(
-                    level,
-                    "hub %s: %s; retrying in %.1f s",
-                    self._cfg.hub_url,
-                    _describe(exc),
-                    delay,
-                )
-            else:
-                delay = full_jitter(0, self._cfg.backoff_base, self._cfg.backoff_cap)
+                hub_failed = not isinstance(exc, MetaError)
+                why = _describe(exc)
             finally:
                 if self.connected:
                     self.connected = False
                     await self._meta.set_state(connected=False)
-            if synced:
-                attempt = 0
+            first = self._synced or self.failover.attempt == 0  # of a run of failures
+            delay = self.failover.ended(
+                worked=self._synced, hub_failed=hub_failed, retry_after=retry_after
+            )
+            nxt = self.failover.current
+            if nxt != url:
+                self.counters["hub_moves"] += 1
+            level = logging.DEBUG if not first else logging.WARNING if hub_failed else logging.INFO
+            log.log(
+                level,
+                "hub %s: %s; %s in %.1f s",
+                url,
+                why,
+                "retrying" if nxt == url else f"trying {nxt}",
+                delay,
+            )
             await trio.sleep(delay)
 
-    async def _session(self) -> bool:
-        """One connection; returns whether a resync completed before it ended."""
+    async def _load_hubs(self) -> None:
+        """The hub list and the hub in use, as the store has them. The
+        enrollment's list (the enrolled hub first) is used instead when the store
+        has none, or one learnt under another enrollment (the board joined again)."""
+        enrolled = list(self._cfg.hubs)
+        stored = await self._meta.get_state("hubs")
+        try:
+            hubs = list(edgeproto.check_hubs(stored))
+        except ProtocolError:
+            hubs = []
+        if not hubs or await self._meta.get_state("hubs_enrolled") != enrolled:
+            hubs = enrolled
+            await self._meta.set_state(hubs=hubs, hubs_enrolled=enrolled)
+        current = await self._meta.get_state("hub")
+        self.failover = Failover(
+            hubs,
+            current if isinstance(current, str) else None,
+            base=self._cfg.backoff_base,
+            cap=self._cfg.backoff_cap,
+            rng=self._rng,
+        )
+
+    async def _note_hub(self, url: str) -> None:
+        """Write the hub about to be tried to the store, for ``edgeagent status``."""
+        if url != self._hub_noted:
+            await self._meta.set_state(hub=url)
+            self._hub_noted = url
+
+    async def _session(self, url: str) -> None:
+        """One connection to the hub at ``url``; ``self._synced`` says whether a
+        resync completed before it ended."""
         cfg = self._cfg
         self._inflight.clear()
         self._retry.clear()  # a new connection resends the whole outbox anyway
         self._synced = False
-        try:
-            async with open_hub_connection(
-                cfg.hub_url,
-                self._ssl_factory(),
-                connect_timeout=cfg.connect_timeout,
-                max_message=cfg.max_message,
-            ) as ws:
-                await self._converse(ws)
-        except (tws.ConnectionClosed, trio.BrokenResourceError):
-            if self._synced:
-                return True
-            raise
-        return self._synced
+        async with open_hub_connection(
+            url,
+            self._ssl_factory(),
+            connect_timeout=cfg.connect_timeout,
+            max_message=cfg.max_message,
+        ) as ws:
+            await self._converse(ws, url)
 
-    async def _converse(self, ws: tws.WebSocketConnection) -> None:
+    async def _converse(self, ws: tws.WebSocketConnection, url: str) -> None:
         cfg = self._cfg
         last_rev = int(await self._meta.get_state("last_rev", 0))
         sync = AgentSync(cfg.node, last_rev)
         await self._send(ws, sync.hello(now=trio.current_time(), agent_version=AGENT_VERSION))
-        log.info("connected to %s as %s (last_rev %d)", cfg.hub_url, cfg.node, last_rev)
+        log.info("connected to %s as %s (last_rev %d)", url, cfg.node, last_rev)
 
         async def send(msg: Message) -> None:
             await self._send(ws, msg)
@@ -393,9 +439,18 @@ class HubClient:
             self.counters[f"frames_{exc.code}"] += 1
             log.warning("bad sync message: %s", exc)
             await self._send(ws, Message(Kind.ERROR, body={"code": exc.code, "message": str(exc)}))
+            if msg.kind is Kind.SNAPSHOT or msg.body.get("resync"):
+                # Part of a resync: going on without it would apply the rest
+                # of a snapshot as if it were the whole view (deleting what the
+                # refused part held). The session ends; nothing was applied or
+                # acked, and the next one resyncs from the same last_rev.
+                self.counters["resyncs_refused"] += 1
+                raise
             return False
         if batch is None:
             return False
+        if batch.hubs is not None and self.failover.update(batch.hubs):
+            log.info("gateway replicas' hubs: %s", ", ".join(batch.hubs))
         if not self._storing:
             # The store was read-only (a full card) when this session began:
             # nothing is applied, so nothing is acked; the session ends when the
@@ -407,6 +462,8 @@ class HubClient:
             log.warning("resync received but not stored: the store is read-only")
             return True
         extra: dict[str, Any] = {}
+        if batch.hubs is not None:
+            extra["hubs"] = list(batch.hubs)  # one row: replaced in the batch's transaction
         if batch.resync is not None:
             r = batch.resync
             extra["last_resync"] = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import ssl
 import urllib.error
@@ -15,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import edgeproto
 from edgeio import write_atomic
 
 from ._errors import AgentError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Enrollment", "JoinFailed", "join", "spki_pin"]
 
@@ -33,6 +37,7 @@ class Enrollment:
     node: str
     hub_url: str
     gateway_url: str
+    hubs: tuple[str, ...] = ()  # every gateway replica's hub, when the gateway named them
 
 
 def spki_pin(cert_pem: bytes) -> str:
@@ -171,6 +176,22 @@ def join(gateway_url: str, token: str, data_dir: Path, *, timeout: float = 15.0)
     except BaseException:
         staged.discard()
         raise
-    enrollment = {"node": node, "hub": hub, "gateway": base}
+    hubs = _hubs(answer.get("hubs"))
+    enrollment: dict[str, Any] = {"node": node, "hub": hub, "gateway": base}
+    if hubs:
+        enrollment["hubs"] = list(hubs)
     staged.commit(cert.encode(), ca_pem, json.dumps(enrollment, indent=2).encode())
-    return Enrollment(node, hub, base)
+    return Enrollment(node, hub, base, hubs)
+
+
+def _hubs(value: Any) -> tuple[str, ...]:
+    """The replicas' hubs the gateway named, checked. A bad list is left out
+    (said in a warning): the token is spent by now, the board works with the
+    one hub it enrolled with and learns the list again on every connect."""
+    if value is None:
+        return ()
+    try:
+        return edgeproto.check_hubs(value)
+    except edgeproto.ProtocolError as exc:
+        log.warning("ignoring the gateway's list of replica hubs: %s", exc)
+        return ()

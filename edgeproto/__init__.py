@@ -29,11 +29,15 @@ from ._schema import (
     split_key,
 )
 from ._sync import (
+    MAX_HUB_URL,
+    MAX_HUBS,
     AgentSync,
     Apply,
     Entry,
     ResyncStats,
     change_messages,
+    check_hub_url,
+    check_hubs,
     decode_object,
     diff_views,
     encode_object,
@@ -43,6 +47,8 @@ from ._sync import (
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
+    "MAX_HUBS",
+    "MAX_HUB_URL",
     "NODE_LABEL",
     "RESOURCES",
     "STREAM_CHUNK",
@@ -60,6 +66,8 @@ __all__ = [
     "ResyncStats",
     "UnknownKind",
     "change_messages",
+    "check_hub_url",
+    "check_hubs",
     "decode_message",
     "decode_object",
     "diff_views",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import cbor2
 
@@ -22,11 +23,15 @@ from ._envelope import DEFAULT_MAX_MESSAGE, Kind, Message
 from ._errors import ProtocolError
 
 __all__ = [
+    "MAX_HUBS",
+    "MAX_HUB_URL",
     "AgentSync",
     "Apply",
     "Entry",
     "ResyncStats",
     "change_messages",
+    "check_hub_url",
+    "check_hubs",
     "decode_object",
     "diff_views",
     "encode_object",
@@ -36,6 +41,71 @@ __all__ = [
 
 # Room left in a message for the envelope around the entries.
 _ENVELOPE_ROOM = 256
+
+# The ``hubs`` field of a sync message: the hub URL of every live gateway
+# replica, sent with a resync so that a board can fail over among them.
+MAX_HUBS = 32
+MAX_HUB_URL = 256
+
+
+def check_hub_url(url: Any) -> str:
+    """``url`` if it is a hub URL a board can connect to
+    (``wss://HOST[:PORT][/PATH]``, printable ASCII, at most ``MAX_HUB_URL``
+    characters, no user, query or fragment); a ``ProtocolError`` saying what is
+    wrong otherwise."""
+    if not isinstance(url, str):
+        raise ProtocolError(f"hub URL must be a string, not {type(url).__name__}", code="bad-field")
+    shown = repr(url[:80])
+    if len(url) > MAX_HUB_URL:
+        raise ProtocolError(
+            f"hub URL {shown}... is {len(url)} characters, limit {MAX_HUB_URL}", code="bad-field"
+        )
+    if not url.isascii() or not url.isprintable() or " " in url:
+        raise ProtocolError(f"hub URL {shown} has characters a URL cannot", code="bad-field")
+    if not url.startswith("wss://"):
+        raise ProtocolError(f"hub URL {shown} is not wss://HOST:PORT/", code="bad-field")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ProtocolError(f"hub URL {shown} is malformed: {exc}", code="bad-field") from None
+    if not parts.hostname or port == 0:
+        raise ProtocolError(f"hub URL {shown} has no host or port", code="bad-field")
+    if parts.username is not None or parts.query or parts.fragment or "#" in url:
+        raise ProtocolError(
+            f"hub URL {shown} must be wss://HOST:PORT/ (no user, query or fragment)",
+            code="bad-field",
+        )
+    return url
+
+
+def check_hubs(value: Any) -> tuple[str, ...]:
+    """A ``hubs`` field checked: a list of 1 to ``MAX_HUBS`` distinct hub URLs
+    (``check_hub_url``); a ``ProtocolError`` saying what is wrong otherwise. An
+    empty list is refused: a sender with nothing to say leaves the field out,
+    which means "keep the list you have"."""
+    if not isinstance(value, list | tuple):
+        raise ProtocolError(
+            f"hubs must be a list of wss:// URLs, not {type(value).__name__}", code="bad-field"
+        )
+    if not value:
+        raise ProtocolError("hubs is an empty list", code="bad-field")
+    if len(value) > MAX_HUBS:
+        raise ProtocolError(f"hubs has {len(value)} URLs, limit {MAX_HUBS}", code="bad-field")
+    urls = tuple(check_hub_url(u) for u in value)
+    if len(set(urls)) != len(urls):
+        raise ProtocolError("hubs lists a URL twice", code="bad-field")
+    return urls
+
+
+def _hubs_of(msg: Message) -> tuple[str, ...] | None:
+    """The message's checked ``hubs``, or None when it has none (keep the list)."""
+    value = msg.body.get("hubs")
+    return None if value is None else check_hubs(value)
+
+
+def _hubs_room(hubs: Sequence[str] | None) -> int:
+    return len(cbor2.dumps(list(hubs))) + 8 if hubs else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +183,16 @@ def _chunks(entries: Sequence[Entry], budget: int) -> Iterator[list[Entry]]:
 
 
 def snapshot_messages(
-    rev: int, entries: Sequence[Entry], *, max_size: int = DEFAULT_MAX_MESSAGE
+    rev: int,
+    entries: Sequence[Entry],
+    *,
+    max_size: int = DEFAULT_MAX_MESSAGE,
+    hubs: Sequence[str] | None = None,
 ) -> list[Message]:
-    """A full view with replace semantics, split into messages; the last has more=False."""
-    chunks = list(_chunks(entries, max_size - _ENVELOPE_ROOM))
-    return [
+    """A full view with replace semantics, split into messages; the last has
+    more=False. ``hubs`` (every live replica's hub URL) rides in the first."""
+    chunks = list(_chunks(entries, max_size - _ENVELOPE_ROOM - _hubs_room(hubs)))
+    msgs = [
         Message(
             Kind.SNAPSHOT,
             rev=rev,
@@ -125,6 +200,14 @@ def snapshot_messages(
         )
         for i, chunk in enumerate(chunks)
     ]
+    return _with_hubs(msgs, hubs)
+
+
+def _with_hubs(msgs: list[Message], hubs: Sequence[str] | None) -> list[Message]:
+    if hubs:
+        first = msgs[0]
+        msgs[0] = Message(first.kind, rev=first.rev, body={**first.body, "hubs": list(hubs)})
+    return msgs
 
 
 def change_messages(
@@ -134,10 +217,12 @@ def change_messages(
     *,
     resync: bool = False,
     max_size: int = DEFAULT_MAX_MESSAGE,
+    hubs: Sequence[str] | None = None,
 ) -> list[Message]:
     """Upserts and deletes up to ``rev``; the last message has more=False and
-    only then may the agent record ``rev`` as its last_rev."""
-    budget = max_size - _ENVELOPE_ROOM
+    only then may the agent record ``rev`` as its last_rev. ``hubs`` (every
+    live replica's hub URL) rides in the first."""
+    budget = max_size - _ENVELOPE_ROOM - _hubs_room(hubs)
     del_entries = [Entry(k, 0, b"") for k in deletes]
     msgs: list[Message] = []
     for chunk in _chunks(list(upserts) + del_entries, budget):
@@ -155,7 +240,7 @@ def change_messages(
         )
     last = msgs[-1]
     msgs[-1] = Message(last.kind, rev=last.rev, body={**last.body, "more": False})
-    return msgs
+    return _with_hubs(msgs, hubs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,13 +255,16 @@ class ResyncStats:
 class Apply:
     """A batch to persist in one transaction. ``rev`` is set when the batch
     completes a revision: store it as last_rev in the same transaction, then
-    send ``AgentSync.ack(rev)``. ``replace`` drops every object not in upserts."""
+    send ``AgentSync.ack(rev)``. ``replace`` drops every object not in upserts.
+    ``hubs``: the gateway's list of live replicas' hub URLs, to keep in place of
+    the one known (None: keep it)."""
 
     upserts: list[Entry]
     deletes: list[str]
     rev: int | None
     replace: bool = False
     resync: ResyncStats | None = None
+    hubs: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -186,6 +274,7 @@ class _Pending:
     nbytes: int = 0
     objects: int = 0
     snapshot: list[Entry] = field(default_factory=list)
+    hubs: tuple[str, ...] | None = None
 
 
 class AgentSync:
@@ -235,9 +324,12 @@ class AgentSync:
         if not isinstance(objects, list):
             raise ProtocolError("snapshot objects is not a list", code="bad-field")
         entries = [Entry.from_wire(o) for o in objects]
+        hubs = _hubs_of(msg)
         p = self._pending
         if p is None or p.mode != "snapshot":
             p = self._pending = _Pending("snapshot", self._started(now))
+        if hubs is not None:
+            p.hubs = hubs
         p.nbytes += nbytes
         p.snapshot.extend(entries)
         p.objects += len(entries)
@@ -248,7 +340,7 @@ class AgentSync:
             return None
         self._pending = None
         stats = ResyncStats("snapshot", p.nbytes, max(0.0, now - p.started), p.objects)
-        return Apply(p.snapshot, [], rev, replace=True, resync=stats)
+        return Apply(p.snapshot, [], rev, replace=True, resync=stats, hubs=p.hubs)
 
     def _change(self, msg: Message, nbytes: int, now: float) -> Apply:
         rev = self._rev(msg)
@@ -259,15 +351,20 @@ class AgentSync:
         if not all(isinstance(k, str) and k for k in dels):
             raise ProtocolError("change deletes must be keys", code="bad-field")
         entries = [Entry.from_wire(o) for o in ups]
+        hubs = _hubs_of(msg)
         more = bool(msg.body.get("more"))
         stats = None
         if msg.body.get("resync"):
             p = self._pending
             if p is None or p.mode != "delta":
                 p = self._pending = _Pending("delta", self._started(now))
+            if hubs is not None:
+                p.hubs = hubs
+            hubs = None  # kept for the batch that completes the resync
             p.nbytes += nbytes
             p.objects += len(entries) + len(dels)
             if not more:
                 self._pending = None
                 stats = ResyncStats("delta", p.nbytes, max(0.0, now - p.started), p.objects)
-        return Apply(entries, list(dels), None if more else rev, resync=stats)
+                hubs = p.hubs
+        return Apply(entries, list(dels), None if more else rev, resync=stats, hubs=hubs)
