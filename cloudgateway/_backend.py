@@ -1,11 +1,14 @@
 """The store's seam: what a backend must do, and the values it hands out.
 
 A backend is a blocking, revisioned key-value store with etcd's MVCC model: one
-global revision, bumped by exactly one by every write; every revision of every
-key kept (a delete writes a tombstone) until compaction, so it can be read as of
-any revision between the compaction horizon and now. ``Store`` (``_store.py``)
-is the async facade over any ``Backend``; ``SqliteBackend`` (``_sqlite.py``) is
-the embedded one.
+global revision that every write moves up (strictly increasing, but not always
+by one: on a shared etcd, writes outside the store — leases, other writers,
+housekeeping keys — take revisions too, so revisions may skip); every revision
+of every key kept (a delete writes a tombstone) until compaction, so it can be
+read as of any revision between the compaction horizon and now. ``Store``
+(``_store.py``) is the async facade over any ``Backend``; ``SqliteBackend``
+(``_sqlite.py``) is the embedded one (its revisions do move by exactly one per
+write), ``EtcdBackend`` (``etcd/_backend.py``) the one on etcd v3.
 
 Each record carries:
 
@@ -42,6 +45,7 @@ __all__ = [
     "Compacted",
     "Conflict",
     "Event",
+    "Fenced",
     "FutureRevision",
     "NodeOf",
     "NotFound",
@@ -101,6 +105,11 @@ class Unavailable(StoreError):
     Callers answering a peer must not treat this as a final refusal."""
 
 
+class Fenced(StoreError):
+    """A fenced write (work only a leader may do) was refused because the fence
+    no longer holds: this writer has lost its leadership. Nothing was written."""
+
+
 class SubscriptionLost(StoreError):
     """The subscriber fell behind (or was closed) and missed events: re-list."""
 
@@ -146,7 +155,7 @@ class Backend(Protocol):
 
     # ---- reads
     def current_rev(self) -> int:
-        """The revision of the last write."""
+        """The store's revision now (at least that of the last write)."""
         ...
 
     def compact_rev(self) -> int:
@@ -193,7 +202,7 @@ class Backend(Protocol):
         ``read`` calls join it; writes inside are refused."""
         ...
 
-    # ---- writes (each one revision; guards checked in the same transaction)
+    # ---- writes (each at a new, higher revision; guards checked in the same transaction)
     def create(self, key: str, value: dict[str, Any]) -> Event:
         """A new key (``AlreadyExists`` if live); sets uid, creationTimestamp,
         generation 1."""
@@ -216,9 +225,12 @@ class Backend(Protocol):
         status: bool = False,
         expect_rev: int | None = None,
     ) -> Event | None:
-        """Write ``edit(current record)`` read and written in one transaction
-        (the whole object, or with ``status`` only its status); ``UNCHANGED``
-        writes nothing and returns ``None``."""
+        """Write ``edit(current record)`` as if read and written in one
+        transaction (the whole object, or with ``status`` only its status);
+        ``UNCHANGED`` writes nothing and returns ``None``. ``edit`` must be a
+        pure function of the record: a backend with optimistic transactions
+        (etcd) runs it again on the newer record when another write got in
+        between."""
         ...
 
     def delete(self, key: str, *, expect_rev: int | None = None) -> Event:
@@ -226,9 +238,10 @@ class Backend(Protocol):
         ...
 
     def write_many(self, writes: Sequence[Callable[[], T]]) -> builtins.list[T | Exception]:
-        """Run several writes (calls of this backend's write methods) committed
-        together: each gets its own result or exception, in order; a failed
-        commit fails them all."""
+        """Run several writes (calls of this backend's write methods) queued
+        together by independent callers: each gets its own result or exception,
+        in input order. A backend may commit them in one transaction (a failed
+        commit fails them all) or each on its own, in any order."""
         ...
 
     # ---- housekeeping
@@ -237,7 +250,7 @@ class Backend(Protocol):
         ...
 
     def compact_keep(self, revisions: int) -> None:
-        """Compact to ``current_rev() - revisions``."""
+        """Compact to ``current_rev() - revisions`` (revisions, not writes)."""
         ...
 
     def close(self) -> None:

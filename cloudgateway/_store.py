@@ -1,11 +1,19 @@
 """The gateway's revisioned store: the async facade over a ``Backend``.
 
 ``Store`` runs a blocking ``Backend`` (``_backend.py``: the protocol, records,
-events and errors; ``_sqlite.py``: the embedded SQLite backend) in one worker
-thread at a time, commits writers that arrive together in one transaction
+events and errors; ``_sqlite.py``: the embedded SQLite backend;
+``etcd/_backend.py``: etcd) in worker threads (one at a time, or the backend's
+``parallel``), hands writers that arrive together to the backend at once
 (group commit), and publishes each write's ``Event`` to bounded subscriptions,
 in revision order, before the write returns. Every value the store hands out is
 fresh, but shared between the event's subscribers: treat it as read-only.
+
+A backend that can ``follow`` (etcd, shared by several replicas) feeds the
+subscribers from that one watch only, so writes by other replicas reach this
+replica's subscribers too: ``Store.run`` follows and publishes, and a write
+returns once the follower has published it (or after ``follow_wait`` seconds,
+logged). Without ``follow`` (SQLite) each write publishes its own event and
+``run`` returns at once.
 
 The names other modules use (``Record``, ``Event``, the errors, ``SqliteBackend``)
 are importable from here too.
@@ -29,6 +37,7 @@ from ._backend import (
     Compacted,
     Conflict,
     Event,
+    Fenced,
     FutureRevision,
     NotFound,
     Record,
@@ -47,6 +56,7 @@ __all__ = [
     "Compacted",
     "Conflict",
     "Event",
+    "Fenced",
     "FutureRevision",
     "NotFound",
     "Record",
@@ -79,6 +89,12 @@ class Subscription:
     @property
     def lost(self) -> bool:
         return self._lost
+
+    def _cut(self) -> None:
+        """Mark the subscription lost (events were missed): it must re-list."""
+        if not self._lost and not self._closed:
+            self._lost = True
+            self._send.close()
 
     def _offer(self, ev: Event) -> bool:
         """Queue ``ev``; False once the subscription is lost."""
@@ -147,11 +163,19 @@ class Store:
     every write's event goes to the subscribers, in revision order, before the
     write returns. Write only through this object, or subscribers miss events."""
 
-    def __init__(self, backend: Backend, *, subscriber_buffer: int = 1024) -> None:
+    def __init__(
+        self, backend: Backend, *, subscriber_buffer: int = 1024, follow_wait: float = 10.0
+    ) -> None:
         if subscriber_buffer < 1:
             raise StoreError(f"subscriber_buffer must be at least 1, not {subscriber_buffer}")
         self.backend: Backend = backend
-        self._limiter = trio.CapacityLimiter(1)
+        parallel = getattr(backend, "parallel", 1)
+        self._limiter = trio.CapacityLimiter(parallel if isinstance(parallel, int) else 1)
+        follow = getattr(backend, "follow", None)
+        self._follow: Callable[[int], Any] | None = follow if callable(follow) else None
+        self._follow_wait = follow_wait
+        self._advanced = trio.Event()
+        self.follow_restarts = 0
         self._write_lock = trio.Lock()
         self._pending: builtins.list[_PendingWrite] = []
         self._subs: set[Subscription] = set()
@@ -165,8 +189,98 @@ class Store:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     def current_rev(self) -> int:
-        """The revision of the last write through this Store (no I/O)."""
+        """The revision of the last write published (no I/O); with a follower,
+        the revision it has reached (progress included)."""
         return self._rev
+
+    @property
+    def follows(self) -> bool:
+        """True when subscribers are fed by ``run`` (a backend that can follow)."""
+        return self._follow is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the backend (its one watch) and publish what it yields, until
+        cancelled; returns at once for a backend that cannot follow. A watch
+        that fell behind compaction cuts every subscriber off (they re-list)
+        and starts again from the revision now; an unreachable backend is
+        retried from the last revision seen."""
+        if self._follow is None:
+            task_status.started()
+            return
+        task_status.started()
+        while True:
+            try:
+                await self._follow_from(self._rev)
+            except Compacted as exc:
+                self.follow_restarts += 1
+                self._lose_all(f"store watch fell behind compaction ({exc})")
+                rev = await self._retrying(self.backend.current_rev)
+                self._advance(rev)
+            except Unavailable as exc:
+                self.follow_restarts += 1
+                log.warning("store watch: %s; retrying from revision %d", exc, self._rev)
+                await trio.sleep(1)
+
+    async def _retrying(self, fn: Callable[[], T]) -> T:
+        while True:
+            try:
+                return await self.call(fn)
+            except Unavailable as exc:
+                log.warning("store unavailable: %s; retrying", exc)
+                await trio.sleep(1)
+
+    async def _follow_from(self, rev: int) -> None:
+        assert self._follow is not None
+        follower = self._follow(rev)
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(item: Any) -> None:
+            if isinstance(item, Event):
+                if item.rev > self._rev:
+                    self._publish(item)
+                    self._advance(item.rev)
+            else:
+                self._advance(item)
+
+        def pump() -> None:
+            try:
+                for item in follower:
+                    trio.from_thread.run_sync(deliver, item, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+            finally:
+                follower.close()
+
+        try:
+            await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
+        finally:
+            follower.close()
+
+    def _advance(self, rev: int) -> None:
+        if rev > self._rev:
+            self._rev = rev
+        self._advanced.set()
+        self._advanced = trio.Event()
+
+    def _lose_all(self, why: str) -> None:
+        log.warning("%s: every subscriber must re-list", why)
+        for sub in list(self._subs):
+            sub._cut()
+            self._subs.discard(sub)
+            self._lost += 1
+
+    async def _until_published(self, rev: int) -> None:
+        """Wait until the follower has published ``rev`` (bounded)."""
+        with trio.move_on_after(self._follow_wait):
+            while self._rev < rev:
+                await self._advanced.wait()
+            return
+        log.warning(
+            "store watch has not reached revision %d after %.0f s (at %d); returning anyway",
+            rev,
+            self._follow_wait,
+            self._rev,
+        )
 
     @contextlib.contextmanager
     def subscribe(self, *, buffer: int | None = None) -> Iterator[Subscription]:
@@ -225,7 +339,7 @@ class Store:
                         raise
                     for b, outcome in zip(batch, outcomes, strict=True):
                         b.settle(outcome)
-                        if isinstance(outcome, Event):
+                        if isinstance(outcome, Event) and self._follow is None:
                             self._publish(outcome)
         except BaseException:
             if not w.done:  # cancelled before anyone took it: it never runs
@@ -234,6 +348,8 @@ class Store:
             raise
         if isinstance(w.outcome, Exception):
             raise w.outcome
+        if isinstance(w.outcome, Event) and self._follow is not None:
+            await self._until_published(w.outcome.rev)
         return cast(T, w.outcome)
 
     # ---- reads ------------------------------------------------------------------------
