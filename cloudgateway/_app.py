@@ -126,6 +126,7 @@ async def run_gateway(
 
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)  # on etcd: the replica's one watch
             await nursery.start(health.run, hub.connected_nodes)
             hub_port = await nursery.start(hub.run)
             join = JoinService(

@@ -43,6 +43,18 @@ def _add_store(p: argparse.ArgumentParser, default: str | None) -> None:
         help="the fleet's store: sqlite (default: the data dir's store.db) or "
         "etcd://HOST:PORT[,HOST:PORT...] (shared by replicas)",
     )
+    p.add_argument("--etcd-ca", default=None, help="CA of etcd's members (etcd over TLS)")
+    p.add_argument("--etcd-cert", default=None, help="client certificate for etcd")
+    p.add_argument("--etcd-key", default=None, help="client key for etcd")
+
+
+def _store_url(args: argparse.Namespace) -> str | None:
+    """``--store`` with the ``--etcd-*`` TLS files folded into its URL."""
+    from ._backends import etcd_store_url
+
+    if args.store is None:
+        return None
+    return etcd_store_url(args.store, ca=args.etcd_ca, cert=args.etcd_cert, key=args.etcd_key)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "serve":
             return _serve(args)
         if args.cmd == "kubeconfig":
-            config = kubeconfig(Path(args.data_dir), args.server, store_url=args.store)
+            config = kubeconfig(
+                Path(args.data_dir), args.server, store_url=_store_url(args) or "sqlite"
+            )
             print(json.dumps(config, indent=2))
             return 0
         import functools
@@ -130,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
 
         data_dir = Path(args.data_dir)
         if args.tcmd == "create":
-            create = functools.partial(create_join_token, store_url=args.store)
+            create = functools.partial(create_join_token, store_url=_store_url(args) or "sqlite")
             print(trio.run(create, data_dir, args.node, args.ttl))
             return 0
-        tokens = trio.run(list_join_tokens, data_dir, args.store)
+        tokens = trio.run(list_join_tokens, data_dir, _store_url(args) or "sqlite")
         print(json.dumps(tokens, indent=2, default=str))
         return 0
     except Exception as exc:  # one line per error, the traceback at DEBUG
@@ -223,7 +237,7 @@ def serve_config(args: argparse.Namespace) -> Any:
         "grace": args.grace,
         "event_ttl": args.event_ttl,
         "api_tls": args.api_tls,
-        "store": args.store,
+        "store": _store_url(args),
     }
     sections: dict[str, dict[str, Any]] = {
         "gateway": {k: v for k, v in gateway.items() if v is not None}

@@ -12,7 +12,8 @@ A backend that can ``follow`` (etcd, shared by several replicas) feeds the
 subscribers from that one watch only, so writes by other replicas reach this
 replica's subscribers too: ``Store.run`` follows and publishes, and a write
 returns once the follower has published it (or after ``follow_wait`` seconds,
-logged). Without ``follow`` (SQLite) each write publishes its own event and
+logged); a Store nobody runs (a one-shot CLI command) publishes nothing.
+Without ``follow`` (SQLite) each write publishes its own event and
 ``run`` returns at once.
 
 The names other modules use (``Record``, ``Event``, the errors, ``SqliteBackend``)
@@ -174,6 +175,7 @@ class Store:
         follow = getattr(backend, "follow", None)
         self._follow: Callable[[int], Any] | None = follow if callable(follow) else None
         self._follow_wait = follow_wait
+        self._following = False  # run() is following: writers wait for their event
         self._advanced = trio.Event()
         self.follow_restarts = 0
         self._write_lock = trio.Lock()
@@ -207,7 +209,14 @@ class Store:
         if self._follow is None:
             task_status.started()
             return
+        self._following = True
         task_status.started()
+        try:
+            await self._follow_forever()
+        finally:
+            self._following = False
+
+    async def _follow_forever(self) -> None:
         while True:
             try:
                 await self._follow_from(self._rev)
@@ -348,7 +357,7 @@ class Store:
             raise
         if isinstance(w.outcome, Exception):
             raise w.outcome
-        if isinstance(w.outcome, Event) and self._follow is not None:
+        if isinstance(w.outcome, Event) and self._following:
             await self._until_published(w.outcome.rev)
         return cast(T, w.outcome)
 
