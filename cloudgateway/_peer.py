@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import trio
 
 from ._accept import LazyPeer, close_socket, peer_name, serve_sockets
+from ._config import GatewayConfig
 from ._http import HttpConfig
 from ._peercert import replica_from_peercert
 from ._peerwire import (
@@ -47,7 +48,15 @@ from ._streams import PodStream, StreamError, result_error
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LocalStreams", "OwnerOf", "PeerServer", "PeerStream", "RoutedStreams"]
+__all__ = [
+    "LocalStreams",
+    "OwnerOf",
+    "PeerServer",
+    "PeerStream",
+    "RoutedStreams",
+    "advertised_peer_address",
+    "open_peer_stream",
+]
 
 CONNECT_TIMEOUT = 5.0  # TCP, TLS and the owner's "opened" (or its refusal)
 LOOKUP_TIMEOUT = 5.0  # owner_of
@@ -72,6 +81,27 @@ def _split_address(address: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
+
+
+def advertised_peer_address(config: GatewayConfig, port: int) -> str:
+    """``host:port`` other replicas reach this replica's peer port at (what it
+    registers): ``peer_advertise`` (with ``port`` if it names a host only),
+    else the ``advertise`` host, else the peer port's bind address unless it
+    is a wildcard, else this machine's host name; with the bound ``port``."""
+    given = config.peer_advertise
+    if given:
+        with contextlib.suppress(ValueError):
+            _split_address(given)
+            return given
+        host = given
+    elif config.advertise:
+        host = config.advertise
+    elif config.peer.host not in ("", "0.0.0.0", "::"):
+        host = config.peer.host
+    else:
+        host = socket.gethostname()
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _is_ip(host: str) -> bool:

@@ -34,8 +34,9 @@ import pytest
 import trio
 
 from cloudgateway._api import ApiServer
+from cloudgateway._config import GatewayConfig
 from cloudgateway._http import HttpConfig
-from cloudgateway._peer import PeerServer, RoutedStreams
+from cloudgateway._peer import PeerServer, RoutedStreams, advertised_peer_address
 from cloudgateway._peercert import (
     ReplicaCredentials,
     load_or_create_replica_credentials,
@@ -57,10 +58,19 @@ class Owners:
 
     table: dict[str, str] = dataclasses.field(default_factory=dict)
     failure: Exception | None = None
+    mode: str = "sync"  # or "async" (a coroutine, as an etcd lookup), or "hang"
 
-    def __call__(self, node: str) -> str | None:
+    def __call__(self, node: str) -> Any:
         if self.failure is not None:
             raise self.failure
+        if self.mode == "sync":
+            return self.table.get(node)
+        return self._lookup(node)
+
+    async def _lookup(self, node: str) -> str | None:
+        if self.mode == "hang":
+            await trio.sleep_forever()
+        await trio.lowlevel.checkpoint()
         return self.table.get(node)
 
 
@@ -117,6 +127,7 @@ async def two_replicas(
     *,
     peer_config: HttpConfig | None = None,
     connect_timeout: float = 5.0,
+    lookup_timeout: float = 5.0,
 ) -> Replicas:
     a = await start_gateway(nursery, tmp_path / "a")
     seed_ca(tmp_path / "a", tmp_path / "b")
@@ -138,6 +149,7 @@ async def two_replicas(
         peer_client_ssl(pki_b, creds_b),
         "gw-b",
         connect_timeout=connect_timeout,
+        lookup_timeout=lookup_timeout,
     )
     b = await routed_api(nursery, b, routed)
 
@@ -458,7 +470,7 @@ async def timed(call: Callable[[], Any]) -> tuple[float, Any]:
 
 
 async def test_an_unreachable_owner_is_a_quick_503(nursery: trio.Nursery, tmp_path: Path) -> None:
-    r = await two_replicas(nursery, tmp_path, connect_timeout=0.5)
+    r = await two_replicas(nursery, tmp_path, connect_timeout=0.5, lookup_timeout=0.5)
 
     # Nothing listens there (a port just freed).
     free = socket.socket()
@@ -508,8 +520,15 @@ async def test_an_unreachable_owner_is_a_quick_503(nursery: trio.Nursery, tmp_pa
 
     # Back to A: served again.
     r.owners.failure = None
+    # A lookup that does not answer (etcd unreachable, say): its own timeout.
+    r.owners.mode = "hang"
+    took, (code, body) = await timed(lambda: r.b.api("GET", f"{NS}/pods/web/log"))
+    assert code == 503 and "holding node pi-01: no answer within 0.5 s" in body["message"]
+    assert took < 3
     r.owners.table["pi-01"] = r.peer_a_address
     (r.host.root / "web" / "app.log").write_bytes(b"back\n")
+    # An async lookup, as the registry's, finds A again.
+    r.owners.mode = "async"
     rc, out, _ = await r.b.edgectl("logs", "web")
     assert (rc, out) == (0, "back\n")
 
@@ -531,3 +550,16 @@ def test_replica_certificates(tmp_path: Path) -> None:
         replica_from_peercert({"subject": subject})
     with pytest.raises(PkiError, match="no certificate"):
         replica_from_peercert(None)
+
+
+def test_the_advertised_peer_address(tmp_path: Path) -> None:
+    def config(**kw: Any) -> GatewayConfig:
+        return GatewayConfig(data_dir=tmp_path, **kw)
+
+    assert advertised_peer_address(config(peer_advertise="gw-a.lan:7000"), 10003) == "gw-a.lan:7000"
+    assert advertised_peer_address(config(peer_advertise="gw-a.lan"), 10003) == "gw-a.lan:10003"
+    assert advertised_peer_address(config(advertise="10.0.0.5"), 4) == "10.0.0.5:4"
+    assert advertised_peer_address(config(advertise="fd00::5"), 4) == "[fd00::5]:4"
+    loopback = HttpConfig(host="127.0.0.1", port=0)
+    assert advertised_peer_address(config(peer=loopback), 4) == "127.0.0.1:4"
+    assert advertised_peer_address(config(), 4) == f"{socket.gethostname()}:4"
