@@ -150,16 +150,19 @@ class PeerServer:
             return
         self._open += 1
         where = peer_name(sock)
-        tls = trio.SSLStream(
-            trio.SocketStream(trio.socket.from_stdlib_socket(sock)), self._ssl, server_side=True
-        )
+        tls: trio.SSLStream[trio.SocketStream] | None = None
         try:
+            tcp = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            tls = trio.SSLStream(tcp, self._ssl, server_side=True)
             await self._serve(tls, where)
         except Exception:
             log.exception("peer connection from %s failed", where)
         finally:
             self._open -= 1
-            await _close(tls)
+            if tls is not None:
+                await _close(tls)
+            else:
+                close_socket(sock)
 
     async def _serve(self, tls: trio.SSLStream[trio.SocketStream], where: str) -> None:
         reader = FrameReader(tls, (REQUEST,))
