@@ -7,8 +7,9 @@ certificates) and names the replica in its subject: ``O=edgeflock:replicas``,
 server and a peer client). Node certificates carry ``O=edgeflock:nodes``, set
 by the CA whatever the CSR asked, so a board's certificate never passes for a
 replica's. Each replica keeps its own in its data dir (``replica.crt``,
-``replica.key`` mode 0600), issued on start by the CA key it holds and reissued
-when the CA, the id or the names change or expiry is near.
+``replica.key`` mode 0600), issued on start with the fleet CA's key (from the
+shared store, or the data dir) and reissued when the CA, the id or the names
+change or expiry is near.
 """
 
 from __future__ import annotations
@@ -100,9 +101,9 @@ def issue_replica_cert(
     signed by the fleet CA; ``sans`` are the names and addresses it is reached by."""
     check_replica_id(replica_id)
     try:
-        ca_key = serialization.load_pem_private_key(pki.ca_key_path.read_bytes(), None)
-    except (OSError, ValueError) as exc:
-        raise PkiError(f"cannot read the CA key {pki.ca_key_path}: {exc}") from exc
+        ca_key = serialization.load_pem_private_key(pki.ca_key_pem, None)
+    except (TypeError, ValueError) as exc:
+        raise PkiError(f"cannot read the fleet CA's key: {exc}") from exc
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise PkiError("CA key is not an EC key")
     ca = x509.load_pem_x509_certificate(pki.ca_cert_pem)

@@ -1,16 +1,13 @@
 """Logs and exec through a replica that does not hold the board's connection:
-two real gateways in this process sharing one fleet CA, the board connected to
-A, the requests made to B, whose API opens the stream on A through A's peer
-port (mutual TLS with replica certificates).
+two real gateways in this process on one shared store (so one fleet CA, one
+admin token, one set of pods), the board connected to A, the requests made to
+B, whose API opens the stream on A through A's peer port (mutual TLS with
+replica certificates of the fleet CA).
 
-The two gateways here keep separate SQLite stores (the shared etcd store is
-another part), so each test applies the pod to both: B's API needs it to find
-the pod's node, the board needs it from A to serve the stream. B's data dir is
-seeded with a copy of A's ``ca.crt`` and ``ca.key`` before B starts, which is
-how B signs with, and trusts, the same fleet CA. Which replica holds a node
-(etcd's registry in production) is a plain dict here. The board's pod side is
-``HostStreams`` (real files and processes on this host, standing in for
-edged, as in tests/test_pod_streams.py).
+Which replica holds a node (etcd's registry in production) is a plain table
+here (``Owners``). The board's pod side is ``HostStreams`` (real files and
+processes on this host, standing in for edged, as in tests/test_pod_streams.py);
+test_peer_containerd.py runs the same path to a real container.
 """
 
 from __future__ import annotations
@@ -19,13 +16,12 @@ import dataclasses
 import functools
 import http.client
 import json
-import shutil
 import socket
 import ssl
 import struct
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +31,9 @@ import trio
 
 from cloudgateway._api import ApiServer
 from cloudgateway._config import GatewayConfig
+from cloudgateway._fleet import load_pki
 from cloudgateway._http import HttpConfig
+from cloudgateway._join import TokenStore
 from cloudgateway._peer import PeerServer, RoutedStreams, advertised_peer_address
 from cloudgateway._peercert import (
     ReplicaCredentials,
@@ -45,8 +43,11 @@ from cloudgateway._peercert import (
     replica_from_peercert,
 )
 from cloudgateway._pki import GatewayPki, PkiError, load_or_create_pki, server_ssl_context
-from tests.conftest import Agent, Gateway, start_gateway, wait_for, write_node_credentials
-from tests.test_pod_streams import HostStreams, board, kubectl_exec, pod
+from cloudgateway._store import Store
+from edgeagent._join import join
+from tests.cloudgateway.test_fleet import open_store, start_replica
+from tests.conftest import Agent, Gateway, start_agent, wait_for, write_node_credentials
+from tests.test_pod_streams import HostStreams, kubectl_exec, pod
 
 NS = "/api/v1/namespaces/default"
 
@@ -87,17 +88,27 @@ class Replicas:
     agent: Agent
     tmp: Path
 
-    async def apply_pod(self, obj: dict[str, Any]) -> None:
-        for gw in (self.a, self.b):
-            code, body = await gw.api("POST", f"{NS}/pods", obj)
-            assert code == 201, body
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    """The store the replicas share; at the end they are stopped, then it closes."""
+    backend, store = open_store(tmp_path / "fleet.db")
+    got = Fleet(store)
+    yield got
+    for gw in got.gateways:
+        await gw.stop()
+    backend.close()
 
 
-def seed_ca(source: Path, target: Path) -> None:
-    """A second replica's data dir with the fleet CA of the first."""
-    target.mkdir(parents=True, mode=0o700)
-    shutil.copy2(source / "ca.crt", target / "ca.crt")
-    shutil.copy2(source / "ca.key", target / "ca.key")
+@dataclass
+class Fleet:
+    store: Store
+    gateways: list[Gateway] = dataclasses.field(default_factory=list)
+
+    async def start(self, nursery: trio.Nursery, data_dir: Path) -> Gateway:
+        gw = await start_replica(nursery, data_dir, self.store)
+        self.gateways.append(gw)
+        return gw
 
 
 async def routed_api(
@@ -121,18 +132,31 @@ async def routed_api(
     return dataclasses.replace(gw, running=running)
 
 
+async def board_on(
+    nursery: trio.Nursery, fleet: Fleet, gw: Gateway, data_dir: Path, node: str, **agent: Any
+) -> Agent:
+    """A board joined to the fleet through ``gw`` and connected to its hub."""
+    token = await TokenStore(fleet.store).create(node, ttl=600)
+    pin = gw.running.join._pki.ca_pin.removeprefix("sha256:")
+    await trio.to_thread.run_sync(join, gw.join_url, f"{token}.{pin}", data_dir)
+    got = await start_agent(nursery, data_dir, **agent)
+    await wait_for(lambda: got.status()["connected"], timeout=10)
+    return got
+
+
 async def two_replicas(
     nursery: trio.Nursery,
+    fleet: Fleet,
     tmp_path: Path,
     *,
     peer_config: HttpConfig | None = None,
     connect_timeout: float = 5.0,
     lookup_timeout: float = 5.0,
 ) -> Replicas:
-    a = await start_gateway(nursery, tmp_path / "a")
-    seed_ca(tmp_path / "a", tmp_path / "b")
-    b = await start_gateway(nursery, tmp_path / "b")
-    pki_a, pki_b = load_or_create_pki(a.data_dir), load_or_create_pki(b.data_dir)
+    a = await fleet.start(nursery, tmp_path / "a")
+    b = await fleet.start(nursery, tmp_path / "b")
+    pki_a = await load_pki(fleet.store, a.data_dir, shared=True)
+    pki_b = await load_pki(fleet.store, b.data_dir, shared=True)
     assert pki_a.ca_pin == pki_b.ca_pin  # one fleet CA
     creds_a = load_or_create_replica_credentials(pki_a, a.data_dir, "gw-a", ["127.0.0.1"])
     creds_b = load_or_create_replica_credentials(pki_b, b.data_dir, "gw-b", ["127.0.0.1"])
@@ -155,18 +179,18 @@ async def two_replicas(
 
     host = HostStreams(tmp_path / "logs")
     (host.root / "web").mkdir(parents=True)
-    agent = await board(nursery, a, tmp_path, "pi-01", host)
+    agent = await board_on(nursery, fleet, a, tmp_path / "pi-01", "pi-01", pod_streams=host)
     owners.table["pi-01"] = f"127.0.0.1:{port}"
     reps = Replicas(a, b, pki_a, peer_a, f"127.0.0.1:{port}", routed, owners, host, agent, tmp_path)
-    await reps.apply_pod(pod("web", "pi-01"))
+    assert (await b.api("POST", f"{NS}/pods", pod("web", "pi-01")))[0] == 201
     await wait_for(lambda: agent.status()["objects"].get("Pod") == 1, timeout=15)
     return reps
 
 
 async def test_logs_and_exec_reach_a_board_held_by_another_replica(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, fleet: Fleet, tmp_path: Path
 ) -> None:
-    r = await two_replicas(nursery, tmp_path)
+    r = await two_replicas(nursery, fleet, tmp_path)
     log_file = r.host.root / "web" / "app.log"
     log_file.write_bytes(b"".join(b"line %d\n" % i for i in range(5)))
     assert "pi-01" not in r.b.running.hub.connected_nodes()
@@ -187,7 +211,7 @@ async def test_logs_and_exec_reach_a_board_held_by_another_replica(
     assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "4"}]
 
     # The node's own refusal crosses both replicas with its code and words.
-    await r.apply_pod(pod("two", "pi-01", ("a", "b")))
+    assert (await r.b.api("POST", f"{NS}/pods", pod("two", "pi-01", ("a", "b"))))[0] == 201
     await wait_for(lambda: r.agent.status()["objects"].get("Pod") == 2, timeout=15)
     rc, _, err = await r.b.edgectl("logs", "two", "-c", "a")
     assert rc == 1 and "(NotFound)" in err and "has not started" in err
@@ -205,9 +229,9 @@ async def test_logs_and_exec_reach_a_board_held_by_another_replica(
 
 
 async def test_big_and_followed_logs_through_the_relay(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, fleet: Fleet, tmp_path: Path
 ) -> None:
-    r = await two_replicas(nursery, tmp_path)
+    r = await two_replicas(nursery, fleet, tmp_path)
     log_file = r.host.root / "web" / "app.log"
     big = b"".join(b"%08d %s\n" % (i, b"x" * 90) for i in range(20_000))  # ~2 MB
     log_file.write_bytes(big)
@@ -240,9 +264,9 @@ async def test_big_and_followed_logs_through_the_relay(
 
 
 async def test_a_slow_reader_is_flow_controlled_across_replicas(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, fleet: Fleet, tmp_path: Path
 ) -> None:
-    r = await two_replicas(nursery, tmp_path)
+    r = await two_replicas(nursery, fleet, tmp_path)
     size = 48 * 1024 * 1024  # far beyond every buffer on the way
     (r.host.root / "web" / "app.log").write_bytes(b"y" * size)
     sock = socket.socket()
@@ -278,18 +302,20 @@ async def test_a_slow_reader_is_flow_controlled_across_replicas(
 
 
 async def test_kubectl_logs_and_exec_through_another_replica(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, fleet: Fleet, tmp_path: Path
 ) -> None:
     from cloudgateway._cli import kubeconfig
     from tests.cloudgateway.test_kubectl import KUBECTL
 
-    r = await two_replicas(nursery, tmp_path)
+    r = await two_replicas(nursery, fleet, tmp_path)
     (r.host.root / "web" / "app.log").write_bytes(b"alpha\nbeta\n")
     tls_b = await routed_api(
         nursery,
         r.b,
         r.routed,
-        server_ssl_context(load_or_create_pki(r.b.data_dir), require_client_cert=False),
+        server_ssl_context(
+            await load_pki(fleet.store, r.b.data_dir, shared=True), require_client_cert=False
+        ),
     )
     config = tmp_path / "kubeconfig"
     config.write_text(
@@ -366,8 +392,10 @@ def request(doc: Any) -> bytes:
     return struct.pack(">cI", b"Q", len(payload)) + payload
 
 
-async def test_the_peer_port_admits_replicas_only(nursery: trio.Nursery, tmp_path: Path) -> None:
-    r = await two_replicas(nursery, tmp_path)
+async def test_the_peer_port_admits_replicas_only(
+    nursery: trio.Nursery, fleet: Fleet, tmp_path: Path
+) -> None:
+    r = await two_replicas(nursery, fleet, tmp_path)
     good = {
         "v": 1,
         "node": "pi-01",
@@ -416,9 +444,11 @@ async def test_the_peer_port_admits_replicas_only(nursery: trio.Nursery, tmp_pat
 
 
 async def test_bad_open_requests_get_a_clear_error_and_the_door(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, fleet: Fleet, tmp_path: Path
 ) -> None:
-    r = await two_replicas(nursery, tmp_path, peer_config=HttpConfig(port=0, head_timeout=0.5))
+    r = await two_replicas(
+        nursery, fleet, tmp_path, peer_config=HttpConfig(port=0, head_timeout=0.5)
+    )
     mine = load_or_create_replica_credentials(r.pki, tmp_path / "c", "gw-c", [])
     ctx = client_context(r.pki, mine.cert_path, mine.key_path)
     good = {
@@ -469,8 +499,10 @@ async def timed(call: Callable[[], Any]) -> tuple[float, Any]:
     return time.monotonic() - start, got
 
 
-async def test_an_unreachable_owner_is_a_quick_503(nursery: trio.Nursery, tmp_path: Path) -> None:
-    r = await two_replicas(nursery, tmp_path, connect_timeout=0.5, lookup_timeout=0.5)
+async def test_an_unreachable_owner_is_a_quick_503(
+    nursery: trio.Nursery, fleet: Fleet, tmp_path: Path
+) -> None:
+    r = await two_replicas(nursery, fleet, tmp_path, connect_timeout=0.5, lookup_timeout=0.5)
 
     # Nothing listens there (a port just freed).
     free = socket.socket()
@@ -502,7 +534,7 @@ async def test_an_unreachable_owner_is_a_quick_503(nursery: trio.Nursery, tmp_pa
     assert code == 502 and "is not a gateway replica" in body["message"], body
 
     # A record pointing back at B itself: nobody holds the node.
-    pki_b = load_or_create_pki(r.b.data_dir)
+    pki_b = await load_pki(fleet.store, r.b.data_dir, shared=True)
     creds_b = ReplicaCredentials("gw-b", r.b.data_dir / "replica.crt", r.b.data_dir / "replica.key")
     peer_b = PeerServer(r.b.running.hub, peer_server_ssl(pki_b, creds_b), HttpConfig(port=0))
     port_b = await nursery.start(peer_b.run)

@@ -5,10 +5,10 @@ hub → the agent's edged → containerd, and the output back the same way."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import trio
 
+from cloudgateway._fleet import load_pki
 from cloudgateway._http import HttpConfig
 from cloudgateway._peer import PeerServer, RoutedStreams
 from cloudgateway._peercert import (
@@ -16,9 +16,9 @@ from cloudgateway._peercert import (
     peer_client_ssl,
     peer_server_ssl,
 )
-from cloudgateway._pki import load_or_create_pki
-from tests.cloudgateway.test_peer import routed_api, seed_ca
-from tests.conftest import join_node, start_agent, start_gateway, wait_for
+from tests.cloudgateway import test_peer
+from tests.cloudgateway.test_peer import Fleet, board_on, routed_api
+from tests.conftest import wait_for
 from tests.edged import conftest as edged_fixtures
 from tests.edged.conftest import Containerd
 from tests.edged.test_cloud_streams import pod
@@ -26,16 +26,16 @@ from tests.edged.test_reboot import default_cgroup_exists, remove_empty_default_
 
 NS = "/api/v1/namespaces/default"
 containerd = edged_fixtures.containerd  # the session's real containerd (a pytest fixture)
+fleet = test_peer.fleet  # the replicas' shared store (a pytest fixture)
 
 
 async def test_a_real_container_through_another_replica(
-    nursery: trio.Nursery, tmp_path: Path, containerd: Containerd
+    nursery: trio.Nursery, fleet: Fleet, tmp_path: Path, containerd: Containerd
 ) -> None:
     cg_existed = default_cgroup_exists()
-    a = await start_gateway(nursery, tmp_path / "a")
-    seed_ca(tmp_path / "a", tmp_path / "b")
-    b = await start_gateway(nursery, tmp_path / "b")
-    pki = load_or_create_pki(a.data_dir)
+    a = await fleet.start(nursery, tmp_path / "a")
+    b = await fleet.start(nursery, tmp_path / "b")
+    pki = await load_pki(fleet.store, a.data_dir, shared=True)
     creds_a = load_or_create_replica_credentials(pki, a.data_dir, "gw-a", ["127.0.0.1"])
     creds_b = load_or_create_replica_credentials(pki, b.data_dir, "gw-b", ["127.0.0.1"])
     peer_a = PeerServer(
@@ -46,12 +46,9 @@ async def test_a_real_container_through_another_replica(
     b = await routed_api(
         nursery, b, RoutedStreams(b.running.hub, owners.get, peer_client_ssl(pki, creds_b), "gw-b")
     )
-    await join_node(a, "pi-logs", tmp_path / "agent")
-    agent = await start_agent(nursery, tmp_path / "agent", cri=containerd.address)
+    agent = await board_on(nursery, fleet, a, tmp_path / "agent", "pi-logs", cri=containerd.address)
     try:
-        talker: dict[str, Any] = pod(containerd.image)
-        for gw in (a, b):  # two separate stores here (see test_peer)
-            assert (await gw.api("POST", f"{NS}/pods", talker))[0] == 201
+        assert (await b.api("POST", f"{NS}/pods", pod(containerd.image)))[0] == 201
 
         async def running() -> bool:
             code, obj = await a.api("GET", f"{NS}/pods/talker")
@@ -76,7 +73,5 @@ async def test_a_real_container_through_another_replica(
         )
     finally:
         await agent.stop()
-        a.scope.cancel()
-        b.scope.cancel()
         if not cg_existed:
             remove_empty_default_cgroup()
