@@ -7,6 +7,7 @@ they configure, each key a field of that part's dataclass::
     [hub]                # HubConfig: host, port, timeouts, admission limits...
     [api]                # HttpConfig of the admin API (and tls = true for HTTPS)
     [join]               # HttpConfig of the enrollment endpoint
+    [peer]               # HttpConfig of the replica-to-replica port (logs/exec relay)
     [reports]            # ReportLimits: what one node may write (rates, events kept...)
 
 Command-line flags override the file. A key the gateway does not know (or a
@@ -52,9 +53,17 @@ class GatewayConfig:
     compact_interval: float = 300.0
     event_ttl: float = 3600.0  # Events (edge events) are deleted this long after creation
     store: str = "sqlite"  # the fleet's store: cloudgateway._backends.open_backend
+    # Replicas (--store etcd): the port other replicas relay logs and exec
+    # through (mutual TLS with replica certificates; host, port, max_connections
+    # and head_timeout apply), the host:port they reach it at (default: the
+    # advertise host, else this host's name, with the bound port), and this
+    # replica's id (default: made once and kept in the data dir's replica.id).
+    peer: HttpConfig = field(default_factory=lambda: HttpConfig(host="0.0.0.0", port=10003))
+    peer_advertise: str | None = None
+    replica_id: str | None = None
 
 
-_SECTIONS = ("gateway", "hub", "api", "join", "reports")
+_SECTIONS = ("gateway", "hub", "api", "join", "reports", "peer")
 
 
 def load_config(

@@ -28,7 +28,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping
 
 from ._http import Request, Response, json_response
-from ._streams import NodeStream, StreamError
+from ._streams import PodStream, StreamError
 
 __all__ = ["MAX_EXEC_OUTPUT", "StreamOpener", "exec_in_pod", "exec_websocket", "pod_logs"]
 
@@ -40,7 +40,7 @@ OPEN_TIMEOUT = 15.0  # the node answers a stream-open at once (data or an error)
 class StreamOpener(Protocol):
     def open_stream(
         self, node: str, key: str, op: str, params: dict[str, Any]
-    ) -> contextlib.AbstractAsyncContextManager[NodeStream]: ...
+    ) -> contextlib.AbstractAsyncContextManager[PodStream]: ...
 
 
 class BadParam(StreamError):
@@ -86,7 +86,7 @@ def _node_of(pod: dict[str, Any]) -> str:
 
 async def _open(
     opener: StreamOpener, pod: dict[str, Any], key: str, op: str, params: dict[str, Any]
-) -> tuple[contextlib.AsyncExitStack, NodeStream, tuple[int, bytes] | None]:
+) -> tuple[contextlib.AsyncExitStack, PodStream, tuple[int, bytes] | None]:
     """Open the stream and wait for the node's first word: data (possibly empty:
     "accepted") or an error, which becomes the HTTP answer."""
     stack = contextlib.AsyncExitStack()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -22,7 +22,7 @@ from ._errors import GatewayError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NodeStream", "StreamError"]
+__all__ = ["NodeStream", "PodStream", "StreamError", "result_error"]
 
 
 class StreamError(GatewayError):
@@ -35,6 +35,30 @@ class StreamError(GatewayError):
 
 
 Send = Callable[[Message], Awaitable[None]]
+
+
+class PodStream(Protocol):
+    """What the API reads a stream through: the hub's ``NodeStream``, or a
+    stream another gateway replica relays (``_peer.PeerStream``)."""
+
+    result: dict[str, Any]
+
+    async def receive(self) -> tuple[int, bytes] | None: ...
+
+    def error(self) -> StreamError | None: ...
+
+
+def result_error(result: dict[str, Any]) -> StreamError | None:
+    """The error a stream's final word (``{"error": {code, reason, message}}``) reports."""
+    err = result.get("error")
+    if not isinstance(err, dict):
+        return None
+    code = err.get("code")
+    return StreamError(
+        code if isinstance(code, int) and 400 <= code < 600 else 500,
+        str(err.get("reason") or "InternalError"),
+        str(err.get("message") or "stream failed"),
+    )
 
 
 class NodeStream:
@@ -95,12 +119,4 @@ class NodeStream:
         return item
 
     def error(self) -> StreamError | None:
-        err = self.result.get("error")
-        if not isinstance(err, dict):
-            return None
-        code = err.get("code")
-        return StreamError(
-            code if isinstance(code, int) and 400 <= code < 600 else 500,
-            str(err.get("reason") or "InternalError"),
-            str(err.get("message") or "stream failed"),
-        )
+        return result_error(self.result)
