@@ -89,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--advertise", default=None, help="host name agents use to reach the hub")
     s.add_argument(
+        "--peer",
+        type=parse_hostport,
+        default=None,
+        help="HOST:PORT of the replica-to-replica port (logs/exec relay; shared store only)",
+    )
+    s.add_argument(
+        "--peer-advertise",
+        default=None,
+        help="host other replicas use to reach this one's peer port (default: --advertise)",
+    )
+    s.add_argument(
+        "--replica-id", default=None, help="this replica's name (default: kept in the data dir)"
+    )
+    s.add_argument(
         "--san", action="append", default=None, help="extra name/IP for the server certificate"
     )
     s.add_argument(
@@ -153,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one line per error, the traceback at DEBUG
         for leaf in _leaves(exc):
             if isinstance(leaf, OSError) and leaf.errno in _LISTEN_ERRNOS and args.cmd == "serve":
-                given = (("hub", args.hub), ("join", args.join), ("api", args.api))
+                given = (
+                    ("hub", args.hub),
+                    ("join", args.join),
+                    ("api", args.api),
+                    ("peer", args.peer),
+                )
                 listen = ", ".join(f"{w} {a[0]}:{a[1]}" for w, a in given if isinstance(a, tuple))
                 print(
                     f"error: cannot listen on one of {listen or 'the addresses'}: {leaf}",
@@ -238,11 +257,13 @@ def serve_config(args: argparse.Namespace) -> Any:
         "event_ttl": args.event_ttl,
         "api_tls": args.api_tls,
         "store": _store_url(args),
+        "peer_advertise": args.peer_advertise,
+        "replica_id": args.replica_id,
     }
     sections: dict[str, dict[str, Any]] = {
         "gateway": {k: v for k, v in gateway.items() if v is not None}
     }
-    for part in ("hub", "join", "api"):
+    for part in ("hub", "join", "api", "peer"):
         address = getattr(args, part)
         if address is not None:
             sections[part] = {"host": address[0], "port": address[1]}
