@@ -161,8 +161,8 @@ class EtcdCoordinator:
         way out the lease is revoked, so the others see this replica leave at
         once instead of a TTL later."""
         try:
+            await self._renew()  # a second live replica with this id: RuntimeError
             async with trio.open_nursery() as nursery:
-                await self._renew()
                 await nursery.start(self._follow)
                 nursery.start_soon(self._keepalive_loop)
                 nursery.start_soon(self._watchdog)
@@ -246,7 +246,7 @@ class EtcdCoordinator:
         mine = pb.Compare(key=key, target=pb.Compare.LEASE, result=pb.Compare.EQUAL)
         mine.lease = lease
         read = pb.RequestOp(request_range=pb.RangeRequest(key=key))
-        give_up = trio.current_time() + max(15.0, 3.0 * self._ttl)
+        give_up = trio.current_time() + 3.0 * self._ttl + 2.0  # well past an old lease's TTL
         warned = False
         while True:
             resp = await self._call(self._client.txn, [absent], [put], [read])

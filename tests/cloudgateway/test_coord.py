@@ -12,7 +12,9 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from cloudgateway._coord import LOCAL_FENCE, Fence, LocalCoordinator, ReplicaInfo
@@ -325,3 +327,43 @@ async def test_etcd_gone_longer_than_the_ttl_drops_leadership_until_it_returns(
         etcd.restart(0)
         await wait_for(lambda: len(running) == 2, timeout=20)
         assert a.coord.is_leader and a.coord.fence == running[1]
+
+
+# ---- replica ids
+
+
+async def test_a_restarted_replica_waits_out_its_killed_runs_lease(etcd: EtcdCluster) -> None:
+    proc = spawn(etcd, "a", "pi-01")
+    kill9(proc)  # its registration stays until etcd expires its lease
+    t0 = trio.current_time()
+    async with replicas(etcd, "a") as ([a], _):
+        assert trio.current_time() - t0 < TTL + 2
+        assert [x.id for x in a.coord.replicas()] == ["a"]
+        # the old run's session key goes: this run's hub does not hold pi-01
+        await wait_for(lambda: a.coord.fleet_connected() == set(), timeout=TTL + 3)
+
+
+async def test_two_live_replicas_with_one_id_is_a_clear_error(etcd: EtcdCluster) -> None:
+    proc = spawn(etcd, "twin")
+    try:
+        client = EtcdClient(etcd.endpoints, timeout=1.0)
+        coord = EtcdCoordinator(client, replica_id="twin", local_sessions=set, ttl=TTL)
+        try:
+            with pytest.raises(RuntimeError, match="registered in etcd by another live"):
+                await coord.run()
+        finally:
+            client.close()
+        assert etcd_get(etcd, b"/edgeflock/replicas/twin") is not None  # the live one's, kept
+    finally:
+        kill9(proc)
+
+
+def test_bad_arguments_are_refused() -> None:
+    client = EtcdClient(["127.0.0.1:1"])
+    try:
+        for kwargs in ({"replica_id": ""}, {"replica_id": "a/b"}, {"root": "/x"}, {"ttl": 0}):
+            args: dict[str, Any] = {"replica_id": "a", "local_sessions": set, **kwargs}
+            with pytest.raises(ValueError):
+                EtcdCoordinator(client, **args)
+    finally:
+        client.close()
