@@ -140,11 +140,20 @@ class NodeHealth:
         self,
         connected_nodes: Callable[[], Iterable[str]],
         *,
+        listed_is_alive: bool = False,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Every grace/8 seconds, mark Unknown the nodes silent for the grace period
-        that ``connected_nodes()`` (the hub's sessions) does not list."""
-        # Nodes the store says are Ready get a full grace period from our start.
+        that ``connected_nodes()`` (the hub's sessions) does not list.
+
+        With replicas, the leader runs this with ``connected_nodes`` listing the
+        sessions on every live replica, whose heartbeats it never sees: then
+        ``listed_is_alive`` makes each listing a sign of life, stamped with this
+        replica's own clock (so another replica's clock cannot move the grace
+        period), and a node whose replica died gets the grace period from the
+        last time any replica listed it. A run may start again (each term of
+        leadership): every node the store says is Ready gets a full grace period
+        from the start of this run."""
         start = self._clock()
         try:
             nodes, _ = await self._store.list("nodes/")
@@ -154,11 +163,16 @@ class NodeHealth:
         for rec in nodes:
             cond = ready_condition(rec.value.get("status"))
             if cond is not None and cond.get("status") == "True":
-                self._last_seen.setdefault(rec.key.rsplit("/", 1)[1], start)
+                self._last_seen[rec.key.rsplit("/", 1)[1]] = start
         task_status.started()
         while True:
             await trio.sleep(max(0.05, self.grace / 8))
-            await self.check(set(connected_nodes()))
+            connected = set(connected_nodes())
+            if listed_is_alive:
+                now = self._clock()
+                for node in connected:
+                    self._last_seen[node] = now
+            await self.check(connected)
 
     async def check(self, connected: Container[str]) -> None:
         now = self._clock()
