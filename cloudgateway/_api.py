@@ -52,6 +52,7 @@ from ._store import (
     StoreError,
     Subscription,
     SubscriptionLost,
+    Unavailable,
 )
 from ._streams import StreamError
 from ._tables import table_of
@@ -112,6 +113,18 @@ _APPLY_PATCH = "application/apply-patch+yaml"
 _PATCH_TYPES = (_STRATEGIC_PATCH, _MERGE_PATCH, _JSON_PATCH, _APPLY_PATCH)
 _REPLAY_BATCH = 1000  # history events read per store call while replaying a watch
 _CHUNK_LINES = 500  # watch lines per chunk while replaying
+
+
+def _unavailable(exc: Unavailable) -> ApiError:
+    err = ApiError(503, "ServiceUnavailable", f"the store is unavailable, retry: {exc}")
+    err.details["retryAfterSeconds"] = 1
+    return err
+
+
+def _unavailable_response(exc: Unavailable) -> Response:
+    resp = json_response(503, _unavailable(exc).status())
+    resp.headers.append(("retry-after", "1"))
+    return resp
 
 
 class ApiError(GatewayError):
@@ -621,6 +634,8 @@ class ApiServer:
             resp = json_response(exc.code, exc.status())
         except StreamError as exc:
             resp = json_response(exc.code, status_body(exc.code, exc.reason, str(exc)))
+        except Unavailable as exc:  # the store could not answer now: retry, nothing was done
+            resp = _unavailable_response(exc)
         except Exception:
             log.exception(
                 "API request %s %s from %s failed", request.method, request.path, request.peer
@@ -878,6 +893,8 @@ class ApiServer:
             )
         if isinstance(exc, Conflict):
             return self._conflict(t, name)
+        if isinstance(exc, Unavailable):
+            return _unavailable(exc)
         log.warning("store error on %s %s: %s", kind, name, exc)
         return ApiError(500, "InternalError", f"store error: {exc}", name=name, kind=kind)
 

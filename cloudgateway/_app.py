@@ -1,12 +1,14 @@
 """The gateway's parts, wired in one visible list: store, PKI, join service,
-API server, hub, node health and the compactor."""
+API server, hub, node health and the compactor; on etcd also the replica's
+coordination and peer port (``_replica.py``), with health, compaction and
+event pruning run by the leading replica only."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -23,6 +25,7 @@ from ._http import HttpServer, Request
 from ._hub import Hub
 from ._join import JoinService, TokenStore
 from ._pki import server_ssl_context
+from ._replica import LeaderWork, Replica
 from ._store import AlreadyExists, Store
 
 log = logging.getLogger(__name__)
@@ -41,10 +44,13 @@ class RunningGateway:
     health: NodeHealth
     join: JoinService
     join_http: HttpServer
+    replica: Replica | None = None  # on etcd: coordination, peer port, routing
 
     def statistics(self) -> dict[str, dict[str, int]]:
         """Every part's counters, by part (served at the API's ``/metrics``)."""
+        replica = self.replica.statistics() if self.replica is not None else {}
         return {
+            **replica,
             "hub": self.hub.statistics(),
             "store": self.store.statistics(),
             "health": self.health.statistics(),
@@ -97,7 +103,16 @@ async def run_gateway(
     hub_ssl = server_ssl_context(pki, require_client_cert=True)
     hub_ssl.num_tickets = 0  # agents reconnect with a full handshake; tickets cost CPU and memory
     hub_ssl.minimum_version = ssl.TLSVersion.TLSv1_3  # agents are ours; less state per connection
-    hub = Hub(store, hub_ssl, health, config.hub, report_limits=config.reports)
+    replicas: list[Replica] = []  # on etcd: this replica's part in the fleet
+
+    def hub_urls() -> Sequence[str]:
+        return replicas[0].hub_urls() if replicas else ()
+
+    hub = Hub(store, hub_ssl, health, config.hub, report_limits=config.reports, hub_urls=hub_urls)
+    on_etcd = backend is not None and config.store.startswith("etcd://")
+    replica = Replica(config, pki, hub, store) if on_etcd else None
+    if replica is not None:
+        replicas.append(replica)
     running: list[RunningGateway] = []  # the parts, once all are started
 
     def statistics() -> dict[str, dict[str, int]]:
@@ -107,7 +122,7 @@ async def run_gateway(
         store,
         admin_token=admin_token,
         node_names=hub.connected_nodes,
-        streams=hub,
+        streams=replica.routed if replica is not None else hub,
         metrics=statistics,
     )
 
@@ -127,10 +142,15 @@ async def run_gateway(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)  # on etcd: the replica's one watch
-            await nursery.start(health.run, hub.connected_nodes)
+            if replica is None:  # one process: it is the leader
+                await nursery.start(health.run, hub.connected_nodes)
             hub_port = await nursery.start(hub.run)
             join = JoinService(
-                pki, tokens, hub_url=_hub_url_for(config, hub_port), on_joined=on_joined
+                pki,
+                tokens,
+                hub_url=_hub_url_for(config, hub_port),
+                on_joined=on_joined,
+                hub_urls=hub_urls if replica is not None else None,
             )
             join_http = HttpServer(
                 join.handle,
@@ -142,9 +162,18 @@ async def run_gateway(
             api_port = await nursery.start(
                 functools.partial(api.run, config.api, ssl_context=api_ssl)
             )
-            nursery.start_soon(_compactor, store, config)
-            nursery.start_soon(_event_pruner, store, config.event_ttl)
             ports = {"hub": hub_port, "join": join_port, "api": api_port}
+            if replica is None:
+                nursery.start_soon(_compactor, store, config)
+                nursery.start_soon(_event_pruner, store, config.event_ttl)
+            else:
+                scheme = "https" if config.api_tls else "http"
+                ports["peer"] = await nursery.start(
+                    replica.run,
+                    hub_port,
+                    f"{scheme}://{replica.host}:{api_port}",
+                    _leader_work(replica, config),
+                )
             log.info(
                 "cloudgateway ready: api %s://%s:%d, join https://%s:%d, hub wss://%s:%d",
                 "https" if config.api_tls else "http",
@@ -155,11 +184,30 @@ async def run_gateway(
                 config.hub.host,
                 hub_port,
             )
-            running.append(RunningGateway(ports, store, hub, api, health, join, join_http))
+            running.append(RunningGateway(ports, store, hub, api, health, join, join_http, replica))
             task_status.started(running[0])
     finally:
         if backend is not None:
             backend.close()
+
+
+def _leader_work(replica: Replica, config: GatewayConfig) -> list[LeaderWork]:
+    """What only the leading replica does, each on a Store fenced on its term:
+    NotReady for nodes no replica holds (measured on the leader's own clock),
+    event pruning and compaction."""
+
+    async def health(store: Store) -> None:
+        coord = replica.coord
+        assert coord is not None
+        await NodeHealth(store, grace=config.grace).run(coord.fleet_connected, listed_is_alive=True)
+
+    async def compactor(store: Store) -> None:
+        await _compactor(store, config)
+
+    async def pruner(store: Store) -> None:
+        await _event_pruner(store, config.event_ttl)
+
+    return [health, compactor, pruner]
 
 
 async def _event_pruner(store: Store, ttl: float) -> None:

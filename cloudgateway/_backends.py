@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_STORE",
     "check_store_url",
+    "etcd_parts",
     "etcd_store_url",
     "open_backend",
     "store_is_shared",
@@ -58,7 +59,7 @@ def open_backend(data_dir: Path, store_url: str = DEFAULT_STORE) -> Backend:
     if store_url.startswith("etcd://"):
         from .etcd import open_etcd_backend
 
-        endpoints, tls = _etcd_parts(store_url)
+        endpoints, tls = etcd_parts(store_url)
         try:
             return open_etcd_backend(endpoints, tls=tls, node_of=edgeproto.owner_node)
         except (ValueError, OSError) as exc:
@@ -85,7 +86,8 @@ def etcd_store_url(
     return base + "?" + urllib.parse.urlencode(query)
 
 
-def _etcd_parts(store_url: str) -> tuple[str, EtcdTls | None]:
+def etcd_parts(store_url: str) -> tuple[str, EtcdTls | None]:
+    """The endpoints part of an ``etcd://`` store URL and its client TLS, if any."""
     from .etcd._client import EtcdTls
 
     base, _, query = store_url.partition("?")
