@@ -52,7 +52,7 @@ def fenced(store: Store, fence: Fence) -> Store:
     with_fence = getattr(store.backend, "with_fence", None)
     if with_fence is None:
         raise GatewayError("fencing needs the etcd store")
-    return Store(with_fence((fence.key, fence.create_revision)))
+    return Store(with_fence((fence.key, fence.create_revision)), rev=store.current_rev())
 
 
 def _host(config: GatewayConfig) -> str:

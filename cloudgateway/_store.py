@@ -165,8 +165,15 @@ class Store:
     write returns. Write only through this object, or subscribers miss events."""
 
     def __init__(
-        self, backend: Backend, *, subscriber_buffer: int = 1024, follow_wait: float = 10.0
+        self,
+        backend: Backend,
+        *,
+        subscriber_buffer: int = 1024,
+        follow_wait: float = 10.0,
+        rev: int | None = None,
     ) -> None:
+        """``rev``: the revision to start from when the caller knows it (else
+        the backend is asked, a blocking call)."""
         if subscriber_buffer < 1:
             raise StoreError(f"subscriber_buffer must be at least 1, not {subscriber_buffer}")
         self.backend: Backend = backend
@@ -182,7 +189,7 @@ class Store:
         self._pending: builtins.list[_PendingWrite] = []
         self._subs: set[Subscription] = set()
         self._buffer = subscriber_buffer
-        self._rev = backend.current_rev()
+        self._rev = backend.current_rev() if rev is None else rev
         self._published = 0
         self._lost = 0
 

@@ -5,6 +5,9 @@ token raced on two replicas is used exactly once."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -54,10 +57,31 @@ def test_etcd_leader_killed_during_api_writes_loses_no_acknowledged_write(
         a.stop()
 
 
+def agent_status(data_dir: Path) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeagent._cli", "status", "--data-dir", str(data_dir), "-o", "json"],
+        check=True, capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+    return dict(json.loads(out))
+
+
 def test_all_of_etcd_gone_for_30_s(tmp_path: Path, etcd: EtcdCluster) -> None:
     a = Replica(tmp_path / "gw-a", etcd.url)
     a.start()
+    board = tmp_path / "board"
+    agent: subprocess.Popen[bytes] | None = None
     try:
+        token = a.cli(
+            "token", "create", "--store", etcd.url, "--data-dir", str(a.data_dir),
+            "--node", "pi-etcd-down",
+        ).strip()  # fmt: skip
+        join(a.join_url, token, board)
+        with open(board / "agent.log", "ab") as log:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "edgeagent._cli", "run", "--data-dir", str(board)],
+                stdout=log, stderr=log,
+            )  # fmt: skip
+        wait_for_sync(lambda: agent_status(board).get("connected"), timeout=30, interval=0.2)
         assert a.api("POST", f"{NS}/configmaps", cm("before"))[0] == 201
         etcd.kill(0)
         down = time.monotonic()
@@ -67,6 +91,7 @@ def test_all_of_etcd_gone_for_30_s(tmp_path: Path, etcd: EtcdCluster) -> None:
             assert code == 503, (code, body)
             assert isinstance(body, dict) and body.get("kind") == "Status"
             assert a.proc is not None and a.proc.poll() is None  # the replica stays up
+            assert agent_status(board).get("connected") is True  # the board keeps its session
             outage += 1
         assert outage >= 2
         etcd.restart(0)
@@ -79,7 +104,11 @@ def test_all_of_etcd_gone_for_30_s(tmp_path: Path, etcd: EtcdCluster) -> None:
         names = {o["metadata"]["name"] for o in listed["items"]}
         assert {"before", "after"} <= names
         assert not any(n.startswith("during-") for n in names)  # none was acknowledged
+        assert agent_status(board).get("connected") is True
     finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(15)
         a.stop()
 
 

@@ -1,0 +1,440 @@
+"""Gateway replicas on etcd beside the embedded store, on this machine, in one run.
+
+    .venv/bin/python bench/replicas.py [--nodes 6000] [--replicas 3] [--writes 400]
+
+1. API write latency (sequential ConfigMap creates through the API, p50/p99)
+   and resync time of simulated nodes (snapshot after join, delta after a
+   change), on sqlite and on a three-member etcd.
+2. A connect storm of ``--nodes`` simulated nodes spread over ``--replicas``
+   replicas on etcd: memory per node per replica.
+3. ``kill -9`` of the replica holding a third of them (the leader, started
+   first) while a writer keeps creating ConfigMaps through another replica:
+   how long until every orphaned node resumed on the survivors, by which mode,
+   how many acknowledged writes are missing afterwards, and how long until a
+   new leader.
+
+Simulated nodes are the ones of bench/gateway_scale.py (real TLS with a node
+certificate signed by the fleet CA, real WebSocket, the real protocol), each
+given every replica's hub URL and failing over to a random other one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_websocket as tws
+from _harness import Gateway, free_port, machine, rss_kib
+
+import edgeproto
+from edgeproto import Kind, Message
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- etcd and replicas --------------------------------------------------------------
+
+
+def etcd_start(d: Path, members: int) -> str:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "etcd"), "start", "--dir", str(d),
+         "--members", str(members)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return "etcd://" + out.stdout.strip()
+
+
+def etcd_stop(d: Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "etcd"), "stop", "--dir", str(d)])
+
+
+def replica(d: Path, store: str) -> Gateway:
+    extra = {"store": store}
+    if store != "sqlite":
+        extra.update({"peer": f"127.0.0.1:{free_port()}", "advertise": "127.0.0.1"})
+    return Gateway(d, **extra)
+
+
+def metrics(gw: Gateway) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{gw.ports['api']}/metrics")
+    req.add_header("Authorization", f"Bearer {gw.token}")
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            return resp.read().decode()
+    except OSError:
+        return ""
+
+
+def leads(gw: Gateway) -> bool:
+    return "\nedgeflock_coord_leader 1" in "\n" + metrics(gw)
+
+
+def post(gw: Gateway, path: str, body: Any) -> int:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{gw.ports['api']}{path}", data=json.dumps(body).encode(), method="POST"
+    )
+    req.add_header("Authorization", f"Bearer {gw.token}")
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def post_rv(gw: Gateway, path: str, body: Any) -> int:
+    """POST ``body``; the created object's resourceVersion."""
+    return int(gw.api("POST", path, body)["metadata"]["resourceVersion"])
+
+
+def pod_for(node: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "busybox"}]},
+    }
+
+
+def cm(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+# ---- simulated nodes ------------------------------------------------------------------
+
+
+def make_certs(store: str, gw_dir: Path, out: Path, n: int) -> None:
+    """Node certificates signed by the fleet CA (from the store when shared)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    from cloudgateway._backends import open_backend, store_is_shared
+    from cloudgateway._fleet import fleet_ca
+    from cloudgateway._pki import load_or_create_pki, sign_node_csr
+    from cloudgateway._store import Store
+
+    if store_is_shared(store):
+
+        async def ca() -> tuple[bytes, bytes]:
+            backend = open_backend(gw_dir, store)
+            try:
+                return await fleet_ca(Store(backend), gw_dir)
+            finally:
+                backend.close()
+
+        pki = load_or_create_pki(out / "pki", ca=trio.run(ca))
+    else:
+        pki = load_or_create_pki(gw_dir)
+    key = ed25519.Ed25519PrivateKey.generate()
+    (out / "node.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")]))
+        .sign(key, None)
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    for i in range(n):
+        (out / f"n{i:05d}.crt").write_bytes(sign_node_csr(pki, csr, f"sim-{i:05d}"))
+    (out / "ca.crt").write_bytes(pki.ca_cert_pem)
+
+
+class _Retry(Exception):
+    def __init__(self, after: float) -> None:
+        self.after = after
+
+
+class Fleet:
+    """``n`` simulated nodes; node i starts on ``urls[i % len(urls)]`` and, when
+    a connection fails, moves to a random other URL."""
+
+    def __init__(self, n: int, urls: list[str], certs: Path) -> None:
+        self.n = n
+        self.urls = list(urls)
+        self.certs = certs
+        self.at: dict[int, str] = {}
+        self.synced_at: dict[int, float] = {}
+        self.resync_seconds: dict[int, float] = {}
+        self.modes: dict[str, int] = {}
+        self.last_rev: dict[int, int] = {}
+        self.stop: dict[int, trio.Event] = {}
+
+    def ctx(self, i: int) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_verify_locations(str(self.certs / "ca.crt"))
+        ctx.load_cert_chain(str(self.certs / f"n{i:05d}.crt"), str(self.certs / "node.key"))
+        return ctx
+
+    def reset(self) -> None:
+        self.synced_at.clear()
+        self.resync_seconds.clear()
+        self.modes.clear()
+
+    async def node(self, i: int) -> None:
+        ctx = self.ctx(i)
+        url = self.urls[i % len(self.urls)]
+        attempt = 0
+        while True:
+            self.at[i] = url
+            try:
+                async with tws.open_websocket_url(
+                    url, ssl_context=ctx, message_queue_size=1, connect_timeout=15
+                ) as ws:
+                    t0 = trio.current_time()
+                    hello = {"node": f"sim-{i:05d}", "last_rev": self.last_rev.get(i, 0)}
+                    await ws.send_message(edgeproto.encode_message(Message(Kind.HELLO, body=hello)))
+                    first = True
+                    while True:
+                        with trio.move_on_after(10):
+                            msg = edgeproto.decode_message(await ws.get_message())
+                            if msg.kind is Kind.ERROR and msg.body.get("code") == "retry":
+                                raise _Retry(float(msg.body.get("retry_after", 1)))
+                            if msg.kind in (Kind.SNAPSHOT, Kind.CHANGE) and not msg.body.get(
+                                "more"
+                            ):
+                                assert msg.rev is not None
+                                self.last_rev[i] = msg.rev
+                                await ws.send_message(
+                                    edgeproto.encode_message(Message(Kind.ACK, rev=msg.rev))
+                                )
+                                if first:
+                                    first = False
+                                    mode = "snapshot" if msg.kind is Kind.SNAPSHOT else "delta"
+                                    self.modes[mode] = self.modes.get(mode, 0) + 1
+                                    self.resync_seconds[i] = trio.current_time() - t0
+                                    self.synced_at[i] = trio.current_time()
+                                    attempt = 0
+                            continue
+                        await ws.send_message(edgeproto.encode_message(Message(Kind.PING, id=1)))
+            except _Retry as r:
+                await trio.sleep(r.after * random.uniform(1, 1.5))
+            except (
+                OSError,
+                tws.HandshakeError,
+                tws.ConnectionClosed,
+                trio.BrokenResourceError,
+                ssl.SSLError,
+            ):
+                others = [u for u in self.urls if u != url] or self.urls
+                url = random.choice(others)
+                await trio.sleep(random.random() * min(10.0, 0.5 * 2**attempt))
+                attempt += 1
+
+    async def wait(self, ids: set[int], timeout: float) -> float:
+        t0 = trio.current_time()
+        with trio.move_on_after(timeout):
+            while not ids <= self.synced_at.keys():
+                await trio.sleep(0.05)
+        return trio.current_time() - t0
+
+
+# ---- 1: latency and resync, sqlite vs etcd ---------------------------------------------
+
+
+async def latency(root: Path, store: str, writes: int, nodes: int) -> dict[str, float]:
+    gw = replica(root / f"gw-{store.split(':')[0]}", store)
+    await trio.to_thread.run_sync(gw.start)
+    try:
+        lat = []
+        for i in range(writes):
+            t = time.perf_counter()
+            code = await trio.to_thread.run_sync(
+                post, gw, "/api/v1/namespaces/default/configmaps", cm(f"l-{i}")
+            )
+            lat.append(time.perf_counter() - t)
+            assert code == 201, code
+        certs = root / f"certs-{store.split(':')[0]}"
+        certs.mkdir()
+        await trio.to_thread.run_sync(make_certs, store, gw.data_dir, certs, nodes)
+        fleet = Fleet(nodes, [f"wss://127.0.0.1:{gw.ports['hub']}/"], certs)
+        async with trio.open_nursery() as nursery:
+            for i in range(nodes):
+                nursery.start_soon(fleet.node, i)
+            await fleet.wait(set(range(nodes)), 300)
+            snap = list(fleet.resync_seconds.values())
+            # kill -9 the gateway and bring it back: every node resumes from its revision
+            gw.stop(signal.SIGKILL)
+            await trio.to_thread.run_sync(gw.start)
+            fleet.reset()
+            await fleet.wait(set(range(nodes)), 300)
+            delta = list(fleet.resync_seconds.values())
+            modes = dict(fleet.modes)
+            nursery.cancel_scope.cancel()
+        return {
+            "p50": statistics.median(lat) * 1000,
+            "p99": pct(lat, 99) * 1000,
+            "snap": statistics.median(snap) * 1000,
+            "delta": statistics.median(delta) * 1000,
+            "delta_modes": float(modes.get("delta", 0)),
+        }
+    finally:
+        gw.stop()
+
+
+# ---- 2 and 3: storm over replicas, kill -9 one ------------------------------------------
+
+
+async def storm(root: Path, store: str, n: int, k: int) -> None:
+    gws = [replica(root / f"r{j}", store) for j in range(k)]
+    await trio.to_thread.run_sync(gws[0].start)
+    while not leads(gws[0]):
+        await trio.sleep(0.1)
+    for g in gws[1:]:
+        await trio.to_thread.run_sync(g.start)
+    await trio.sleep(2)
+    base = [rss_kib(g.proc.pid) for g in gws if g.proc]
+    certs = root / "certs-storm"
+    certs.mkdir()
+    t = time.monotonic()
+    await trio.to_thread.run_sync(make_certs, store, gws[0].data_dir, certs, n)
+    print(f"signed {n} node certificates in {time.monotonic() - t:.1f} s")
+    urls = [f"wss://127.0.0.1:{g.ports['hub']}/" for g in gws]
+    fleet = Fleet(n, urls, certs)
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(fleet.node, i)
+        took = await fleet.wait(set(range(n)), 900)
+        print(
+            f"connect storm: {len(fleet.synced_at)}/{n} nodes synced over {k} replicas in {took:.1f} s"
+        )
+        await trio.sleep(15)
+        for j, g in enumerate(gws):
+            assert g.proc is not None
+            held = sum(1 for u in fleet.at.values() if u == urls[j])
+            rss = rss_kib(g.proc.pid)
+            print(
+                f"replica {j}: RSS {base[j] / 1024:.1f} MiB empty, {rss / 1024:.1f} MiB with {held} nodes "
+                f"= {(rss - base[j]) / max(1, held):.1f} KiB per node"
+            )
+        # a pod applied through one replica, to a node connected to another
+        lags = []
+        for i in range(20):
+            other = (urls.index(fleet.at[i]) + 1) % k
+            t = trio.current_time()
+            rv = await trio.to_thread.run_sync(
+                post_rv,
+                gws[other],
+                "/api/v1/namespaces/default/pods",
+                pod_for(f"sim-{i:05d}", f"p-{i}"),
+            )
+            while fleet.last_rev.get(i, 0) < rv:
+                await trio.sleep(0.005)
+            lags.append(trio.current_time() - t)
+        print(
+            f"pod applied through another replica reaches its node: p50 {statistics.median(lags) * 1000:.0f} ms, "
+            f"max {max(lags) * 1000:.0f} ms (20 pods, POST to the node's ack)"
+        )
+        orphans = {i for i, u in fleet.at.items() if u == urls[0]}
+        # a writer on replica 1 throughout the kill
+        acked: list[str] = []
+        stop = threading.Event()
+
+        def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                name = f"k-{i}"
+                if post(gws[1], "/api/v1/namespaces/default/configmaps", cm(name)) == 201:
+                    acked.append(name)
+                i += 1
+
+        th = threading.Thread(target=writer)
+        th.start()
+        await trio.sleep(2)
+        fleet.reset()
+        t0 = trio.current_time()
+        gws[0].stop(signal.SIGKILL)
+        leader_at = None
+        with trio.move_on_after(120):
+            while leader_at is None:
+                if any(await trio.to_thread.run_sync(leads, g) for g in gws[1:]):
+                    leader_at = trio.current_time() - t0
+                await trio.sleep(0.1)
+        took = await fleet.wait(orphans, 300)
+        resumed = len(orphans & fleet.synced_at.keys())
+        await trio.sleep(2)
+        stop.set()
+        await trio.to_thread.run_sync(th.join)
+        listed = await trio.to_thread.run_sync(
+            gws[1].api, "GET", "/api/v1/namespaces/default/configmaps?limit=100000"
+        )
+        names = {o["metadata"]["name"] for o in listed["items"]}
+        lost = [a for a in acked if a not in names]
+        print(
+            f"kill -9 of replica 0 (the leader) holding {len(orphans)} nodes: {resumed}/{len(orphans)} "
+            f"resumed on the others in {took:.1f} s, modes {fleet.modes}; new leader after "
+            f"{leader_at if leader_at is None else round(leader_at, 1)} s; "
+            f"{len(acked)} writes acknowledged during the kill, {len(lost)} missing afterwards"
+        )
+        nursery.cancel_scope.cancel()
+    for g in gws:
+        g.stop()
+
+
+async def run(args: argparse.Namespace, root: Path) -> None:
+    url = await trio.to_thread.run_sync(etcd_start, root / "etcd", 3)
+    try:
+        rows = {}
+        for store in ("sqlite", url):
+            rows["sqlite" if store == "sqlite" else "etcd (3 members)"] = await latency(
+                root, store, args.writes, args.resync_nodes
+            )
+        print(
+            f"| store | API write p50 | p99 | snapshot resync p50 | delta resync p50 ({args.resync_nodes} nodes) |"
+        )
+        for name, r in rows.items():
+            print(
+                f"| {name} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['snap']:.0f} ms | "
+                f"{r['delta']:.0f} ms ({int(r['delta_modes'])} by delta) |"
+            )
+        if args.nodes:
+            await storm(root, url, args.nodes, args.replicas)
+    finally:
+        etcd_stop(root / "etcd")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nodes", type=int, default=6000)
+    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--writes", type=int, default=400)
+    ap.add_argument("--resync-nodes", type=int, default=200)
+    args = ap.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        trio.run(run, args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
