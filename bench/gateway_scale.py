@@ -20,6 +20,7 @@ import ssl
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio_websocket as tws
@@ -29,7 +30,9 @@ import edgeproto
 from edgeproto import Kind, Message
 
 
-def make_certs(gw_dir: Path, out: Path, n: int) -> None:
+def make_certs(gw_dir: Path, out: Path, n: int, pki: Any = None) -> None:
+    """``n`` node certificates signed by the gateway's CA (``pki``, else the
+    data dir's), sharing one key, and the CA certificate, in ``out``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -37,7 +40,8 @@ def make_certs(gw_dir: Path, out: Path, n: int) -> None:
 
     from cloudgateway._pki import load_or_create_pki, sign_node_csr
 
-    pki = load_or_create_pki(gw_dir)
+    if pki is None:
+        pki = load_or_create_pki(gw_dir)
     key = ed25519.Ed25519PrivateKey.generate()  # as edgeagent join makes
     (out / "node.key").write_bytes(
         key.private_bytes(

@@ -127,45 +127,25 @@ def pct(xs: list[float], p: float) -> float:
 
 def make_certs(store: str, gw_dir: Path, out: Path, n: int) -> None:
     """Node certificates signed by the fleet CA (from the store when shared)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    from cryptography.x509.oid import NameOID
+    from gateway_scale import make_certs as sign
 
     from cloudgateway._backends import open_backend, store_is_shared
     from cloudgateway._fleet import fleet_ca
-    from cloudgateway._pki import load_or_create_pki, sign_node_csr
+    from cloudgateway._pki import load_or_create_pki
     from cloudgateway._store import Store
 
-    if store_is_shared(store):
+    if not store_is_shared(store):
+        sign(gw_dir, out, n)
+        return
 
-        async def ca() -> tuple[bytes, bytes]:
-            backend = open_backend(gw_dir, store)
-            try:
-                return await fleet_ca(Store(backend), gw_dir)
-            finally:
-                backend.close()
+    async def ca() -> tuple[bytes, bytes]:
+        backend = open_backend(gw_dir, store)
+        try:
+            return await fleet_ca(Store(backend), gw_dir)
+        finally:
+            backend.close()
 
-        pki = load_or_create_pki(out / "pki", ca=trio.run(ca))
-    else:
-        pki = load_or_create_pki(gw_dir)
-    key = ed25519.Ed25519PrivateKey.generate()
-    (out / "node.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")]))
-        .sign(key, None)
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    for i in range(n):
-        (out / f"n{i:05d}.crt").write_bytes(sign_node_csr(pki, csr, f"sim-{i:05d}"))
-    (out / "ca.crt").write_bytes(pki.ca_cert_pem)
+    sign(gw_dir, out, n, load_or_create_pki(out / "pki", ca=trio.run(ca)))
 
 
 class _Retry(Exception):
