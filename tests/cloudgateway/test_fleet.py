@@ -41,6 +41,7 @@ from edgeagent._join import join
 from edgeagent._tls import client_ssl_context
 from edgeproto import Kind, Message
 from tests.conftest import Gateway, ManualClock, gateway_config
+from tests.replica_fixtures import free_port
 
 FLEET_KEYS = (ADMIN_TOKEN_KEY, FLEET_CA_KEY, join_token_key("abc123"))
 
@@ -236,11 +237,11 @@ def test_the_cli_refuses_stores_it_cannot_open(tmp_path: Path) -> None:
         cmd += ["--data-dir", str(tmp_path / "gw"), "--store", store]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
-    etcd = create("etcd://127.0.0.1:2379")
+    closed = free_port()
+    etcd = create(f"etcd://127.0.0.1:{closed}")  # nothing listens there
     assert etcd.returncode == 1
-    assert etcd.stderr.strip() == (
-        "error: --store etcd://127.0.0.1:2379: the etcd backend is not built yet"
-    )
+    last = etcd.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: etcd unavailable: ") and f"127.0.0.1:{closed}" in last, last
     bogus = create("mysql://x")
     assert bogus.returncode == 2 and "unknown store 'mysql://x'" in bogus.stderr
     assert not (tmp_path / "gw").exists()  # nothing made for a refused command
@@ -375,10 +376,22 @@ def test_serve_takes_the_store_from_its_flag(tmp_path: Path) -> None:
     assert serve_config(_parser().parse_args(args)).store == "sqlite"
     shared = serve_config(_parser().parse_args([*args, "--store", "etcd://10.0.0.5:2379"]))
     assert shared.store == "etcd://10.0.0.5:2379"
-    cmd = [sys.executable, "-m", "cloudgateway._cli", *args, "--store", "etcd://127.0.0.1:1"]
+    closed = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "cloudgateway._cli",
+        *args,
+        "--store",
+        f"etcd://127.0.0.1:{closed}",
+    ]
     cmd += ["--hub", "127.0.0.1:0", "--join", "127.0.0.1:0", "--api", "127.0.0.1:0"]
     serve = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert serve.returncode == 1
-    assert serve.stderr.strip().splitlines()[-1] == (
-        "error: --store etcd://127.0.0.1:1: the etcd backend is not built yet"
+    last = serve.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: etcd unavailable: ") and f"127.0.0.1:{closed}" in last, last
+    half_tls = subprocess.run(
+        [*cmd, "--etcd-cert", str(tmp_path / "c.pem")], capture_output=True, text=True, timeout=60
     )
+    assert half_tls.returncode == 1
+    assert half_tls.stderr.strip() == "error: --etcd-cert and --etcd-key go together"
