@@ -11,6 +11,7 @@ object the patch changes. ``label`` and ``annotate`` work on any kind
 from __future__ import annotations
 
 import argparse
+import random
 import time
 import urllib.request
 from collections.abc import Callable, MutableMapping
@@ -26,7 +27,7 @@ __all__ = ["register"]
 
 MERGE_PATCH = "application/merge-patch+json"
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-_ATTEMPTS = 5  # reads and patches when other writers keep getting in between
+_ATTEMPTS = 20  # reads and patches when other writers keep getting in between
 
 
 class _PatchClient(Client):
@@ -54,7 +55,9 @@ def _patch_object(ctx: _Ctx, r: Resource, ns: str | None, name: str, change: Cha
     c = ctx.client
     client = _PatchClient(c.server, c.token, c.timeout, c.ssl_context)
     path = api_path(r, ns, name)
-    for _ in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):
+        if attempt:  # another writer got in between: spread the retries out
+            time.sleep(random.uniform(0, min(0.5, 0.02 * 2**attempt)))
         code, obj = client.request("GET", path)
         if code != 200 or not isinstance(obj, dict):
             raise CtlError(server_error(code, obj))
