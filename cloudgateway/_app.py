@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import trio
 
-import edgeproto
-
 from ._api import ApiServer
 from ._backends import open_backend, store_is_shared
 from ._config import GatewayConfig
@@ -24,9 +22,10 @@ from ._health import NodeHealth
 from ._http import HttpServer, Request
 from ._hub import Hub
 from ._join import JoinService, TokenStore
+from ._nodes import ensure_node
 from ._pki import server_ssl_context
 from ._replica import LeaderWork, Replica
-from ._store import AlreadyExists, Store
+from ._store import Store
 
 log = logging.getLogger(__name__)
 
@@ -126,19 +125,6 @@ async def run_gateway(
         metrics=statistics,
     )
 
-    async def on_joined(node: str) -> None:
-        key = edgeproto.make_key("nodes", "", node)
-        obj = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": node, "labels": {"node-role.kubernetes.io/edge": ""}},
-            "spec": {},
-        }
-        try:
-            await store.create(key, obj)
-        except AlreadyExists:
-            pass
-
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)  # on etcd: the replica's one watch
@@ -149,7 +135,7 @@ async def run_gateway(
                 pki,
                 tokens,
                 hub_url=_hub_url_for(config, hub_port),
-                on_joined=on_joined,
+                on_joined=functools.partial(ensure_node, store),
                 hub_urls=hub_urls if replica is not None else None,
             )
             join_http = HttpServer(

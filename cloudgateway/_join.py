@@ -20,11 +20,13 @@ from typing import Any
 import trio
 
 import edgeproto
+from edgeproto.labels import LabelError
 
 from ._backends import DEFAULT_STORE, open_backend, store_is_shared
 from ._errors import GatewayError
 from ._fleet import JOIN_TOKENS, fleet_ca, join_token_key
 from ._http import Request, Response, json_response
+from ._nodes import NodeJoin, node_join_from_request
 from ._pki import GatewayPki, PkiError, load_or_create_pki, sign_node_csr, spki_pin
 from ._store import AlreadyExists, Conflict, NotFound, Store, StoreError, Unavailable
 
@@ -217,11 +219,14 @@ class JoinService:
         tokens: TokenStore,
         *,
         hub_url: Callable[[Request], str],
-        on_joined: Callable[[str], Awaitable[None]],
+        on_joined: Callable[[str, NodeJoin], Awaitable[bool]],
         hub_urls: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         """``hub_url``: this gateway's hub, as the joining board reaches it;
-        ``hub_urls``: every live replica's hub, sent beside it as ``hubs``."""
+        ``hub_urls``: every live replica's hub, sent beside it as ``hubs``;
+        ``on_joined(node, join)``: writes the Node (True: created, False: it
+        existed), after the token is spent; what the board asked for in
+        ``join`` (labels, arch, os) was checked before."""
         self._pki = pki
         self._tokens = tokens
         self._hub_url = hub_url
@@ -250,6 +255,10 @@ class JoinService:
                 or not isinstance(body.get("csr"), str)
             ):
                 raise JoinError("BadRequest", "expected JSON {token, csr}", 400)
+            try:  # refused before the token is spent: the board fixes it and tries again
+                asked = node_join_from_request(body)
+            except LabelError as exc:
+                raise JoinError("BadLabels", str(exc), 400) from None
             token = body["token"]
             parts = token.split(".")
             if len(parts) == 3:  # tolerate the full printed token
@@ -260,7 +269,7 @@ class JoinService:
             cert = await trio.to_thread.run_sync(
                 sign_node_csr, self._pki, csr, node, limiter=self._limiter
             )
-            await self._on_joined(node)
+            created = await self._on_joined(node, asked)
         except ValueError as exc:
             return self._fail(JoinError("BadRequest", f"malformed JSON: {exc}", 400), request)
         except PkiError as exc:
@@ -274,6 +283,7 @@ class JoinService:
             "certificate": cert.decode(),
             "ca": self._pki.ca_cert_pem.decode(),
             "hub": self._hub_url(request),
+            "nodeCreated": created,  # False: a re-join, the Node's labels stay the cloud's
         }
         hubs = self._hubs()
         if hubs:

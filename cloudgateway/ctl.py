@@ -759,6 +759,9 @@ def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     ex.add_argument("-c", "--container", metavar="C")
     ex.add_argument("--timeout", type=int, default=60, metavar="SECONDS")
     ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+    from . import _ctl_nodes  # label, annotate, taint, cordon, uncordon
+
+    _ctl_nodes.register(sub, COMMANDS, _global_flags)
     return p
 
 

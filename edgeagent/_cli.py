@@ -23,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--gateway", required=True, help="https://HOST:JOINPORT")
     j.add_argument("--token", required=True)
     j.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    j.add_argument(
+        "--labels",
+        default="",
+        metavar="K=V,...",
+        help="Node labels to ask for (over agent.toml's labels), e.g. site=plant-2,sensor=modbus",
+    )
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     r.add_argument("--cri", default=None, help="unix:///path/containerd.sock")
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     data_dir = Path(args.data_dir)
     if args.cmd == "join":
-        return _join(args.gateway, args.token, data_dir)
+        return _join(args.gateway, args.token, data_dir, args.labels)
     if args.cmd == "run":
         return _run(args, data_dir)
     if args.cmd == "images":
@@ -62,15 +68,27 @@ def main(argv: list[str] | None = None) -> int:
     return _status(data_dir, args.output)
 
 
-def _join(gateway: str, token: str, data_dir: Path) -> int:
+def _join(gateway: str, token: str, data_dir: Path, labels_text: str) -> int:
+    from edgeproto.labels import LabelError, parse_labels
+
     from ._join import JoinFailed, join
 
     try:
-        enrollment = join(gateway, token, data_dir)
+        labels = parse_labels(labels_text)
+    except LabelError as exc:
+        print(f"error: --labels: {exc}", file=sys.stderr)
+        return 2
+    try:
+        enrollment = join(gateway, token, data_dir, labels=labels)
     except JoinFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"joined as node {enrollment.node}; hub {enrollment.hub_url}")
+    if not enrollment.node_created:
+        print(
+            f"node {enrollment.node} existed: its labels stay as the cloud has them "
+            f"(change them with 'edgectl label node {enrollment.node} ...')"
+        )
     print(f"next: edgeagent run --data-dir {data_dir}")
     return 0
 

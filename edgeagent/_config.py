@@ -3,7 +3,10 @@
 ``DATA_DIR/enrollment.json`` (written by ``edgeagent join``) names the node and
 the hub (and, from a gateway with replicas, every replica's hub: ``hubs``);
 ``DATA_DIR/agent.toml`` (optional) overrides the defaults below;
-command-line flags override both.
+command-line flags override both. Its ``labels`` (a table, ``labels = {site =
+"plant-2"}``, or text, ``labels = "site=plant-2,sensor=modbus"``) are the Node
+labels ``edgeagent join`` asks for (a baked image's first boot has them there);
+after the join they are the cloud's, and ``run`` only checks them.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import edgeproto
+from edgeproto.labels import LabelError, check_node_labels, parse_labels
 
 from ._errors import AgentError
 
-__all__ = ["AgentConfig", "ConfigError", "load_config"]
+__all__ = ["AgentConfig", "ConfigError", "join_labels", "load_config"]
 
 
 class ConfigError(AgentError):
@@ -52,6 +56,8 @@ class AgentConfig:
     mqtt_pid_file: str | None = None  # the broker's pid_file; default MQTT_AUTH_DIR/mosquitto.pid
     # KubeEdge's DMI for v1beta1 mappers (gRPC), e.g. "unix:///run/edgeflock/dmi.sock".
     dmi: str | None = None
+    # Node labels asked for at join (agent.toml ``labels``), sorted (key, value) pairs.
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def hubs(self) -> tuple[str, ...]:
@@ -77,8 +83,38 @@ class AgentConfig:
 _TUNABLE = {
     f.name: f.type
     for f in dataclasses.fields(AgentConfig)
-    if f.name not in ("data_dir", "node", "hub_url", "hub_urls")
+    if f.name not in ("data_dir", "node", "hub_url", "hub_urls", "labels")
 }
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # only boards with a config file pay for the parser (and datetime)
+
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _labels(path: Path, value: Any) -> dict[str, str]:
+    """agent.toml's ``labels``: a table of strings or ``k=v,k2=v2`` text, checked."""
+    try:
+        if isinstance(value, str):
+            return parse_labels(value)
+        return check_node_labels(value)
+    except LabelError as exc:
+        raise ConfigError(f"{path}: labels: {exc}") from None
+
+
+def join_labels(data_dir: Path) -> dict[str, str]:
+    """The Node labels ``DATA_DIR/agent.toml`` asks for (``labels``), checked;
+    empty without the file or the key. Read before the board is enrolled, so
+    nothing else of the file is looked at."""
+    path = data_dir / "agent.toml"
+    if not path.exists():
+        return {}
+    raw = _read_toml(path)
+    return _labels(path, raw["labels"]) if "labels" in raw else {}
 
 
 def load_config(data_dir: Path, **overrides: Any) -> AgentConfig:
@@ -97,14 +133,12 @@ def load_config(data_dir: Path, **overrides: Any) -> AgentConfig:
     values: dict[str, Any] = {}
     toml_path = data_dir / "agent.toml"
     if toml_path.exists():
-        import tomllib  # only boards with a config file pay for the parser (and datetime)
-
-        try:
-            raw = tomllib.loads(toml_path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{toml_path}: {exc}") from exc
+        raw = _read_toml(toml_path)
         for key, value in raw.items():
             name = key.replace("-", "_")
+            if name == "labels":
+                values["labels"] = tuple(sorted(_labels(toml_path, value).items()))
+                continue
             if name not in _TUNABLE:
                 raise ConfigError(f"{toml_path}: unknown key {key!r}")
             values[name] = _check(toml_path, key, _TUNABLE[name], value)

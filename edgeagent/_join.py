@@ -8,16 +8,19 @@ import contextlib
 import hashlib
 import json
 import logging
+import platform
 import re
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import edgeproto
 from edgeio import write_atomic
+from edgeproto.labels import LabelError, check_node_labels, goarch, is_label_value
 
 from ._errors import AgentError
 
@@ -38,6 +41,8 @@ class Enrollment:
     hub_url: str
     gateway_url: str
     hubs: tuple[str, ...] = ()  # every gateway replica's hub, when the gateway named them
+    # False: the Node existed (a re-join); its labels stayed as the cloud has them.
+    node_created: bool = True
 
 
 def spki_pin(cert_pem: bytes) -> str:
@@ -122,7 +127,34 @@ class _Staged:
             ) from None
 
 
-def join(gateway_url: str, token: str, data_dir: Path, *, timeout: float = 15.0) -> Enrollment:
+def _board() -> dict[str, str]:
+    """This board's ``kubernetes.io/arch`` and ``kubernetes.io/os`` values."""
+    board = {"arch": goarch(platform.machine()), "os": platform.system().lower()}
+    return {k: v for k, v in board.items() if v and is_label_value(v)}
+
+
+def _asked_labels(data_dir: Path, labels: Mapping[str, str] | None) -> dict[str, str]:
+    """agent.toml's ``labels`` with ``labels`` (the command line's) over them, checked."""
+    from ._config import ConfigError, join_labels
+
+    try:
+        merged = {**join_labels(data_dir), **(labels or {})}
+        return check_node_labels(merged)
+    except (ConfigError, LabelError) as exc:
+        raise JoinFailed(f"{exc}; the token was not used") from None
+
+
+def join(
+    gateway_url: str,
+    token: str,
+    data_dir: Path,
+    *,
+    timeout: float = 15.0,
+    labels: Mapping[str, str] | None = None,
+) -> Enrollment:
+    """Enroll with the gateway. The Node is created with ``labels`` (over
+    those ``DATA_DIR/agent.toml`` names) beside the well-known ones; a Node
+    that exists already keeps the labels the cloud gave it."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -132,6 +164,7 @@ def join(gateway_url: str, token: str, data_dir: Path, *, timeout: float = 15.0)
     if not m:
         raise JoinFailed("malformed token: expected <6 chars>.<16 chars>.<64 hex CA pin>")
     secret, pin = m.group(1), "sha256:" + m.group(2)
+    asked = _asked_labels(data_dir, labels)
     base = gateway_url.rstrip("/")
     if not base.startswith("https://"):
         raise JoinFailed(f"gateway URL must be https://HOST:PORT, got {gateway_url!r}")
@@ -167,7 +200,12 @@ def join(gateway_url: str, token: str, data_dir: Path, *, timeout: float = 15.0)
             f"{base}/v1/join",
             verified,
             timeout,
-            {"token": secret, "csr": csr.public_bytes(serialization.Encoding.PEM).decode()},
+            {
+                "token": secret,
+                "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+                "labels": asked,
+                **_board(),
+            },
         )
         node, cert, hub = str(answer["node"]), str(answer["certificate"]), str(answer["hub"])
     except (KeyError, TypeError) as exc:
@@ -181,7 +219,7 @@ def join(gateway_url: str, token: str, data_dir: Path, *, timeout: float = 15.0)
     if hubs:
         enrollment["hubs"] = list(hubs)
     staged.commit(cert.encode(), ca_pem, json.dumps(enrollment, indent=2).encode())
-    return Enrollment(node, hub, base, hubs)
+    return Enrollment(node, hub, base, hubs, node_created=answer.get("nodeCreated") is not False)
 
 
 def _hubs(value: Any) -> tuple[str, ...]:

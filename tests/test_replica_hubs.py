@@ -32,6 +32,7 @@ from cloudgateway._health import NodeHealth
 from cloudgateway._http import HttpConfig, HttpServer
 from cloudgateway._hub import Hub, HubConfig
 from cloudgateway._join import JoinService, TokenStore, create_join_token
+from cloudgateway._nodes import NodeJoin
 from cloudgateway._pki import load_or_create_pki, server_ssl_context
 from cloudgateway._store import Store
 from edgeagent._join import join
@@ -95,8 +96,8 @@ async def start_replica(
     hub = Hub(store, hub_ssl, health, config, hub_urls=hub_urls)
     scope = trio.CancelScope()
 
-    async def joined(node: str) -> None:
-        pass
+    async def joined(node: str, _asked: NodeJoin) -> bool:
+        return True
 
     async def run(task_status: trio.TaskStatus[Replica]) -> None:
         try:

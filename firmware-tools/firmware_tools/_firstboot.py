@@ -20,6 +20,7 @@ __all__ = [
     "UNIT_DIR",
     "VENV_DIR",
     "Components",
+    "agent_toml",
     "agent_unit",
     "conf_file",
     "containerd_config",
@@ -92,6 +93,19 @@ def conf_file(*, gateway: str, ca_pin: str, node: str, components: Components) -
     ]
     lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def agent_toml(labels: dict[str, str]) -> str:
+    """The agent's ``agent.toml`` with the Node ``labels`` its first-boot join
+    asks for (keys and values checked already: no quoting beyond JSON's)."""
+    import json
+
+    pairs = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in sorted(labels.items()))
+    return (
+        "# edgeagent configuration, written by edgeflash prepare.\n"
+        "# labels: asked for when the board joins; afterwards the cloud's (edgectl label node).\n"
+        f"labels = {{{pairs}}}\n"
+    )
 
 
 def agent_unit(components: Components, *, mqtt_auth: bool = True) -> str:

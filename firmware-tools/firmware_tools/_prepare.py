@@ -11,6 +11,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeproto.labels import LabelError, parse_labels
+
 from . import _firstboot as fb
 from ._bundle import Bundle, load_bundle
 from ._disk import read_layout
@@ -110,6 +112,9 @@ class PrepareOptions:
     bundle: Path | None = None
     # Local MQTT with the agent's per-client credentials and ACLs (off: anonymous).
     mqtt_auth: bool = True
+    # Node labels the board asks for at its first-boot join ("k=v,k2=v2"), written
+    # to the agent's agent.toml.
+    labels: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +134,9 @@ class PrepareResult:
     files: tuple[WrittenFile, ...] = field(default=())
 
 
-def _validate(o: PrepareOptions) -> tuple[JoinToken, str, str, BootSettings, Bundle | None]:
+def _validate(
+    o: PrepareOptions,
+) -> tuple[JoinToken, str, str, BootSettings, Bundle | None, dict[str, str]]:
     token = parse_token(o.token)
     gateway = parse_gateway_url(o.gateway)
     node = o.node or o.hostname
@@ -162,12 +169,22 @@ def _validate(o: PrepareOptions) -> tuple[JoinToken, str, str, BootSettings, Bun
         wifi_psk=o.wifi_psk,
         wifi_country=o.wifi_country,
     )
+    try:
+        labels = parse_labels(o.labels)
+    except LabelError as exc:
+        raise BadInput(f"--labels: {exc}") from None
     bundle = load_bundle(o.bundle) if o.bundle is not None else None
-    return token, gateway, node, settings, bundle
+    return token, gateway, node, settings, bundle, labels
 
 
 def _root_files(
-    token: JoinToken, gateway: str, node: str, bundle: Bundle | None, *, mqtt_auth: bool = True
+    token: JoinToken,
+    gateway: str,
+    node: str,
+    bundle: Bundle | None,
+    *,
+    mqtt_auth: bool = True,
+    labels: dict[str, str] | None = None,
 ) -> tuple[list[Dir], list[File], list[Symlink]]:
     components = bundle.components if bundle else fb.Components()
     auth = mqtt_auth
@@ -190,6 +207,8 @@ def _root_files(
         File(f"{unit_dir}/{fb.FIRSTBOOT_UNIT}", fb.firstboot_unit().encode()),
         File(f"{unit_dir}/{fb.AGENT_UNIT}", fb.agent_unit(components, mqtt_auth=auth).encode()),
     ]
+    if labels:  # read by the first boot's 'edgeagent join'
+        files.append(File(f"{fb.DATA_DIR}/agent.toml", fb.agent_toml(labels).encode(), 0o600))
     if components.mosquitto:
         conf, unit = fb.mosquitto_config(mqtt_auth=auth), fb.mosquitto_unit(mqtt_auth=auth)
         files.append(File("/etc/edgeflock/mosquitto.conf", conf.encode()))
@@ -223,7 +242,7 @@ def _sha(data: bytes) -> str:
 
 
 def prepare_image(o: PrepareOptions) -> PrepareResult:
-    token, gateway, node, settings, bundle = _validate(o)
+    token, gateway, node, settings, bundle, labels = _validate(o)
     if not o.image.is_file():
         raise BadInput(f"{o.image}: no such image file")
     if o.output.exists() and o.output.resolve() == o.image.resolve():
@@ -233,7 +252,15 @@ def prepare_image(o: PrepareOptions) -> PrepareResult:
     try:
         shutil.copyfile(o.image, partial)
         result = _bake(
-            str(partial), layout, token, gateway, node, settings, bundle, mqtt_auth=o.mqtt_auth
+            str(partial),
+            layout,
+            token,
+            gateway,
+            node,
+            settings,
+            bundle,
+            mqtt_auth=o.mqtt_auth,
+            labels=labels,
         )
         os.replace(partial, o.output)
     except OSError as exc:
@@ -255,10 +282,13 @@ def _bake(
     bundle: Bundle | None,
     *,
     mqtt_auth: bool = True,
+    labels: dict[str, str] | None = None,
 ) -> tuple[WrittenFile, ...]:
     root = Ext4Volume(image, layout.root.offset)
     boot = FatVolume(image, layout.boot.offset)
-    dirs, files, links = _root_files(token, gateway, node, bundle, mqtt_auth=mqtt_auth)
+    dirs, files, links = _root_files(
+        token, gateway, node, bundle, mqtt_auth=mqtt_auth, labels=labels
+    )
     free = root.free_bytes()
     need = _needed(files)
     if need > free:
@@ -275,6 +305,7 @@ def _bake(
         "node": node,
         "gateway": gateway,
         "ca_pin": f"sha256:{token.pin}",
+        "labels": labels or {},
         "bundle": None if bundle is None else {"arch": bundle.arch, "python": bundle.python},
         "files": [
             {"partition": w.partition, "path": w.path, "size": w.size, "sha256": w.sha256}

@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--wifi-country", default="GB", help="regulatory domain (default GB)")
     pr.add_argument("--bundle", type=Path, help="directory made by 'edgeflash bundle'")
     pr.add_argument(
+        "--labels",
+        default="",
+        metavar="K=V,...",
+        help="Node labels the board asks for when it joins, e.g. site=plant-2,sensor=modbus",
+    )
+    pr.add_argument(
         "--mqtt-anonymous",
         dest="mqtt_auth",
         action="store_false",
@@ -105,6 +111,7 @@ def _prepare(args: argparse.Namespace) -> int:
             wifi_country=args.wifi_country,
             bundle=args.bundle,
             mqtt_auth=args.mqtt_auth,
+            labels=args.labels,
         )
     )
     size = sum(f.size for f in result.files)

@@ -78,6 +78,8 @@ async def test_first_boot_joins_and_node_becomes_ready(
             "pi-fb",
             "--bundle",
             project_bundle,
+            "--labels",
+            "site=plant-2,sensor=modbus",
         )
     )
     assert proc.returncode == 0, proc.stderr
@@ -149,6 +151,10 @@ async def test_first_boot_joins_and_node_becomes_ready(
 
             node = await wait_for(node_ready, timeout=30)
             assert node["metadata"]["name"] == "pi-fb"
+            # The labels baked with --labels, asked for by the first boot's join.
+            labels = node["metadata"]["labels"]
+            assert labels["site"] == "plant-2" and labels["sensor"] == "modbus"
+            assert labels["kubernetes.io/hostname"] == "pi-fb"
         finally:
             agent.send_signal(signal.SIGTERM)
             with trio.move_on_after(10):

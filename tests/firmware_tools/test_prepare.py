@@ -186,6 +186,8 @@ def test_inspect_flags_a_tampered_file(pi_image: PiImage, tmp_path: Path) -> Non
         (["--wifi-ssid", "home", "--wifi-psk", "short"], "8-63"),
         (["--ssh-key", "/nonexistent/key.pub"], "cannot read SSH key"),
         (["--bundle", "/nonexistent"], "not a bundle"),
+        (["--labels", "site=a b"], "--labels: invalid value 'a b' of label 'site'"),
+        (["--labels", "kubernetes.io/role=x"], "a node may not set labels under kubernetes.io"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_input_alone(
@@ -204,6 +206,24 @@ def test_bad_input_is_one_line_and_leaves_input_alone(
     assert_one_line_error(proc, needle)
     assert sha256(pi_image.path) == before
     assert not out.exists() and not (tmp_path / "out.img.partial").exists()
+
+
+def test_labels_go_to_the_agents_config(pi_image: PiImage, tmp_path: Path) -> None:
+    out = tmp_path / "o.img"
+    proc = _prepare(pi_image, out, "--labels", "site=plant-2,example.com/tier=")
+    assert proc.returncode == 0, proc.stderr
+    root = Ext4Volume(str(out), pi_image.root_offset)
+    toml = tomllib.loads(root.read("/var/lib/edgeflock/agent/agent.toml").decode())
+    assert toml == {"labels": {"example.com/tier": "", "site": "plant-2"}}
+    manifest = json.loads(root.read("/etc/edgeflock/edgeflash-manifest.json"))
+    assert manifest["labels"] == {"example.com/tier": "", "site": "plant-2"}
+    assert "/var/lib/edgeflock/agent/agent.toml" in {f["path"] for f in manifest["files"]}
+    # Without labels there is no agent.toml: the agent's defaults apply.
+    plain = tmp_path / "p.img"
+    assert _prepare(pi_image, plain).returncode == 0
+    assert not Ext4Volume(str(plain), pi_image.root_offset).exists(
+        "/var/lib/edgeflock/agent/agent.toml"
+    )
 
 
 def test_private_key_is_refused(pi_image: PiImage, tmp_path: Path) -> None:
