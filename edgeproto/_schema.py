@@ -16,6 +16,9 @@ from typing import Any
 from ._errors import ProtocolError
 
 __all__ = [
+    "APPS_GROUP",
+    "CLOUD_ONLY",
+    "KUBEEDGE_APPS_GROUP",
     "RESOURCES",
     "Resource",
     "key_of",
@@ -30,6 +33,8 @@ __all__ = [
 ]
 
 DEVICES_GROUP = "devices.kubeedge.io"
+APPS_GROUP = "apps"
+KUBEEDGE_APPS_GROUP = "apps.kubeedge.io"
 
 _RFC3339 = "%Y-%m-%dT%H:%M:%SZ"  # how Kubernetes writes times: UTC, whole seconds
 
@@ -62,6 +67,8 @@ class Resource:
     version: str  # "v1"
     namespaced: bool
     short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()  # discovery's categories: "all" for ``kubectl get all``
+    subresources: tuple[str, ...] = ("status",)  # served under ``.../NAME/SUBRESOURCE``
 
     @property
     def api_version(self) -> str:
@@ -71,8 +78,8 @@ class Resource:
 RESOURCES: tuple[Resource, ...] = (
     # Namespaces live only in the cloud: ``owner_node`` places none on a node.
     Resource("namespaces", "Namespace", "", "v1", False, ("namespace", "ns")),
-    Resource("nodes", "Node", "", "v1", False, ("node", "no")),
-    Resource("pods", "Pod", "", "v1", True, ("pod", "po")),
+    Resource("nodes", "Node", "", "v1", False, ("node", "no"), (), ("status", "revocation")),
+    Resource("pods", "Pod", "", "v1", True, ("pod", "po"), ("all",), ("log", "exec", "status")),
     Resource("configmaps", "ConfigMap", "", "v1", True, ("configmap", "cm")),
     Resource("secrets", "Secret", "", "v1", True, ("secret",)),
     # Kubernetes Events; edge events ($hw/events/upload/#) arrive as these.
@@ -80,7 +87,67 @@ RESOURCES: tuple[Resource, ...] = (
     # KubeEdge's device API, so existing Device/DeviceModel manifests apply unchanged.
     Resource("devices", "Device", DEVICES_GROUP, "v1beta1", True, ("device", "dev")),
     Resource("devicemodels", "DeviceModel", DEVICES_GROUP, "v1beta1", True, ("devicemodel", "dm")),
+    # Fleet workloads (apps/v1, and KubeEdge's node groups): cloud-only, like
+    # namespaces. Controllers in the gateway turn them into pods; only those
+    # pods (bound by spec.nodeName) reach boards.
+    Resource("daemonsets", "DaemonSet", APPS_GROUP, "v1", True, ("daemonset", "ds"), ("all",)),
+    Resource(
+        "deployments",
+        "Deployment",
+        APPS_GROUP,
+        "v1",
+        True,
+        ("deployment", "deploy"),
+        ("all",),
+        ("status", "scale"),
+    ),
+    Resource(
+        "replicasets",
+        "ReplicaSet",
+        APPS_GROUP,
+        "v1",
+        True,
+        ("replicaset", "rs"),
+        ("all",),
+        ("status", "scale"),
+    ),
+    # A revision is its data: no status.
+    Resource(
+        "controllerrevisions",
+        "ControllerRevision",
+        APPS_GROUP,
+        "v1",
+        True,
+        ("controllerrevision",),
+        (),
+        (),
+    ),
+    Resource(
+        "nodegroups", "NodeGroup", KUBEEDGE_APPS_GROUP, "v1alpha1", False, ("nodegroup", "ng")
+    ),
+    Resource(
+        "edgeapplications",
+        "EdgeApplication",
+        KUBEEDGE_APPS_GROUP,
+        "v1alpha1",
+        True,
+        ("edgeapplication", "edgeapp", "eapp"),  # eapp: KubeEdge's own short name
+    ),
 )
+
+CLOUD_ONLY: frozenset[str] = frozenset(
+    {
+        "events",
+        "namespaces",
+        "daemonsets",
+        "deployments",
+        "replicasets",
+        "controllerrevisions",
+        "nodegroups",
+        "edgeapplications",
+    }
+)
+"""Resources ``owner_node`` places on no node, whatever their fields say."""
 
 _BY_NAME = {r.name: r for r in RESOURCES}
 _BY_KIND = {r.kind: r for r in RESOURCES}
@@ -132,8 +199,10 @@ def owner_node(key: str, obj: Mapping[str, Any]) -> str | None:
     resource, _, name = split_key(key)
     if resource == "nodes":
         return name
-    if resource in ("events", "namespaces"):
-        return None  # events are about nodes, namespaces organise the cloud: never sent
+    if resource in CLOUD_ONLY:
+        # events are about nodes, namespaces organise the cloud, workloads become
+        # pods in the cloud (a pod template's nodeName or label is no placement)
+        return None
     spec = obj.get("spec")
     if isinstance(spec, Mapping):
         node = spec.get("nodeName")
