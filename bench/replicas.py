@@ -356,8 +356,9 @@ async def storm(root: Path, store: str, n: int, k: int) -> None:
         leader_at = None
         with trio.move_on_after(120):
             while leader_at is None:
-                if any(await trio.to_thread.run_sync(leads, g) for g in gws[1:]):
-                    leader_at = trio.current_time() - t0
+                for g in gws[1:]:
+                    if await trio.to_thread.run_sync(leads, g):
+                        leader_at = trio.current_time() - t0
                 await trio.sleep(0.1)
         took = await fleet.wait(orphans, 300)
         resumed = len(orphans & fleet.synced_at.keys())
