@@ -759,6 +759,9 @@ def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     ex.add_argument("-c", "--container", metavar="C")
     ex.add_argument("--timeout", type=int, default=60, metavar="SECONDS")
     ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+    from ._ctl_rollout import add_parsers as add_rollout_parsers
+
+    add_rollout_parsers(sub)  # rollout, set image, scale (their handlers set ``run``)
     return p
 
 
@@ -840,7 +843,7 @@ def main(
         server = _server(args)
         client = Client(server, _token(args), timeout or None, _ssl_context(server, args))
         ctx = _Ctx(client, args, out, err, stdin or sys.stdin)
-        return COMMANDS[args.cmd](ctx)
+        return (getattr(args, "run", None) or COMMANDS[args.cmd])(ctx)
     except CtlError as exc:
         err.write(f"{exc}\n")
         return exc.code
