@@ -262,7 +262,12 @@ def _history(ctx: _Ctx, r: Resource, obj: dict[str, Any]) -> dict[int, dict[str,
 def _template_of(r: Resource, entry: dict[str, Any]) -> dict[str, Any]:
     if r.name == "daemonsets":
         return views.revision_template(entry)
-    t = get_path(entry, "spec", "template")
+    # kubectl shows a ReplicaSet's change-cause among its template's annotations
+    t = json.loads(json.dumps(get_path(entry, "spec", "template") or {}))
+    cause = get_path(entry, "metadata", "annotations", views.CHANGE_CAUSE)
+    if cause and isinstance(t, dict):
+        meta = t.setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), views.CHANGE_CAUSE: cause}
     return t if isinstance(t, dict) else {}
 
 
@@ -334,7 +339,7 @@ def _pause(ctx: _Ctx, paused: bool) -> int:
         label = f"{qualified(r)}/{name}"
         if r.name == "deployments":
             now = get_path(obj, "spec", "paused") is True
-            body: dict[str, Any] = {"spec": {"paused": paused}}
+            body: dict[str, Any] = {"spec": {"paused": True if paused else None}}
         else:
             now = get_path(obj, "metadata", "annotations", views.DS_PAUSED) is not None
             body = {"metadata": {"annotations": {views.DS_PAUSED: "true" if paused else None}}}
