@@ -185,10 +185,6 @@ def _status_text(viewer: views.Viewer, obj: dict[str, Any]) -> tuple[str, bool]:
     return "\n".join(lines) + "\n", done
 
 
-class _Timeout(Exception):
-    pass
-
-
 def cmd_rollout_status(ctx: _Ctx) -> int:
     """kubectl's ``rollout status``: the status of every change until done
     (or once, with ``--watch=false``); exit 1 on an error the viewer reports
@@ -213,6 +209,12 @@ def cmd_rollout_status(ctx: _Ctx) -> int:
             ctx.out.write(text)
             ctx.out.flush()
             last = text
+        held = None if done else views.held_by_controller(o)
+        if held is not None:  # it will not go on by itself: say so, as a deadline is
+            raise CtlError(
+                f'error: {r.kind.lower()} "{name}" rollout paused: {held} '
+                f"(edgectl rollout undo {r.name}/{name}, or resume)"
+            )
         return done
 
     if show(obj) or not ctx.args.watch:

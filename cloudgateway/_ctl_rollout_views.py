@@ -33,6 +33,7 @@ __all__ = [
     "deployment_undo_patch",
     "describe_template",
     "edge_detail",
+    "held_by_controller",
     "history_table",
     "selector_string",
 ]
@@ -146,6 +147,16 @@ def paused_reason(obj: dict[str, Any]) -> str | None:
         return None
     text = str(mark).strip()
     return "paused" if text.lower() in ("", "true") else f"paused: {text}"
+
+
+def held_by_controller(obj: dict[str, Any]) -> str | None:
+    """Why the controller paused a DaemonSet rollout itself (the pause mark's
+    value, other than ``true``, which a user's ``rollout pause`` writes), or None."""
+    if obj.get("kind") == "Deployment":
+        return None
+    mark = get_path(obj, "metadata", "annotations", DS_PAUSED)
+    text = str(mark).strip() if mark is not None else ""
+    return text if text and text.lower() != "true" else None
 
 
 def edge_detail(obj: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import threading
 from collections.abc import AsyncIterator
@@ -41,7 +42,7 @@ from tests.cloudgateway.apps_fixtures import (
 )
 from tests.cloudgateway.test_api import TOKEN, Api
 from tests.cloudgateway.test_kubectl import KUBECTL
-from tests.conftest import edgectl, wait_for
+from tests.conftest import Gateway, edgectl, wait_for
 
 APPS = "/apis/apps/v1/namespaces/default"
 
@@ -638,3 +639,115 @@ async def test_scale(cl: Cluster) -> None:
     assert (await cl.get("deployments", "mine"))["spec"]["replicas"] == 5
     rc, _, err = await cl.edgectl("scale", "deploy/ghost", "--replicas", "1")
     assert rc == 1 and err.startswith("Error from server (NotFound)")
+
+
+# ---- get ------------------------------------------------------------------------------
+
+
+def cells(out: str) -> list[list[str]]:
+    """A table's rows split on runs of 2+ spaces (NODE SELECTOR is one header),
+    the AGE column dropped (a second may pass between two clients' reads)."""
+    rows = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines() if line.strip()]
+    if not rows or "AGE" not in rows[0]:
+        return rows
+    i = rows[0].index("AGE")
+    return [r[:i] + r[i + 1 :] for r in rows]
+
+
+async def test_get_workloads_with_kubectls_columns(cl: Cluster) -> None:
+    ds = rolling_ds("agent")
+    ds["spec"]["template"]["spec"]["nodeSelector"] = {"site": "a"}
+    ds = await cl.create("daemonsets", ds)
+    await cl.set_status("daemonsets", "agent", ds_status(1, desired=2, updated=1, available=1))
+    d = await cl.create("deployments", deployment("web", replicas=3))
+    await cl.create("replicasets", rs_of(d, 1, "web:1"))
+    await cl.create("controllerrevisions", revision(ds, 1, "busybox:1.36"))
+    heads = {
+        "ds": ["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR"],
+        "deploy": ["NAME", "READY", "UP-TO-DATE", "AVAILABLE"],
+        "rs": ["NAME", "DESIRED", "CURRENT", "READY"],
+        "controllerrevisions": ["NAME", "CONTROLLER", "REVISION"],
+    }
+    for kind, head in heads.items():
+        rc, out, err = await cl.edgectl("get", kind)
+        krc, kout, kerr = await cl.kubectl("get", kind)
+        assert (rc, krc, err) == (0, 0, ""), kerr
+        assert cells(out) == cells(kout), kind
+        assert cells(out)[0] == head, kind
+        rc, out, _ = await cl.edgectl("get", kind, "-o", "wide")
+        _, kout, _ = await cl.kubectl("get", kind, "-o", "wide")
+        assert cells(out) == cells(kout), kind
+    rc, out, _ = await cl.edgectl("get", "ds", "-o", "wide")
+    assert cells(out)[1] == [
+        "agent",
+        "2",
+        "2",
+        "1",
+        "1",
+        "1",
+        "site=a",
+        "app",
+        "busybox:1.36",
+        "app=agent",
+    ]
+    rc, out, _ = await cl.edgectl("get", "ds", "-l", "app=other")
+    assert rc == 0 and out == ""
+    rc, out, _ = await cl.edgectl("get", "ds", "-l", "app=agent", "-o", "json")
+    assert [i["metadata"]["name"] for i in json.loads(out)["items"]] == ["agent"]
+    for kind in ("nodegroups", "ng", "edgeapplications", "edgeapp"):
+        rc, _, err = await cl.edgectl("get", kind)
+        assert rc == 0 and err.startswith("No resources found"), (kind, err)
+
+
+async def test_status_of_a_rollout_the_controller_paused(cl: Cluster) -> None:
+    """The DaemonSet controller holds a rollout past its failure threshold and
+    says why in the pause mark: rollout status shows it and ends with exit 1
+    rather than wait for what will not come by itself."""
+    ds = rolling_ds("agent")
+    ds["metadata"]["annotations"] = {
+        DS_PAUSED: "3 of 10 updated pods failed (ImagePullBackOff), max-failed 20%",
+        DS_PENDING_OFFLINE: "pi-09,pi-02",
+    }
+    ds = await cl.create("daemonsets", ds)
+    await cl.set_status("daemonsets", "agent", ds_status(1, desired=12, updated=10, available=7))
+    for argv in (["--watch=false"], []):
+        rc, out, err = await cl.edgectl("rollout", "status", "ds/agent", *argv)
+        assert rc == 1
+        assert out.splitlines() == [
+            'Waiting for daemon set "agent" rollout to finish: 10 out of 12 new pods have been updated...',
+            "  2 offline boards pending (updated when back online): pi-02, pi-09",
+            "  rollout paused: 3 of 10 updated pods failed (ImagePullBackOff), max-failed 20%",
+        ]
+        assert err == (
+            'error: daemonset "agent" rollout paused: 3 of 10 updated pods failed '
+            "(ImagePullBackOff), max-failed 20% (edgectl rollout undo daemonsets/agent, or resume)\n"
+        )
+    rc, out, _ = await cl.edgectl("rollout", "resume", "ds/agent")
+    assert rc == 0 and out == "daemonset.apps/agent resumed\n"
+    rc, out, _ = await cl.edgectl("rollout", "status", "ds/agent", "--watch=false")
+    assert rc == 0 and "paused" not in out
+
+
+async def test_commands_through_a_whole_gateway(gateway: Gateway, tmp_path: Path) -> None:
+    """The writing commands against the gateway as it runs (controllers
+    included, once wired): they change the spec, which no controller reverts."""
+    manifest = tmp_path / "fleet.yaml"
+    manifest.write_text(
+        json.dumps({"kind": "List", "items": [rolling_ds("agent"), deployment("web", 2)]})
+    )
+    rc, out, err = await gateway.edgectl("apply", "-f", str(manifest))
+    assert (rc, err) == (0, ""), err
+    assert out.splitlines() == ["daemonset/agent created", "deployment/web created"]
+    rc, out, _ = await gateway.edgectl("set", "image", "ds/agent", "app=sensor:1.5")
+    assert rc == 0 and out == "daemonset.apps/agent image updated\n"
+    rc, out, _ = await gateway.edgectl("rollout", "pause", "deploy/web")
+    assert rc == 0 and out == "deployment.apps/web paused\n"
+    rc, out, _ = await gateway.edgectl("scale", "deploy/web", "--replicas", "4")
+    assert rc == 0 and out == "deployment.apps/web scaled\n"
+    rc, out, _ = await gateway.edgectl("rollout", "restart", "ds/agent")
+    assert rc == 0 and out == "daemonset.apps/agent restarted\n"
+    ds = (await gateway.store.get("daemonsets/default/agent")).value
+    assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "sensor:1.5"
+    assert RESTARTED_AT in ds["spec"]["template"]["metadata"]["annotations"]
+    web = (await gateway.store.get("deployments/default/web")).value
+    assert web["spec"]["paused"] is True and web["spec"]["replicas"] == 4
