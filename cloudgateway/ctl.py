@@ -762,6 +762,9 @@ def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     from . import _ctl_nodes  # label, annotate, taint, cordon, uncordon
 
     _ctl_nodes.register(sub, COMMANDS, _global_flags)
+    from ._ctl_rollout import add_parsers as add_rollout_parsers
+
+    add_rollout_parsers(sub)  # rollout, set image, scale (their handlers set ``run``)
     return p
 
 
@@ -843,7 +846,7 @@ def main(
         server = _server(args)
         client = Client(server, _token(args), timeout or None, _ssl_context(server, args))
         ctx = _Ctx(client, args, out, err, stdin or sys.stdin)
-        return COMMANDS[args.cmd](ctx)
+        return (getattr(args, "run", None) or COMMANDS[args.cmd])(ctx)
     except CtlError as exc:
         err.write(f"{exc}\n")
         return exc.code
