@@ -360,8 +360,9 @@ async def storm(root: Path, store: str, n: int, k: int) -> None:
                     if await trio.to_thread.run_sync(leads, g):
                         leader_at = trio.current_time() - t0
                 await trio.sleep(0.1)
-        took = await fleet.wait(orphans, 300)
+        await fleet.wait(orphans, 300)
         resumed = len(orphans & fleet.synced_at.keys())
+        took = max((fleet.synced_at[i] for i in orphans if i in fleet.synced_at), default=t0) - t0
         await trio.sleep(2)
         stop.set()
         await trio.to_thread.run_sync(th.join)
@@ -372,7 +373,7 @@ async def storm(root: Path, store: str, n: int, k: int) -> None:
         lost = [a for a in acked if a not in names]
         print(
             f"kill -9 of replica 0 (the leader) holding {len(orphans)} nodes: {resumed}/{len(orphans)} "
-            f"resumed on the others in {took:.1f} s, modes {fleet.modes}; new leader after "
+            f"resumed on the others within {took:.1f} s of the kill, modes {fleet.modes}; new leader after "
             f"{leader_at if leader_at is None else round(leader_at, 1)} s; "
             f"{len(acked)} writes acknowledged during the kill, {len(lost)} missing afterwards"
         )
