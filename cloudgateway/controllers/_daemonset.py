@@ -19,7 +19,9 @@ Pause marks, on the DaemonSet's annotations (the user's to remove):
   ``edgeflock.io/paused`` (``rollout resume``) lets the rollout of that same
   revision go on past the threshold (it is not paused again for it).
 
-Status: the counts cover online nodes (see ``_dsplan.py``); the condition
+Status: the counts cover online nodes (see ``_dsplan.py``); offline nodes
+that lack the new revision are listed in ``status.pendingOffline`` (sorted
+names; an edgeflock field, which kubectl ignores) and the condition
 ``NodesOffline`` (status True while some offline node lacks the new revision,
 message ``pending on N offline node(s): a, b``) and ``RolloutPaused`` (True
 with the reason while paused) say the rest. An Event (``RolloutPaused``,
@@ -417,6 +419,10 @@ class DaemonSetController:
             old: dict[str, Any] = dict(cur.value.get("status") or {})
             new = dict(old)
             new.update(plan.status)
+            if plan.pending_offline:
+                new["pendingOffline"] = sorted(plan.pending_offline)
+            else:
+                new.pop("pendingOffline", None)
             if _meta(cur.value).get("generation") == generation:
                 new["observedGeneration"] = generation
             conds = {

@@ -251,6 +251,7 @@ async def test_rolling_update_with_a_board_offline(fleet: Fleet) -> None:
     cond = {c["type"]: c for c in (await f.ds_status()).get("conditions", [])}
     assert cond["NodesOffline"]["status"] == "True"
     assert cond["NodesOffline"]["message"] == "pending on 1 offline node(s): b2"
+    assert (await f.ds_status())["pendingOffline"] == ["b2"]
     # the offline board's old pod is still there, in the store
     pods = (await f.api("GET", f"{PODS}?labelSelector=app%3Dsensor"))["items"]
     assert sorted(p["spec"]["containers"][0]["image"] for p in pods) == ["sensor:1.4", "sensor:1.5"]
