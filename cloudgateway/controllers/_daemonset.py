@@ -42,7 +42,7 @@ import edgeproto
 
 from .._store import UNCHANGED, AlreadyExists, Conflict, NotFound, Record, Store
 from ._dsplan import DsPlan, plan_daemonset
-from ._nodematch import daemon_tolerations
+from ._nodematch import daemon_tolerations, selector_matches
 from ._revisions import (
     HASH_LABEL,
     SAFE_ALPHABET,
@@ -185,7 +185,6 @@ class DaemonSetController:
         meta = _meta(ds)
         if meta.get("deletionTimestamp"):
             return None
-        uid = str(meta.get("uid"))
         _, ns, _ = edgeproto.split_key(key)
         spec = ds.get("spec") or {}
         template = spec.get("template") or {}
@@ -211,11 +210,7 @@ class DaemonSetController:
 
         nodes, _ = await self._store.list("nodes/")
         pod_recs, _ = await self._store.list(f"pods/{ns}/")
-        pods = [
-            p.value
-            for p in pod_recs
-            if _owned_by(p.value, uid) and not _meta(p.value).get("deletionTimestamp")
-        ]
+        pods = await self._claim_pods(ds, pod_recs)
         now = self._clock()
         paused = PAUSED in annotations
         node_values = [n.value for n in nodes]
@@ -233,6 +228,47 @@ class DaemonSetController:
         await self._act(rec, plan, hash_, ns)
         await self._write_status(rec, plan, paused, annotations.get(PAUSED))
         return plan.requeue
+
+    async def _claim_pods(self, ds: Mapping[str, Any], pod_recs: list[Record]) -> list[Any]:
+        """The DaemonSet's live pods, as Kubernetes' ControllerRefManager sees
+        them: pods it controls whose labels still match its selector; pods
+        nobody controls that match it are adopted (left by a DaemonSet deleted
+        with --cascade=orphan: no pod is recreated); its pods whose labels no
+        longer match are released."""
+        uid = str(_meta(ds).get("uid"))
+        selector = (ds.get("spec") or {}).get("selector")
+        out = []
+        for p in pod_recs:
+            meta = _meta(p.value)
+            if meta.get("deletionTimestamp"):
+                continue
+            labels = meta.get("labels") or {}
+            refs = [r for r in meta.get("ownerReferences") or [] if isinstance(r, Mapping)]
+            ours = _owned_by(p.value, uid)
+            matches = selector_matches(selector, labels)
+            if ours and matches:
+                out.append(p.value)
+            elif ours:
+                await self._set_owner(p, [r for r in refs if r.get("uid") != uid])
+            elif matches and not any(r.get("controller") is True for r in refs):
+                adopted = await self._set_owner(p, [*refs, controller_ref(ds)])
+                if adopted is not None:
+                    out.append(adopted)
+        return out
+
+    async def _set_owner(self, rec: Record, refs: list[Any]) -> dict[str, Any] | None:
+        def edit(cur: Record) -> Any:
+            new = copy.deepcopy(cur.value)
+            if refs:
+                new["metadata"]["ownerReferences"] = refs
+            else:
+                new["metadata"].pop("ownerReferences", None)
+            return new
+
+        with contextlib.suppress(NotFound, Conflict):
+            ev = await self._store.modify(rec.key, edit, expect_rev=rec.mod_rev)
+            return ev.record.value if ev is not None else None
+        return None
 
     @staticmethod
     def _pause_reason(plan: DsPlan, limit: Any) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "node_ready",
     "node_taints",
     "scheduler_fit",
+    "selector_matches",
     "toleration_matches",
     "untolerated_taint",
 ]
@@ -108,6 +109,23 @@ def _requirement(labels: Mapping[str, Any], expr: Mapping[str, Any]) -> bool:
             return False
         return have > want if op == "Gt" else have < want
     return False  # an unknown operator matches nothing
+
+
+def selector_matches(selector: Any, labels: Mapping[str, Any]) -> bool:
+    """A ``metav1.LabelSelector`` (``matchLabels`` and ``matchExpressions``
+    ANDed) against ``labels``; an empty selector matches nothing here (a
+    workload's selector is never empty: the API refuses that)."""
+    sel = _map(selector)
+    match = _map(sel.get("matchLabels"))
+    exprs = _list(sel.get("matchExpressions"))
+    if not match and not exprs:
+        return False
+    if any(k not in labels or str(labels[k]) != str(v) for k, v in match.items()):
+        return False
+    return all(
+        e.get("operator") in ("In", "NotIn", "Exists", "DoesNotExist") and _requirement(labels, e)
+        for e in exprs
+    )
 
 
 def _term(node: Mapping[str, Any], term: Mapping[str, Any]) -> bool:

@@ -456,6 +456,18 @@ async def test_orphan_delete_leaves_pods_running(fleet: Fleet) -> None:
     pod = await f.api("GET", f"{PODS}/{name}")
     assert "ownerReferences" not in pod["metadata"]
     assert list(b1.pods()) == [name]
+    # the same DaemonSet applied again adopts its pods: nothing restarts
+    await f.api("POST", DS, daemonset(selector={"site": "a"}))
+    new = await f.api("GET", f"{DS}/sensor")
+
+    async def adopted() -> bool:
+        p = await f.api("GET", f"{PODS}/{name}")
+        refs = p["metadata"].get("ownerReferences") or []
+        return [r["uid"] for r in refs] == [new["metadata"]["uid"]]
+
+    await f.until(adopted)
+    await f.until(lambda: _status_field(f, "sensor", "numberAvailable", 2))
+    assert list(b1.pods()) == [name] and sum(b1.starts.values()) == 1
 
 
 async def _gone(f: Fleet, path: str) -> bool:
