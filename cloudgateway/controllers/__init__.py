@@ -1,7 +1,8 @@
 """Controllers the gateway's leader runs over the store: the runtime
 (``_runtime.py``), garbage collection by ownerReferences (``_gc.py``) and the
-workload controllers."""
+workload controllers (``_daemonset.py``; placement in ``_nodematch.py``)."""
 
+from ._daemonset import DaemonSetController
 from ._gc import GarbageCollector, mark_for_deletion
 from ._runtime import (
     Controller,
@@ -14,6 +15,7 @@ from ._runtime import (
 
 __all__ = [
     "Controller",
+    "DaemonSetController",
     "GarbageCollector",
     "Runtime",
     "WorkQueue",
