@@ -9,8 +9,10 @@ not stall a rollout, the failure threshold, and a restart mid-rollout."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 import trio
 
 import edgeproto
-from cloudgateway._store import SqliteBackend, Store
+from cloudgateway._store import NotFound, SqliteBackend, Store
 from cloudgateway.controllers import run_controllers
 from cloudgateway.controllers._deployment import DeploymentController
 from cloudgateway.controllers._replicaset import ReplicaSetController
@@ -123,6 +125,15 @@ class Boards:
         self.store = store
         self.online = set(names)
         self.reported: dict[str, int] = {}
+        self.hold = False  # True: pods are seen but not reported (a slow image pull)
+        self.held: set[str] = set()
+
+    async def release(self) -> None:
+        self.hold = False
+        for key in sorted(self.held):
+            self.held.discard(key)
+            with contextlib.suppress(NotFound):
+                await self._see(key, (await self.store.get(key)).value)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.store.subscribe() as sub:
@@ -138,9 +149,12 @@ class Boards:
         node_name = pod.get("spec", {}).get("nodeName")
         if node_name not in self.online or key in self.reported:
             return
+        if self.hold:
+            self.held.add(key)
+            return
         self.reported[key] = 1
         image = pod["spec"]["containers"][0]["image"]
-        now = edgeproto.rfc3339(__import__("time").time())
+        now = edgeproto.rfc3339(time.time())
         if image.startswith("bad"):
             waiting = {"waiting": {"reason": "ErrImagePull", "message": "not found"}}
             status = {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}],
@@ -458,16 +472,19 @@ async def test_restart_mid_rollout_continues_from_the_store(
     """The controllers stopped in the middle of a rollout (a gateway restart,
     or a new leader) and fresh ones started: the rollout finishes from what
     the store holds."""
-    await start(nursery, store, ["n1", "n2", "n3"], controllers=False)
+    boards = await start(nursery, store, ["n1", "n2", "n3"], controllers=False)
     async with trio.open_nursery() as first:
         await start_controllers(first, store)
         await store.create(DKEY, web(3))
         await wait_for(lambda: rolled_out(store, 3, "app:1"))
+        boards.hold = True  # the new pods do not come up yet: the rollout stays mid-way
         await set_image(store, "app:2")
         await wait_for(lambda: _with(pods(store), lambda ps: "app:2" in images(ps)))
         first.cancel_scope.cancel()
-    assert not await rolled_out(store, 3, "app:2")
+    assert len(await replicasets(store)) == 2
+    assert images(await pods(store)).count("app:1") == 3  # maxUnavailable 0: all old kept
     await start_controllers(nursery, store)
+    await boards.release()
     await wait_for(lambda: rolled_out(store, 3, "app:2"))
 
 
