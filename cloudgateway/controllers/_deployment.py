@@ -15,7 +15,9 @@ kept in memory: a restarted gateway continues from the store.
 Edge-aware: a pod on an offline node counts as available unless it reported
 a failure (``_rollout``: the board keeps running it), so an offline board
 never stalls a rollout; ``status.offlineReplicas`` counts such pods. When
-more updated pods than ``edgeflock.io/max-failed`` allows report a failure
+more updated pods than ``edgeflock.io/max-failed`` allows (a count or a
+percentage of ``spec.replicas``; 25 % by default, as for DaemonSets) report a
+failure
 (``ErrImagePull``, ``CrashLoopBackOff``, ... or phase Failed), the controller
 pauses the Deployment (``spec.paused: true``, condition Progressing=False
 reason ``FailureThresholdExceeded``) and marks the ReplicaSet
@@ -39,9 +41,11 @@ from .._store import UNCHANGED, AlreadyExists, Conflict, NotFound, Record, Store
 from ._nodematch import node_ready
 from ._pods import available, failure_reason, is_active, owned_by, pod_ready
 from ._rollout import (
+    DEFAULT_MAX_FAILED,
     DESIRED,
     FAILURES_ACCEPTED,
     HASH_LABEL,
+    MAX_FAILED,
     MAX_REPLICAS,
     PAUSED_ON_FAILURES,
     REVISION,
@@ -164,11 +168,7 @@ class DeploymentController:
             else:
                 await self._sync_new_annotations(d, new, olds)
             threshold = failure_threshold(d, _int(spec.get("replicas"), 1))
-            if (
-                threshold is not None
-                and new.failed > threshold
-                and new.annotation(FAILURES_ACCEPTED) is None
-            ):
+            if new.failed > threshold and new.annotation(FAILURES_ACCEPTED) is None:
                 await self._annotate_rs(new, {PAUSED_ON_FAILURES: str(new.failed)})
                 await self._set_paused(rec, True)
                 log.warning("deployment %s paused: %s", key, _threshold_message(d, new))
@@ -504,10 +504,11 @@ def _complete(d: Mapping[str, Any], new: RSView, olds: list[RSView]) -> bool:
 
 
 def _threshold_message(d: Mapping[str, Any], new: RSView) -> str:
-    limit = _map(_map(d.get("metadata")).get("annotations")).get("edgeflock.io/max-failed")
+    limit = _map(_map(d.get("metadata")).get("annotations")).get(MAX_FAILED)
     reasons = ", ".join(f"{n} {r}" for r, n in sorted(new.failure_reasons.items()))
     failed = new.annotation(PAUSED_ON_FAILURES) or str(new.failed)
     return (
-        f'ReplicaSet "{new.name}" paused: {failed} updated pod(s) failed'
-        f"{f' ({reasons})' if reasons else ''}, more than edgeflock.io/max-failed {limit!r}"
+        f'ReplicaSet "{new.name}": {failed} updated pod(s) failed, more than max-failed '
+        f"{limit if limit is not None else DEFAULT_MAX_FAILED} allows"
+        f"{f': {reasons}' if reasons else ''}"
     )

@@ -25,6 +25,7 @@ from typing import Any
 import edgeproto
 
 __all__ = [
+    "DEFAULT_MAX_FAILED",
     "DESIRED",
     "FAILURES_ACCEPTED",
     "HASH_LABEL",
@@ -52,7 +53,7 @@ DESIRED = "deployment.kubernetes.io/desired-replicas"
 MAX_REPLICAS = "deployment.kubernetes.io/max-replicas"
 HASH_LABEL = "pod-template-hash"
 # The failure threshold (shared with the DaemonSet controller): on the workload,
-# an integer or a percentage of the desired replicas (rounded down).
+# an integer or a percentage of the desired replicas.
 MAX_FAILED = "edgeflock.io/max-failed"
 # On a ReplicaSet: the rollout to it was paused by the failure threshold
 # (value: how many of its pods had failed) / the user resumed past it.
@@ -178,20 +179,22 @@ def surge_and_unavailable(d: Mapping[str, Any]) -> tuple[int, int]:
     return surge, unavailable
 
 
-def failure_threshold(workload: Mapping[str, Any], desired: int) -> int | None:
+DEFAULT_MAX_FAILED = "25%"
+
+
+def failure_threshold(workload: Mapping[str, Any], desired: int) -> float:
     """How many failed updated pods the rollout tolerates (``edgeflock.io/
-    max-failed``: a count, or a percentage of ``desired`` rounded down); None
-    when the annotation is absent or malformed."""
+    max-failed``: a count, or a percentage of ``desired``, exact: "25%" of 2
+    is 0.5, so one failure is more than that); 25 % when absent or malformed.
+    The same rule as the DaemonSet controller's."""
     value = _map(_map(workload.get("metadata")).get("annotations")).get(MAX_FAILED)
-    if value is None:
-        return None
-    text = str(value).strip()
+    text = str(value if value is not None else DEFAULT_MAX_FAILED).strip()
     try:
         if text.endswith("%"):
-            return max(0, math.floor(int(text[:-1]) * desired / 100))
-        return max(0, int(text))
+            return max(0.0, float(text[:-1])) * desired / 100
+        return float(max(0, int(text)))
     except ValueError:
-        return None
+        return failure_threshold({}, desired)
 
 
 # ---- one ReplicaSet as the rollout sees it ------------------------------------------

@@ -60,13 +60,13 @@ def test_surge_rounds_up_unavailable_down() -> None:
 
 def test_failure_threshold_annotation() -> None:
     d = deployment(replicas=10)
-    assert failure_threshold(d, 10) is None
-    d["metadata"]["annotations"] = {"edgeflock.io/max-failed": "25%"}
-    assert failure_threshold(d, 10) == 2
+    assert failure_threshold(d, 10) == 2.5  # 25 % by default, exact
+    d["metadata"]["annotations"] = {"edgeflock.io/max-failed": "10%"}
+    assert failure_threshold(d, 3) == pytest.approx(0.3)
     d["metadata"]["annotations"] = {"edgeflock.io/max-failed": "3"}
     assert failure_threshold(d, 10) == 3
     d["metadata"]["annotations"] = {"edgeflock.io/max-failed": "lots"}
-    assert failure_threshold(d, 10) is None
+    assert failure_threshold(d, 10) == 2.5
 
 
 def test_hash_is_stable_and_templates_compare_without_it() -> None:
@@ -431,7 +431,10 @@ async def test_failure_threshold_pauses_resume_accepts_new_template_lifts(
 
     cond = await wait_for(stopped)
     assert cond["status"] == "False"
-    assert "2 updated pod(s) failed (2 ErrImagePull)" in cond["message"], cond
+    assert (
+        "2 updated pod(s) failed, more than max-failed 1 allows: 2 ErrImagePull"
+        in (cond["message"])
+    ), cond
     # Old pods keep serving: maxUnavailable 0 held.
     assert images(await pods(store)).count("app:1") == 4
     # A new template lifts the pause by itself and rolls out.
@@ -455,8 +458,9 @@ async def test_failure_threshold_pauses_resume_accepts_new_template_lifts(
 
 
 async def test_progress_deadline_exceeded(nursery: trio.Nursery, store: Store) -> None:
-    await start(nursery, store, ["n1"])
-    await store.create(DKEY, web(1, image="bad:1", progressDeadlineSeconds=1))
+    boards = await start(nursery, store, ["n1"])
+    boards.hold = True  # the pod never comes up
+    await store.create(DKEY, web(1, progressDeadlineSeconds=1))
 
     async def timed_out() -> bool:
         st = await dstatus(store)
