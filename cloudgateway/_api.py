@@ -65,7 +65,6 @@ from ._validate import (
     is_label_value,
     is_qualified_name,
     validate,
-    validate_update,
 )
 from .controllers._gc import Propagation, mark_for_deletion
 
@@ -935,22 +934,24 @@ class ApiServer:
         )
 
     def _validate(
-        self, t: _Target, obj: Any, name: str | None, fields: _UnknownFields | None = None
+        self,
+        t: _Target,
+        obj: Any,
+        name: str | None,
+        fields: _UnknownFields | None = None,
+        *,
+        old: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         found: list[str] = []
         try:
-            out = validate(t.resource, obj, namespace=t.namespace, name=name, unknown=found)
+            out = validate(
+                t.resource, obj, namespace=t.namespace, name=name, unknown=found, old=old
+            )
         except Invalid as exc:
             raise self._invalid(exc) from None
         if fields is not None:
             fields.check(found)
         return out
-
-    def _validate_update(self, t: _Target, cur: Record, new: dict[str, Any]) -> None:
-        try:
-            validate_update(t.resource, cur.value, new)
-        except Invalid as exc:
-            raise self._invalid(exc) from None
 
     def _openapi(self, req: Request, path: str) -> Response:
         if req.method not in ("GET", "HEAD"):
@@ -1051,12 +1052,12 @@ class ApiServer:
         assert t.name is not None
         body = _parse_json(req.body)
         fields = _UnknownFields.of(req)
-        obj = self._validate(t, body, t.name, fields)
-        expect = _resource_version(obj, "metadata.resourceVersion")
+        name = t.name
+        self._validate(t, body, name, fields)  # refused before the store is read
+        expect = _resource_version(body, "metadata.resourceVersion")
 
         def edit(cur: Record) -> dict[str, Any]:
-            self._validate_update(t, cur, obj)
-            new = dict(obj)
+            new = self._validate(t, body, name, old=cur.value)  # and what may not change
             if "status" in cur.value:
                 new["status"] = cur.value["status"]
             else:
@@ -1267,8 +1268,7 @@ class ApiServer:
         fields = _UnknownFields.of(req)
 
         def edit(cur: Record) -> dict[str, Any]:
-            obj = self._validate(t, patched(cur), name, fields)
-            self._validate_update(t, cur, obj)
+            obj = self._validate(t, patched(cur), name, fields, old=cur.value)
             if "status" in cur.value:
                 obj["status"] = cur.value["status"]
             else:
@@ -1332,9 +1332,7 @@ class ApiServer:
                 raise _apply_conflict(exc, name, t.resource.name) from None
             except SsaError as exc:
                 raise ApiError(422, "Invalid", str(exc), name=name, kind=t.resource.name) from None
-            obj = self._validate(t, obj, name, fields)
-            if cur is not None:
-                self._validate_update(t, cur, obj)
+            obj = self._validate(t, obj, name, fields, old=None if cur is None else cur.value)
             if cur is not None and "status" in cur.value:
                 obj["status"] = cur.value["status"]
             else:

@@ -124,17 +124,9 @@ def _count(description: str) -> Schema:
 
 def _rolling(kind: str, surge: str, unavailable: str) -> Schema:
     return obj(
-        "How a rolling update proceeds.",
-        {"maxSurge": _int_or_string(surge), "maxUnavailable": _int_or_string(unavailable)},
+        f"How a rolling update proceeds. maxSurge: {surge} maxUnavailable: {unavailable}",
+        {"maxSurge": INT_OR_STRING, "maxUnavailable": INT_OR_STRING},
         name=f"{APPS}.RollingUpdate{kind}",
-    )
-
-
-def _int_or_string(description: str) -> Schema:
-    return Schema(
-        description=description,
-        format=INT_OR_STRING.format,
-        name=INT_OR_STRING.name,
     )
 
 

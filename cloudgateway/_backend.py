@@ -340,7 +340,14 @@ def place(node_of: NodeOf, key: str, obj: dict[str, Any]) -> str | None:
 
 
 SPEC_GENERATION: Final = frozenset(
-    {"daemonsets", "deployments", "replicasets", "nodegroups", "edgeapplications"}
+    {
+        "daemonsets",
+        "deployments",
+        "replicasets",
+        "controllerrevisions",
+        "nodegroups",
+        "edgeapplications",
+    }
 )
 """Resources whose ``metadata.generation`` counts changes of ``.spec`` only (as
 Kubernetes counts a workload's: its controllers compare it with

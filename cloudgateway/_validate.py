@@ -30,7 +30,6 @@ __all__ = [
     "Cause",
     "Invalid",
     "validate",
-    "validate_update",
 ]
 
 MAX_OBJECT_BYTES = 1 << 20  # etcd's default request limit is 1.5 MiB; stay under it
@@ -123,6 +122,7 @@ def validate(
     namespace: str | None,
     name: str | None,
     unknown: list[str] | None = None,
+    old: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A normalized copy of ``obj`` as a ``resource`` object, or ``Invalid``.
 
@@ -130,7 +130,9 @@ def validate(
     URL has none); the object's own must agree with them. The object is checked
     against its kind's schema (``_apischema``); fields the schema does not know
     are dropped, as a Kubernetes API server drops them, and their paths appended
-    to ``unknown`` when a list is given (for ``fieldValidation``)."""
+    to ``unknown`` when a list is given (for ``fieldValidation``). ``old``, on an
+    update, is the stored object: what may not change (a workload's selector, a
+    revision's data) is checked against it."""
     kind = resource.kind
     if not isinstance(obj, dict):
         raise Invalid(kind, name or "", [Cause("", INVALID, "the object must be a JSON object")])
@@ -176,6 +178,10 @@ def validate(
             )
     else:
         meta.pop("namespace", None)
+    if kind in APPS_CHECKS:
+        # A workload's status is its controller's, written through /status only:
+        # a create or update of the object leaves it as it was (Kubernetes drops it).
+        out.pop("status", None)
     status = out.get("status")
     if status is not None and not isinstance(status, dict):
         causes.bad("status", "must be an object")
@@ -194,6 +200,10 @@ def validate(
     if apps_check is not None:
         for field, reason, message in apps_check(out):
             causes.bad(field, message, reason)
+    update_check = APPS_UPDATE_CHECKS.get(kind)
+    if update_check is not None and old is not None:
+        for field, reason, message in update_check(old, out):
+            causes.bad(field, message, reason)
     try:
         text = json.dumps(out, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         size = len(text.encode())
@@ -205,18 +215,6 @@ def validate(
     if causes.items:
         raise Invalid(kind, oname if isinstance(oname, str) else (name or ""), causes.items)
     return out
-
-
-def validate_update(resource: edgeproto.Resource, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """``Invalid`` if ``new`` (a validated object) changes what may not change
-    in ``old`` (the stored one): a workload's selector, a revision's data."""
-    check = APPS_UPDATE_CHECKS.get(resource.kind)
-    if check is None:
-        return
-    causes = [Cause(field, reason, message) for field, reason, message in check(old, new)]
-    if causes:
-        name = (new.get("metadata") or {}).get("name")
-        raise Invalid(resource.kind, name if isinstance(name, str) else "", causes)
 
 
 # ---- the schema walk ---------------------------------------------------------------
