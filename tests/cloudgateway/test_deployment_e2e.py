@@ -22,6 +22,7 @@ import trio_websocket as tws
 import edgeproto
 from cloudgateway.controllers import run_controllers
 from cloudgateway.controllers._deployment import DeploymentController
+from cloudgateway.controllers._gc import GarbageCollector
 from cloudgateway.controllers._replicaset import ReplicaSetController
 from cloudgateway.controllers._scheduler import Scheduler
 from edgeproto import AgentSync, Kind, Message
@@ -160,7 +161,12 @@ async def fleet(nursery: trio.Nursery, tmp_path: Path) -> Fleet:
     await nursery.start(
         run_controllers,
         store,
-        [Scheduler(store), ReplicaSetController(store), DeploymentController(store)],
+        [
+            Scheduler(store),
+            ReplicaSetController(store),
+            DeploymentController(store),
+            GarbageCollector(store),
+        ],
     )
     return Fleet(gw, nursery, tmp_path)
 
@@ -331,3 +337,39 @@ async def test_bad_image_pauses_at_the_threshold(fleet: Fleet) -> None:
     await ok(gw, "rollout", "status", "deploy/web", "--timeout=60s")
     images = sorted(p["spec"]["containers"][0]["image"] for p in await pods(gw))
     assert images == ["app:1"] * 3
+
+
+async def test_delete_removes_replicasets_and_pods_orphan_keeps_them(fleet: Fleet) -> None:
+    gw = fleet.gw
+    for name in ("pi-1", "pi-2"):
+        await fleet.add(name)
+    await ok(gw, "apply", "-f", "-", stdin=manifest(2))
+    await ok(gw, "rollout", "status", "deploy/web", "--timeout=60s")
+    await ok(gw, "delete", "deploy/web", "--cascade=orphan")
+    rss = (await get(gw, "/apis/apps/v1/namespaces/default/replicasets"))["items"]
+    assert len(rss) == 1
+
+    async def orphaned() -> bool:
+        (rs,) = (await get(gw, "/apis/apps/v1/namespaces/default/replicasets"))["items"]
+        return not rs["metadata"].get("ownerReferences")
+
+    await wait_for(orphaned)
+    assert len(await pods(gw)) == 2  # the orphaned ReplicaSet keeps its pods
+    await ok(gw, "delete", "rs", "--all")
+
+    async def gone() -> bool:
+        return not await pods(gw)
+
+    await wait_for(gone)
+    # A deployment deleted in the background takes its ReplicaSets and pods along.
+    await ok(gw, "apply", "-f", "-", stdin=manifest(2))
+    await ok(gw, "rollout", "status", "deploy/web", "--timeout=60s")
+    await ok(gw, "delete", "deploy/web")
+
+    async def all_gone() -> bool:
+        rss = (await get(gw, "/apis/apps/v1/namespaces/default/replicasets"))["items"]
+        return not rss and not await pods(gw)
+
+    await wait_for(all_gone)
+    for board in fleet.boards.values():
+        await wait_for(lambda b=board: not b.pods)  # the boards were told to stop them
