@@ -406,7 +406,8 @@ class DeploymentController:
                 await self._scale(d, target, replicas)
             return
         if (
-            new is not None and new.replicas == replicas and new.available >= replicas
+            new is not None and new.replicas == replicas
+            and new.effective_available >= replicas
             and new.annotation(DESIRED) == str(replicas)
         ):  # fmt: skip
             for v in olds:

@@ -30,6 +30,7 @@ from cloudgateway.controllers._rollout import (
     failure_threshold,
     new_rs_replicas,
     old_scale_down,
+    proportional_scale,
     same_template,
     scaled_value,
     surge_and_unavailable,
@@ -102,6 +103,20 @@ def test_rolling_steps_as_kubernetes_takes_them() -> None:
     new, old = view("new", 1, 1), view("old", 3, 2)
     old.offline_unconfirmed = 1
     assert old_scale_down(3, 0, new, [old]) == {old.key: 2}
+
+
+def test_proportional_scaling_mid_rollout() -> None:
+    def v(name: str, size: int) -> RSView:
+        return RSView(f"replicasets/default/{name}", {}, 1, 1, size)
+
+    new, old = v("new", 2), v("old", 2)  # 3 replicas, surge 1, mid-rollout
+    assert proportional_scale(6, 2, [old, new], [new, old]) == {new.key: 4, old.key: 4}
+    new, old = v("new", 1), v("old", 2)
+    # Shares by size, the rounding leftover to the largest.
+    assert proportional_scale(10, 3, [old, new], [new, old]) == {old.key: 9, new.key: 4}
+    new, old = v("new", 3), v("old", 1)
+    assert proportional_scale(2, 1, [old, new], [new, old]) == {new.key: 2}
+    assert proportional_scale(0, 0, [old, new], [new, old]) == {new.key: 0, old.key: 0}
 
 
 # ---- controllers on a real store ------------------------------------------------------
@@ -381,6 +396,34 @@ async def test_pause_holds_the_template_resume_rolls_it(
     assert images(await pods(store)) == ["app:1"] * 3
     await patch_spec(store, paused=False)
     await wait_for(lambda: rolled_out(store, 3, "app:2"))
+
+
+async def test_scaled_in_the_middle_of_a_rollout(nursery: trio.Nursery, store: Store) -> None:
+    """A scale while two ReplicaSets are active shares the change between them
+    (proportional scaling); the rollout then finishes at the new size."""
+    boards = await start(nursery, store, ["n1", "n2", "n3"])
+    await store.create(DKEY, web(4))
+    await wait_for(lambda: rolled_out(store, 4, "app:1"))
+    boards.hold = True
+    await set_image(store, "app:2")
+
+    async def two_active() -> bool:
+        rss = await replicasets(store)
+        return sum(1 for r in rss.values() if r["spec"]["replicas"] > 0) == 2
+
+    await wait_for(two_active)
+    await patch_spec(store, replicas=8)
+
+    async def shared() -> dict[str, int] | None:
+        rss = await replicasets(store)
+        sizes = {r["spec"]["template"]["spec"]["containers"][0]["image"]: r["spec"]["replicas"]
+                 for r in rss.values()}  # fmt: skip
+        return sizes if sum(sizes.values()) == 10 else None  # 8 + surge 2
+
+    sizes = await wait_for(shared)
+    assert sizes["app:1"] > 4 and sizes["app:2"] > 1  # both grew
+    await boards.release()
+    await wait_for(lambda: rolled_out(store, 8, "app:2"))
 
 
 async def _observed(store: Store) -> bool:
