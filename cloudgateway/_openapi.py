@@ -73,10 +73,13 @@ def _schema_json(s: Schema, ref: str, *, expand: bool = False, v3: bool = True) 
     out = {}
     if s.description:
         out["description"] = s.description
-    if s.type is not None:
-        out["type"] = s.type
-    if s.format is not None:
-        out["format"] = s.format
+    if s.format == "int-or-percent":  # Kubernetes' IntOrString, as its documents write it
+        out["type"], out["format"] = "string", "int-or-string"
+    else:
+        if s.type is not None:
+            out["type"] = s.type
+        if s.format is not None:
+            out["format"] = s.format
     if s.enum:
         out["enum"] = list(s.enum)
     if s.minimum is not None:

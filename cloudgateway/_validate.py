@@ -37,6 +37,7 @@ _SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 _LABEL = re.compile(_DNS_LABEL)
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_PERCENT = re.compile(r"[0-9]+%")
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,13 @@ FORMATS: dict[str, Check] = {
         lambda v: v.lower() in _PROPERTY_TYPES,
         "{v!r}: one of " + ", ".join(_PROPERTY_TYPES),
         NOT_SUPPORTED,
+    ),
+    "int-or-percent": _rule(
+        lambda v: (
+            (isinstance(v, int) and not isinstance(v, bool))
+            or (isinstance(v, str) and _PERCENT.fullmatch(v) is not None)
+        ),
+        "{v!r}: must be a whole number or a percentage such as '25%'",
     ),
     "number-or-string": _rule(
         lambda v: isinstance(v, str | int | float) and not isinstance(v, bool),

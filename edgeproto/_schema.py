@@ -16,6 +16,9 @@ from typing import Any
 from ._errors import ProtocolError
 
 __all__ = [
+    "APPS_GROUP",
+    "CLOUD_ONLY",
+    "KUBEEDGE_APPS_GROUP",
     "RESOURCES",
     "Resource",
     "key_of",
@@ -30,6 +33,8 @@ __all__ = [
 ]
 
 DEVICES_GROUP = "devices.kubeedge.io"
+APPS_GROUP = "apps"
+KUBEEDGE_APPS_GROUP = "apps.kubeedge.io"
 
 _RFC3339 = "%Y-%m-%dT%H:%M:%SZ"  # how Kubernetes writes times: UTC, whole seconds
 
@@ -62,6 +67,7 @@ class Resource:
     version: str  # "v1"
     namespaced: bool
     short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()  # discovery's categories: "all" for ``kubectl get all``
 
     @property
     def api_version(self) -> str:
@@ -80,7 +86,43 @@ RESOURCES: tuple[Resource, ...] = (
     # KubeEdge's device API, so existing Device/DeviceModel manifests apply unchanged.
     Resource("devices", "Device", DEVICES_GROUP, "v1beta1", True, ("device", "dev")),
     Resource("devicemodels", "DeviceModel", DEVICES_GROUP, "v1beta1", True, ("devicemodel", "dm")),
+    # Fleet workloads (apps/v1, and KubeEdge's node groups): cloud-only, like
+    # namespaces. Controllers in the gateway turn them into pods; only those
+    # pods (bound by spec.nodeName) reach boards.
+    Resource("daemonsets", "DaemonSet", APPS_GROUP, "v1", True, ("daemonset", "ds"), ("all",)),
+    Resource(
+        "deployments", "Deployment", APPS_GROUP, "v1", True, ("deployment", "deploy"), ("all",)
+    ),
+    Resource("replicasets", "ReplicaSet", APPS_GROUP, "v1", True, ("replicaset", "rs"), ("all",)),
+    Resource(
+        "controllerrevisions", "ControllerRevision", APPS_GROUP, "v1", True, ("controllerrevision",)
+    ),
+    Resource(
+        "nodegroups", "NodeGroup", KUBEEDGE_APPS_GROUP, "v1alpha1", False, ("nodegroup", "ng")
+    ),
+    Resource(
+        "edgeapplications",
+        "EdgeApplication",
+        KUBEEDGE_APPS_GROUP,
+        "v1alpha1",
+        True,
+        ("edgeapplication", "edgeapp"),
+    ),
 )
+
+CLOUD_ONLY: frozenset[str] = frozenset(
+    {
+        "events",
+        "namespaces",
+        "daemonsets",
+        "deployments",
+        "replicasets",
+        "controllerrevisions",
+        "nodegroups",
+        "edgeapplications",
+    }
+)
+"""Resources ``owner_node`` places on no node, whatever their fields say."""
 
 _BY_NAME = {r.name: r for r in RESOURCES}
 _BY_KIND = {r.kind: r for r in RESOURCES}
@@ -132,8 +174,10 @@ def owner_node(key: str, obj: Mapping[str, Any]) -> str | None:
     resource, _, name = split_key(key)
     if resource == "nodes":
         return name
-    if resource in ("events", "namespaces"):
-        return None  # events are about nodes, namespaces organise the cloud: never sent
+    if resource in CLOUD_ONLY:
+        # events are about nodes, namespaces organise the cloud, workloads become
+        # pods in the cloud (a pod template's nodeName or label is no placement)
+        return None
     spec = obj.get("spec")
     if isinstance(spec, Mapping):
         node = spec.get("nodeName")

@@ -29,6 +29,7 @@ from cloudgateway._errors import GatewayError
 from cloudgateway._http import HttpConfig
 from cloudgateway._store import SqliteBackend, Store
 from cloudgateway._validate import MAX_OBJECT_BYTES, Invalid, validate
+from tests.cloudgateway.apps_fixtures import SAMPLES
 from tests.cloudgateway.test_http import GUARD, Client, fetch
 from tests.conftest import wait_for
 
@@ -231,7 +232,12 @@ async def test_discovery(api: Api) -> None:
     status, body = await api.call("GET", "/apis")
     assert status == 200 and body["kind"] == "APIGroupList"
     groups = {g["name"]: g for g in body["groups"]}
-    assert list(groups) == ["authorization.k8s.io", "devices.kubeedge.io"]
+    assert list(groups) == [
+        "apps",
+        "apps.kubeedge.io",
+        "authorization.k8s.io",
+        "devices.kubeedge.io",
+    ]
     devices = groups["devices.kubeedge.io"]
     assert devices["preferredVersion"]["groupVersion"] == "devices.kubeedge.io/v1beta1"
     status, body = await api.call("GET", "/apis/devices.kubeedge.io/v1beta1")
@@ -1058,6 +1064,7 @@ def near_valid(draw: st.DrawFn) -> tuple[edgeproto.Resource, Any]:
             "message": "m",
         },
         "Namespace": {"kind": "Namespace", "metadata": {"name": "team"}},
+        **{kind: make() for kind, make in SAMPLES.items()},
     }[resource.kind]
     obj = json.loads(json.dumps(base))
     for _ in range(draw(st.integers(1, 3))):

@@ -438,7 +438,7 @@ def test_kinds_and_durations() -> None:
     for text, want in (("cm", "configmaps"), ("no", "nodes"), ("Secret", "secrets")):
         assert ctl.resolve_kind(text).name == want
     with pytest.raises(ctl.CtlError):
-        ctl.resolve_kind("deployments")
+        ctl.resolve_kind("statefulsets")
     cases = {
         0: "0s",
         59: "59s",

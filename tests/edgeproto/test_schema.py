@@ -25,6 +25,50 @@ def test_owner_node() -> None:
     assert owner_node("configmaps/d/c", {"metadata": {"labels": "junk"}}) is None
 
 
+WORKLOADS = (
+    ("daemonsets", "DaemonSet", "apps/v1", True, ("daemonset", "ds")),
+    ("deployments", "Deployment", "apps/v1", True, ("deployment", "deploy")),
+    ("replicasets", "ReplicaSet", "apps/v1", True, ("replicaset", "rs")),
+    ("controllerrevisions", "ControllerRevision", "apps/v1", True, ("controllerrevision",)),
+    ("nodegroups", "NodeGroup", "apps.kubeedge.io/v1alpha1", False, ("nodegroup", "ng")),
+    (
+        "edgeapplications",
+        "EdgeApplication",
+        "apps.kubeedge.io/v1alpha1",
+        True,
+        ("edgeapplication", "edgeapp"),
+    ),
+)
+
+
+@pytest.mark.parametrize(("name", "kind", "api_version", "namespaced", "shorts"), WORKLOADS)
+def test_workload_kinds_are_registered_and_on_no_node(
+    name: str, kind: str, api_version: str, namespaced: bool, shorts: tuple[str, ...]
+) -> None:
+    r = edgeproto.resource_by_name(name)
+    assert (r.kind, r.api_version, r.namespaced, r.short_names) == (
+        kind,
+        api_version,
+        namespaced,
+        shorts,
+    )
+    assert edgeproto.resource_by_kind(kind) is r
+    assert r.categories == (
+        ("all",) if name in ("daemonsets", "deployments", "replicasets") else ()
+    )
+    ns = "default" if namespaced else ""
+    key = edgeproto.make_key(name, ns, "w")
+    assert key_of({"kind": kind, "metadata": {"name": "w"}}) == key
+    # Whatever a workload carries (a template's nodeName, the node label), it
+    # stays in the cloud: only the pods its controller makes reach boards.
+    obj = {
+        "metadata": {"labels": {edgeproto.NODE_LABEL: "pi-1"}},
+        "spec": {"nodeName": "pi-1", "template": {"spec": {"nodeName": "pi-1"}}},
+    }
+    assert owner_node(key, obj) is None
+    assert list(referenced_keys(key, obj)) == []
+
+
 def test_referenced_keys_cover_all_reference_kinds() -> None:
     pod = {
         "spec": {
