@@ -22,7 +22,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import trio
 import yaml
@@ -65,6 +65,7 @@ from ._validate import (
     is_qualified_name,
     validate,
 )
+from .controllers._gc import Propagation, mark_for_deletion
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +476,29 @@ def _dry_run(req: Request) -> bool:
                 400, "BadRequest", f'invalid dryRun value {v!r}: the only supported value is "All"'
             )
     return bool(values)
+
+
+def _propagation(req: Request, opts: Any) -> Propagation:
+    """DeleteOptions' ``propagationPolicy`` (body, where kubectl puts it, or
+    query), or the deprecated ``orphanDependents``; Background by default."""
+    policy: Any = None
+    orphan: Any = None
+    if isinstance(opts, dict):
+        policy, orphan = opts.get("propagationPolicy"), opts.get("orphanDependents")
+    policy = policy or req.query.get("propagationPolicy", [None])[-1]
+    if policy is None and orphan is not None:
+        policy = "Orphan" if orphan is True or orphan == "true" else "Background"
+    if policy is None:
+        return "Background"
+    if policy not in ("Background", "Foreground", "Orphan"):
+        raise ApiError(
+            422,
+            "Invalid",
+            f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: '
+            f'"{policy}": supported values: "Foreground", "Background", "Orphan"',
+            causes=[{"reason": "FieldValueNotSupported", "field": "propagationPolicy"}],
+        )
+    return cast(Propagation, policy)
 
 
 def _field_manager(req: Request) -> str:
@@ -1270,6 +1294,7 @@ class ApiServer:
         assert t.name is not None
         expect: int | None = None
         uid: Any = None
+        opts: Any = None
         if req.body.strip():
             opts = _parse_json(req.body, "DeleteOptions")
             pre = opts.get("preconditions") if isinstance(opts, dict) else None
@@ -1301,6 +1326,19 @@ class ApiServer:
             if expect is not None and expect != cur.mod_rev:
                 raise self._conflict(t, t.name)
             return json_response(200, cur.value)
+        policy = _propagation(req, opts)
+        if policy != "Background" and t.resource.name not in ("namespaces", "nodes"):
+            # marked (deletionTimestamp + finalizer); the garbage collector
+            # orphans or deletes the dependents, then the object
+            now = _now()
+            try:
+                marked = await self._store.modify(
+                    t.key, lambda cur: mark_for_deletion(cur.value, policy, now), expect_rev=expect
+                )
+                value = marked.record.value if marked is not None else (await self._get(t)).value
+            except StoreError as exc:
+                raise self._store_error(t, t.name, exc) from None
+            return json_response(200, value)
         try:
             ev = await self._delete_key(t.resource, t.key, expect)
         except StoreError as exc:

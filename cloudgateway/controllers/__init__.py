@@ -2,6 +2,7 @@
 (``_runtime.py``), garbage collection by ownerReferences (``_gc.py``) and the
 workload controllers."""
 
+from ._gc import GarbageCollector, mark_for_deletion
 from ._runtime import (
     Controller,
     Runtime,
@@ -13,9 +14,11 @@ from ._runtime import (
 
 __all__ = [
     "Controller",
+    "GarbageCollector",
     "Runtime",
     "WorkQueue",
     "controller_owner_key",
+    "mark_for_deletion",
     "owner_keys",
     "run_controllers",
 ]
