@@ -296,6 +296,9 @@ _NODE_GROUP_SPEC = obj(
             "Labels selecting nodes into the group.",
             keys="qualified-name",
         ),
+        "topologyEnabled": boolean(
+            "Members also get the label topology.kubernetes.io/zone: <group>."
+        ),
     },
     name=f"{KUBEEDGE_APPS}.NodeGroupSpec",
 )
@@ -390,10 +393,13 @@ _OVERRIDERS = obj(
             "Argument changes.",
         ),
         "resourcesOverriders": array(
-            _container_overrider(
-                "resources",
-                open_obj("Requests and limits (a core/v1 ResourceRequirements)."),
-                ("add", "remove", "replace"),
+            obj(  # KubeEdge's ResourcesOverrider has no operator: values replace
+                "A change to one container's resources.",
+                {
+                    "containerName": string("The container.", format="non-empty"),
+                    "value": open_obj("Requests and limits (a core/v1 ResourceRequirements)."),
+                },
+                required=("containerName",),
             ),
             "Resource changes.",
         ),
@@ -434,7 +440,7 @@ EDGE_APPLICATION = kind_schema(
                             ),
                             "Node groups.",
                         ),
-                        "targetNodeLabelSelectors": array(
+                        "targetNodeLabels": array(
                             open_obj("Nodes by labels, and overriders."), "Label selectors."
                         ),
                     },
@@ -451,12 +457,13 @@ EDGE_APPLICATION = kind_schema(
                         "A workload: which (identifier), and its state.",
                         {
                             "identifier": open_obj("group, version, kind, namespace, name."),
-                            "conditions": string("Applied, Processing, Failed or Unknown."),
+                            "conditions": string("Processing or Available."),
                             "status": open_obj("The workload's own status."),
                         },
                     ),
                     "One per workload.",
                 ),
+                "conditions": _conditions("EdgeApplication"),  # edgeflock's ManifestsApplied
             },
             name=f"{KUBEEDGE_APPS}.EdgeApplicationStatus",
         ),
