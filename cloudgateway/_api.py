@@ -38,6 +38,7 @@ from ._openapi import openapi_v2, openapi_v3, openapi_v3_index
 from ._patch import PatchError, apply_json_patch, apply_strategic_merge_patch, merge_patch
 from ._podstream import StreamOpener, exec_in_pod, exec_websocket, pod_logs, wants_websocket
 from ._revocation import revocation_key, revoke_node
+from ._scale import SCALE_API_VERSION, scale_of, scaled_replicas
 from ._ssa import ApplyConflict, SsaError, conflict_message, path_text, record_update
 from ._ssa import apply as ssa_apply
 from ._store import (
@@ -64,6 +65,7 @@ from ._validate import (
     is_label_value,
     is_qualified_name,
     validate,
+    validate_update,
 )
 from .controllers._gc import Propagation, mark_for_deletion
 
@@ -378,9 +380,6 @@ def _translate(ev: Event, match: Selector) -> tuple[str, dict[str, Any]] | None:
     if now:
         return ("MODIFIED" if before else "ADDED", ev.record.value)
     return ("DELETED", ev.record.value) if before else None
-
-
-_SUBRESOURCES = {"pods": (*_POD_STREAMS, "status"), "nodes": ("status", "revocation")}
 
 
 _BAD_TARGET = re.compile("[\x00-\x1f\x7f\ufffd]")
@@ -754,16 +753,23 @@ class ApiServer:
             shorts = [s for s in r.short_names if s not in (r.kind.lower(), r.name)]
             if shorts:
                 entry["shortNames"] = shorts
+            if r.categories:
+                entry["categories"] = list(r.categories)
             items.append(entry)
-            items.append(
-                {
-                    "name": f"{r.name}/status",
+            for sub in r.subresources:
+                if sub in _POD_STREAMS or sub == "revocation":
+                    continue  # not listed (as before: kubectl finds them by path)
+                item: dict[str, Any] = {
+                    "name": f"{r.name}/{sub}",
                     "singularName": "",
                     "namespaced": r.namespaced,
                     "kind": r.kind,
                     "verbs": _STATUS_VERBS,
                 }
-            )
+                if sub == "scale":
+                    group_, version_ = SCALE_API_VERSION.split("/")
+                    item.update(group=group_, version=version_, kind="Scale")
+                items.append(item)
         if (group, version) == ("", "v1"):
             for name, (kind, aliases) in _ABSENT.items():
                 items.append(
@@ -810,15 +816,7 @@ class ApiServer:
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
         res = self._by_path.get((group, version, rest[0]))
-        pods = res is not None and res.name == "pods"
-        nodes = res is not None and res.name == "nodes"
-        allowed = (
-            (*_POD_STREAMS, "status")
-            if pods
-            else ("status", "revocation")
-            if nodes
-            else ("status",)
-        )
+        allowed = res.subresources if res is not None else ()
         if res is None or len(rest) > 3 or (len(rest) == 3 and rest[2] not in allowed):
             raise _not_found_path(path)
         name = rest[1] if len(rest) >= 2 else None
@@ -854,6 +852,8 @@ class ApiServer:
             return await self._pod_stream(req, t)
         if t.subresource == "revocation":
             return await self._revocation(req, t)
+        if t.subresource == "scale":
+            return await self._scale(req, t)
         if m in ("GET", "HEAD"):
             rec = await self._get(t)
             if _wants_table(req) and t.subresource is None:
@@ -945,6 +945,12 @@ class ApiServer:
         if fields is not None:
             fields.check(found)
         return out
+
+    def _validate_update(self, t: _Target, cur: Record, new: dict[str, Any]) -> None:
+        try:
+            validate_update(t.resource, cur.value, new)
+        except Invalid as exc:
+            raise self._invalid(exc) from None
 
     def _openapi(self, req: Request, path: str) -> Response:
         if req.method not in ("GET", "HEAD"):
@@ -1049,6 +1055,7 @@ class ApiServer:
         expect = _resource_version(obj, "metadata.resourceVersion")
 
         def edit(cur: Record) -> dict[str, Any]:
+            self._validate_update(t, cur, obj)
             new = dict(obj)
             if "status" in cur.value:
                 new["status"] = cur.value["status"]
@@ -1072,6 +1079,20 @@ class ApiServer:
         dry_run: bool = False,
         manager: str | None = None,
     ) -> Response:
+        """``_modify`` answered with the object written."""
+        obj = await self._modify(t, expect, edit, status=status, dry_run=dry_run, manager=manager)
+        return json_response(200, obj)
+
+    async def _modify(
+        self,
+        t: _Target,
+        expect: int | None,
+        edit: Callable[[Record], Any],
+        *,
+        status: bool = False,
+        dry_run: bool = False,
+        manager: str | None = None,
+    ) -> dict[str, Any]:
         """Write ``edit(current)``; with ``expect`` (the client's resourceVersion)
         a concurrent write is a Conflict; without it the edit applies to the current object.
         With ``dry_run`` the same checks run and the answer is what would be
@@ -1096,13 +1117,68 @@ class ApiServer:
             except StoreError as exc:
                 raise self._store_error(t, t.name, exc) from None
             obj["metadata"]["resourceVersion"] = str(cur.mod_rev)
-            return json_response(200, obj)
+            return obj
         try:
             ev = await self._store.modify(t.key, edit, status=status, expect_rev=expect)
         except StoreError as exc:
             raise self._store_error(t, t.name, exc) from None
         assert ev is not None  # the API's edits always write
-        return json_response(200, ev.record.value)
+        return ev.record.value
+
+    async def _scale(self, req: Request, t: _Target) -> Response:
+        """``/scale``: a workload's replicas as an autoscaling/v1 Scale; PUT and
+        PATCH (merge, strategic merge, JSON patch on the Scale) write
+        ``spec.replicas`` and nothing else."""
+        assert t.name is not None
+        name = t.name
+        if req.method in ("GET", "HEAD"):
+            return json_response(200, scale_of((await self._get(t)).value))
+        if req.method == "PUT":
+            body = _parse_json(req.body)
+            expect = _resource_version(body, "metadata.resourceVersion")
+
+            def wanted(cur: Record) -> Any:
+                return body
+
+        elif req.method == "PATCH":
+            ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype not in (_STRATEGIC_PATCH, _MERGE_PATCH, _JSON_PATCH):
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format ({ctype or 'none'}); "
+                    f"accepted on scale: {_STRATEGIC_PATCH}, {_MERGE_PATCH}, {_JSON_PATCH}",
+                )
+            patch = _parse_json(req.body, "patch")
+            expect = None
+
+            def wanted(cur: Record) -> Any:
+                try:
+                    if ctype == _JSON_PATCH:
+                        return apply_json_patch(scale_of(cur.value), patch)
+                    return merge_patch(scale_of(cur.value), patch)  # a Scale has no lists
+                except PatchError as exc:
+                    raise ApiError(422, "Invalid", str(exc), name=name, kind="scale") from None
+
+        else:
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}")
+
+        def edit(cur: Record) -> dict[str, Any]:
+            try:
+                replicas = scaled_replicas(name, wanted(cur))
+            except Invalid as exc:
+                raise self._invalid(exc) from None
+            obj: dict[str, Any] = json.loads(json.dumps(cur.value))
+            spec = obj.get("spec")
+            if not isinstance(spec, dict):
+                spec = obj["spec"] = {}
+            spec["replicas"] = replicas
+            return obj
+
+        obj = await self._modify(
+            t, expect, edit, dry_run=_dry_run(req), manager=_field_manager(req)
+        )
+        return json_response(200, scale_of(obj))
 
     async def _replace_status(self, req: Request, t: _Target) -> Response:
         assert t.name is not None
@@ -1192,6 +1268,7 @@ class ApiServer:
 
         def edit(cur: Record) -> dict[str, Any]:
             obj = self._validate(t, patched(cur), name, fields)
+            self._validate_update(t, cur, obj)
             if "status" in cur.value:
                 obj["status"] = cur.value["status"]
             else:
@@ -1256,6 +1333,8 @@ class ApiServer:
             except SsaError as exc:
                 raise ApiError(422, "Invalid", str(exc), name=name, kind=t.resource.name) from None
             obj = self._validate(t, obj, name, fields)
+            if cur is not None:
+                self._validate_update(t, cur, obj)
             if cur is not None and "status" in cur.value:
                 obj["status"] = cur.value["status"]
             else:

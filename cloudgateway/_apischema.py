@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Final
 
-from ._appsschema import APPS_KIND_SCHEMAS
+from ._appsschema import APPS_KIND_SCHEMAS, SCALE
 from ._schemabase import (
     CONDITIONS,
     CORE,
@@ -37,7 +37,7 @@ from ._schemabase import (
     string,
 )
 
-__all__ = ["KIND_SCHEMAS", "Schema", "named_schemas"]
+__all__ = ["KIND_SCHEMAS", "SCALE", "Schema", "named_schemas"]
 
 
 POD = kind_schema(

@@ -30,7 +30,13 @@ from ._schemabase import (
     string,
 )
 
-__all__ = ["APPS_KIND_SCHEMAS", "INT_OR_STRING", "LABEL_SELECTOR", "POD_TEMPLATE_SPEC"]
+__all__ = [
+    "APPS_KIND_SCHEMAS",
+    "INT_OR_STRING",
+    "LABEL_SELECTOR",
+    "POD_TEMPLATE_SPEC",
+    "SCALE",
+]
 
 INT_OR_STRING = Schema(
     description="A whole number or a percentage such as '25%'.",
@@ -46,7 +52,7 @@ _REQUIREMENT = obj(
             "In, NotIn, Exists or DoesNotExist.", enum=("In", "NotIn", "Exists", "DoesNotExist")
         ),
         "values": array(
-            string(""),
+            string("", format="label-value"),
             "Values for In and NotIn (at least one); empty for Exists and DoesNotExist.",
         ),
     },
@@ -66,6 +72,7 @@ LABEL_SELECTOR = obj(
         "matchExpressions": array(_REQUIREMENT, "Requirements on labels."),
     },
     name=f"{META}.LabelSelector",
+    message="Required value",
 )
 
 POD_TEMPLATE_SPEC = obj(
@@ -73,6 +80,7 @@ POD_TEMPLATE_SPEC = obj(
     "and spec (a Pod's).",
     {"metadata": OBJECT_META, "spec": POD_SPEC},
     name="io.k8s.api.core.v1.PodTemplateSpec",
+    message="Required value",
 )
 
 _REVISION_HISTORY = integer(
@@ -87,15 +95,17 @@ _MIN_READY = integer(
 _SELECTOR = LABEL_SELECTOR
 
 
-def _conditions(kind: str) -> Schema:
+def _conditions(kind: str, *, updated: bool = False) -> Schema:
+    times = {"lastTransitionTime": TIME}
+    if updated:  # only a Deployment's conditions say when they were last updated
+        times["lastUpdateTime"] = TIME
     return merged(
         obj(
             f"A {kind}'s state at a point in time.",
             {
-                "type": string("The condition's type."),
-                "status": string("True, False or Unknown."),
-                "lastUpdateTime": TIME,
-                "lastTransitionTime": TIME,
+                "type": string("The condition's type.", message="Required value"),
+                "status": string("True, False or Unknown.", message="Required value"),
+                **times,
                 "reason": string("Why, in CamelCase."),
                 "message": string("Details, for people."),
             },
@@ -104,6 +114,7 @@ def _conditions(kind: str) -> Schema:
         ),
         "type",
         "Observations of the current state.",
+        unique=True,
     )
 
 
@@ -235,7 +246,7 @@ DEPLOYMENT = kind_schema(
                 "availableReplicas": _count("Pods ready minReadySeconds."),
                 "unavailableReplicas": _count("Pods still needed for 100% availability."),
                 "terminatingReplicas": _count("Pods being terminated."),
-                "conditions": _conditions("Deployment"),
+                "conditions": _conditions("Deployment", updated=True),
                 "collisionCount": _count("Hash collisions of ReplicaSet names."),
             },
             name=f"{APPS}.DeploymentStatus",
@@ -257,7 +268,7 @@ REPLICA_SET = kind_schema(
                 "template": POD_TEMPLATE_SPEC,
             },
             name=f"{APPS}.ReplicaSetSpec",
-            required=("selector",),
+            required=("selector", "template"),
         ),
         "status": obj(
             "What the ReplicaSet controller observed last.",
@@ -309,11 +320,11 @@ NODE_GROUP = kind_schema(
     {
         "spec": _NODE_GROUP_SPEC,
         "status": obj(
-            "The nodes in the group and whether each is ready.",
+            "The nodes selected into the group and whether each is ready.",
             {
                 "nodeStatuses": array(
                     obj(
-                        "A node of the group.",
+                        "A node selected into the group.",
                         {
                             "nodeName": string("The node."),
                             "readyStatus": string(
@@ -326,9 +337,9 @@ NODE_GROUP = kind_schema(
                             "selectionStatusReason": string("Why the selection failed."),
                         },
                         name=f"{KUBEEDGE_APPS}.NodeStatus",
-                        required=("nodeName",),
+                        required=("nodeName", "readyStatus", "selectionStatus"),
                     ),
-                    "One per node.",
+                    "One per node selected.",
                 ),
             },
             name=f"{KUBEEDGE_APPS}.NodeGroupStatus",
@@ -336,40 +347,54 @@ NODE_GROUP = kind_schema(
     },
 )
 
+_ADD_REMOVE = ("add", "remove")
+_ADD_REMOVE_REPLACE = ("add", "remove", "replace")
 
-def _container_overrider(what: str, value: Schema, operators: tuple[str, ...]) -> Schema:
+
+def _container_overrider(
+    name: str, what: str, value: Schema, operators: tuple[str, ...] | None
+) -> Schema:
+    props: dict[str, Schema] = {
+        "containerName": string("The container.", format="non-empty"),
+        "value": value,
+    }
+    if operators is not None:
+        props["operator"] = string(" or ".join(operators) + ".", enum=operators)
     return obj(
         f"A change to one container's {what}.",
-        {
-            "containerName": string("The container.", format="non-empty"),
-            "operator": string(" or ".join(operators) + ".", enum=operators),
-            "value": value,
-        },
-        required=("containerName", "operator"),
+        props,
+        name=f"{KUBEEDGE_APPS}.{name}",
+        required=("containerName", "operator") if operators is not None else ("containerName",),
     )
 
+
+_COMMAND_ARGS = _container_overrider(
+    "CommandArgsOverrider",
+    "command or arguments",
+    array(string(""), "Words appended (add) or deleted (remove)."),
+    _ADD_REMOVE,
+)
 
 _OVERRIDERS = obj(
     "What changes in the group's copy of each manifest.",
     {
-        "replicas": integer("The group's replicas.", minimum=0),
+        "replicas": integer("The group's replicas (a Deployment's).", minimum=0),
         "imageOverriders": array(
             obj(
-                "A change to an image: one component (Registry, Repository or Tag).",
+                "A change to one component of an image: [registry/]repository[:tag].",
                 {
                     "predicate": obj(
                         "Which image: the field path of one (e.g. "
                         "/spec/template/spec/containers/0/image); every container's if absent.",
                         {"path": string("A JSON pointer.", format="non-empty")},
+                        name=f"{KUBEEDGE_APPS}.ImagePredicate",
                         required=("path",),
                     ),
                     "component": string(
                         "Registry, Repository or Tag.", enum=("Registry", "Repository", "Tag")
                     ),
-                    "operator": string(
-                        "add, remove or replace.", enum=("add", "remove", "replace")
-                    ),
-                    "value": string("The new value (add, replace)."),
+                    "operator": string("add, remove or replace.", enum=_ADD_REMOVE_REPLACE),
+                    "value": string("The new value (not empty for add and replace)."),
                 },
                 name=f"{KUBEEDGE_APPS}.ImageOverrider",
                 required=("component", "operator"),
@@ -378,28 +403,24 @@ _OVERRIDERS = obj(
         ),
         "envOverriders": array(
             _container_overrider(
+                "EnvOverrider",
                 "environment",
-                array(open_obj("An environment variable (name, value)."), "Variables."),
-                ("add", "remove", "replace"),
+                array(open_obj("An environment variable (a core/v1 EnvVar)."), "Variables."),
+                _ADD_REMOVE_REPLACE,
             ),
             "Environment changes.",
         ),
-        "commandOverriders": array(
-            _container_overrider("command", array(string(""), "Words."), ("add", "remove")),
-            "Command changes.",
-        ),
-        "argsOverriders": array(
-            _container_overrider("arguments", array(string(""), "Words."), ("add", "remove")),
-            "Argument changes.",
-        ),
+        "commandOverriders": array(_COMMAND_ARGS, "Command changes."),
+        "argsOverriders": array(_COMMAND_ARGS, "Argument changes."),
         "resourcesOverriders": array(
-            obj(  # KubeEdge's ResourcesOverrider has no operator: values replace
-                "A change to one container's resources.",
-                {
-                    "containerName": string("The container.", format="non-empty"),
-                    "value": open_obj("Requests and limits (a core/v1 ResourceRequirements)."),
-                },
-                required=("containerName",),
+            _container_overrider(
+                "ResourcesOverrider",
+                "resources",
+                open_obj(
+                    "Requests and limits (a core/v1 ResourceRequirements) that replace "
+                    "the container's."
+                ),
+                None,
             ),
             "Resource changes.",
         ),
@@ -420,7 +441,7 @@ EDGE_APPLICATION = kind_schema(
                     {
                         "manifests": array(
                             Schema(description="A workload object.", type="object", open=True),
-                            "The manifests (Deployments, ...).",
+                            "The manifests (Deployments, ...), kept as given.",
                         )
                     },
                     name=f"{KUBEEDGE_APPS}.ResourceTemplate",
@@ -432,7 +453,11 @@ EDGE_APPLICATION = kind_schema(
                             obj(
                                 "A node group and its overriders.",
                                 {
-                                    "name": string("The NodeGroup.", format="non-empty"),
+                                    "name": string(
+                                        "The NodeGroup.",
+                                        format="non-empty",
+                                        message="Required value",
+                                    ),
                                     "overriders": _OVERRIDERS,
                                 },
                                 name=f"{KUBEEDGE_APPS}.TargetNodeGroup",
@@ -441,25 +466,47 @@ EDGE_APPLICATION = kind_schema(
                             "Node groups.",
                         ),
                         "targetNodeLabels": array(
-                            open_obj("Nodes by labels, and overriders."), "Label selectors."
+                            obj(
+                                "Nodes by a label selector, and their overriders.",
+                                {"labelSelector": LABEL_SELECTOR, "overriders": _OVERRIDERS},
+                                name=f"{KUBEEDGE_APPS}.TargetNodeLabel",
+                            ),
+                            "Label selectors.",
                         ),
                     },
                     name=f"{KUBEEDGE_APPS}.WorkloadScope",
                 ),
             },
             name=f"{KUBEEDGE_APPS}.EdgeApplicationSpec",
+            required=("workloadScope",),
         ),
         "status": obj(
             "The state of each workload made.",
             {
                 "workloadStatus": array(
-                    open_obj(
-                        "A workload: which (identifier), and its state.",
+                    obj(
+                        "A workload made from a manifest, and its state.",
                         {
-                            "identifier": open_obj("group, version, kind, namespace, name."),
-                            "conditions": string("Processing or Available."),
-                            "status": open_obj("The workload's own status."),
+                            "identifier": obj(
+                                "Which workload: the manifest's index and its identity.",
+                                {
+                                    "ordinal": integer("The manifest's index.", minimum=0),
+                                    "group": string(""),
+                                    "version": string(""),
+                                    "kind": string(""),
+                                    "resource": string(""),
+                                    "namespace": string(""),
+                                    "name": string(""),
+                                },
+                                name=f"{KUBEEDGE_APPS}.ResourceIdentifier",
+                                required=("ordinal",),
+                            ),
+                            "conditions": string(
+                                "Processing or Available.", enum=("Processing", "Available")
+                            ),
                         },
+                        name=f"{KUBEEDGE_APPS}.ManifestStatus",
+                        required=("identifier",),
                     ),
                     "One per workload.",
                 ),
@@ -468,6 +515,32 @@ EDGE_APPLICATION = kind_schema(
             name=f"{KUBEEDGE_APPS}.EdgeApplicationStatus",
         ),
     },
+    required=("spec",),
+)
+
+SCALE = obj(
+    "The scale subresource of a Deployment or ReplicaSet (autoscaling/v1): "
+    "what kubectl scale reads and writes.",
+    {
+        "apiVersion": string("autoscaling/v1."),
+        "kind": string("Scale."),
+        "metadata": OBJECT_META,
+        "spec": obj(
+            "The replicas wanted.",
+            {"replicas": integer("How many pods.", format="int32", minimum=0)},
+            name="io.k8s.api.autoscaling.v1.ScaleSpec",
+        ),
+        "status": obj(
+            "The replicas there are.",
+            {
+                "replicas": integer("Pods the workload has.", format="int32"),
+                "selector": string("The workload's selector, as a label selector string."),
+            },
+            name="io.k8s.api.autoscaling.v1.ScaleStatus",
+            required=("replicas",),
+        ),
+    },
+    name="io.k8s.api.autoscaling.v1.Scale",
 )
 
 APPS_KIND_SCHEMAS: Mapping[str, Schema] = {

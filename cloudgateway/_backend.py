@@ -339,6 +339,15 @@ def place(node_of: NodeOf, key: str, obj: dict[str, Any]) -> str | None:
     return node
 
 
+SPEC_GENERATION: Final = frozenset(
+    {"daemonsets", "deployments", "replicasets", "nodegroups", "edgeapplications"}
+)
+"""Resources whose ``metadata.generation`` counts changes of ``.spec`` only (as
+Kubernetes counts a workload's: its controllers compare it with
+``status.observedGeneration``); a label or annotation change does not move it.
+Other kinds count every change outside ``.status``."""
+
+
 def settle_new(obj: dict[str, Any]) -> None:
     """Set the store-managed metadata of a created object (in place)."""
     meta = obj["metadata"]
@@ -351,7 +360,8 @@ def settle_new(obj: dict[str, Any]) -> None:
 def settle_replacement(prev: Record, obj: dict[str, Any]) -> bool:
     """Set the store-managed metadata of ``obj`` replacing ``prev`` (in place):
     uid and creationTimestamp kept (another uid is a ``Conflict``), generation
-    bumped if the spec changed. True if it did (``spec_rev`` moves)."""
+    bumped if the spec changed (``SPEC_GENERATION``). True if anything outside
+    ``.status`` changed (``spec_rev`` moves)."""
     key = prev.key
     meta = obj["metadata"]
     pmeta = prev.value["metadata"]
@@ -364,10 +374,13 @@ def settle_replacement(prev: Record, obj: dict[str, Any]) -> bool:
     meta.pop("resourceVersion", None)
     meta.pop("generation", None)
     changed = spec_part(obj) != spec_part(prev.value)
+    bumped = changed
+    if key.split("/", 1)[0] in SPEC_GENERATION:
+        bumped = obj.get("spec") != prev.value.get("spec")
     generation = pmeta.get("generation")
     if not isinstance(generation, int) or isinstance(generation, bool):
         generation = 1
-    meta["generation"] = generation + 1 if changed else generation
+    meta["generation"] = generation + 1 if bumped else generation
     return changed
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import edgeproto
 from edgeproto import Resource
 
-from ._apischema import KIND_SCHEMAS, Schema, named_schemas
+from ._apischema import KIND_SCHEMAS, SCALE, Schema, named_schemas
 
 __all__ = ["group_version_paths", "openapi_v2", "openapi_v3", "openapi_v3_index"]
 
@@ -123,16 +123,22 @@ def _gvk(r: Resource) -> dict[str, str]:
 
 
 def _components(resources: Iterable[Resource], ref: str, *, v3: bool) -> dict[str, Any]:
+    resources = list(resources)
     kinds = {r.kind: r for r in resources}
     roots = [KIND_SCHEMAS[k] for k in kinds if k in KIND_SCHEMAS]
     wanted = {s.name for s in roots}
+    scaled = any("scale" in r.subresources for r in resources)
     out: dict[str, Any] = {}
-    for s in named_schemas(roots):
+    for s in named_schemas([*roots, SCALE] if scaled else roots):
         assert s.name is not None
         body = _schema_json(s, ref, expand=True, v3=v3)
         kind = s.name.rsplit(".", 1)[1]
         if s.name in wanted:
             body["x-kubernetes-group-version-kind"] = [_gvk(kinds[kind])]
+        elif s is SCALE:
+            body["x-kubernetes-group-version-kind"] = [
+                {"group": "autoscaling", "version": "v1", "kind": "Scale"}
+            ]
         out[s.name] = body
     return out
 
@@ -172,12 +178,12 @@ def _paths(r: Resource, ref: str, *, v3: bool) -> dict[str, Any]:
             "parameters": [{"name": "body", "in": "body", "required": True, "schema": schema_}],
         }
 
-    def answer(code: str) -> dict[str, Any]:
+    def answer(code: str, schema_: dict[str, Any] = target) -> dict[str, Any]:
         if v3:
             return {
-                code: {"description": "OK", "content": {"application/json": {"schema": target}}}
+                code: {"description": "OK", "content": {"application/json": {"schema": schema_}}}
             }
-        return {code: {"description": "OK", "schema": target}}
+        return {code: {"description": "OK", "schema": schema_}}
 
     def op(verb: str, action: str, suffix: str = "", **extra: Any) -> dict[str, Any]:
         params = list(extra.pop("query", []))
@@ -209,21 +215,33 @@ def _paths(r: Resource, ref: str, *, v3: bool) -> dict[str, Any]:
         "patch": op("patch", "patch", query=writes, body=patch_body),
         "delete": op("delete", "delete", query=[_DRY_RUN]),
     }
-    status = {
-        "parameters": [*scope, param("name")],
-        "get": op("read", "get", "Status"),
-        "put": op(
-            "replace", "put", "Status", query=writes, body=body(["application/json"], target)
-        ),
-        "patch": op("patch", "patch", "Status", query=writes, body=patch_body),
-    }
     collection: dict[str, Any] = {
         "get": op("list", "list", query=_LIST_PARAMS),
         "post": op("create", "post", query=writes, body=body(["application/json"], target)),
     }
     if scope:
         collection["parameters"] = scope
-    return {base: collection, f"{base}/{{name}}": item, f"{base}/{{name}}/status": status}
+    out = {base: collection, f"{base}/{{name}}": item}
+    for sub in ("status", "scale"):
+        if sub not in r.subresources:
+            continue
+        suffix = sub.capitalize()
+        sub_target = target if sub == "status" else {"$ref": f"{ref}{SCALE.name}"}
+        get = op("read", "get", suffix)
+        get["responses"] = answer("200", sub_target)
+        put = op(
+            "replace", "put", suffix, query=writes, body=body(["application/json"], sub_target)
+        )
+        put["responses"] = answer("200", sub_target)
+        patch = op("patch", "patch", suffix, query=writes, body=patch_body)
+        patch["responses"] = answer("200", sub_target)
+        out[f"{base}/{{name}}/{sub}"] = {
+            "parameters": [*scope, param("name")],
+            "get": get,
+            "put": put,
+            "patch": patch,
+        }
+    return out
 
 
 def _v2_param(p: dict[str, Any]) -> dict[str, Any]:

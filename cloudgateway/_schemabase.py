@@ -43,6 +43,7 @@ def obj(
     name: str | None = None,
     required: tuple[str, ...] = (),
     open: bool = False,
+    message: str | None = None,
 ) -> Schema:
     return Schema(
         type="object",
@@ -51,6 +52,7 @@ def obj(
         required=required,
         open=open,
         name=name,
+        message=message,
     )
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import edgeproto
 
+from ._appsvalidate import selector_text
+
 __all__ = [
     "DEFAULT_TABLE",
     "TABLES",
@@ -256,6 +258,144 @@ TABLES["namespaces"] = Table(
         ("STATUS", lambda o, _now: str(get_path(o, "status", "phase") or "Active")),
         ("AGE", _age),
     )
+)
+
+
+# ---- fleet workloads: the columns kubectl's printers show ---------------------------
+
+
+def _count(*path: str) -> Callable[[dict[str, Any], float], str]:
+    def cell(o: dict[str, Any], _now: float) -> str:
+        n = get_path(o, *path)
+        return str(n) if isinstance(n, int) and not isinstance(n, bool) else "0"
+
+    return cell
+
+
+def _replicas(o: dict[str, Any], _now: float) -> str:
+    n = get_path(o, "spec", "replicas")
+    return str(n) if isinstance(n, int) and not isinstance(n, bool) else "1"
+
+
+def _ready_of_replicas(o: dict[str, Any], now: float) -> str:
+    return f"{_count('status', 'readyReplicas')(o, now)}/{_replicas(o, now)}"
+
+
+def _template_containers(o: dict[str, Any]) -> list[dict[str, Any]]:
+    cs = get_path(o, "spec", "template", "spec", "containers")
+    return [c for c in cs if isinstance(c, dict)] if isinstance(cs, list) else []
+
+
+def _containers(o: dict[str, Any], _now: float) -> str:
+    return ",".join(str(c.get("name") or "") for c in _template_containers(o))
+
+
+def _images(o: dict[str, Any], _now: float) -> str:
+    return ",".join(str(c.get("image") or "") for c in _template_containers(o))
+
+
+def _selector(o: dict[str, Any], _now: float) -> str:
+    sel = get_path(o, "spec", "selector")
+    return (selector_text(sel) if isinstance(sel, dict) else "") or "<none>"
+
+
+def _node_selector(o: dict[str, Any], _now: float) -> str:
+    sel = get_path(o, "spec", "template", "spec", "nodeSelector")
+    if not isinstance(sel, dict) or not sel:
+        return "<none>"
+    return ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
+
+
+def _controller(o: dict[str, Any], _now: float) -> str:
+    """``daemonset.apps/agent``: the controlling owner, as kubectl names it."""
+    for ref in get_path(o, "metadata", "ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller") is True:
+            group = str(ref.get("apiVersion") or "").rpartition("/")[0]
+            kind = str(ref.get("kind") or "").lower()
+            return f"{kind}.{group}/{ref.get('name')}" if group else f"{kind}/{ref.get('name')}"
+    return "<none>"
+
+
+def _workload_wide() -> tuple[Column, ...]:
+    return (("CONTAINERS", _containers), ("IMAGES", _images), ("SELECTOR", _selector))
+
+
+def _group_nodes(o: dict[str, Any], _now: float) -> str:
+    statuses = get_path(o, "status", "nodeStatuses")
+    if not isinstance(statuses, list):
+        return "0"
+    return str(
+        sum(1 for s in statuses if isinstance(s, dict) and s.get("selectionStatus") == "Succeeded")
+    )
+
+
+def _match_labels(o: dict[str, Any], _now: float) -> str:
+    labels = get_path(o, "spec", "matchLabels")
+    if not isinstance(labels, dict) or not labels:
+        return "<none>"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _target_groups(o: dict[str, Any], _now: float) -> str:
+    groups = get_path(o, "spec", "workloadScope", "targetNodeGroups")
+    names = [str(g.get("name")) for g in groups or [] if isinstance(g, dict)]
+    return ",".join(names) or "<none>"
+
+
+def _manifests(o: dict[str, Any], _now: float) -> str:
+    ms = get_path(o, "spec", "workloadTemplate", "manifests")
+    return str(len(ms)) if isinstance(ms, list) else "0"
+
+
+TABLES["daemonsets"] = Table(
+    (
+        ("NAME", object_name),
+        ("DESIRED", _count("status", "desiredNumberScheduled")),
+        ("CURRENT", _count("status", "currentNumberScheduled")),
+        ("READY", _count("status", "numberReady")),
+        ("UP-TO-DATE", _count("status", "updatedNumberScheduled")),
+        ("AVAILABLE", _count("status", "numberAvailable")),
+        ("NODE SELECTOR", _node_selector),
+        ("AGE", _age),
+    ),
+    _workload_wide(),
+)
+TABLES["deployments"] = Table(
+    (
+        ("NAME", object_name),
+        ("READY", _ready_of_replicas),
+        ("UP-TO-DATE", _count("status", "updatedReplicas")),
+        ("AVAILABLE", _count("status", "availableReplicas")),
+        ("AGE", _age),
+    ),
+    _workload_wide(),
+)
+TABLES["replicasets"] = Table(
+    (
+        ("NAME", object_name),
+        ("DESIRED", _replicas),
+        ("CURRENT", _count("status", "replicas")),
+        ("READY", _count("status", "readyReplicas")),
+        ("AGE", _age),
+    ),
+    _workload_wide(),
+)
+TABLES["controllerrevisions"] = Table(
+    (
+        ("NAME", object_name),
+        ("CONTROLLER", _controller),
+        ("REVISION", lambda o, _now: str(o.get("revision", 0))),
+        ("AGE", _age),
+    )
+)
+# KubeEdge's CRDs declare no printer columns: kubectl shows NAME and AGE for them.
+TABLES["nodegroups"] = Table(
+    (("NAME", object_name), ("AGE", _age)),
+    (("NODES", _group_nodes), ("MATCH-LABELS", _match_labels)),
+)
+TABLES["edgeapplications"] = Table(
+    (("NAME", object_name), ("AGE", _age)),
+    (("NODE-GROUPS", _target_groups), ("MANIFESTS", _manifests)),
 )
 DEFAULT_TABLE = Table((("NAME", object_name), ("AGE", _age)))
 

@@ -20,9 +20,18 @@ from typing import Any
 import edgeproto
 
 from ._apischema import KIND_SCHEMAS, Schema
+from ._appsvalidate import APPS_CHECKS, APPS_UPDATE_CHECKS
 from ._errors import GatewayError
 
-__all__ = ["FORMATS", "MAX_DEPTH", "MAX_OBJECT_BYTES", "Cause", "Invalid", "validate"]
+__all__ = [
+    "FORMATS",
+    "MAX_DEPTH",
+    "MAX_OBJECT_BYTES",
+    "Cause",
+    "Invalid",
+    "validate",
+    "validate_update",
+]
 
 MAX_OBJECT_BYTES = 1 << 20  # etcd's default request limit is 1.5 MiB; stay under it
 MAX_DEPTH = 64  # nesting of objects and arrays; real manifests stay far below this
@@ -181,6 +190,10 @@ def validate(
     check = _CHECKS.get(kind)
     if check is not None:
         check(out, causes)
+    apps_check = APPS_CHECKS.get(kind)
+    if apps_check is not None:
+        for field, reason, message in apps_check(out):
+            causes.bad(field, message, reason)
     try:
         text = json.dumps(out, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         size = len(text.encode())
@@ -192,6 +205,18 @@ def validate(
     if causes.items:
         raise Invalid(kind, oname if isinstance(oname, str) else (name or ""), causes.items)
     return out
+
+
+def validate_update(resource: edgeproto.Resource, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """``Invalid`` if ``new`` (a validated object) changes what may not change
+    in ``old`` (the stored one): a workload's selector, a revision's data."""
+    check = APPS_UPDATE_CHECKS.get(resource.kind)
+    if check is None:
+        return
+    causes = [Cause(field, reason, message) for field, reason, message in check(old, new)]
+    if causes:
+        name = (new.get("metadata") or {}).get("name")
+        raise Invalid(resource.kind, name if isinstance(name, str) else "", causes)
 
 
 # ---- the schema walk ---------------------------------------------------------------

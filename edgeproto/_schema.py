@@ -68,6 +68,7 @@ class Resource:
     namespaced: bool
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()  # discovery's categories: "all" for ``kubectl get all``
+    subresources: tuple[str, ...] = ("status",)  # served under ``.../NAME/SUBRESOURCE``
 
     @property
     def api_version(self) -> str:
@@ -77,8 +78,8 @@ class Resource:
 RESOURCES: tuple[Resource, ...] = (
     # Namespaces live only in the cloud: ``owner_node`` places none on a node.
     Resource("namespaces", "Namespace", "", "v1", False, ("namespace", "ns")),
-    Resource("nodes", "Node", "", "v1", False, ("node", "no")),
-    Resource("pods", "Pod", "", "v1", True, ("pod", "po")),
+    Resource("nodes", "Node", "", "v1", False, ("node", "no"), (), ("status", "revocation")),
+    Resource("pods", "Pod", "", "v1", True, ("pod", "po"), ("all",), ("log", "exec", "status")),
     Resource("configmaps", "ConfigMap", "", "v1", True, ("configmap", "cm")),
     Resource("secrets", "Secret", "", "v1", True, ("secret",)),
     # Kubernetes Events; edge events ($hw/events/upload/#) arrive as these.
@@ -91,11 +92,35 @@ RESOURCES: tuple[Resource, ...] = (
     # pods (bound by spec.nodeName) reach boards.
     Resource("daemonsets", "DaemonSet", APPS_GROUP, "v1", True, ("daemonset", "ds"), ("all",)),
     Resource(
-        "deployments", "Deployment", APPS_GROUP, "v1", True, ("deployment", "deploy"), ("all",)
+        "deployments",
+        "Deployment",
+        APPS_GROUP,
+        "v1",
+        True,
+        ("deployment", "deploy"),
+        ("all",),
+        ("status", "scale"),
     ),
-    Resource("replicasets", "ReplicaSet", APPS_GROUP, "v1", True, ("replicaset", "rs"), ("all",)),
     Resource(
-        "controllerrevisions", "ControllerRevision", APPS_GROUP, "v1", True, ("controllerrevision",)
+        "replicasets",
+        "ReplicaSet",
+        APPS_GROUP,
+        "v1",
+        True,
+        ("replicaset", "rs"),
+        ("all",),
+        ("status", "scale"),
+    ),
+    # A revision is its data: no status.
+    Resource(
+        "controllerrevisions",
+        "ControllerRevision",
+        APPS_GROUP,
+        "v1",
+        True,
+        ("controllerrevision",),
+        (),
+        (),
     ),
     Resource(
         "nodegroups", "NodeGroup", KUBEEDGE_APPS_GROUP, "v1alpha1", False, ("nodegroup", "ng")
@@ -106,7 +131,7 @@ RESOURCES: tuple[Resource, ...] = (
         KUBEEDGE_APPS_GROUP,
         "v1alpha1",
         True,
-        ("edgeapplication", "edgeapp"),
+        ("edgeapplication", "edgeapp", "eapp"),  # eapp: KubeEdge's own short name
     ),
 )
 

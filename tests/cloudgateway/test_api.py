@@ -273,6 +273,7 @@ async def test_discovery(api: Api) -> None:
             "watch",
         ],
         "shortNames": ["po"],
+        "categories": ["all"],  # kubectl get all
     }
     assert by_name["nodes"]["namespaced"] is False and by_name["nodes"]["shortNames"] == ["no"]
     assert by_name["configmaps"]["shortNames"] == ["cm"]
