@@ -10,6 +10,11 @@ KubeEdge's edgeapplication controller does:
   (``_overriders``) and its pod template's ``nodeSelector`` set to
   ``{apps.kubeedge.io/belonging-to: <group>}`` (replaced, as KubeEdge replaces
   it); with no target groups a Deployment manifest produces nothing;
+- each ``spec.workloadScope.targetNodeLabels[]`` entry likewise gets one
+  Deployment, named ``<manifest name>-ls-<8 hex digits>`` (SHA-256 of the sorted
+  ``matchLabels``, as KubeEdge names it), whose required node affinity is
+  replaced by ``In`` terms for those labels (edgeflock also adds the entry's
+  ``matchExpressions``, which KubeEdge ignores);
 - a manifest of another kind is created once, unchanged;
 - every produced object carries a controlling ownerReference to the
   EdgeApplication (so deleting it deletes them) and the annotation
@@ -38,6 +43,7 @@ manifests producing the same object. The controller turns problems into a
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -180,8 +186,9 @@ def plan_edgeapp(app: Mapping[str, Any]) -> AppPlan:
         )
         manifests = []
     plan.manifests = len(manifests)
-    targets: list[tuple[str, Mapping[str, Any], str]] = []
-    raw_targets = _map(spec.get("workloadScope")).get("targetNodeGroups")
+    targets: list[_Target] = []
+    scope = _map(spec.get("workloadScope"))
+    raw_targets = scope.get("targetNodeGroups")
     seen_groups: set[str] = set()
     for i, t in enumerate(raw_targets if isinstance(raw_targets, list) else []):
         at = f"spec.workloadScope.targetNodeGroups[{i}]"
@@ -195,7 +202,20 @@ def plan_edgeapp(app: Mapping[str, Any]) -> AppPlan:
             )
             continue
         seen_groups.add(name)
-        targets.append((name, _map(_map(t).get("overriders")), f"{at}.overriders"))
+        targets.append(
+            _Target(
+                f"node group {name!r}",
+                name,
+                _map(_map(t).get("overriders")),
+                f"{at}.overriders",
+                group=name,
+            )
+        )
+    raw_labels = scope.get("targetNodeLabels")
+    for i, t in enumerate(raw_labels if isinstance(raw_labels, list) else []):
+        label_target = _label_target(plan, i, _map(t))
+        if label_target is not None:
+            targets.append(label_target)
     owner = owner_reference(app)
     keys: dict[str, int] = {}
     for ordinal, manifest in enumerate(manifests):
@@ -210,25 +230,25 @@ def plan_edgeapp(app: Mapping[str, Any]) -> AppPlan:
         for f in ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"):
             base["metadata"].pop(f, None)
         base.pop("status", None)
-        variants: list[tuple[dict[str, Any], str | None]] = []
+        variants: list[tuple[dict[str, Any], _Target | None]] = []
         if resource.kind == "Deployment":
-            for group, overriders, where in targets:
+            for tgt in targets:
                 try:
-                    obj, notes = apply_overriders(base, overriders, where=where)
+                    obj, notes = apply_overriders(base, tgt.overriders, where=tgt.where)
                 except OverrideError as exc:
                     plan.problems.append(
-                        Problem("OverrideFailed", f"{at} for node group {group!r}: {exc}", ordinal)
+                        Problem("OverrideFailed", f"{at} for {tgt.what}: {exc}", ordinal)
                     )
                     continue
                 for note in notes:
                     plan.problems.append(Problem("OverrideIgnored", note, ordinal, True))
-                obj["metadata"]["name"] = f"{obj['metadata']['name']}-{group}"
+                obj["metadata"]["name"] = f"{obj['metadata']['name']}-{tgt.suffix}"
                 spec_ = obj.get("spec")
                 template = spec_.get("template") if isinstance(spec_, dict) else None
                 pod_spec = template.get("spec") if isinstance(template, dict) else None
                 if isinstance(pod_spec, dict):  # else validation names what is missing
-                    pod_spec["nodeSelector"] = {LABEL_BELONGING_TO: group}
-                variants.append((obj, group))
+                    tgt.pin(pod_spec)
+                variants.append((obj, tgt))
         else:
             variants.append((base, None))
         for obj, target in variants:
@@ -240,7 +260,7 @@ def plan_edgeapp(app: Mapping[str, Any]) -> AppPlan:
                 causes = "; ".join(
                     f"{c.field}: {c.message}" if c.field else c.message for c in exc.causes
                 )
-                for_group = f" for node group {target!r}" if target else ""
+                for_group = f" for {target.what}" if target else ""
                 plan.problems.append(
                     Problem(
                         "InvalidManifest",
@@ -265,8 +285,78 @@ def plan_edgeapp(app: Mapping[str, Any]) -> AppPlan:
                 )
                 continue
             keys[key] = ordinal
-            plan.produced.append(Produced(ordinal, resource, key, _with_last_applied(obj), target))
+            group = target.group if target else None
+            plan.produced.append(Produced(ordinal, resource, key, _with_last_applied(obj), group))
     return plan
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a Deployment manifest goes: a node group, or nodes by labels."""
+
+    what: str  # for messages: "node group 'hangzhou'"
+    suffix: str  # of the produced name
+    overriders: Mapping[str, Any]
+    where: str  # the overriders' field path
+    group: str | None = None
+    requirements: tuple[dict[str, Any], ...] = ()  # node affinity, for label targets
+
+    def pin(self, pod_spec: dict[str, Any]) -> None:
+        """Keep the pod template on the target's nodes, as KubeEdge does: a node
+        group replaces the nodeSelector; labels replace the required node affinity."""
+        if self.group is not None:
+            pod_spec["nodeSelector"] = {LABEL_BELONGING_TO: self.group}
+            return
+        affinity = pod_spec.get("affinity")
+        affinity = dict(affinity) if isinstance(affinity, Mapping) else {}
+        affinity["nodeAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [dict(r) for r in self.requirements]}]
+            }
+        }
+        pod_spec["affinity"] = affinity
+
+
+def label_suffix(match_labels: Mapping[str, str]) -> str:
+    """KubeEdge's name suffix for a label target: ``ls-`` and the first 4 bytes
+    (hex) of SHA-256 over the sorted keys and their values."""
+    h = hashlib.sha256()
+    for k in sorted(match_labels):
+        h.update(k.encode())
+        h.update(str(match_labels[k]).encode())
+    return "ls-" + h.digest()[:4].hex()
+
+
+def _label_target(plan: AppPlan, i: int, t: Mapping[str, Any]) -> _Target | None:
+    """A ``targetNodeLabels`` entry: a Deployment named after its matchLabels,
+    pinned by required node affinity (``In`` for each label; edgeflock also
+    honours ``matchExpressions``, which KubeEdge ignores)."""
+    at = f"spec.workloadScope.targetNodeLabels[{i}]"
+    selector = _map(t.get("labelSelector"))
+    match = _map(selector.get("matchLabels"))
+    if not match:
+        plan.problems.append(
+            Problem(
+                "InvalidScope",
+                f"{at}.labelSelector.matchLabels is required (the workload is named after it)",
+            )
+        )
+        return None
+    reqs = [{"key": k, "operator": "In", "values": [str(match[k])]} for k in sorted(match)]
+    for e in selector.get("matchExpressions") or []:
+        expr = _map(e)
+        req: dict[str, Any] = {"key": expr.get("key"), "operator": expr.get("operator")}
+        if expr.get("values"):
+            req["values"] = list(expr["values"])
+        reqs.append(req)
+    text = ",".join(f"{k}={match[k]}" for k in sorted(match))
+    return _Target(
+        f"node labels {text}",
+        label_suffix({str(k): str(v) for k, v in match.items()}),
+        _map(t.get("overriders")),
+        f"{at}.overriders",
+        requirements=tuple(reqs),
+    )
 
 
 def _resolve(

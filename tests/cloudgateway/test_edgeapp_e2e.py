@@ -234,7 +234,7 @@ async def test_template_and_group_changes_propagate(fleet: Fleet) -> None:
 
     await wait_for(first)
     # someone scales a produced Deployment by hand
-    await fleet.kubectl("patch", "deploy", "nginx-hangzhou", "-p", '{"spec":{"replicas":5}}')
+    await fleet.kubectl("scale", "deploy", "nginx-hangzhou", "--replicas=5")
     # the template moves to another registry; beijing is dropped, shanghai added
     objs = docs()
     app = objs[2]

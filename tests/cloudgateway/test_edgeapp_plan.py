@@ -16,6 +16,7 @@ from cloudgateway.controllers._edgeapp_plan import (
     NotOurs,
     applied_condition,
     create_merge_patch,
+    label_suffix,
     next_object,
     plan_edgeapp,
     workload_status,
@@ -403,6 +404,51 @@ def test_a_group_selector_replaces_the_templates_node_selector() -> None:
     assert plan.produced[0].obj["spec"]["template"]["spec"]["nodeSelector"] == {
         LABEL_BELONGING_TO: "hangzhou"
     }
+
+
+def test_target_node_labels_pin_by_node_affinity() -> None:
+    app = nginx_app()
+    app["spec"]["workloadScope"] = {
+        "targetNodeLabels": [
+            {
+                "labelSelector": {
+                    "matchLabels": {"site": "plant-2", "arch": "arm64"},
+                    "matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}],
+                },
+                "overriders": {"replicas": 4},
+            },
+            {"labelSelector": {"matchExpressions": [{"key": "x", "operator": "Exists"}]}},
+        ]
+    }
+    plan = plan_edgeapp(app)
+    suffix = label_suffix({"arch": "arm64", "site": "plant-2"})
+    assert suffix == label_suffix({"site": "plant-2", "arch": "arm64"})
+    assert len(suffix) == len("ls-") + 8 and suffix.startswith("ls-")
+    dep = plan.produced[0]
+    assert dep.key == f"deployments/default/nginx-{suffix}" and dep.group is None
+    assert dep.obj["spec"]["replicas"] == 4
+    pod_spec = dep.obj["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod_spec
+    assert pod_spec["affinity"]["nodeAffinity"] == {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {"key": "arch", "operator": "In", "values": ["arm64"]},
+                        {"key": "site", "operator": "In", "values": ["plant-2"]},
+                        {"key": "gpu", "operator": "DoesNotExist"},
+                    ]
+                }
+            ]
+        }
+    }
+    assert [(p.reason, p.message) for p in plan.problems] == [
+        (
+            "InvalidScope",
+            "spec.workloadScope.targetNodeLabels[1].labelSelector.matchLabels is required "
+            "(the workload is named after it)",
+        )
+    ]
 
 
 def test_no_target_groups_produce_no_deployments() -> None:
