@@ -31,7 +31,6 @@ __all__ = [
     "GroupPlan",
     "LabelChange",
     "apply_label_change",
-    "groups_of_node",
     "misplaced",
     "plan_group",
     "ready_status",
@@ -191,19 +190,6 @@ def plan_group(
 
 def _leave(node: Mapping[str, Any], group: str) -> LabelChange:
     return LabelChange(_name(node), {}, {LABEL_BELONGING_TO: group, LABEL_TOPOLOGY_ZONE: group})
-
-
-def groups_of_node(node: Mapping[str, Any], groups: Iterable[Mapping[str, Any]]) -> set[str]:
-    """The groups whose membership a change of ``node`` may affect: the one its
-    label names and every group that selects it."""
-    out: set[str] = set()
-    held = _labels(node).get(LABEL_BELONGING_TO)
-    if isinstance(held, str) and held:
-        out.add(held)
-    for g in groups:
-        if selects(g, node) and _name(g):
-            out.add(_name(g))
-    return out
 
 
 def misplaced(

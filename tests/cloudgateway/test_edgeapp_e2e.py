@@ -382,3 +382,44 @@ async def test_deleting_the_edgeapplication_deletes_its_workloads(
         for p in paths:
             obj = await fleet.get(p)
             assert obj is not None and not obj["metadata"].get("ownerReferences")
+
+
+async def test_pods_run_on_their_groups_nodes(fleet: Fleet) -> None:
+    """With the scheduler and the Deployment/ReplicaSet controllers: each
+    group's pods are bound to that group's nodes, follow a node leaving the
+    group, and go with the EdgeApplication."""
+    if "DeploymentController" not in fleet.kinds:
+        pytest.skip("this tree has no Deployment controller")
+    await fleet.add_node("pi-01", location="hangzhou")
+    await fleet.add_node("pi-02", location="hangzhou")
+    await fleet.add_node("pi-03")
+    await fleet.add_node("pi-04", location="elsewhere")
+    await fleet.kubectl("apply", "-f", "-", stdin=KUBEEDGE_YAML)
+
+    async def placement() -> dict[str, list[str]]:
+        pods = await fleet.get("/api/v1/namespaces/default/pods")
+        out: dict[str, list[str]] = {}
+        for p in pods["items"]:
+            owner = (p["metadata"].get("ownerReferences") or [{}])[0].get("name", "")
+            group = "hangzhou" if owner.startswith("nginx-hangzhou-") else "beijing"
+            out.setdefault(group, []).append(p["spec"].get("nodeName") or "-")
+        return {g: sorted(nodes) for g, nodes in out.items()}
+
+    async def placed() -> bool:
+        return await placement() == {"hangzhou": ["pi-01", "pi-02"], "beijing": ["pi-03"]}
+
+    await wait_for(placed, what=lambda: "pods spread over their groups' nodes")
+    # pi-02 leaves hangzhou: its pod is evicted and replaced on hangzhou's other node
+    await fleet.kubectl("label", "node", "pi-02", "location=elsewhere", "--overwrite")
+
+    async def moved() -> bool:
+        return await placement() == {"hangzhou": ["pi-01", "pi-01"], "beijing": ["pi-03"]}
+
+    await wait_for(moved, what=lambda: "hangzhou's pods on pi-01 only")
+    await fleet.kubectl("delete", "edgeapplication", "nginx-app")
+
+    async def no_pods() -> bool:
+        pods = await fleet.get("/api/v1/namespaces/default/pods")
+        return not pods["items"]
+
+    await wait_for(no_pods, what=lambda: "pods deleted with the application")

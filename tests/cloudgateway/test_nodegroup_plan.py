@@ -10,7 +10,6 @@ from cloudgateway.controllers._nodegroup_plan import (
     LABEL_TOPOLOGY_ZONE,
     LabelChange,
     apply_label_change,
-    groups_of_node,
     misplaced,
     plan_group,
     ready_status,
@@ -132,12 +131,6 @@ def test_label_changes_keep_other_labels() -> None:
     assert out is not None
     assert out["metadata"]["labels"] == {"site": "a", "arch": "arm64", LABEL_BELONGING_TO: "a"}
     assert out["status"] == n["status"]
-
-
-def test_groups_a_node_change_concerns() -> None:
-    groups = [group("a", matchLabels={"site": "a"}), group("b", ["pi-01"]), group("c", ["x"])]
-    n = node("pi-01", site="a", **{LABEL_BELONGING_TO: "old"})
-    assert groups_of_node(n, groups) == {"a", "b", "old"}
 
 
 def test_misplaced_pods_are_those_placed_for_a_group_their_node_left() -> None:
