@@ -299,7 +299,9 @@ _NODE_GROUP_SPEC = obj(
             "Labels selecting nodes into the group.",
             keys="qualified-name",
         ),
-        "topologyEnabled": boolean("Service topology within the group (kept, not acted on)."),
+        "topologyEnabled": boolean(
+            "Members also get the label topology.kubernetes.io/zone: <group>."
+        ),
     },
     name=f"{KUBEEDGE_APPS}.NodeGroupSpec",
 )
@@ -500,6 +502,7 @@ EDGE_APPLICATION = kind_schema(
                     ),
                     "One per workload.",
                 ),
+                "conditions": _conditions("EdgeApplication"),  # edgeflock's ManifestsApplied
             },
             name=f"{KUBEEDGE_APPS}.EdgeApplicationStatus",
         ),
