@@ -1,7 +1,8 @@
 """The gateway's parts, wired in one visible list: store, PKI, join service,
 API server, hub, node health and the compactor; on etcd also the replica's
-coordination and peer port (``_replica.py``), with health, compaction and
-event pruning run by the leading replica only."""
+coordination and peer port (``_replica.py``). Health, compaction, event
+pruning and the fleet controllers (``controllers/``) run in the one process, or
+on the leading replica only."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ._nodes import ensure_node
 from ._pki import server_ssl_context
 from ._replica import LeaderWork, Replica
 from ._store import Store
+from .controllers import run_fleet_controllers
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,9 @@ async def run_gateway(
                 functools.partial(api.run, config.api, ssl_context=api_ssl)
             )
             ports = {"hub": hub_port, "join": join_port, "api": api_port}
-            if replica is None:
+            if replica is None:  # one process: it is the leader
+                if config.controllers:
+                    await nursery.start(run_fleet_controllers, store)
                 nursery.start_soon(_compactor, store, config)
                 nursery.start_soon(_event_pruner, store, config.event_ttl)
             else:
@@ -180,7 +184,8 @@ async def run_gateway(
 def _leader_work(replica: Replica, config: GatewayConfig) -> list[LeaderWork]:
     """What only the leading replica does, each on a Store fenced on its term:
     NotReady for nodes no replica holds (measured on the leader's own clock),
-    event pruning and compaction."""
+    event pruning, compaction and the fleet controllers (scheduler, workloads,
+    garbage collection, node groups)."""
 
     async def health(store: Store) -> None:
         coord = replica.coord
@@ -193,7 +198,10 @@ def _leader_work(replica: Replica, config: GatewayConfig) -> list[LeaderWork]:
     async def pruner(store: Store) -> None:
         await _event_pruner(store, config.event_ttl)
 
-    return [health, compactor, pruner]
+    async def controllers(store: Store) -> None:
+        await run_fleet_controllers(store)
+
+    return [health, compactor, pruner, *([controllers] if config.controllers else [])]
 
 
 async def _event_pruner(store: Store, ttl: float) -> None:

@@ -51,6 +51,10 @@ class GatewayConfig:
     grace: float = 40.0
     retain_revisions: int = 100_000
     compact_interval: float = 300.0
+    # Run the fleet controllers (scheduler, workloads, garbage collection, node
+    # groups): in this process, or on the leader of replicas. Off only for tests
+    # and tools that drive controllers themselves.
+    controllers: bool = True
     event_ttl: float = 3600.0  # Events (edge events) are deleted this long after creation
     store: str = "sqlite"  # the fleet's store: cloudgateway._backends.open_backend
     # Replicas (--store etcd): the port other replicas relay logs and exec

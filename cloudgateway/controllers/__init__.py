@@ -1,9 +1,22 @@
 """Controllers the gateway's leader runs over the store: the runtime
-(``_runtime.py``), garbage collection by ownerReferences (``_gc.py``) and the
-workload controllers (``_daemonset.py``; placement in ``_nodematch.py``)."""
+(``_runtime.py``), garbage collection by ownerReferences (``_gc.py``), the
+scheduler (``_scheduler.py``, ``_scheduling.py``; placement rules in
+``_nodematch.py``), the workload controllers (DaemonSet: ``_daemonset.py``,
+``_dsplan.py``, ``_revisions.py``; ReplicaSet and Deployment: ``_replicaset.py``,
+``_deployment.py``, ``_rollout.py``, ``_pods.py``) and KubeEdge's node groups
+(``_nodegroup*.py``, ``_edgeapp*.py``, ``_overriders.py``)."""
 
+from __future__ import annotations
+
+import trio
+
+from .._store import Store
 from ._daemonset import DaemonSetController
+from ._deployment import DeploymentController
+from ._edgeapp import EdgeApplicationController
 from ._gc import GarbageCollector, mark_for_deletion
+from ._nodegroup import NodeGroupController
+from ._replicaset import ReplicaSetController
 from ._runtime import (
     Controller,
     Runtime,
@@ -12,15 +25,43 @@ from ._runtime import (
     owner_keys,
     run_controllers,
 )
+from ._scheduler import Scheduler
 
 __all__ = [
     "Controller",
     "DaemonSetController",
+    "DeploymentController",
+    "EdgeApplicationController",
     "GarbageCollector",
+    "NodeGroupController",
+    "ReplicaSetController",
     "Runtime",
+    "Scheduler",
     "WorkQueue",
     "controller_owner_key",
+    "fleet_controllers",
     "mark_for_deletion",
     "owner_keys",
     "run_controllers",
+    "run_fleet_controllers",
 ]
+
+
+def fleet_controllers(store: Store) -> list[Controller]:
+    """Every controller the gateway runs, each once, over ``store``."""
+    return [
+        GarbageCollector(store),
+        Scheduler(store),
+        DaemonSetController(store),
+        ReplicaSetController(store),
+        DeploymentController(store),
+        NodeGroupController(store),
+        EdgeApplicationController(store),
+    ]
+
+
+async def run_fleet_controllers(
+    store: Store, *, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """``run_controllers`` with every fleet controller (one runtime, one subscription)."""
+    await run_controllers(store, fleet_controllers(store), task_status=task_status)

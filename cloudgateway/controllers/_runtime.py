@@ -49,8 +49,13 @@ class Controller(Protocol):
     key is reconciled again (a pod turning available after minReadySeconds),
     else None. Any exception retries the key with backoff."""
 
-    name: str
-    prefixes: Sequence[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def prefixes(self) -> Sequence[str]:
+        """Store key prefixes whose changes it is told of."""
+        ...
 
     def keys_for(
         self, key: str, value: Mapping[str, Any] | None, prev: Mapping[str, Any] | None

@@ -99,7 +99,7 @@ async def start_controllers(
 
 @pytest.fixture
 async def fleet(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Fleet]:
-    gw = await start_gateway(nursery, tmp_path / "gw", grace=1.0)
+    gw = await start_gateway(nursery, tmp_path / "gw", grace=1.0, controllers=False)
     boards: dict[str, SimBoard] = {}
     for name in ("b1", "b2", "b3"):
         b = SimBoard(gw, name, tmp_path / name)
@@ -340,7 +340,7 @@ async def _is_none(fn: Callable[[], Any]) -> bool:
 
 
 async def test_gateway_restart_mid_rollout_continues(nursery: trio.Nursery, tmp_path: Path) -> None:
-    gw = await start_gateway(nursery, tmp_path / "gw", grace=1.0)
+    gw = await start_gateway(nursery, tmp_path / "gw", grace=1.0, controllers=False)
     boards = []
     for name in ("r1", "r2", "r3"):
         b = SimBoard(gw, name, tmp_path / name)
@@ -367,7 +367,9 @@ async def test_gateway_restart_mid_rollout_continues(nursery: trio.Nursery, tmp_
     )
     scope.cancel()
     await gw.stop()
-    gw2 = await start_gateway(nursery, tmp_path / "gw", ports=gw.ports, grace=1.0)
+    gw2 = await start_gateway(
+        nursery, tmp_path / "gw", ports=gw.ports, grace=1.0, controllers=False
+    )
     for b in boards:
         b.gw = gw2
     scope2, _ = await start_controllers(nursery, gw2)

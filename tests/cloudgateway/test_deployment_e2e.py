@@ -156,7 +156,7 @@ class Fleet:
 
 @pytest.fixture
 async def fleet(nursery: trio.Nursery, tmp_path: Path) -> Fleet:
-    gw = await start_gateway(nursery, tmp_path / "gw", api_tls=True, grace=1.0)
+    gw = await start_gateway(nursery, tmp_path / "gw", api_tls=True, grace=1.0, controllers=False)
     store = gw.store
     await nursery.start(
         run_controllers,

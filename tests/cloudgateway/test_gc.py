@@ -21,7 +21,7 @@ NS = "/api/v1/namespaces/default"
 
 @pytest.fixture
 async def gw(nursery: trio.Nursery, tmp_path: Path) -> Gateway:
-    return await start_gateway(nursery, tmp_path / "gw")
+    return await start_gateway(nursery, tmp_path / "gw", controllers=False)
 
 
 async def start_gc(nursery: trio.Nursery, gw: Gateway) -> trio.CancelScope:

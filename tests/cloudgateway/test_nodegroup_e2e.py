@@ -119,7 +119,9 @@ class Fleet:
 
 @pytest.fixture
 async def fleet(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Fleet]:
-    gw = await start_gateway(nursery, tmp_path / "gw", api_tls=True)  # kubectl wants https
+    gw = await start_gateway(
+        nursery, tmp_path / "gw", api_tls=True, controllers=False
+    )  # kubectl: https
     controllers: list[Any] = [
         NodeGroupController(gw.store),
         EdgeApplicationController(gw.store),
@@ -290,7 +292,7 @@ async def test_membership_is_rebuilt_from_the_store_after_a_restart(
 ) -> None:
     """Labels of a group deleted while no controller ran are removed when one
     starts (it lists the store; it never saw the delete)."""
-    gw = await start_gateway(nursery, tmp_path / "gw")
+    gw = await start_gateway(nursery, tmp_path / "gw", controllers=False)
     for name, labels in (("pi-01", {"site": "a"}), ("pi-02", {"site": "b"})):
         code, obj = await gw.api(
             "POST", "/api/v1/nodes", {"metadata": {"name": name, "labels": labels}}
