@@ -263,9 +263,9 @@ async def latency(root: Path, store: str, writes: int, nodes: int) -> dict[str, 
             await fleet.wait(set(range(nodes)), 300)
             snap = list(fleet.resync_seconds.values())
             # kill -9 the gateway and bring it back: every node resumes from its revision
+            fleet.reset()  # before the kill: nodes resync while the gateway starts
             gw.stop(signal.SIGKILL)
             await trio.to_thread.run_sync(gw.start)
-            fleet.reset()
             await fleet.wait(set(range(nodes)), 300)
             delta = list(fleet.resync_seconds.values())
             modes = dict(fleet.modes)
@@ -286,6 +286,14 @@ async def latency(root: Path, store: str, writes: int, nodes: int) -> dict[str, 
 
 async def storm(root: Path, store: str, n: int, k: int) -> None:
     gws = [replica(root / f"r{j}", store) for j in range(k)]
+    try:
+        await _storm(root, gws, store, n, k)
+    finally:
+        for g in gws:
+            g.stop()
+
+
+async def _storm(root: Path, gws: list[Gateway], store: str, n: int, k: int) -> None:
     await trio.to_thread.run_sync(gws[0].start)
     while not leads(gws[0]):
         await trio.sleep(0.1)
@@ -378,8 +386,6 @@ async def storm(root: Path, store: str, n: int, k: int) -> None:
             f"{len(acked)} writes acknowledged during the kill, {len(lost)} missing afterwards"
         )
         nursery.cancel_scope.cancel()
-    for g in gws:
-        g.stop()
 
 
 async def run(args: argparse.Namespace, root: Path) -> None:
