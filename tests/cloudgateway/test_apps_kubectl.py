@@ -18,7 +18,9 @@ from tests.conftest import Gateway, start_gateway
 
 @pytest.fixture
 async def gw(nursery: trio.Nursery, tmp_path: Path) -> Gateway:
-    return await start_gateway(nursery, tmp_path / "gw", api_tls=True)
+    return await start_gateway(
+        nursery, tmp_path / "gw", api_tls=True, controllers=False
+    )  # the API alone
 
 
 def manifests(tmp_path: Path) -> Path:
