@@ -34,10 +34,13 @@ class View:
 
 
 def compute_view(backend: Backend, node: str, rev: int | None = None) -> View:
-    records: dict[str, Record] = {}
-    for prefix in _OWNED_PREFIXES:
-        for rec in backend.list_by_node(prefix, node, rev=rev):
-            records[rec.key] = rec
+    # One read of everything placed on the node (one range of its index on
+    # etcd, not one per kind), kept to the kinds a view holds.
+    records: dict[str, Record] = {
+        rec.key: rec
+        for rec in backend.list_by_node("", node, rev=rev)
+        if rec.key.startswith(_OWNED_PREFIXES)
+    }
     refs: set[str] = set(records)
     wanted: set[str] = set()
     for rec in records.values():
