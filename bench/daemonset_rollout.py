@@ -201,6 +201,12 @@ async def run(args: argparse.Namespace, root: Path) -> None:
             )
             print(f"{args.boards} boards connected and synced in {took:.1f} s")
 
+            def nodes() -> int:
+                return len(request(gw, "GET", "/api/v1/nodes")["items"])
+
+            while await trio.to_thread.run_sync(nodes) < args.boards:  # Nodes made on connect
+                await trio.sleep(0.2)
+
             def label(b: Board) -> None:
                 patch = {"metadata": {"labels": {"site": "a"}}}
                 request(
@@ -260,7 +266,19 @@ async def run(args: argparse.Namespace, root: Path) -> None:
             sent = sorted(b.bytes - before[b.name] for b in online)
             pod = next(iter(p for k, p in online[0].view.items() if k.startswith("pods/")))
             one_pod = len(edgeproto.encode_object(pod))
-            ds = await trio.to_thread.run_sync(request, gw, "GET", f"{NS}/sensor-agent")
+
+            def settled() -> dict[str, Any] | None:
+                ds = request(gw, "GET", f"{NS}/sensor-agent")
+                st = ds.get("status") or {}
+                done = st.get("updatedNumberScheduled") == st.get("numberAvailable") == len(online)
+                return ds if done else None
+
+            t0 = trio.current_time()
+            while (ds := await trio.to_thread.run_sync(settled)) is None:
+                await trio.sleep(0.2)
+            print(
+                f"DaemonSet status done (kubectl rollout status finishes) {trio.current_time() - t0:.1f} s later"
+            )
             pending = (ds.get("status") or {}).get("pendingOffline") or []
             print(
                 f"v2 (set image) reached all {len(online)} online boards in {took:.1f} s; "

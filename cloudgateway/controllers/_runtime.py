@@ -119,6 +119,9 @@ def controller_owner_key(
 # ---- the work queue ---------------------------------------------------------------
 
 
+_PAGE = 256  # objects per read when relisting
+
+
 class WorkQueue:
     """A deduplicating queue of keys, as client-go's: a key queued while it is
     queued is queued once; a key queued while a worker reconciles it is
@@ -301,9 +304,19 @@ class Runtime:
         self.relists += 1
         prefixes = sorted({p for s in self._slots for p in s.controller.prefixes})
         for prefix in prefixes:
-            records, _ = await self._store.list(prefix)
-            for rec in records:
-                self._dispatch(rec.key, rec.value, None)
+            # In pages, so a relist of a large fleet never holds every object
+            # decoded at once (the allocator would keep that peak). A relist only
+            # nudges level-triggered controllers: pages need not share a revision.
+            after: str | None = None
+            while True:
+                records, _ = await self._store.list(prefix, after=after, limit=_PAGE)
+                for rec in records:
+                    self._dispatch(rec.key, rec.value, None)
+                if len(records) < _PAGE:
+                    break
+                after = records[-1].key
+                del records
+                await trio.lowlevel.checkpoint()
             await trio.lowlevel.checkpoint()
 
     async def _worker(self, slot: _Slot) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgeagent._join import JoinFailed, join
 from tests.conftest import EtcdCluster, wait_for_sync
-from tests.replica_fixtures import Replica
+from tests.replica_fixtures import Replica, leader_of
 
 NS = "/api/v1/namespaces/default"
 
@@ -137,6 +137,48 @@ def test_join_token_raced_on_two_replicas_is_used_once(tmp_path: Path, etcd: Etc
         for t in threads:
             t.join(60)
         assert sorted(v == "joined" for v in results.values()) == [False, True], results
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_controllers_run_on_the_leader_and_move_with_it(tmp_path: Path, etcd: EtcdCluster) -> None:
+    """The fleet controllers run on one replica, the leader, on a fenced store;
+    when it is killed the next leader's controllers carry on from the store."""
+    a = Replica(tmp_path / "gw-a", etcd.url)
+    a.start()  # first: the leader
+    b = Replica(tmp_path / "gw-b", etcd.url)
+    b.start()
+    apps = "/apis/apps/v1/namespaces/default/replicasets"
+    try:
+        wait_for_sync(lambda: leader_of([a, b]) is a, timeout=30, interval=0.2)
+        rs = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "app", "image": "web:1"}]},
+                },
+            },
+        }
+        assert b.api("POST", apps, rs)[0] == 201
+
+        def pods(r: Replica) -> list[str]:
+            code, listed = r.api("GET", f"{NS}/pods?labelSelector=app%3Dweb")
+            return sorted(p["metadata"]["name"] for p in listed["items"]) if code == 200 else []
+
+        first = wait_for_sync(lambda: len(pods(b)) == 2 and pods(b), timeout=30, interval=0.2)
+        a.kill()
+        wait_for_sync(lambda: leader_of([b]) is b, timeout=30, interval=0.2)
+        scale = {"spec": {"replicas": 3}}
+        code, _ = b.api("PATCH", f"{apps}/web", scale, ctype="application/merge-patch+json")
+        assert code == 200
+        now = wait_for_sync(lambda: len(pods(b)) == 3 and pods(b), timeout=30, interval=0.2)
+        assert set(first) <= set(now)  # the first two kept: the new leader went on from the store
     finally:
         a.stop()
         b.stop()
