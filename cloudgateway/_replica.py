@@ -47,12 +47,12 @@ LEASE_TTL = 5  # seconds: a dead replica's sessions and leadership last this lon
 def fenced(store: Store, fence: Fence) -> Store:
     """A Store over ``store``'s etcd backend whose writes also need ``fence``
     (this replica's leadership) to hold: a deposed leader's write fails with
-    ``Fenced`` instead of landing. Not run: its events reach subscribers
-    through ``store``'s watch like any other write."""
+    ``Fenced`` instead of landing. It shares ``store``'s subscriptions (fed by
+    its one watch), so leader work subscribing to it sees every change."""
     with_fence = getattr(store.backend, "with_fence", None)
     if with_fence is None:
         raise GatewayError("fencing needs the etcd store")
-    return Store(with_fence((fence.key, fence.create_revision)), rev=store.current_rev())
+    return store.over(with_fence((fence.key, fence.create_revision)))
 
 
 def _host(config: GatewayConfig) -> str:

@@ -183,6 +183,7 @@ class Store:
         self._follow: Callable[[int], Any] | None = follow if callable(follow) else None
         self._follow_wait = follow_wait
         self._following = False  # run() is following: writers wait for their event
+        self._parent: Store | None = None  # over(): the Store whose watch feeds this one
         self._advanced = trio.Event()
         self.follow_restarts = 0
         self._write_lock = trio.Lock()
@@ -193,6 +194,18 @@ class Store:
         self._published = 0
         self._lost = 0
 
+    def over(self, backend: Backend) -> Store:
+        """A Store writing through ``backend`` (the same store seen another
+        way: fenced on a leader's term, say) that shares this Store's
+        subscriptions and revision: its subscribers get every event this
+        Store's watch publishes, its own writes included."""
+        if self._follow is None:
+            raise StoreError("only a store fed by its watch can be shared this way")
+        child = Store(backend, subscriber_buffer=self._buffer, rev=self._rev)
+        child._subs = self._subs
+        child._parent = self
+        return child
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` in the store's worker thread."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -200,7 +213,7 @@ class Store:
     def current_rev(self) -> int:
         """The revision of the last write published (no I/O); with a follower,
         the revision it has reached (progress included)."""
-        return self._rev
+        return self._parent.current_rev() if self._parent is not None else self._rev
 
     @property
     def follows(self) -> bool:
@@ -364,8 +377,11 @@ class Store:
             raise
         if isinstance(w.outcome, Exception):
             raise w.outcome
-        if isinstance(w.outcome, Event) and self._following:
-            await self._until_published(w.outcome.rev)
+        if isinstance(w.outcome, Event):
+            if self._following:
+                await self._until_published(w.outcome.rev)
+            elif self._parent is not None and self._parent._following:
+                await self._parent._until_published(w.outcome.rev)
         return cast(T, w.outcome)
 
     # ---- reads ------------------------------------------------------------------------
