@@ -486,3 +486,30 @@ async def test_foreground_delete(fleet: Fleet) -> None:
     await f.until(lambda: _gone(f, f"{DS}/sensor"))
     await f.until(lambda: not b1.pods() and not b2.pods())
     assert not (await f.api("GET", PODS))["items"]
+
+
+async def test_a_node_label_change_in_the_middle_of_a_rollout(fleet: Fleet) -> None:
+    """A board that stops matching while a rollout is under way loses its pod
+    and does not hold the rollout; matching again, it gets the current revision."""
+    f = fleet
+    b3 = f.boards["b3"]
+    await f.label("b3", site="a")
+    ds = daemonset(
+        selector={"site": "a"},
+        minReadySeconds=2,  # one board every 2 s at least: the rollout is slow enough to cut into
+        updateStrategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+    )
+    await f.api("POST", DS, ds)
+    await f.until(lambda: _status_field(f, "sensor", "numberAvailable", 3), timeout=30)
+    await set_image(f, "sensor:1.5")
+    await f.label("b3", site=None)  # mid-rollout
+    await f.until(lambda: not b3.pods(), timeout=30)
+    await f.until(
+        lambda: all(list(f.boards[n].images().values()) == [["sensor:1.5"]] for n in ("b1", "b2")),
+        timeout=30,
+    )
+    await f.until(lambda: _status_field(f, "sensor", "updatedNumberScheduled", 2), timeout=30)
+    assert (await f.ds_status())["desiredNumberScheduled"] == 2
+    await f.label("b3", site="a")
+    await f.until(lambda: list(b3.images().values()) == [["sensor:1.5"]], timeout=30)
+    await f.until(lambda: _status_field(f, "sensor", "numberAvailable", 3), timeout=30)

@@ -182,3 +182,42 @@ def test_controllers_run_on_the_leader_and_move_with_it(tmp_path: Path, etcd: Et
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_replica_killed_mid_apply_loses_no_acknowledged_write(
+    tmp_path: Path, etcd: EtcdCluster
+) -> None:
+    """kill -9 of the replica a writer is applying through: every write it
+    acknowledged is in the fleet's store, read through the other replica."""
+    a = Replica(tmp_path / "gw-a", etcd.url)
+    b = Replica(tmp_path / "gw-b", etcd.url)
+    a.start()
+    b.start()
+    try:
+        acked: list[str] = []
+        stop = threading.Event()
+
+        def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                try:
+                    code, _ = a.api("POST", f"{NS}/configmaps", cm(f"m-{i:04d}"), timeout=5)
+                except OSError:
+                    return  # the replica is gone
+                if code == 201:
+                    acked.append(f"m-{i:04d}")
+                i += 1
+
+        t = threading.Thread(target=writer)
+        t.start()
+        wait_for_sync(lambda: len(acked) >= 50, timeout=30, interval=0.05)
+        a.kill()  # mid-stream: some write is in flight
+        t.join(30)
+        stop.set()
+        code, listed = b.api("GET", f"{NS}/configmaps?limit=5000")
+        assert code == 200
+        names = {o["metadata"]["name"] for o in listed["items"]}
+        assert set(acked) <= names, sorted(set(acked) - names)
+    finally:
+        a.stop()
+        b.stop()
