@@ -324,12 +324,12 @@ class EtcdCluster:
     """A real etcd cluster started by ``scripts/etcd`` in ``dir`` (loopback, free
     ports); ``kill``/``restart`` a member for fault tests; ``stop`` stops all."""
 
-    def __init__(self, directory: Path, members: int = 1) -> None:
+    def __init__(self, directory: Path, members: int = 1, *, tls: bool = False) -> None:
         self.dir = directory
         self.members = members
         subprocess.run(
             [sys.executable, str(ETCD_SCRIPT), "start", "--dir", str(directory),
-             "--members", str(members)],
+             "--members", str(members), *(["--tls"] if tls else [])],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
         self.endpoints = (directory / "endpoints").read_text().strip().split(",")
@@ -362,6 +362,17 @@ class EtcdCluster:
 def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
     """A fresh one-member etcd for this test."""
     cluster = EtcdCluster(tmp_path / "etcd")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def etcd_tls(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A fresh one-member etcd that takes only TLS clients with a client
+    certificate (its CA and a client certificate in ``dir / "tls"``)."""
+    cluster = EtcdCluster(tmp_path / "etcd-tls", tls=True)
     try:
         yield cluster
     finally:

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from cloudgateway._backends import etcd_store_url
 from edgeagent._join import JoinFailed, join
 from tests.conftest import EtcdCluster, wait_for_sync
 from tests.replica_fixtures import Replica, leader_of
@@ -221,3 +222,37 @@ def test_a_replica_killed_mid_apply_loses_no_acknowledged_write(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_replica_on_an_etcd_that_requires_client_certificates(
+    tmp_path: Path, etcd_tls: EtcdCluster
+) -> None:
+    """--etcd-ca/--etcd-cert/--etcd-key: the replica and the CLI reach an etcd
+    that takes only TLS clients with a certificate; without them, one clear error."""
+    tls = etcd_tls.dir / "tls"
+    flags = ["--etcd-ca", str(tls / "ca.crt"), "--etcd-cert", str(tls / "client.crt")]
+    flags += ["--etcd-key", str(tls / "client.key")]
+    store = etcd_store_url(
+        etcd_tls.url,
+        ca=str(tls / "ca.crt"),
+        cert=str(tls / "client.crt"),
+        key=str(tls / "client.key"),
+    )
+    a = Replica(tmp_path / "gw-a", store)
+    a.start()
+    try:
+        assert a.api("POST", f"{NS}/configmaps", cm("over-tls"))[0] == 201
+        token = a.cli(
+            "token", "create", "--store", etcd_tls.url, *flags, "--data-dir", str(a.data_dir),
+            "--node", "pi-tls",
+        ).strip()  # fmt: skip
+        join(a.join_url, token, tmp_path / "board")  # the token is in the fleet's store
+        bare = subprocess.run(
+            [sys.executable, "-m", "cloudgateway._cli", "token", "create", "--store",
+             etcd_tls.url, "--data-dir", str(tmp_path / "cli"), "--node", "pi-x"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert bare.returncode == 1
+        assert bare.stderr.strip().splitlines()[-1].startswith("error: etcd unavailable: ")
+    finally:
+        a.stop()
