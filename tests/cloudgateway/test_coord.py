@@ -267,7 +267,7 @@ async def test_sessions_follow_the_hubs_and_a_moved_node_keeps_its_key(
         b.sessions.discard("n2")
         await wait_for(lambda: b.coord.session_owner("n2") == a.coord.replicas()[0])
         for _ in range(10):  # several reconcile rounds of both replicas
-            await trio.sleep(0.1)
+            await trio.sleep(0.1)  # observing that nothing happens: no condition to wait on
         assert etcd_get(etcd, b"/edgeflock/sessions/n2") == b"a"
 
 

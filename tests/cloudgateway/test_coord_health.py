@@ -59,7 +59,7 @@ class Watcher:
         while True:
             for node, values in self.seen.items():
                 values.add(await ready(self.store, node))
-            await trio.sleep(0.02)
+            await trio.sleep(0.02)  # sampling Ready all along the scenario
 
 
 async def test_a_listed_node_is_alive_on_the_leaders_own_clock(tmp_path: Path) -> None:

@@ -434,7 +434,7 @@ async def test_surge_starts_the_new_pod_before_the_old_goes(fleet: Fleet) -> Non
     async def watch_b1() -> None:
         while True:
             seen.append(len(b1.pods()))
-            await trio.sleep(0.01)
+            await trio.sleep(0.01)  # sampling what the board holds, all along the update
 
     async with trio.open_nursery() as n:
         n.start_soon(watch_b1)

@@ -84,7 +84,7 @@ class SimBoard:
 
                 async def ping() -> None:
                     while True:
-                        await trio.sleep(1)
+                        await trio.sleep(1)  # the board's keepalive, as the agent's
                         await self._send(ws, Message(Kind.PING, id=0))
 
                 nursery.start_soon(ping)

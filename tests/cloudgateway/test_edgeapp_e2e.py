@@ -388,8 +388,6 @@ async def test_pods_run_on_their_groups_nodes(fleet: Fleet) -> None:
     """With the scheduler and the Deployment/ReplicaSet controllers: each
     group's pods are bound to that group's nodes, follow a node leaving the
     group, and go with the EdgeApplication."""
-    if "DeploymentController" not in fleet.kinds:
-        pytest.skip("this tree has no Deployment controller")
     await fleet.add_node("pi-01", location="hangzhou")
     await fleet.add_node("pi-02", location="hangzhou")
     await fleet.add_node("pi-03")

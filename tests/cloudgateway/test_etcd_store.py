@@ -243,13 +243,14 @@ async def test_all_of_etcd_gone_then_back(etcd: EtcdCluster, nursery: trio.Nurse
         with pytest.raises(StoreError):
             await store.get("pods/default/b")
         etcd.restart(0)
-        with trio.fail_after(30):
-            while True:
-                try:
-                    ev = await store.update_status("pods/default/a", {"phase": "Running"})
-                    break
-                except Unavailable:
-                    await trio.sleep(0.1)
+
+        async def written() -> Event | None:
+            try:
+                return await store.update_status("pods/default/a", {"phase": "Running"})
+            except Unavailable:
+                return None  # etcd still coming back
+
+        ev = await wait_for(written, timeout=30, interval=0.1)
         assert ev.rev > made.rev and store.current_rev() >= ev.rev
         assert (await store.get("pods/default/a")).value["status"] == {"phase": "Running"}
     finally:

@@ -20,33 +20,21 @@ import pytest
 import trio
 
 from cloudgateway.controllers import Runtime, run_controllers
+from cloudgateway.controllers._deployment import DeploymentController
 from cloudgateway.controllers._edgeapp import EdgeApplicationController
 from cloudgateway.controllers._gc import GarbageCollector
 from cloudgateway.controllers._nodegroup import NodeGroupController
 from cloudgateway.controllers._nodegroup_plan import LABEL_BELONGING_TO
+from cloudgateway.controllers._replicaset import ReplicaSetController
+from cloudgateway.controllers._scheduler import Scheduler
 from tests.cloudgateway import test_kubectl
 from tests.conftest import Gateway, edgectl, start_gateway, wait_for
 
 
 def extra_controllers(gw: Gateway) -> list[Any]:
-    """The scheduler and the workload controllers, where this tree has them
-    (they turn the produced Deployments into pods on the group's nodes)."""
-    out: list[Any] = []
-    try:
-        from cloudgateway.controllers._scheduler import Scheduler
-    except ImportError:
-        return out
-    out.append(Scheduler(gw.store))
-    for mod, cls in (
-        ("cloudgateway.controllers._replicaset", "ReplicaSetController"),
-        ("cloudgateway.controllers._deployment", "DeploymentController"),
-    ):
-        try:
-            module = __import__(mod, fromlist=[cls])
-        except ImportError:
-            continue
-        out.append(getattr(module, cls)(gw.store))
-    return out
+    """The scheduler and the workload controllers (they turn the produced
+    Deployments into pods on the group's nodes)."""
+    return [Scheduler(gw.store), ReplicaSetController(gw.store), DeploymentController(gw.store)]
 
 
 @dataclass
