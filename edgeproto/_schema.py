@@ -131,7 +131,7 @@ RESOURCES: tuple[Resource, ...] = (
         KUBEEDGE_APPS_GROUP,
         "v1alpha1",
         True,
-        ("edgeapplication", "edgeapp", "eapp"),  # eapp: KubeEdge's own short name
+        ("edgeapplication", "edgeapp", "edgeapps", "eapp"),  # eapp: KubeEdge's own
     ),
 )
 

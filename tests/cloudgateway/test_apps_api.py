@@ -339,7 +339,7 @@ async def test_discovery(api: Api) -> None:
     }
     assert by_name["nodegroups"]["namespaced"] is False
     assert by_name["nodegroups"]["shortNames"] == ["ng"]
-    assert by_name["edgeapplications"]["shortNames"] == ["edgeapp", "eapp"]
+    assert by_name["edgeapplications"]["shortNames"] == ["edgeapp", "edgeapps", "eapp"]
 
 
 async def test_openapi_describes_the_workloads(api: Api) -> None:

@@ -695,7 +695,7 @@ async def test_get_workloads_with_kubectls_columns(cl: Cluster) -> None:
     assert rc == 0 and out == ""
     rc, out, _ = await cl.edgectl("get", "ds", "-l", "app=agent", "-o", "json")
     assert [i["metadata"]["name"] for i in json.loads(out)["items"]] == ["agent"]
-    for kind in ("nodegroups", "ng", "edgeapplications", "edgeapp"):
+    for kind in ("nodegroups", "ng", "edgeapplications", "edgeapp", "edgeapps"):
         rc, _, err = await cl.edgectl("get", kind)
         assert rc == 0 and err.startswith("No resources found"), (kind, err)
 

@@ -36,7 +36,7 @@ WORKLOADS = (
         "EdgeApplication",
         "apps.kubeedge.io/v1alpha1",
         True,
-        ("edgeapplication", "edgeapp", "eapp"),
+        ("edgeapplication", "edgeapp", "edgeapps", "eapp"),
     ),
 )
 
