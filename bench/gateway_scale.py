@@ -62,15 +62,31 @@ def make_certs(gw_dir: Path, out: Path, n: int, pki: Any = None) -> None:
 
 
 class Sim:
-    def __init__(self, n: int, url: str, certs: Path) -> None:
+    """``n`` simulated nodes. Node i starts on ``urls[i % len(urls)]``; when a
+    connection fails it moves to a random other URL (when there is one), after
+    full-jitter backoff capped at ``backoff_cap``. ``at``: the URL each node is
+    on; ``synced_at`` and ``resync_seconds``: its first sync since ``reset``."""
+
+    def __init__(
+        self, n: int, urls: str | list[str], certs: Path, *, backoff_cap: float = 60.0
+    ) -> None:
         self.n = n
-        self.url = url
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
         self.certs = certs
+        self.backoff_cap = backoff_cap
+        self.at: dict[int, str] = {}
         self.synced_at: dict[int, float] = {}
+        self.resync_seconds: dict[int, float] = {}
         self.last_rev: dict[int, int] = {}
         self.retries = 0
         self.failures = 0
         self.resync_modes: dict[str, int] = {}
+
+    def reset(self) -> None:
+        self.synced_at.clear()
+        self.resync_seconds.clear()
+        self.resync_modes.clear()
+        self.retries = self.failures = 0
 
     def ctx(self, i: int) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -81,20 +97,17 @@ class Sim:
 
     async def node(self, i: int) -> None:
         ctx = self.ctx(i)
+        url = self.urls[i % len(self.urls)]
         attempt = 0
         while True:
+            self.at[i] = url
             try:
                 async with tws.open_websocket_url(
-                    self.url, ssl_context=ctx, message_queue_size=1, connect_timeout=15
+                    url, ssl_context=ctx, message_queue_size=1, connect_timeout=15
                 ) as ws:
-                    await ws.send_message(
-                        edgeproto.encode_message(
-                            Message(
-                                Kind.HELLO,
-                                body={"node": f"sim-{i:05d}", "last_rev": self.last_rev.get(i, 0)},
-                            )
-                        )
-                    )
+                    t0 = trio.current_time()
+                    hello = {"node": f"sim-{i:05d}", "last_rev": self.last_rev.get(i, 0)}
+                    await ws.send_message(edgeproto.encode_message(Message(Kind.HELLO, body=hello)))
                     while True:
                         with trio.move_on_after(10):
                             msg = edgeproto.decode_message(await ws.get_message())
@@ -112,6 +125,7 @@ class Sim:
                                 if i not in self.synced_at:
                                     mode = "snapshot" if msg.kind is Kind.SNAPSHOT else "delta"
                                     self.resync_modes[mode] = self.resync_modes.get(mode, 0) + 1
+                                    self.resync_seconds[i] = trio.current_time() - t0
                                     self.synced_at[i] = trio.current_time()
                                     attempt = 0
                             continue
@@ -126,8 +140,17 @@ class Sim:
                 ssl.SSLError,
             ):
                 self.failures += 1
-                await trio.sleep(random.random() * min(60, 1.0 * 2**attempt))
+                url = random.choice([u for u in self.urls if u != url] or self.urls)
+                await trio.sleep(random.random() * min(self.backoff_cap, 1.0 * 2**attempt))
                 attempt += 1
+
+    async def wait(self, ids: set[int], timeout: float) -> float:
+        """Seconds until every node of ``ids`` synced (or ``timeout``)."""
+        t0 = trio.current_time()
+        with trio.move_on_after(timeout):
+            while not ids <= self.synced_at.keys():
+                await trio.sleep(0.05)
+        return trio.current_time() - t0
 
     async def wait_all(self, timeout: float) -> float:
         t0 = trio.current_time()
@@ -192,9 +215,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         )
         # Reconnect storm: kill -9 the gateway and bring it back.
         gw.stop(signal.SIGKILL)
-        sim.synced_at.clear()
-        sim.resync_modes.clear()
-        sim.retries = sim.failures = 0
+        sim.reset()
         t0 = trio.current_time()
         await trio.to_thread.run_sync(gw.start)
         cpu0 = cpu_seconds(gw.proc.pid)

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import resource
 import signal
-import ssl
 import statistics
 import subprocess
 import sys
@@ -38,11 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_websocket as tws
 from _harness import Gateway, free_port, machine, rss_kib
-
-import edgeproto
-from edgeproto import Kind, Message
+from gateway_scale import Sim as Fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,96 +143,6 @@ def make_certs(store: str, gw_dir: Path, out: Path, n: int) -> None:
     sign(gw_dir, out, n, load_or_create_pki(out / "pki", ca=trio.run(ca)))
 
 
-class _Retry(Exception):
-    def __init__(self, after: float) -> None:
-        self.after = after
-
-
-class Fleet:
-    """``n`` simulated nodes; node i starts on ``urls[i % len(urls)]`` and, when
-    a connection fails, moves to a random other URL."""
-
-    def __init__(self, n: int, urls: list[str], certs: Path) -> None:
-        self.n = n
-        self.urls = list(urls)
-        self.certs = certs
-        self.at: dict[int, str] = {}
-        self.synced_at: dict[int, float] = {}
-        self.resync_seconds: dict[int, float] = {}
-        self.modes: dict[str, int] = {}
-        self.last_rev: dict[int, int] = {}
-        self.stop: dict[int, trio.Event] = {}
-
-    def ctx(self, i: int) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.load_verify_locations(str(self.certs / "ca.crt"))
-        ctx.load_cert_chain(str(self.certs / f"n{i:05d}.crt"), str(self.certs / "node.key"))
-        return ctx
-
-    def reset(self) -> None:
-        self.synced_at.clear()
-        self.resync_seconds.clear()
-        self.modes.clear()
-
-    async def node(self, i: int) -> None:
-        ctx = self.ctx(i)
-        url = self.urls[i % len(self.urls)]
-        attempt = 0
-        while True:
-            self.at[i] = url
-            try:
-                async with tws.open_websocket_url(
-                    url, ssl_context=ctx, message_queue_size=1, connect_timeout=15
-                ) as ws:
-                    t0 = trio.current_time()
-                    hello = {"node": f"sim-{i:05d}", "last_rev": self.last_rev.get(i, 0)}
-                    await ws.send_message(edgeproto.encode_message(Message(Kind.HELLO, body=hello)))
-                    first = True
-                    while True:
-                        with trio.move_on_after(10):
-                            msg = edgeproto.decode_message(await ws.get_message())
-                            if msg.kind is Kind.ERROR and msg.body.get("code") == "retry":
-                                raise _Retry(float(msg.body.get("retry_after", 1)))
-                            if msg.kind in (Kind.SNAPSHOT, Kind.CHANGE) and not msg.body.get(
-                                "more"
-                            ):
-                                assert msg.rev is not None
-                                self.last_rev[i] = msg.rev
-                                await ws.send_message(
-                                    edgeproto.encode_message(Message(Kind.ACK, rev=msg.rev))
-                                )
-                                if first:
-                                    first = False
-                                    mode = "snapshot" if msg.kind is Kind.SNAPSHOT else "delta"
-                                    self.modes[mode] = self.modes.get(mode, 0) + 1
-                                    self.resync_seconds[i] = trio.current_time() - t0
-                                    self.synced_at[i] = trio.current_time()
-                                    attempt = 0
-                            continue
-                        await ws.send_message(edgeproto.encode_message(Message(Kind.PING, id=1)))
-            except _Retry as r:
-                await trio.sleep(r.after * random.uniform(1, 1.5))
-            except (
-                OSError,
-                tws.HandshakeError,
-                tws.ConnectionClosed,
-                trio.BrokenResourceError,
-                ssl.SSLError,
-            ):
-                others = [u for u in self.urls if u != url] or self.urls
-                url = random.choice(others)
-                await trio.sleep(random.random() * min(10.0, 0.5 * 2**attempt))
-                attempt += 1
-
-    async def wait(self, ids: set[int], timeout: float) -> float:
-        t0 = trio.current_time()
-        with trio.move_on_after(timeout):
-            while not ids <= self.synced_at.keys():
-                await trio.sleep(0.05)
-        return trio.current_time() - t0
-
-
 # ---- 1: latency and resync, sqlite vs etcd ---------------------------------------------
 
 
@@ -268,7 +173,7 @@ async def latency(root: Path, store: str, writes: int, nodes: int) -> dict[str, 
             await trio.to_thread.run_sync(gw.start)
             await fleet.wait(set(range(nodes)), 300)
             delta = list(fleet.resync_seconds.values())
-            modes = dict(fleet.modes)
+            modes = dict(fleet.resync_modes)
             nursery.cancel_scope.cancel()
         return {
             "p50": statistics.median(lat) * 1000,
@@ -307,7 +212,7 @@ async def _storm(root: Path, gws: list[Gateway], store: str, n: int, k: int) -> 
     await trio.to_thread.run_sync(make_certs, store, gws[0].data_dir, certs, n)
     print(f"signed {n} node certificates in {time.monotonic() - t:.1f} s")
     urls = [f"wss://127.0.0.1:{g.ports['hub']}/" for g in gws]
-    fleet = Fleet(n, urls, certs)
+    fleet = Fleet(n, urls, certs, backoff_cap=10.0)
     async with trio.open_nursery() as nursery:
         for i in range(n):
             nursery.start_soon(fleet.node, i)
@@ -381,7 +286,7 @@ async def _storm(root: Path, gws: list[Gateway], store: str, n: int, k: int) -> 
         lost = [a for a in acked if a not in names]
         print(
             f"kill -9 of replica 0 (the leader) holding {len(orphans)} nodes: {resumed}/{len(orphans)} "
-            f"resumed on the others within {took:.1f} s of the kill, modes {fleet.modes}; new leader after "
+            f"resumed on the others within {took:.1f} s of the kill, modes {fleet.resync_modes}; new leader after "
             f"{leader_at if leader_at is None else round(leader_at, 1)} s; "
             f"{len(acked)} writes acknowledged during the kill, {len(lost)} missing afterwards"
         )
