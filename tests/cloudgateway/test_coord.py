@@ -276,10 +276,12 @@ async def test_many_sessions_are_written_in_batches(etcd: EtcdCluster) -> None:
         nodes = {f"pi-{i:04d}" for i in range(450)}
         a.sessions.update(nodes)
         await wait_for(lambda: b.coord.fleet_connected() == nodes)
-        assert a.coord.statistics()["session_puts"] == 450
+        # at most one write per session; a batch whose answer was lost (a deadline
+        # under load) is not counted although it landed, and is not written again
+        assert 450 - 100 <= a.coord.statistics()["session_puts"] <= 450
         a.sessions.clear()
         await wait_for(lambda: b.coord.fleet_connected() == set())
-        assert a.coord.statistics()["session_deletes"] == 450
+        assert 450 - 100 <= a.coord.statistics()["session_deletes"] <= 450
 
 
 # ---- etcd faults
