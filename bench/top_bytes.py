@@ -52,7 +52,7 @@ def stats_reports(gw: Gateway) -> int:
     req.add_header("Authorization", f"Bearer {gw.token}")
     with urllib.request.urlopen(req, timeout=10) as resp:
         text = resp.read().decode()
-    m = re.search(r"^edgeflock_hub_stats_reports (\d+)$", text, re.M)
+    m = re.search(r"^edgeflock_hub_stats_reports(?:_total)?(?:\{[^}]*\})? (\d+)$", text, re.M)
     return int(m.group(1)) if m else 0
 
 

@@ -12,6 +12,9 @@ from typing import Any
 
 import trio
 
+from edgeagent.edged._cri import pb
+from edgeagent.edged._edged import open_cri_client
+from edgeagent.edged._model import LABEL_NAME
 from edgeproto.usage import NodeUsage
 from tests.cloudgateway.test_kubectl import ok, run
 from tests.conftest import edgectl, join_node, start_agent, start_gateway, wait_for
@@ -81,6 +84,14 @@ async def test_top_nodes_and_pods_with_kubectl_and_edgectl(
         assert got["burner"] > 10 * got["idler"]
         node = usage.get(NODE)
         assert node is not None and node.node.memory > 0 and node.node.rate > 0
+        # the agent's call went over grpcio (the default); edged's own h2 client asks the same
+        h2 = open_cri_client(containerd.address, "h2", concurrency=1, timeout=10)
+        try:
+            resp = await h2.call("ListContainerStats", pb.ListContainerStatsRequest())
+        finally:
+            h2.close()
+        burner = [s for s in resp.stats if s.attributes.labels.get(LABEL_NAME) == "burner"]
+        assert burner and burner[0].cpu.usage_core_nano_seconds.value > 0
 
         # kubectl 1.32 itself, through discovery and metrics.k8s.io/v1beta1
         pods = table(await ok(gw, "top", "pods"))
