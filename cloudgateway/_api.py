@@ -30,6 +30,7 @@ import yaml
 import edgeproto
 from edgeproto import Resource
 
+from ._apimetrics import METRICS_GROUP, METRICS_VERSION, MetricsApi, MetricsNotFound
 from ._backend import normalized_object, settle_new, settle_replacement, with_status
 from ._errors import GatewayError
 from ._http import HttpConfig, HttpServer, Request, Response, json_response, status_body
@@ -57,6 +58,7 @@ from ._store import (
 )
 from ._streams import StreamError
 from ._tables import table_of
+from ._usage import UsageCache
 from ._validate import (
     MAX_DEPTH,
     Cause,
@@ -580,6 +582,7 @@ class ApiServer:
         node_names: Callable[[], Iterable[str]] | None = None,
         streams: StreamOpener | None = None,
         metrics: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
+        usage: UsageCache | None = None,
     ) -> None:
         if not admin_token or not admin_token.strip():
             raise GatewayError("the admin token must not be empty")
@@ -588,6 +591,8 @@ class ApiServer:
         self._node_names = node_names
         self._streams = streams
         self._metrics = metrics
+        # metrics.k8s.io (kubectl top), from the usage nodes report to this hub
+        self._usage_api = MetricsApi(store, usage) if usage is not None else None
         self._server: HttpServer | None = None
         self._requests = 0
         self._errors: Counter[int] = Counter()
@@ -696,6 +701,8 @@ class ApiServer:
             raise _not_found_path(path)
         if group == _AUTHZ_GROUP and version == "v1":
             return await self._review(req, rest, path)
+        if group == METRICS_GROUP and self._usage_api is not None:
+            return await self._node_usage(req, version, rest, path)
         if not rest:
             return self._discovery(req, self._resource_list(group, version, path))
         if (group, version) == ("", "v1"):
@@ -719,6 +726,8 @@ class ApiServer:
 
     def _group_list(self) -> dict[str, Any]:
         groups: dict[str, list[str]] = {_AUTHZ_GROUP: ["v1"]}
+        if self._usage_api is not None:
+            groups[METRICS_GROUP] = [METRICS_VERSION]
         for r in edgeproto.RESOURCES:
             if r.group and r.version not in groups.setdefault(r.group, []):
                 groups[r.group].append(r.version)
@@ -732,6 +741,8 @@ class ApiServer:
         versions = [r.version for r in edgeproto.RESOURCES if r.group == group]
         if group == _AUTHZ_GROUP:
             versions = ["v1"]
+        if group == METRICS_GROUP and self._usage_api is not None:
+            versions = [METRICS_VERSION]
         if not group or not versions:
             raise _not_found_path(path)
         return {"kind": "APIGroup", "apiVersion": "v1", **_group_body(group, versions)}
@@ -1529,6 +1540,23 @@ class ApiServer:
             "status": status,
         }
         return json_response(201, answer)
+
+    async def _node_usage(self, req: Request, version: str, rest: list[str], path: str) -> Response:
+        """``metrics.k8s.io/v1beta1``: NodeMetrics and PodMetrics (``_apimetrics``)."""
+        assert self._usage_api is not None
+        if version != METRICS_VERSION or any(not p for p in rest):
+            raise _not_found_path(path)
+        if req.method not in ("GET", "HEAD"):
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}")
+        if req.flag("watch"):
+            raise ApiError(405, "MethodNotAllowed", f"watch is not supported on {req.path}")
+        try:
+            resp = await self._usage_api.serve(req, rest, self._selector(req))
+        except MetricsNotFound as exc:
+            raise ApiError(404, "NotFound", str(exc), name=exc.name, kind=exc.kind) from None
+        if resp is None:
+            raise _not_found_path(path)
+        return resp
 
     async def _revocation(self, req: Request, t: _Target) -> Response:
         """``POST nodes/X/revocation``: lock out every certificate of X issued

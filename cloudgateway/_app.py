@@ -125,6 +125,7 @@ async def run_gateway(
         node_names=hub.connected_nodes,
         streams=replica.routed if replica is not None else hub,
         metrics=statistics,
+        usage=hub.usage,
     )
 
     try:
