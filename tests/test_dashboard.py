@@ -104,7 +104,8 @@ async def test_login_nodes_pods_events_and_missing_objects(
     )
     arch = await b.js(text_of(card + " .arch"))
     assert arch and arch != "unknown"
-    assert await b.js(text_of(card + " .heartbeat time"))
+    assert await b.js(text_of(card + " .heartbeat")) == "connected"
+    assert await b.js(text_of(card + " .ready-since time"))
 
     # A pod bound to the node appears on its card through the watch.
     pod = {
@@ -128,7 +129,9 @@ async def test_login_nodes_pods_events_and_missing_objects(
         f"const e = document.querySelector('{card} .ready'); return e && e.textContent === 'NotReady'",
         what="pi-ui NotReady",
     )
-    assert await b.js(f"return document.querySelector('{card} .offline-since time') !== null")
+    offline = await b.js(f"return document.querySelector('{card} .offline-since time').dataset.ms")
+    heard = await b.js(f"return document.querySelector('{card} .heartbeat time').dataset.ms")
+    assert int(heard) < int(offline)  # last heard from before it was declared offline
     assert "1 NotReady" in await b.js(text_of(".summary"))
     await b.screenshot(tmp_path / "03-node-not-ready.png")
 
@@ -172,6 +175,49 @@ async def test_login_nodes_pods_events_and_missing_objects(
     msg = await b.wait_js(text_of(".not-found"), what="a not-found message")
     assert 'Device "default/no-such-device" does not exist' in msg
     await b.screenshot(tmp_path / "05-not-found.png")
+
+    # Many devices: read a page at a time (limit/continue), each page live.
+    model = {
+        "apiVersion": "devices.kubeedge.io/v1beta1",
+        "kind": "DeviceModel",
+        "metadata": {"name": "counter"},
+        "spec": {"protocol": "modbus", "properties": [{"name": "n", "type": "INT"}]},
+    }
+    code, body = await gw.api("POST", f"{DEVICES}/devicemodels", model)
+    assert code == 201, body
+    for i in range(30):
+        dev = {
+            "apiVersion": "devices.kubeedge.io/v1beta1",
+            "kind": "Device",
+            "metadata": {"name": f"bulk-{i:02}"},
+            "spec": {"deviceModelRef": {"name": "counter"}, "properties": [{"name": "n"}]},
+        }
+        code, body = await gw.api("POST", f"{DEVICES}/devices", dev)
+        assert code == 201, body
+    shown = "return document.querySelectorAll('.device').length === arguments[0]"
+    await b.get(f"{gw.api_url}/ui/#/devices")
+    await b.wait_js(shown, 25, what="a first page of 25")
+    assert "more on the next pages" in await b.js(text_of(".summary"))
+    await b.js("document.querySelector('.pager .next').click()")
+    await b.wait_js(shown, 5, what="a second page of 5")
+    assert await b.js("return document.querySelector('.pager .next').disabled") is True
+    assert await b.js(
+        "return document.querySelector('.device[data-name=\"default/bulk-29\"]') !== null"
+    )
+    patch = [{"op": "add", "path": "/spec/properties/0/desired", "value": {"value": "7"}}]
+    code, body = await trio.to_thread.run_sync(
+        gw.request, "PATCH", f"{DEVICES}/devices/bulk-29", patch, "application/json-patch+json"
+    )
+    assert code == 200, body
+    await b.wait_js(
+        "const e = document.querySelector("
+        '\'.device[data-name="default/bulk-29"] .prop[data-prop="n"] .desired\');'
+        "return e && e.textContent === '7'",
+        what="bulk-29's new desired value on page 2",
+    )
+    await b.js("document.querySelector('.pager .prev').click()")
+    await b.wait_js(shown, 25, what="the first page again")
+    await b.screenshot(tmp_path / "06-device-pages.png")
 
     # At a phone's width nothing is wider than the screen.
     await b.run(lambda d: d.set_window_size(390, 844))

@@ -33,8 +33,14 @@ function nodeCard(node, pods, detail) {
         ready ? "Ready" : "NotReady")),
     h("dl", {},
       h("dt", {}, "architecture"), h("dd", { class: "arch" }, arch),
-      h("dt", {}, "last heartbeat"), h("dd", { class: "heartbeat" }, when(parseTime(cond && cond.lastHeartbeatTime))),
-      !ready ? [h("dt", {}, "offline since"), h("dd", { class: "offline-since" }, when(parseTime(cond && cond.lastTransitionTime)))] : null,
+      // The gateway writes Ready on transitions only: while a node is Ready its
+      // heartbeats arrive (else it would be NotReady); once it is not, the
+      // condition says when it was last heard from and when it went offline.
+      ready
+        ? [h("dt", {}, "last heartbeat"), h("dd", { class: "heartbeat" }, "connected"),
+           h("dt", {}, "Ready since"), h("dd", { class: "ready-since" }, when(parseTime(cond && cond.lastTransitionTime)))]
+        : [h("dt", {}, "last heartbeat"), h("dd", { class: "heartbeat" }, when(parseTime(cond && cond.lastHeartbeatTime))),
+           h("dt", {}, "offline since"), h("dd", { class: "offline-since" }, when(parseTime(cond && cond.lastTransitionTime)))],
       detail ? [
         h("dt", {}, "OS image"), h("dd", {}, info.osImage || "unknown"),
         h("dt", {}, "kernel"), h("dd", {}, info.kernelVersion || "unknown"),
