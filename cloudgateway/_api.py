@@ -58,6 +58,7 @@ from ._store import (
 )
 from ._streams import StreamError
 from ._tables import table_of
+from ._ui import is_ui_path, ui_response
 from ._usage import UsageCache
 from ._validate import (
     MAX_DEPTH,
@@ -681,6 +682,8 @@ class ApiServer:
             return Response(200, b"ok", [("content-type", "text/plain")])
         if path == "/version":
             return json_response(200, VERSION_INFO)
+        if is_ui_path(req.path):  # the dashboard's static files; its data comes with a token
+            return ui_response(req)
         self._authorize(req)
         if path == "/openapi/v2" or path.startswith("/openapi/v3"):
             return self._openapi(req, path)
