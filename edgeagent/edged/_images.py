@@ -7,6 +7,7 @@ archives work. No grpc here: the CLI stays light."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -44,4 +45,8 @@ def import_image(address: str, archive: Path, *, snapshotter: str = "overlayfs")
         msg = (proc.stderr or proc.stdout).strip().splitlines()
         raise ImageImportError(f"{archive}: {msg[-1] if msg else 'ctr failed'}")
     names = re.findall(r"^unpacking (\S+) \(", proc.stdout, flags=re.M)
+    # containerd fsyncs its metadata but not the layer files it unpacks: a power cut
+    # soon after would leave images whose files are empty ("exec format error" at
+    # the next start; seen on the emulated board). Flush them before saying "imported".
+    os.sync()
     return names

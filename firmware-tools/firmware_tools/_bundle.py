@@ -6,7 +6,8 @@ Layout of a bundle directory::
     SHA256SUMS      the same hashes, for ``sha256sum -c`` on the board
     wheels/*.whl    the project and its dependencies for the target
     debs/*.deb      optional: mosquitto, containerd, runc...
-    images/*.tar    optional: OCI archives for ``ctr images import``
+    images/*.tar    optional: OCI archives, imported at first boot (``edgeagent images
+                    import``); one may be the board's sandbox (pause) image
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import tomllib
@@ -30,7 +32,7 @@ from ._firstboot import Components
 
 __all__ = ["ARCHES", "Bundle", "BundleFile", "build_bundle", "load_bundle", "platform_tags"]
 
-ARCHES = ("aarch64", "armv7l")
+ARCHES = ("aarch64", "armv7l", "x86_64")
 # Raspberry Pi OS Bookworm has glibc 2.36: every manylinux up to it installs there.
 _GLIBC_MINORS = (17, 24, 26, 27, 28, 31, 34, 35, 36)
 _PY = re.compile(r"^3\.(\d{1,2})$")
@@ -52,6 +54,8 @@ class Bundle:
     project_version: str
     components: Components
     files: tuple[BundleFile, ...]
+    # The image name of the OCI archive that is containerd's sandbox image, if carried.
+    sandbox_image: str | None = None
 
     @property
     def total_size(self) -> int:
@@ -124,8 +128,13 @@ def _pip(args: list[str], what: str) -> None:
         if len(message) > 240:
             message = message[:240] + "..."
         if hint:
-            message += " (no wheel for the target on this index: try --extra-index-url"
-            message += " https://www.piwheels.org/simple for armv7l)"
+            m = _NO_MATCH.search(message) or _CONFLICT.search(message)
+            wheel = m.group(1) if m else "a dependency"
+            message += (
+                f" (no wheel of {wheel} for the target on this index: build or download one"
+                f" for the board (on a board: pip wheel {wheel} -w DIR) and pass"
+                " --find-links DIR, or --extra-index-url https://www.piwheels.org/simple)"
+            )
         raise ToolFailed(f"{what}: {message}")
 
 
@@ -136,7 +145,17 @@ def _requires(wheel: Path) -> list[str]:
     return [r for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r]
 
 
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """Where wheels come from besides PyPI."""
+
+    extra_url: str | None = None
+    find_links: tuple[Path, ...] = ()
+
+
 _NO_MATCH = re.compile(r"satisfies the requirement ([A-Za-z0-9_.\-]+)")
+# pip's backtracking ends in "Cannot install X==1, X==2..." when X has no wheel for it.
+_CONFLICT = re.compile(r"Cannot install ([A-Za-z0-9_.\-]+)==")
 # What pip needs to build a setuptools/Cython sdist offline on the board.
 _BUILD_TOOLS = ("setuptools", "wheel", "Cython")
 
@@ -149,7 +168,7 @@ def _download_deps(
     tags: list[str],
     python: str,
     minor: str,
-    extra_index_url: str | None,
+    index: _Index,
 ) -> list[str]:
     """Download binary wheels for the target; a requirement that has none for this
     platform (PyYAML on armv7) is carried as an sdist plus the tools to build it, and
@@ -159,8 +178,10 @@ def _download_deps(
     base += ["--abi", f"cp3{minor}", "--abi", "abi3", "--abi", "none"]
     for tag in tags:
         base += ["--platform", tag]
-    if extra_index_url:
-        base += ["--extra-index-url", extra_index_url]
+    if index.extra_url:
+        base += ["--extra-index-url", index.extra_url]
+    for d in index.find_links:
+        base += ["--find-links", str(d)]
     constraints = wheels / ".constraints.txt"
     # cbor2 6 ships no armv7 wheel; 5.9's pure-Python wheel is what installs there.
     constraints.write_text("cbor2<6\n" if arch == "armv7l" else "")
@@ -191,6 +212,27 @@ def _download_deps(
     return sdists
 
 
+def oci_image_name(archive: Path) -> str:
+    """The image name an OCI archive's index.json gives (containerd's annotation, as
+    ``ctr images import`` and ``edgeagent images import`` name it)."""
+    try:
+        with tarfile.open(archive) as tf:
+            member = tf.extractfile("index.json")
+            index = json.loads(member.read()) if member is not None else None
+        manifests = index["manifests"] if isinstance(index, dict) else None
+        if not isinstance(manifests, list) or not manifests:
+            raise ValueError("index.json lists no manifests")
+        annotations = manifests[0].get("annotations") or {}
+        name = annotations.get("io.containerd.image.name")
+    except (OSError, KeyError, ValueError, TypeError, tarfile.TarError) as exc:
+        raise BadInput(f"{archive}: not an OCI image archive ({exc})") from None
+    if not isinstance(name, str) or not name:
+        raise BadInput(
+            f"{archive}: its index.json names no image (annotation io.containerd.image.name)"
+        )
+    return name
+
+
 def _name(requirement: str) -> str:
     return re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
@@ -205,20 +247,38 @@ def build_bundle(
     debs: tuple[Path, ...] = (),
     images: tuple[Path, ...] = (),
     extra_index_url: str | None = None,
+    find_links: tuple[Path, ...] = (),
+    sandbox_image: Path | None = None,
 ) -> Bundle:
     tags = platform_tags(arch)
     m = _PY.match(python)
     if m is None:
         raise BadInput(f"--python must look like 3.11, not {python!r}")
-    for f in (*debs, *images):
+    for f in (*debs, *images, *([sandbox_image] if sandbox_image else [])):
         if not f.is_file():
             raise BadInput(f"{f}: no such file")
+    for d in find_links:
+        if not d.is_dir():
+            raise BadInput(f"--find-links {d}: no such directory")
+    sandbox = oci_image_name(sandbox_image) if sandbox_image is not None else None
+    if sandbox_image is not None and sandbox_image not in images:
+        images = (*images, sandbox_image)
     project = project or _find_project()
     if output.exists() and any(output.iterdir()):
         raise BadInput(f"{output} exists and is not empty")
     try:
         return _build(
-            arch, python, m.group(1), tags, output, project, no_deps, debs, images, extra_index_url
+            arch,
+            python,
+            m.group(1),
+            tags,
+            output,
+            project,
+            no_deps,
+            debs,
+            images,
+            _Index(extra_index_url, find_links),
+            sandbox,
         )
     except BaseException:
         shutil.rmtree(output, ignore_errors=True)
@@ -235,7 +295,8 @@ def _build(
     no_deps: bool,
     debs: tuple[Path, ...],
     images: tuple[Path, ...],
-    extra_index_url: str | None,
+    index: _Index,
+    sandbox: str | None,
 ) -> Bundle:
     wheels = output / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -260,7 +321,7 @@ def _build(
             tags=tags,
             python=python,
             minor=minor,
-            extra_index_url=extra_index_url,
+            index=index,
         )
     for sub, items in (("debs", debs), ("images", images)):
         for f in items:
@@ -282,11 +343,12 @@ def _build(
         "project": {"name": "edgeflock", "version": version},
         "built_on_board": sdists,
         "components": {"mosquitto": components.mosquitto, "containerd": components.containerd},
+        "sandbox_image": sandbox,
         "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
     }
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     (output / "SHA256SUMS").write_text("".join(f"{f.sha256}  {f.path}\n" for f in files))
-    return Bundle(output, arch, python, version, components, tuple(files))
+    return Bundle(output, arch, python, version, components, tuple(files), sandbox)
 
 
 def load_bundle(root: Path) -> Bundle:
@@ -298,6 +360,9 @@ def load_bundle(root: Path) -> Bundle:
             BundleFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in raw["files"]
         )
         arch, python, version = raw["arch"], raw["python"], raw["project"]["version"]
+        sandbox = raw.get("sandbox_image")
+        if sandbox is not None and not isinstance(sandbox, str):
+            raise ValueError("sandbox_image is not a string")
     except FileNotFoundError:
         raise BadInput(f"{root} is not a bundle (no manifest.json): run edgeflash bundle") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -314,4 +379,5 @@ def load_bundle(root: Path) -> Bundle:
             raise BadInput(f"bundle file {f.path} does not match manifest.json (corrupt copy?)")
     if not any(f.path.startswith("wheels/edgeflock-") for f in files):
         raise BadInput(f"{root}: bundle has no edgeflock wheel")
-    return Bundle(root, arch, python, version, _components([f.path for f in files]), files)
+    components = _components([f.path for f in files])
+    return Bundle(root, arch, python, version, components, files, sandbox)

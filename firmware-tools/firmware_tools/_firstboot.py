@@ -22,11 +22,14 @@ __all__ = [
     "Components",
     "agent_toml",
     "agent_unit",
+    "cni_config",
     "conf_file",
     "containerd_config",
     "containerd_unit",
     "firstboot_script",
     "firstboot_unit",
+    "mapper_unit",
+    "mapper_unit_name",
     "mosquitto_config",
     "mosquitto_unit",
 ]
@@ -57,6 +60,8 @@ class Components:
 
     mosquitto: bool = False
     containerd: bool = False
+    # Mapper protocols ("modbus", "serial") to run as services beside the agent.
+    mappers: tuple[str, ...] = ()
 
     def distro_units(self) -> list[str]:
         return [
@@ -71,7 +76,7 @@ class Components:
     def units(self) -> list[str]:
         extra = [MOSQUITTO_UNIT] if self.mosquitto else []
         extra += [CONTAINERD_UNIT] if self.containerd else []
-        return [*extra, AGENT_UNIT]
+        return [*extra, AGENT_UNIT, *(mapper_unit_name(p) for p in self.mappers)]
 
 
 def conf_file(*, gateway: str, ca_pin: str, node: str, components: Components) -> str:
@@ -137,6 +142,36 @@ WantedBy=multi-user.target
 """
 
 
+MAPPERS = ("modbus", "serial")
+
+
+def mapper_unit_name(protocol: str) -> str:
+    return f"edgeflock-mapper-{protocol}.service"
+
+
+def mapper_unit(protocol: str, node: str, *, mqtt_auth: bool = True) -> str:
+    """A mapper beside the agent: it learns its devices from the agent over the local
+    broker (membership), logging in with the credentials the agent writes for it."""
+    args = [f"{VENV_DIR}/bin/{protocol}-mapper", "--mqtt", MQTT_URL, "--node", node]
+    if mqtt_auth:
+        args += ["--mqtt-credentials", f"{MQTT_AUTH_DIR}/mapper-{protocol}.cred"]
+    return f"""\
+[Unit]
+Description=edgeflock {protocol} mapper
+After={MOSQUITTO_UNIT} {AGENT_UNIT}
+Wants={MOSQUITTO_UNIT}
+
+[Service]
+ExecStart={" ".join(args)}
+# Until the agent has written its login, the mapper exits 2: try again.
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def firstboot_unit() -> str:
     return f"""\
 [Unit]
@@ -148,7 +183,9 @@ ConditionPathExists={TOKEN_PATH}
 [Service]
 Type=oneshot
 ExecStart={FIRSTBOOT_SCRIPT}
-# No network or clock yet: try again rather than give up.
+# The script retries the join itself, with back-off, for as long as it takes.
+TimeoutStartSec=infinity
+# Anything else (no clock yet, a crash): try again rather than give up.
 Restart=on-failure
 RestartSec=30
 StandardOutput=journal+console
@@ -205,7 +242,16 @@ WantedBy=multi-user.target
 """
 
 
-def containerd_config() -> str:
+CNI_CONF_DIR = "/etc/edgeflock/cni"
+# Debian's containernetworking-plugins (Raspberry Pi OS installs them there too).
+CNI_BIN_DIR = "/usr/lib/cni"
+
+
+def containerd_config(sandbox_image: str | None = None) -> str:
+    """The board's containerd: its own root, state and socket; CRI with the CNI bridge
+    below and, when the bundle carries one, its sandbox image (a board offline at
+    first boot cannot pull registry.k8s.io/pause)."""
+    sandbox = f'  sandbox_image = "{sandbox_image}"\n' if sandbox_image else ""
     return f"""\
 version = 2
 root = "/var/lib/edgeflock/containerd"
@@ -214,8 +260,43 @@ state = "/run/edgeflock/containerd"
 [grpc]
   address = "{CRI_SOCKET}"
 
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-  SystemdCgroup = false
+[plugins."io.containerd.grpc.v1.cri"]
+{sandbox}  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{CNI_CONF_DIR}"
+    max_conf_num = 1
+"""
+
+
+def cni_config() -> str:
+    """Pods' network: a bridge with host-local addresses. No masquerade and no port
+    mapping (both need iptables, which Raspberry Pi OS Lite does not carry): pods
+    reach the board and each other; hostNetwork pods reach beyond."""
+    return """\
+{
+  "cniVersion": "0.4.0",
+  "name": "edgeflock",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "edgeflock0",
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "/var/lib/edgeflock/cni",
+        "ranges": [[{"subnet": "10.88.0.0/16"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {"type": "loopback"}
+  ]
+}
 """
 
 
@@ -241,6 +322,8 @@ def firstboot_script() -> str:
     return r"""#!/bin/sh
 # edgeflock first boot, written by edgeflash prepare.
 # Installs the offline bundle, joins the gateway, enables the agent, removes the token.
+# Every step can be cut by a power loss and is redone on the next boot: the venv counts
+# only once its marker is written, dpkg finishes what it had begun, the join is retried.
 # Every path is taken relative to $EDGEFLOCK_ROOT (empty on a board), so the script
 # can be run against an extracted root filesystem.
 set -eu
@@ -249,41 +332,72 @@ ROOT="${EDGEFLOCK_ROOT:-}"
 PYTHON="${EDGEFLOCK_PYTHON:-python3}"
 . "$ROOT/etc/edgeflock/edgeflock.conf"
 TOKEN_FILE="$ROOT/etc/edgeflock/join.token"
+# A fresh token dropped onto the boot partition (FAT: any computer can write it)
+# replaces an expired one without reflashing.
+FRESH_TOKEN="$ROOT${EDGEFLOCK_BOOT:-/boot/firmware}/edgeflock-join.token"
 B="$ROOT$BUNDLE"
 V="$ROOT$VENV"
 D="$ROOT$DATA_DIR"
+# Join retries: unbounded on a board (0), back-off doubling from RETRY_MIN to RETRY_MAX.
+ATTEMPTS="${EDGEFLOCK_JOIN_ATTEMPTS:-0}"
+RETRY_MIN="${EDGEFLOCK_JOIN_RETRY_MIN:-5}"
+RETRY_MAX="${EDGEFLOCK_JOIN_RETRY_MAX:-300}"
 
 log() { echo "edgeflock-firstboot: $*" >&2; }
 fail() { log "error: $*"; exit 1; }
 systemctl_() {
     if [ -n "$ROOT" ]; then systemctl --root="$ROOT" "$@"; else systemctl "$@"; fi
 }
+pin_ok() {
+    case "$1" in
+        *."${CA_PIN#sha256:}") return 0 ;;
+        *) return 1 ;;
+    esac
+}
+take_fresh_token() {
+    [ -s "$FRESH_TOKEN" ] || return 0
+    fresh=$(tr -d ' \r\n' < "$FRESH_TOKEN")
+    if ! pin_ok "$fresh"; then
+        log "ignoring $FRESH_TOKEN: it does not carry the CA pin $CA_PIN from edgeflock.conf"
+        return 0
+    fi
+    (umask 077 && printf '%s\n' "$fresh" > "$TOKEN_FILE.new")
+    mv "$TOKEN_FILE.new" "$TOKEN_FILE"
+    rm -f "$FRESH_TOKEN"
+    log "took the fresh join token from $FRESH_TOKEN"
+}
 
+take_fresh_token
 [ -r "$TOKEN_FILE" ] || fail "no join token at $TOKEN_FILE"
 TOKEN=$(cat "$TOKEN_FILE")
-case "$TOKEN" in
-    *."${CA_PIN#sha256:}") ;;
-    *) fail "join token does not carry the CA pin $CA_PIN from edgeflock.conf" ;;
-esac
+pin_ok "$TOKEN" || fail "join token does not carry the CA pin $CA_PIN from edgeflock.conf"
 
 if [ -f "$B/SHA256SUMS" ]; then
     log "checking the bundle"
     (cd "$B" && sha256sum --quiet -c SHA256SUMS) || fail "bundle in $B is corrupt"
     if ls "$B"/debs/*.deb >/dev/null 2>&1; then
         log "installing Debian packages"
-        if [ -n "$ROOT" ]; then dpkg --root="$ROOT" -i "$B"/debs/*.deb
-        else dpkg -i "$B"/debs/*.deb; fi
+        if [ -n "$ROOT" ]; then
+            dpkg --root="$ROOT" --configure -a
+            dpkg --root="$ROOT" -i "$B"/debs/*.deb
+        else
+            dpkg --configure -a
+            dpkg -i "$B"/debs/*.deb
+        fi
         if [ -n "$DISTRO_UNITS" ]; then
             systemctl_ disable $DISTRO_UNITS 2>/dev/null || true
             [ -n "$ROOT" ] || systemctl stop $DISTRO_UNITS 2>/dev/null || true
         fi
     fi
-    if [ ! -x "$V/bin/edgeagent" ]; then
+    if [ ! -f "$V/.edgeflock-installed" ]; then
         log "installing the agent into $V"
         rm -rf "$V"
         "$PYTHON" -m venv "$V"
         "$V/bin/python" -m pip install --quiet --no-index --no-cache-dir \
             --find-links "$B/wheels" edgeflock || fail "pip could not install the bundle"
+        sync
+        touch "$V/.edgeflock-installed"
+        sync
     fi
 fi
 EDGEAGENT="$V/bin/edgeagent"
@@ -291,17 +405,37 @@ EDGEAGENT="$V/bin/edgeagent"
 
 if [ -n "$CONTAINERD_SOCKET" ] && ls "$B"/images/*.tar >/dev/null 2>&1; then
     systemctl_ start "edgeflock-containerd.service" || true
-    for image in "$B"/images/*.tar; do
-        ctr --address "$ROOT$CONTAINERD_SOCKET" -n k8s.io images import "$image" \
-            || log "could not import $image (will retry on the next boot)"
+    waited=0
+    while [ ! -S "$ROOT$CONTAINERD_SOCKET" ] && [ "$waited" -lt 120 ]; do
+        sleep 1
+        waited=$((waited + 1))
     done
+    for image in "$B"/images/*.tar; do
+        "$EDGEAGENT" images import "$image" --cri "unix://$ROOT$CONTAINERD_SOCKET" \
+            || log "could not import $image"
+    done
+    sync  # the unpacked layers are on the card before anything else happens
 fi
 
-if [ ! -f "$D/enrollment.json" ]; then
+attempt=0
+delay="$RETRY_MIN"
+while [ ! -f "$D/enrollment.json" ]; do
     log "joining $GATEWAY as $NODE"
-    "$EDGEAGENT" join --gateway "$GATEWAY" --token "$TOKEN" --data-dir "$D" \
-        || fail "join failed; the token is kept, the next try is in 30 s"
-fi
+    if "$EDGEAGENT" join --gateway "$GATEWAY" --token "$TOKEN" --data-dir "$D"; then
+        break
+    fi
+    attempt=$((attempt + 1))
+    if [ "$ATTEMPTS" -gt 0 ] && [ "$attempt" -ge "$ATTEMPTS" ]; then
+        fail "join failed; the token is kept for the next try"
+    fi
+    log "join failed (attempt $attempt); next try in $delay s." \
+        "If the token has expired, write a fresh one to $FRESH_TOKEN on the boot partition."
+    sleep "$delay"
+    delay=$((delay * 2))
+    [ "$delay" -le "$RETRY_MAX" ] || delay="$RETRY_MAX"
+    take_fresh_token
+    TOKEN=$(cat "$TOKEN_FILE")
+done
 rm -f "$TOKEN_FILE"
 log "joined; enabling $UNITS"
 systemctl_ enable $UNITS

@@ -115,6 +115,8 @@ class PrepareOptions:
     # Node labels the board asks for at its first-boot join ("k=v,k2=v2"), written
     # to the agent's agent.toml.
     labels: str = ""
+    # Mappers to run as services beside the agent ("modbus", "serial").
+    mappers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +175,28 @@ def _validate(
         labels = parse_labels(o.labels)
     except LabelError as exc:
         raise BadInput(f"--labels: {exc}") from None
+    for protocol in o.mappers:
+        if protocol not in fb.MAPPERS:
+            raise BadInput(f"--mapper must be one of {', '.join(fb.MAPPERS)}, not {protocol!r}")
+    if o.mappers and o.bundle is None:
+        raise BadInput("--mapper needs --bundle: the mapper is installed from the bundle")
     bundle = load_bundle(o.bundle) if o.bundle is not None else None
     return token, gateway, node, settings, bundle, labels
+
+
+def _components(bundle: Bundle | None, root: Ext4Volume, mappers: tuple[str, ...]) -> fb.Components:
+    """What the board will run besides the agent: what the bundle carries as .debs,
+    or what the image has already (Debian's mosquitto and containerd in /usr)."""
+    carried = bundle.components if bundle else fb.Components()
+    mosquitto = carried.mosquitto or root.exists("/usr/sbin/mosquitto")
+    if mappers and not mosquitto:
+        raise BadInput("--mapper needs mosquitto: neither the image nor the bundle has it")
+    return fb.Components(
+        mosquitto=mosquitto,
+        containerd=carried.containerd
+        or (root.exists("/usr/bin/containerd") and root.exists("/usr/sbin/runc")),
+        mappers=mappers,
+    )
 
 
 def _root_files(
@@ -183,10 +205,10 @@ def _root_files(
     node: str,
     bundle: Bundle | None,
     *,
+    components: fb.Components,
     mqtt_auth: bool = True,
     labels: dict[str, str] | None = None,
 ) -> tuple[list[Dir], list[File], list[Symlink]]:
-    components = bundle.components if bundle else fb.Components()
     auth = mqtt_auth
     unit_dir = fb.UNIT_DIR
     dirs = [
@@ -213,9 +235,17 @@ def _root_files(
         conf, unit = fb.mosquitto_config(mqtt_auth=auth), fb.mosquitto_unit(mqtt_auth=auth)
         files.append(File("/etc/edgeflock/mosquitto.conf", conf.encode()))
         files.append(File(f"{unit_dir}/{fb.MOSQUITTO_UNIT}", unit.encode()))
+    for protocol in components.mappers:
+        unit = fb.mapper_unit(protocol, node, mqtt_auth=auth)
+        files.append(File(f"{unit_dir}/{fb.mapper_unit_name(protocol)}", unit.encode()))
     if components.containerd:
-        files.append(File("/etc/edgeflock/containerd.toml", fb.containerd_config().encode()))
+        sandbox = bundle.sandbox_image if bundle else None
+        conf = fb.containerd_config(sandbox)
+        files.append(File("/etc/edgeflock/containerd.toml", conf.encode()))
         files.append(File(f"{unit_dir}/{fb.CONTAINERD_UNIT}", fb.containerd_unit().encode()))
+        dirs.append(Dir(fb.CNI_CONF_DIR, 0o755))
+        cni = fb.cni_config().encode()
+        files.append(File(f"{fb.CNI_CONF_DIR}/10-edgeflock.conflist", cni))
     if bundle is not None:
         dirs.append(Dir(fb.BUNDLE_DIR, 0o755))
         subdirs = sorted({f.path.rsplit("/", 1)[0] for f in bundle.files if "/" in f.path})
@@ -261,6 +291,7 @@ def prepare_image(o: PrepareOptions) -> PrepareResult:
             bundle,
             mqtt_auth=o.mqtt_auth,
             labels=labels,
+            mappers=o.mappers,
         )
         os.replace(partial, o.output)
     except OSError as exc:
@@ -283,11 +314,18 @@ def _bake(
     *,
     mqtt_auth: bool = True,
     labels: dict[str, str] | None = None,
+    mappers: tuple[str, ...] = (),
 ) -> tuple[WrittenFile, ...]:
     root = Ext4Volume(image, layout.root.offset)
     boot = FatVolume(image, layout.boot.offset)
     dirs, files, links = _root_files(
-        token, gateway, node, bundle, mqtt_auth=mqtt_auth, labels=labels
+        token,
+        gateway,
+        node,
+        bundle,
+        components=_components(bundle, root, mappers),
+        mqtt_auth=mqtt_auth,
+        labels=labels,
     )
     free = root.free_bytes()
     need = _needed(files)

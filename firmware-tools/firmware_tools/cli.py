@@ -40,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
         help="Node labels the board asks for when it joins, e.g. site=plant-2,sensor=modbus",
     )
     pr.add_argument(
+        "--mapper",
+        action="append",
+        choices=("modbus", "serial"),
+        default=[],
+        help="run this mapper as a service beside the agent (repeatable)",
+    )
+    pr.add_argument(
         "--mqtt-anonymous",
         dest="mqtt_auth",
         action="store_false",
@@ -47,14 +54,32 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     b = sub.add_parser("bundle", help="build the offline wheelhouse for the board")
-    b.add_argument("--arch", required=True, choices=("aarch64", "armv7l"))
+    b.add_argument("--arch", required=True, choices=("aarch64", "armv7l", "x86_64"))
     b.add_argument("--python", default="3.11", help="the board's Python (Bookworm: 3.11)")
     b.add_argument("--output", required=True, type=Path)
-    b.add_argument("--project", type=Path, help="edgeflock source tree (default: this one)")
+    b.add_argument(
+        "--project",
+        "--source",
+        dest="project",
+        type=Path,
+        help="edgeflock source tree to bundle (default: the installed one)",
+    )
     b.add_argument("--no-deps", action="store_true", help="only the project's own wheel")
     b.add_argument("--deb", action="append", type=Path, default=[], help=".deb to carry")
     b.add_argument("--oci-image", action="append", type=Path, default=[], help="OCI archive")
+    b.add_argument(
+        "--sandbox-image",
+        type=Path,
+        help="OCI archive of the pause image: carried, and made containerd's sandbox image",
+    )
     b.add_argument("--extra-index-url", help="e.g. https://www.piwheels.org/simple")
+    b.add_argument(
+        "--find-links",
+        action="append",
+        type=Path,
+        default=[],
+        help="directory of wheels for the target (those PyPI lacks, e.g. for armv7l)",
+    )
 
     w = sub.add_parser("write", help="write an image to a card and verify it")
     w.add_argument("--image", required=True, type=Path)
@@ -112,6 +137,7 @@ def _prepare(args: argparse.Namespace) -> int:
             bundle=args.bundle,
             mqtt_auth=args.mqtt_auth,
             labels=args.labels,
+            mappers=tuple(dict.fromkeys(args.mapper)),
         )
     )
     size = sum(f.size for f in result.files)
@@ -136,6 +162,8 @@ def _bundle(args: argparse.Namespace) -> int:
         debs=tuple(args.deb),
         images=tuple(args.oci_image),
         extra_index_url=args.extra_index_url,
+        find_links=tuple(args.find_links),
+        sandbox_image=args.sandbox_image,
     )
     print(
         f"bundle {bundle.root}: edgeflock {bundle.project_version} for {bundle.arch} / "

@@ -80,8 +80,9 @@ def test_platform_tags_ask_for_manylinux_2_28() -> None:
     assert "manylinux_2_28_aarch64" in arm64 and "manylinux2014_aarch64" in arm64
     assert "manylinux_2_36_aarch64" in arm64 and "manylinux_2_38_aarch64" not in arm64
     assert "linux_armv7l" in platform_tags("armv7l")
+    assert "manylinux_2_17_x86_64" in platform_tags("x86_64")  # amd64 boards
     with pytest.raises(BadInput):
-        platform_tags("x86_64")
+        platform_tags("riscv64")
 
 
 def test_bundle_cli_errors(tmp_path: Path) -> None:
