@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import trio
 
+from edgeio import add_log_arguments, configure_logging, set_log_fields
+from edgeio._metricsserver import MetricsAddressError, parse_listen
 from edgeproto import topics
 from mappers._credentials import Credentials, load_credentials
 from mappers._errors import ConfigError, MapperError
@@ -279,8 +281,10 @@ async def run_mapper(
     node: str | None,
     config_path: Path | None,
     credentials: Credentials | None = None,
+    metrics: str | None = None,
 ) -> None:
-    """The whole process: MQTT client + shell, until SIGTERM/SIGINT."""
+    """The whole process: MQTT client + shell (and, with ``metrics``, the
+    ``/metrics`` listener on that loopback address), until SIGTERM/SIGINT."""
     mqtt = MqttClient(
         url,
         client_id=f"{protocol_name}-mapper-{node or 'standalone'}",
@@ -291,6 +295,12 @@ async def run_mapper(
     async with trio.open_nursery() as nursery:
         await nursery.start(mqtt.run)
         await nursery.start(shell.run)
+        if metrics is not None:
+            from edgeio._metricsserver import serve_metrics
+
+            from ._metrics import MapperMetrics  # prometheus_client only with --metrics
+
+            await nursery.start(serve_metrics, metrics, MapperMetrics(shell).render)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("signal %d: stopping", signum)
@@ -310,12 +320,18 @@ def cli_main(protocol_name: str, make_factory: FactoryMaker, argv: Sequence[str]
         type=Path,
         help="the login the agent wrote (with mqtt_auth): MQTT_AUTH_DIR/mapper-PROTOCOL.cred",
     )
-    ap.add_argument("--log-level", default="INFO")
-    args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    ap.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on this loopback address, e.g. 127.0.0.1:9102",
     )
+    add_log_arguments(ap)
+    args = ap.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    set_log_fields(node=args.node)
     try:
+        if args.metrics is not None:
+            parse_listen(args.metrics)  # a bad address fails now, with the flag's name
         if args.config is not None:
             docs_from_yaml(args.config)  # fail fast on a broken file
         cred = load_credentials(args.mqtt_credentials) if args.mqtt_credentials else None
@@ -327,10 +343,14 @@ def cli_main(protocol_name: str, make_factory: FactoryMaker, argv: Sequence[str]
                 node=args.node,
                 config_path=args.config,
                 credentials=cred,
+                metrics=args.metrics,
             )
         )
     except ConfigError as exc:
         print(f"{protocol_name}-mapper: {exc}")
+        return 2
+    except MetricsAddressError as exc:
+        print(f"{protocol_name}-mapper: --metrics: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130
