@@ -49,6 +49,16 @@ _GAUGES: dict[str, frozenset[str]] = {
     "coord": frozenset({"leader", "replicas", "fleet_sessions", "cache_revision"}),
     "peer": frozenset({"connections_open"}),
 }
+# Counters shown from zero (the parts create theirs on first use): the issue's
+# sheds, retry-afters and slow-node disconnects, and live changes sent.
+_HUB_ALWAYS = (
+    "changes_sent",
+    "connections_shed",
+    "resyncs_deferred",
+    "sessions_too_slow",
+    "send_errors",
+    "tls_rejected",
+)
 # Entries a labelled family below says better (left out of the generic ones).
 _COVERED: dict[str, frozenset[str]] = {
     "hub": frozenset(
@@ -182,7 +192,7 @@ class GatewayMetrics:
 
     def _hub(self, gw: RunningGateway) -> Iterable[Metric]:
         hub = gw.hub
-        stats = hub.statistics()
+        stats = {**dict.fromkeys(_HUB_ALWAYS, 0), **hub.statistics()}
         yield gauge(
             "edgeflock_hub_sessions", "Nodes connected to this replica's hub", stats["sessions"]
         )
