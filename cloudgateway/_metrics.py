@@ -162,6 +162,10 @@ class GatewayMetrics:
         self._certificates = dict(certificates or {})
         self._registry = registry_of(self._collect)
 
+    def device_count(self) -> int:
+        """Devices with at least one numeric twin value (the gauge's devices)."""
+        return len(self._devices) if self._devices is not None else 0
+
     def render(self) -> bytes:
         body = render(self._registry)
         return body + self._devices.render() if self._devices is not None else body

@@ -7,9 +7,9 @@ with ``set_log_fields`` (the agent's node name, say)."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
+import time
 from typing import Any
 
 LOG_FORMATS = ("text", "json")
@@ -36,8 +36,10 @@ def set_log_fields(**fields: Any) -> None:
 
 
 def _rfc3339(created: float) -> str:
-    stamp = datetime.datetime.fromtimestamp(created, datetime.UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """2026-12-02T10:15:42.123Z (no datetime import: the agent's path stays lean)."""
+    seconds = int(created)
+    millis = min(999, int((created - seconds) * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
