@@ -9,46 +9,17 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import join_node, start_agent, start_gateway, wait_for
 from tests.mappers.conftest import start_modbus_sim, stop
+from tests.metrics_fixtures import free_port, sample, scrape
 from tests.mqtt_fixtures import open_broker
 from tests.test_modbus_e2e import API, thermometer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(url: str, token: str | None = None) -> dict[str, Any]:
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-        text = resp.read().decode()
-    return {f.name: f for f in text_string_to_metric_families(text)}
-
-
-def sample(fams: dict[str, Any], name: str, **labels: str) -> float:
-    fam = fams[name.removesuffix("_total").removesuffix("_count")]
-    return sum(
-        s.value
-        for s in fam.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 async def test_agent_and_mapper_metrics(nursery: trio.Nursery, tmp_path: Path) -> None:

@@ -76,6 +76,8 @@ async def test_gateway_metrics(nursery: trio.Nursery, tmp_path: Path) -> None:
     gw.token = saved
 
     before = families(text)
+    type_lines = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(type_lines) == len(set(type_lines)), "a family appears twice"
     types = {
         "edgeflock_hub_sessions": "gauge",
         "edgeflock_nodes_connected": "gauge",
