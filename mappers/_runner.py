@@ -151,7 +151,7 @@ class MapperShell:
             try:
                 doc = doc_from_membership(dev)
             except ConfigError as exc:
-                log.error("device %s: %s", name, exc)
+                log.error("device %s: %s", name, exc, extra={"device": name})
                 self.rejected[name] = str(exc)
                 continue
             if doc.protocol_name == self.protocol_name:
@@ -188,14 +188,16 @@ class MapperShell:
         try:
             task = self.factory(doc)
         except MapperError as exc:
-            log.error("device %s: not started: %s", doc.name, exc)
+            log.error("device %s: not started: %s", doc.name, exc, extra={"device": doc.name})
             self.rejected[doc.name] = str(exc)
             await self._remove(doc.name)
             return
         await self._remove(doc.name)
         slot = _Slot(task, doc)
         self.devices[doc.name] = slot
-        log.info("device %s: started (%s)", doc.name, self.protocol_name)
+        log.info(
+            "device %s: started (%s)", doc.name, self.protocol_name, extra={"device": doc.name}
+        )
         self._nursery.start_soon(self._run_slot, slot)
         self._changed.set()
 
@@ -228,7 +230,7 @@ class MapperShell:
             return
         slot.scope.cancel()
         await slot.done.wait()
-        log.info("device %s: stopped", name)
+        log.info("device %s: stopped", name, extra={"device": name})
         self._changed.set()
 
     # -- routing --------------------------------------------------------------------
@@ -250,7 +252,7 @@ class MapperShell:
             try:
                 delta = delta_values(msg.payload)
             except ValueError as exc:
-                log.warning("device %s: bad delta message: %s", name, exc)
+                log.warning("device %s: bad delta message: %s", name, exc, extra={"device": name})
                 return
             slot.task.on_delta(delta)
             return

@@ -221,7 +221,13 @@ class ModbusDeviceTask:
             failed = await self._read_batch(batch, values)
             if isinstance(failed, DeviceRejected) and len(batch.properties) > 1:
                 # one bad address spoils the whole batch: read these one by one from now on
-                log.info("device %s: batch at %s %d split after %s", self.name, *key, failed)
+                log.info(
+                    "device %s: batch at %s %d split after %s",
+                    self.name,
+                    *key,
+                    failed,
+                    extra={"device": self.name},
+                )
                 self._split.add(key)
                 for p in batch.properties:
                     single = ReadBatch(p.register, p.address, p.count, (p,))
@@ -294,13 +300,20 @@ class ModbusDeviceTask:
                     st = self.props.get(name)
                     if st is not None:
                         st.write_error = str(exc)
-                    log.warning("device %s: %s", self.name, exc)
+                    log.warning("device %s: %s", self.name, exc, extra={"device": self.name})
                 except MapperError as exc:
                     self.counters["write_errors"] += 1
                     st = self.props.get(name)
                     if st is not None:
                         st.write_error = f"write failed: {exc}"
-                    log.warning("device %s: writing %s=%r failed: %s", self.name, name, text, exc)
+                    log.warning(
+                        "device %s: writing %s=%r failed: %s",
+                        self.name,
+                        name,
+                        text,
+                        exc,
+                        extra={"device": self.name},
+                    )
 
     def _encode(self, prop: ModbusProperty, text: str) -> list[int] | list[bool]:
         try:

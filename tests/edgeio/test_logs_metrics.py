@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
+from edgeagent._config import ConfigError, load_config
 from edgeio import Histogram, JsonFormatter, set_log_fields
 from edgeio._metricsserver import MetricsAddressError, parse_listen
 
@@ -49,3 +51,14 @@ def test_metrics_listen_only_on_loopback() -> None:
     for bad in ("0.0.0.0:9101", "9101", "127.0.0.1:99999", "example.com:1", "127.0.0.1:"):
         with pytest.raises(MetricsAddressError):
             parse_listen(bad)
+
+
+def test_agent_toml_metrics_address(tmp_path: Path) -> None:
+    (tmp_path / "enrollment.json").write_text('{"node": "n", "hub": "wss://h"}')
+    (tmp_path / "agent.toml").write_text('metrics = "127.0.0.1:9101"\n')
+    assert load_config(tmp_path).metrics == "127.0.0.1:9101"
+    (tmp_path / "agent.toml").write_text('metrics = "0.0.0.0:9101"\n')
+    with pytest.raises(ConfigError, match="only loopback"):
+        load_config(tmp_path)
+    (tmp_path / "agent.toml").unlink()
+    assert load_config(tmp_path).metrics is None  # off by default
