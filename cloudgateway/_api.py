@@ -30,6 +30,7 @@ import yaml
 import edgeproto
 from edgeproto import Resource
 
+from ._apimetrics import METRICS_GROUP, METRICS_VERSION, MetricsApi, MetricsNotFound
 from ._apistats import RequestStats
 from ._backend import normalized_object, settle_new, settle_replacement, with_status
 from ._errors import GatewayError
@@ -58,6 +59,8 @@ from ._store import (
 )
 from ._streams import StreamError
 from ._tables import table_of
+from ._ui import is_ui_path, ui_response
+from ._usage import UsageCache
 from ._validate import (
     MAX_DEPTH,
     Cause,
@@ -577,6 +580,7 @@ class ApiServer:
         streams: StreamOpener | None = None,
         metrics: Callable[[], bytes] | None = None,
         metrics_token: str | None = None,
+        usage: UsageCache | None = None,
     ) -> None:
         """``metrics`` renders ``/metrics`` (Prometheus' text format; the
         API's own families if not given); ``metrics_token``, if given, may read
@@ -592,6 +596,8 @@ class ApiServer:
         self._node_names = node_names
         self._streams = streams
         self._metrics = metrics
+        # metrics.k8s.io (kubectl top), from the usage nodes report to this hub
+        self._usage_api = MetricsApi(store, usage) if usage is not None else None
         self._server: HttpServer | None = None
         self._requests = 0
         self._errors: Counter[int] = Counter()
@@ -683,6 +689,8 @@ class ApiServer:
             return json_response(200, VERSION_INFO)
         if path == "/metrics" and self._is_metrics_reader(req):
             return self._metrics_response(req)
+        if is_ui_path(req.path):  # the dashboard's static files; its data comes with a token
+            return ui_response(req)
         self._authorize(req)
         if path == "/openapi/v2" or path.startswith("/openapi/v3"):
             return self._openapi(req, path)
@@ -703,6 +711,8 @@ class ApiServer:
             raise _not_found_path(path)
         if group == _AUTHZ_GROUP and version == "v1":
             return await self._review(req, rest, path)
+        if group == METRICS_GROUP and self._usage_api is not None:
+            return await self._node_usage(req, version, rest, path)
         if not rest:
             return self._discovery(req, self._resource_list(group, version, path))
         if (group, version) == ("", "v1"):
@@ -735,6 +745,8 @@ class ApiServer:
 
     def _group_list(self) -> dict[str, Any]:
         groups: dict[str, list[str]] = {_AUTHZ_GROUP: ["v1"]}
+        if self._usage_api is not None:
+            groups[METRICS_GROUP] = [METRICS_VERSION]
         for r in edgeproto.RESOURCES:
             if r.group and r.version not in groups.setdefault(r.group, []):
                 groups[r.group].append(r.version)
@@ -748,6 +760,8 @@ class ApiServer:
         versions = [r.version for r in edgeproto.RESOURCES if r.group == group]
         if group == _AUTHZ_GROUP:
             versions = ["v1"]
+        if group == METRICS_GROUP and self._usage_api is not None:
+            versions = [METRICS_VERSION]
         if not group or not versions:
             raise _not_found_path(path)
         return {"kind": "APIGroup", "apiVersion": "v1", **_group_body(group, versions)}
@@ -1545,6 +1559,23 @@ class ApiServer:
             "status": status,
         }
         return json_response(201, answer)
+
+    async def _node_usage(self, req: Request, version: str, rest: list[str], path: str) -> Response:
+        """``metrics.k8s.io/v1beta1``: NodeMetrics and PodMetrics (``_apimetrics``)."""
+        assert self._usage_api is not None
+        if version != METRICS_VERSION or any(not p for p in rest):
+            raise _not_found_path(path)
+        if req.method not in ("GET", "HEAD"):
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}")
+        if req.flag("watch"):
+            raise ApiError(405, "MethodNotAllowed", f"watch is not supported on {req.path}")
+        try:
+            resp = await self._usage_api.serve(req, rest, self._selector(req))
+        except MetricsNotFound as exc:
+            raise ApiError(404, "NotFound", str(exc), name=exc.name, kind=exc.kind) from None
+        if resp is None:
+            raise _not_found_path(path)
+        return resp
 
     async def _revocation(self, req: Request, t: _Target) -> Response:
         """``POST nodes/X/revocation``: lock out every certificate of X issued

@@ -132,6 +132,7 @@ async def run_gateway(
         streams=replica.routed if replica is not None else hub,
         metrics=metrics.render,
         metrics_token=_metrics_token(config),
+        usage=hub.usage,
     )
 
     try:

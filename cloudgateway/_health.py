@@ -30,8 +30,16 @@ def ready_condition(status: Any) -> dict[str, Any] | None:
     return None
 
 
-def with_ready(status_in: Any, ready: str, reason: str, message: str, now: float) -> dict[str, Any]:
-    """``status`` with its Ready condition set (other conditions kept)."""
+def with_ready(
+    status_in: Any,
+    ready: str,
+    reason: str,
+    message: str,
+    now: float,
+    heartbeat: float | None = None,
+) -> dict[str, Any]:
+    """``status`` with its Ready condition set (other conditions kept);
+    ``heartbeat``: when the node was last heard from, if not ``now``."""
     status: dict[str, Any] = dict(status_in) if isinstance(status_in, dict) else {}
     conds = [
         c
@@ -46,7 +54,7 @@ def with_ready(status_in: Any, ready: str, reason: str, message: str, now: float
             "status": ready,
             "reason": reason,
             "message": message,
-            "lastHeartbeatTime": edgeproto.rfc3339(now),
+            "lastHeartbeatTime": edgeproto.rfc3339(now if heartbeat is None else heartbeat),
             "lastTransitionTime": transition or edgeproto.rfc3339(now),
         }
     )
@@ -102,7 +110,9 @@ class NodeHealth:
         self.heartbeat(node)
         await self._set_ready(node, "True", "AgentConnected", "edge agent connected")
 
-    async def _set_ready(self, node: str, ready: str, reason: str, message: str) -> None:
+    async def _set_ready(
+        self, node: str, ready: str, reason: str, message: str, heartbeat: float | None = None
+    ) -> None:
         """Write the Ready condition if it differs (read and written in one
         store transaction, batched with other writers: a reconnect storm is a
         few commits, not one per node)."""
@@ -112,7 +122,9 @@ class NodeHealth:
             cond = ready_condition(rec.value.get("status"))
             if cond is not None and cond.get("status") == ready:
                 return UNCHANGED
-            return with_ready(rec.value.get("status"), ready, reason, message, self._wall())
+            return with_ready(
+                rec.value.get("status"), ready, reason, message, self._wall(), heartbeat
+            )
 
         try:
             try:
@@ -181,5 +193,10 @@ class NodeHealth:
                 continue
             del self._last_seen[node]
             await self._set_ready(
-                node, "Unknown", "NodeStatusUnknown", f"no heartbeat for {self.grace:.0f} s"
+                node,
+                "Unknown",
+                "NodeStatusUnknown",
+                f"no heartbeat for {self.grace:.0f} s",
+                # as Kubernetes' node controller: the last sign of life, not now
+                heartbeat=self._wall() - (now - seen),
             )

@@ -169,6 +169,7 @@ class Hub:
         self._sync = HubSync(store, config, self.counters, hub_urls=hub_urls)
         self._sessions = self._sync.sessions
         self._reports = Reports(store, self.counters, report_limits or ReportLimits())
+        self.usage = self._reports.usage  # nodes' latest resource usage (`top`)
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)
         self._handshakes = _Slots(config.max_handshakes)
         # Half-open connections in accept order; those done leave lazily (at

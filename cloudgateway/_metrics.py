@@ -95,14 +95,14 @@ def _api_families(api: ApiServer) -> Iterable[Metric]:
     stats = api.requests
     yield counter(
         "edgeflock_api_requests_total",
-        "API requests by verb, resource, subresource and HTTP code",
-        labels=("verb", "resource", "subresource", "code"),
+        "API requests by verb, API group, resource, subresource and HTTP code",
+        labels=("verb", "group", "resource", "subresource", "code"),
         samples=sorted(stats.total.items()),
     )
     yield histogram(
         "edgeflock_api_request_duration_seconds",
         "API request latency to the response head (watches not counted)",
-        labels=("verb", "resource", "subresource"),
+        labels=("verb", "group", "resource", "subresource"),
         items=sorted(stats.seconds.items()),
     )
     own = api.statistics()

@@ -24,6 +24,7 @@ import trio
 
 import edgeproto
 from edgeproto import Message, ProtocolError
+from edgeproto.usage import parse_stats
 
 from ._errors import GatewayError
 from ._events import EVENT_NAMESPACE, edge_event
@@ -33,6 +34,7 @@ from ._health import merge_node_status
 from ._reportcheck import check_status, desired_values, history_entries
 from ._ssa import without_managed_fields
 from ._store import AlreadyExists, Conflict, NotFound, Record, Store, StoreError, Unavailable
+from ._usage import UsageCache
 from ._validate import Invalid, validate
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class ReportOp(enum.StrEnum):
     DESIRED = "desired"  # devices: desired values set at the edge
     TWIN_HISTORY = "twin-history"  # devices: values reported while offline
     EVENT = "event"  # the node's own Node: an edge event, kept as an Event
+    STATS = "stats"  # the node's own Node: resource usage for `top` (kept in memory)
 
 
 _OPS = frozenset(ReportOp)
@@ -72,6 +75,7 @@ _TARGETS = frozenset(
         (ReportOp.DESIRED, "devices"),
         (ReportOp.TWIN_HISTORY, "devices"),
         (ReportOp.EVENT, "nodes"),
+        (ReportOp.STATS, "nodes"),
     }
 )
 
@@ -136,8 +140,10 @@ class Reports:
         limits: ReportLimits = ReportLimits(),
         *,
         clock: Callable[[], float] = trio.current_time,
+        usage: UsageCache | None = None,
     ) -> None:
         self._store = store
+        self.usage = usage if usage is not None else UsageCache()
         self.counters = counters
         self.limits = limits
         self._clock = clock
@@ -255,6 +261,13 @@ class Reports:
             await self._set_desired(node, key, desired_values(msg.body.get("desired")))
         elif op is ReportOp.TWIN_HISTORY:
             await self._add_history(node, key, history_entries(msg.body.get("history")))
+        elif op is ReportOp.STATS:
+            if name != node:
+                raise Rejected(403, f"node {node} may not report the usage of {key}")
+            self.usage.put(
+                node, parse_stats(msg.body.get("stats"))
+            )  # ephemeral, as metrics-server's: memory only
+            self.counters["stats_reports"] += 1
         else:
             event = edge_event(name, msg.id, msg.body)
             if name != node:

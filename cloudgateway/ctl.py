@@ -762,6 +762,9 @@ def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     from . import _ctl_nodes  # label, annotate, taint, cordon, uncordon
 
     _ctl_nodes.register(sub, COMMANDS, _global_flags)
+    from . import _ctl_top  # top nodes|pods
+
+    _ctl_top.register(sub, COMMANDS, _global_flags)
     from ._ctl_rollout import add_parsers as add_rollout_parsers
 
     add_rollout_parsers(sub)  # rollout, set image, scale (their handlers set ``run``)

@@ -95,14 +95,20 @@ async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = Non
             ("nodestatus", NodeStatusReporter(config, meta).run),
         ]
         edged = twin = None
+        container_stats = None
         if config.cri:
             from .edged import Edged  # grpc/protobuf are imported only when edged runs
 
             edged = Edged(config, meta)
             hub.pod_streams = edged
             modules.append(("edged", edged.run))
+            container_stats = edged.container_stats
         else:  # no runtime: pods bound here are reported Pending, with the reason
             modules.append(("podstatus", PodStatusReporter(config, meta).run))
+        if config.stats_interval > 0:  # `top`: node and container usage
+            from ._usage import UsageReporter
+
+            modules.append(("usage", UsageReporter(config, meta, container_stats).run))
         if config.mqtt or config.dmi:  # one twin serves the MQTT bus and DMI mappers
             from ._twin import DeviceTwin, edge_bus_modules
 

@@ -44,6 +44,8 @@ class AgentConfig:
     outbox_max: int = 10_000
     outbox_window: int = 64  # reports in flight before waiting for acks
     status_interval: float = 60.0  # node status recomputed this often (sent only on change)
+    # Resource usage (node and containers) reported for `top` this often; 0: never.
+    stats_interval: float = 30.0
     storage_retry: float = 10.0  # a read-only store (full card) retries writing this often
     max_message: int = 1 << 20
     cri: str | None = None
@@ -151,6 +153,8 @@ def load_config(data_dir: Path, **overrides: Any) -> AgentConfig:
     cfg = AgentConfig(data_dir=data_dir, node=str(node), hub_url=str(hub), hub_urls=hubs, **values)
     if cfg.heartbeat <= 0 or cfg.backoff_cap < cfg.backoff_base or cfg.outbox_max < 1:
         raise ConfigError(f"{toml_path}: heartbeat, backoff and outbox_max must be positive")
+    if cfg.stats_interval < 0:
+        raise ConfigError(f"{toml_path}: stats_interval must be 0 (off) or positive")
     if cfg.dmi is not None and not (cfg.dmi.startswith("unix://") and len(cfg.dmi) > 7):
         raise ConfigError(f"{toml_path}: dmi must be unix:///PATH, not {cfg.dmi!r}")
     if cfg.metrics is not None:

@@ -44,6 +44,7 @@ _RESPONSES = {
     "ListContainers": "ListContainersResponse",
     "ContainerStatus": "ContainerStatusResponse",
     "ExecSync": "ExecSyncResponse",
+    "ListContainerStats": "ListContainerStatsResponse",
     "ImageStatus": "ImageStatusResponse",
     "PullImage": "PullImageResponse",
 }

@@ -25,7 +25,7 @@ from ._logs import LogDecoder
 
 if TYPE_CHECKING:
     from .._meta import Meta
-    from ._model import ContainerInfo
+    from ._model import ContainerInfo, ContainerSample
     from ._pods import PodContext, PodWorker
 
 log = logging.getLogger(__name__)
@@ -357,6 +357,43 @@ class Edged:
             for w in self._workers.values()
             if not w.deleted and w.status is not None
         ]
+
+    async def container_stats(self) -> list[ContainerSample]:
+        """Resource usage of this node's running containers (CRI
+        ``ListContainerStats``, selected by this agent's owner label); raises
+        ``EdgedError`` (``CriError``) while edged or containerd is not running."""
+        from ._cri import pb
+        from ._model import (
+            LABEL_CONTAINER,
+            LABEL_NAME,
+            LABEL_NAMESPACE,
+            LABEL_OWNER,
+            ContainerSample,
+        )
+
+        if self._ctx is None:
+            raise EdgedError("edged is not running")
+        request = pb.ListContainerStatsRequest(
+            filter=pb.ContainerStatsFilter(label_selector={LABEL_OWNER: self.owner})
+        )
+        resp = await self._ctx.cri.call("ListContainerStats", request)
+        out = []
+        for s in resp.stats:
+            labels = s.attributes.labels
+            if not (s.HasField("cpu") and s.HasField("memory") and LABEL_NAME in labels):
+                continue  # a container of someone else's, or one being torn down
+            out.append(
+                ContainerSample(
+                    id=s.attributes.id,
+                    namespace=labels.get(LABEL_NAMESPACE, ""),
+                    pod=labels[LABEL_NAME],
+                    container=labels.get(LABEL_CONTAINER, s.attributes.metadata.name),
+                    cpu_ns=int(s.cpu.usage_core_nano_seconds.value),
+                    time_ns=int(s.cpu.timestamp),
+                    memory=int(s.memory.working_set_bytes.value),
+                )
+            )
+        return out
 
     def statistics(self) -> dict[str, Any]:
         return {

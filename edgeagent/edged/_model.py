@@ -15,6 +15,7 @@ __all__ = [
     "LABEL_OWNER",
     "LABEL_UID",
     "ContainerInfo",
+    "ContainerSample",
     "PodRuntime",
     "SandboxInfo",
     "parse_int",
@@ -68,6 +69,22 @@ class ContainerInfo:
     hash: str
     kind: str  # init or app
     grace: int  # the pod's termination grace period when the container was created
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSample:
+    """One running container's resource usage, as containerd measured it
+    (CRI ``ListContainerStats``): CPU as cumulative core-nanoseconds at
+    ``time_ns`` (containerd's clock, ns since the epoch), memory as the
+    working set in bytes."""
+
+    id: str
+    namespace: str
+    pod: str
+    container: str
+    cpu_ns: int
+    time_ns: int
+    memory: int
 
 
 @dataclass

@@ -661,7 +661,7 @@ async def test_metrics(api: Api) -> None:
     text = body.decode()
     assert "# TYPE edgeflock_api_requests_total counter" in text
     assert (
-        'edgeflock_api_requests_total{code="404",resource="pods",subresource="",verb="get"} 1.0'
+        'edgeflock_api_requests_total{code="404",group="",resource="pods",subresource="",verb="get"} 1.0'
     ) in text
 
 

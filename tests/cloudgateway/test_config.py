@@ -115,7 +115,7 @@ async def test_metrics_show_every_part(gateway: Gateway) -> None:
         assert any(k.startswith(f"edgeflock_{part}_") for k in samples), part
     assert samples["edgeflock_hub_sessions[]"] == 0
     assert samples["edgeflock_store_rev[]"] >= 0
-    listed = "[('code', '200'), ('resource', 'nodes'), ('subresource', ''), ('verb', 'list')]"
+    listed = "[('code', '200'), ('group', ''), ('resource', 'nodes'), ('subresource', ''), ('verb', 'list')]"
     assert samples[f"edgeflock_api_requests_total{listed}"] == 1
     code, _ = await trio.to_thread.run_sync(_get_metrics, gateway, "wrong")
     assert code == 401

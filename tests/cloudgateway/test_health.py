@@ -57,6 +57,9 @@ async def test_not_ready_only_after_the_grace_period(
     cond = await ready(store, "pi-01")
     assert cond is not None and cond["status"] == "Unknown"
     assert cond["reason"] == "NodeStatusUnknown" and "40 s" in cond["message"]
+    # offline since now; last heard from a grace period ago
+    assert cond["lastTransitionTime"] == edgeproto.rfc3339(1_700_000_000.0)
+    assert cond["lastHeartbeatTime"] == edgeproto.rfc3339(1_700_000_000.0 - GRACE)
     assert health.transitions == 2
     # Checked again: nothing more is written.
     rev = store.current_rev()

@@ -43,7 +43,7 @@ KEYS = [
     "configmaps/default/x",
     "events/default/e",
 ]
-OPS = ["status", "desired", "twin-history", "event"]
+OPS = ["status", "desired", "twin-history", "event", "stats"]
 
 
 def _deep(depth: int) -> Any:
@@ -124,6 +124,29 @@ statuses = st.fixed_dictionaries(
         "twinHistory": maybe(st.just({"t": []})),
     },
 )
+usages = st.fixed_dictionaries(
+    {"cpu": maybe(st.integers(0, 10**12)), "rate": maybe(st.integers(0, 10**10)), "mem": junk}
+)
+stats = st.fixed_dictionaries(
+    {"time": maybe(st.integers(0, 2 * 10**12)), "window": maybe(st.integers(1, 60_000))},
+    optional={
+        "node": maybe(usages),
+        "pods": maybe(
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "ns": maybe(st.just("default")),
+                        "name": maybe(st.sampled_from(["p-a", "p/x"])),
+                        "containers": maybe(
+                            st.lists(usages.map(lambda u: {"name": "c", **u}), max_size=2)
+                        ),
+                    }
+                ),
+                max_size=3,
+            )
+        ),
+    },
+)
 bodies = st.one_of(
     st.fixed_dictionaries({"status": maybe(statuses)}),
     st.fixed_dictionaries(
@@ -155,6 +178,7 @@ bodies = st.one_of(
     st.fixed_dictionaries(
         {"topic": maybe(st.just("door")), "payload": junk, "timestamp": maybe(timestamps)}
     ),
+    st.fixed_dictionaries({"stats": maybe(stats)}),
     st.dictionaries(st.text(max_size=8), junk, max_size=3),
 )
 reports = st.tuples(
