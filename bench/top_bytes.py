@@ -52,8 +52,8 @@ def stats_reports(gw: Gateway) -> int:
     req.add_header("Authorization", f"Bearer {gw.token}")
     with urllib.request.urlopen(req, timeout=10) as resp:
         text = resp.read().decode()
-    m = re.search(r"^edgeflock_hub_stats_reports(?:_total)?(?:\{[^}]*\})? (\d+)$", text, re.M)
-    return int(m.group(1)) if m else 0
+    m = re.search(r"^edgeflock_hub_stats_reports(?:_total)?(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
+    return int(float(m.group(1))) if m else 0  # the text format writes counters as 12.0
 
 
 def envelope_size(pods: int) -> int:

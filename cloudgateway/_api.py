@@ -31,6 +31,7 @@ import edgeproto
 from edgeproto import Resource
 
 from ._apimetrics import METRICS_GROUP, METRICS_VERSION, MetricsApi, MetricsNotFound
+from ._apistats import RequestStats
 from ._backend import normalized_object, settle_new, settle_replacement, with_status
 from ._errors import GatewayError
 from ._http import HttpConfig, HttpServer, Request, Response, json_response, status_body
@@ -399,11 +400,6 @@ def _check_target(req: Request) -> None:
         )
 
 
-def _metric_name(name: str) -> str:
-    """A counter's name as a metric name: anything but letters, digits and _ becomes _."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
-
-
 def _line(kind: str, obj: Any) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
@@ -582,13 +578,21 @@ class ApiServer:
         admin_token: str,
         node_names: Callable[[], Iterable[str]] | None = None,
         streams: StreamOpener | None = None,
-        metrics: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
+        metrics: Callable[[], bytes] | None = None,
+        metrics_token: str | None = None,
         usage: UsageCache | None = None,
     ) -> None:
+        """``metrics`` renders ``/metrics`` (Prometheus' text format; the
+        API's own families if not given); ``metrics_token``, if given, may read
+        ``/metrics`` and nothing else (the admin token may too)."""
         if not admin_token or not admin_token.strip():
             raise GatewayError("the admin token must not be empty")
+        if metrics_token is not None and not metrics_token.strip():
+            raise GatewayError("the metrics token must not be empty")
         self._store = store
         self._token = admin_token.strip().encode()
+        self._metrics_token = metrics_token.strip().encode() if metrics_token else None
+        self.requests = RequestStats()
         self._node_names = node_names
         self._streams = streams
         self._metrics = metrics
@@ -639,22 +643,23 @@ class ApiServer:
         self._server = HttpServer(self.handle, config, ssl_context=ssl_context)
         await self._server.run(task_status=task_status)
 
-    def _metrics_text(self) -> bytes:
-        """``edgeflock_<part>_<counter> <value>``, one line each, for every part
-        ``metrics`` reports (the API and its HTTP server if none is given)."""
-        parts = (
-            self._metrics()
-            if self._metrics is not None
-            else {"api": self.statistics(), "api_http": self.http_statistics()}
-        )
-        lines = [
-            f"edgeflock_{part}_{_metric_name(name)} {value}"
-            for part, counters in parts.items()
-            for name, value in sorted(counters.items())
-        ]
-        return "\n".join(lines).encode() + b"\n"
+    def _metrics_response(self, req: Request) -> Response:
+        """Prometheus' text format 0.0.4: what ``metrics`` renders, or the
+        API's own families."""
+        if req.method not in ("GET", "HEAD"):
+            raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on /metrics")
+        from ._metrics import CONTENT_TYPE, api_metrics_text
+
+        body = self._metrics() if self._metrics is not None else api_metrics_text(self)
+        return Response(200, body, [("content-type", CONTENT_TYPE)])
 
     async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        resp = await self._handle(request)
+        self.requests.observe(request, resp.status, time.perf_counter() - started)
+        return resp
+
+    async def _handle(self, request: Request) -> Response:
         self._requests += 1
         try:
             resp = await self._dispatch(_as_json(request))
@@ -682,13 +687,15 @@ class ApiServer:
             return Response(200, b"ok", [("content-type", "text/plain")])
         if path == "/version":
             return json_response(200, VERSION_INFO)
+        if path == "/metrics" and self._is_metrics_reader(req):
+            return self._metrics_response(req)
         if is_ui_path(req.path):  # the dashboard's static files; its data comes with a token
             return ui_response(req)
         self._authorize(req)
         if path == "/openapi/v2" or path.startswith("/openapi/v3"):
             return self._openapi(req, path)
         if path == "/metrics":
-            return Response(200, self._metrics_text(), [("content-type", "text/plain")])
+            return self._metrics_response(req)
         parts = path.strip("/").split("/")
         if parts == ["api"]:
             return self._discovery(req, {"kind": "APIVersions", "versions": ["v1"]})
@@ -714,6 +721,15 @@ class ApiServer:
                 return self._absent(req, inner, path)
         target = self._route(group, version, rest, path)
         return await self._serve(req, target)
+
+    def _is_metrics_reader(self, req: Request) -> bool:
+        """The request carries the read-only metrics token."""
+        if self._metrics_token is None:
+            return False
+        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(errors="replace"), self._metrics_token
+        )
 
     def _authorize(self, req: Request) -> None:
         scheme, _, token = req.headers.get("authorization", "").partition(" ")

@@ -17,12 +17,15 @@ import trio
 from ._api import ApiServer
 from ._backends import open_backend, store_is_shared
 from ._config import GatewayConfig
+from ._devicegauges import DeviceGauges
+from ._errors import GatewayError
 from ._events import prune_events
 from ._fleet import load_admin_token, load_pki
 from ._health import NodeHealth
 from ._http import HttpServer, Request
 from ._hub import Hub
 from ._join import JoinService, TokenStore
+from ._metrics import GatewayMetrics, certificate_expiry
 from ._nodes import ensure_node
 from ._pki import server_ssl_context
 from ._replica import LeaderWork, Replica
@@ -46,9 +49,10 @@ class RunningGateway:
     join: JoinService
     join_http: HttpServer
     replica: Replica | None = None  # on etcd: coordination, peer port, routing
+    metrics: GatewayMetrics | None = None  # what /metrics serves
 
     def statistics(self) -> dict[str, dict[str, int]]:
-        """Every part's counters, by part (served at the API's ``/metrics``)."""
+        """Every part's counters, by part (``/metrics`` serves them as families)."""
         replica = self.replica.statistics() if self.replica is not None else {}
         return {
             **replica,
@@ -115,22 +119,26 @@ async def run_gateway(
     if replica is not None:
         replicas.append(replica)
     running: list[RunningGateway] = []  # the parts, once all are started
-
-    def statistics() -> dict[str, dict[str, int]]:
-        return running[0].statistics() if running else {}
-
+    devices = DeviceGauges(store)
+    metrics = GatewayMetrics(
+        lambda: running[0] if running else None,
+        devices=devices,
+        certificates=certificate_expiry(pki),
+    )
     api = ApiServer(
         store,
         admin_token=admin_token,
         node_names=hub.connected_nodes,
         streams=replica.routed if replica is not None else hub,
-        metrics=statistics,
+        metrics=metrics.render,
+        metrics_token=_metrics_token(config),
         usage=hub.usage,
     )
 
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)  # on etcd: the replica's one watch
+            await nursery.start(devices.run)
             if replica is None:  # one process: it is the leader
                 await nursery.start(health.run, hub.connected_nodes)
             hub_port = await nursery.start(hub.run)
@@ -175,11 +183,29 @@ async def run_gateway(
                 config.hub.host,
                 hub_port,
             )
-            running.append(RunningGateway(ports, store, hub, api, health, join, join_http, replica))
+            running.append(
+                RunningGateway(
+                    ports, store, hub, api, health, join, join_http, replica, metrics=metrics
+                )
+            )
             task_status.started(running[0])
     finally:
         if backend is not None:
             backend.close()
+
+
+def _metrics_token(config: GatewayConfig) -> str | None:
+    """The read-only /metrics token from ``metrics_token_file``, if set."""
+    path = config.metrics_token_file
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GatewayError(f"metrics_token_file {path}: {exc}") from exc
+    if not token:
+        raise GatewayError(f"metrics_token_file {path} is empty")
+    return token
 
 
 def _leader_work(replica: Replica, config: GatewayConfig) -> list[LeaderWork]:

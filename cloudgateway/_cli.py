@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgeio import add_log_arguments, configure_logging
+
 DEFAULT_DATA_DIR = "/var/lib/edgeflock/gateway"
 
 log = logging.getLogger("cloudgateway")
@@ -117,7 +119,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="Events (edge events from $hw/events/upload/#) are kept this long (default 1h)",
     )
-    s.add_argument("--log-level", default="INFO")
+    s.add_argument(
+        "--metrics-token-file",
+        default=None,
+        help="a file with a read-only bearer token for /metrics (the admin token works too)",
+    )
+    add_log_arguments(s)
     t = sub.add_parser("token", help="join tokens")
     tsub = t.add_subparsers(dest="tcmd", required=True)
     tc = tsub.add_parser("create", help="print a single-use join token for a node")
@@ -259,6 +266,7 @@ def serve_config(args: argparse.Namespace) -> Any:
         "store": _store_url(args),
         "peer_advertise": args.peer_advertise,
         "replica_id": args.replica_id,
+        "metrics_token_file": args.metrics_token_file,
     }
     sections: dict[str, dict[str, Any]] = {
         "gateway": {k: v for k, v in gateway.items() if v is not None}
@@ -276,10 +284,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ._app import run_gateway
 
     config = serve_config(args)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
 
     async def main_task() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -65,6 +65,9 @@ class GatewayConfig:
     peer: HttpConfig = field(default_factory=lambda: HttpConfig(host="0.0.0.0", port=10003))
     peer_advertise: str | None = None
     replica_id: str | None = None
+    # A file holding a read-only token for /metrics (Prometheus' bearer token);
+    # the admin token reads /metrics too. Empty or unreadable: an error at start.
+    metrics_token_file: Path | None = None
 
 
 _SECTIONS = ("gateway", "hub", "api", "join", "reports", "peer")

@@ -25,6 +25,7 @@ import trio
 import trio_websocket as tws
 
 import edgeproto
+from edgeio import Histogram
 from edgeproto import Kind, Message, ProtocolError
 
 from ._accept import LazyPeer, close_socket, peer_name, serve_sockets
@@ -186,6 +187,15 @@ class Hub:
     @property
     def report_limits(self) -> ReportLimits:
         return self._reports.limits
+
+    def report_outcomes(self) -> dict[tuple[str, str], int]:
+        """Reports by (op, outcome): "acked" or the reason it was not."""
+        return dict(self._reports.outcomes)
+
+    def resync_histograms(self) -> dict[str, tuple[Histogram, Histogram]]:
+        """Resyncs by mode: (seconds, bytes sent) histograms."""
+        sync = self._sync
+        return {m: (sync.resync_seconds[m], sync.resync_bytes[m]) for m in sync.resync_seconds}
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -386,7 +396,11 @@ class Hub:
         at = await revoked_at(self._store, node)
         if at is not None and issued_at <= at:
             self.counters["certificates_revoked_refused"] += 1
-            log.info("node %s: certificate issued before its revocation; refused", node)
+            log.info(
+                "node %s: certificate issued before its revocation; refused",
+                node,
+                extra={"node": node},
+            )
             return True
         return False
 
@@ -396,7 +410,7 @@ class Hub:
         if session is None:
             return
         self.counters["sessions_revoked"] += 1
-        log.info("node %s revoked; closing its session", node)
+        log.info("node %s revoked; closing its session", node, extra={"node": node})
         with contextlib.suppress(*_CONNECTION_ENDED):
             await session.ws.aclose(CLOSE_POLICY, "certificate revoked")
 
@@ -455,7 +469,12 @@ class Hub:
         old = self._sessions.get(node)
         if old is not None:
             self.counters["sessions_replaced"] += 1
-            log.info("node %s reconnected from %s; closing its previous session", node, peer)
+            log.info(
+                "node %s reconnected from %s; closing its previous session",
+                node,
+                peer,
+                extra={"node": node},
+            )
             await old.ws.aclose(CLOSE_REPLACED, "replaced by a newer connection")
             del old  # or this frame keeps the replaced connection alive
         self._sessions[node] = session
@@ -471,14 +490,20 @@ class Hub:
                 await ws.aclose(CLOSE_POLICY, "certificate revoked")
                 return
             await self._health.connected(node)
-            log.info("node %s connected from %s (last_rev %d)", node, peer, last_rev)
+            log.info(
+                "node %s connected from %s (last_rev %d)",
+                node,
+                peer,
+                last_rev,
+                extra={"node": node},
+            )
             self._sync.go_live(session)
             await self._reader(session)
         finally:
             for stream in (session.streams or {}).values():
                 stream.abort(502, "BadGateway", f"node {node} disconnected")
             self._sync.forget(session)
-            log.info("node %s disconnected", node)
+            log.info("node %s disconnected", node, extra={"node": node})
 
     async def _receive_hello(self, node: str, ws: tws.WebSocketConnection) -> Message | None:
         with trio.move_on_after(self.config.hello_timeout) as scope:
@@ -557,7 +582,12 @@ class Hub:
                 self._stream_message(session, msg)
             elif msg.kind is Kind.ERROR:
                 self.counters["errors_from_nodes"] += 1
-                log.warning("node %s reported an error: %s", session.node, dict(msg.body))
+                log.warning(
+                    "node %s reported an error: %s",
+                    session.node,
+                    dict(msg.body),
+                    extra={"node": session.node},
+                )
             else:
                 self.counters["frames_unexpected"] += 1
                 await self._send_error(
@@ -637,6 +667,7 @@ class Hub:
                 # instead of holding a slot of its window for good.
                 self.counters["reports_malformed"] += 1
                 self.counters["reports_rejected"] += 1
+                self._reports.outcomes["unknown", "malformed"] += 1
                 error = {"code": 400, "message": f"undecodable report: {exc}"[:1000]}
                 await self._send(
                     ws, Message(Kind.ACK, parent=exc.message_id, body={"error": error})

@@ -21,6 +21,7 @@ import trio
 import trio_websocket as tws
 
 import edgeproto
+from edgeio import BYTES_BUCKETS, SECONDS_BUCKETS, Histogram
 from edgeproto import Message, ProtocolError
 
 from ._store import Store, SubscriptionLost
@@ -93,6 +94,9 @@ class HubSync:
         self._watchers: dict[str, set[str]] = {}  # key -> nodes whose view depends on it
         self._ready: deque[Session] = deque()  # dirty sessions, each at most once
         self._ready_lot = trio.lowlevel.ParkingLot()
+        # Resyncs by mode (snapshot, delta): how long each took and what it sent.
+        self.resync_seconds: dict[str, Histogram] = {}
+        self.resync_bytes: dict[str, Histogram] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -172,12 +176,19 @@ class HubSync:
                 max_size=self.config.max_message,
                 hubs=hubs,
             )
+        sent = 0
         for m in msgs:
-            await self._send(session.ws, m)
+            sent += await self._send(session.ws, m)
         session.sent = plan.view.membership()
         session.sent_rev = plan.rev
         self.counters[f"resyncs_{plan.mode}"] += 1
-        return trio.current_time() - t0
+        took = trio.current_time() - t0
+        if plan.mode not in self.resync_seconds:
+            self.resync_seconds[plan.mode] = Histogram(SECONDS_BUCKETS)
+            self.resync_bytes[plan.mode] = Histogram(BYTES_BUCKETS)
+        self.resync_seconds[plan.mode].observe(took)
+        self.resync_bytes[plan.mode].observe(sent)
+        return took
 
     def hubs(self) -> tuple[str, ...] | None:
         """Every live replica's hub URL, to send with a resync; None (the field
@@ -247,7 +258,9 @@ class HubSync:
                 return  # its reader sees the same and ends the session
             except Exception:
                 self.counters["send_errors"] += 1
-                log.exception("sending changes to node %s failed", session.node)
+                log.exception(
+                    "sending changes to node %s failed", session.node, extra={"node": session.node}
+                )
                 scope.cancel()  # fall through to closing: its view is unknown now
         if scope.cancelled_caught:
             self.counters["sessions_too_slow"] += 1
@@ -255,6 +268,7 @@ class HubSync:
                 "node %s took more than %.0f s to take a change; closing",
                 session.node,
                 self.config.send_timeout,
+                extra={"node": session.node},
             )
             with trio.move_on_after(1, shield=True):
                 with contextlib.suppress(*CONNECTION_ENDED):
@@ -293,5 +307,8 @@ class HubSync:
         session.progress_at = trio.current_time()
         return True
 
-    async def _send(self, ws: tws.WebSocketConnection, msg: Message) -> None:
-        await ws.send_message(edgeproto.encode_message(msg, max_size=self.config.max_message))
+    async def _send(self, ws: tws.WebSocketConnection, msg: Message) -> int:
+        """Send ``msg``; the bytes it took."""
+        data = edgeproto.encode_message(msg, max_size=self.config.max_message)
+        await ws.send_message(data)
+        return len(data)

@@ -66,6 +66,8 @@ class ReportOp(enum.StrEnum):
 
 
 _OPS = frozenset(ReportOp)
+# A rejected report's HTTP-style code as a metric label.
+_REASONS = {400: "malformed", 403: "forbidden", 404: "not_found", 409: "conflict"}
 # What each report may be about (ownership is checked when it is written).
 _TARGETS = frozenset(
     {(ReportOp.STATUS, r) for r in ("nodes", "pods", "devices")}
@@ -153,6 +155,10 @@ class Reports:
         self._events: dict[str, int] = {}
         self._store_failing = False  # logged once at WARNING, then DEBUG until it recovers
         self._failures = FailureLog(log)
+        # (op, outcome) → reports: outcome "acked", or why not (malformed,
+        # forbidden, not_found, conflict, internal_error: final; throttled,
+        # store_unavailable: the node sends it again later).
+        self.outcomes: Counter[tuple[str, str]] = Counter()
 
     async def handle(self, node: str, msg: Message) -> dict[str, Any]:
         """Apply one report from ``node``; the body of its ack.
@@ -164,10 +170,12 @@ class Reports:
         not now (503 the store is busy, full or failing; 429 the node is over
         its rate); the agent keeps the report and sends it again after
         ``retry_after`` seconds at the earliest."""
-        key, error = msg.res or "", None
+        key, error, reason = msg.res or "", None, ""
+        op = msg.op if isinstance(msg.op, str) and msg.op in _OPS else "unknown"
         wait = self._throttle(node, msg.op)
         if wait:
             self.counters["reports_throttled"] += 1
+            self.outcomes[op, "throttled"] += 1
             log.debug("report %s from %s throttled for %.2f s", key, node, wait)
             return retry_body(
                 f"node {node} is over its report rate; send again in {wait:.2f} s",
@@ -178,6 +186,7 @@ class Reports:
             await self._apply(node, msg, key)
         except Unavailable as exc:
             self.counters["reports_retry"] += 1
+            self.outcomes[op, "store_unavailable"] += 1
             if not self._store_failing:
                 self._store_failing = True
                 log.warning("store cannot take reports (%s); nodes are told to retry", exc)
@@ -187,28 +196,36 @@ class Reports:
         except ProtocolError as exc:
             self.counters["reports_malformed"] += 1
             error = {"code": 400, "message": str(exc)}
+            reason = "malformed"
         except Rejected as exc:
             if exc.code == 403:
                 self.counters["forbidden"] += 1
             error = {"code": exc.code, "message": str(exc)}
+            reason = _REASONS.get(exc.code, f"http_{exc.code}")
         except NotFound:
             error = {"code": 404, "message": f"{key} not found"}
+            reason = "not_found"
         except Invalid as exc:  # what the board wrote would make the object invalid
             self.counters["reports_malformed"] += 1
             error = {"code": 400, "message": str(exc)}
+            reason = "malformed"
         except StoreError as exc:
             error = {"code": 409, "message": str(exc)}
+            reason = "conflict"
         except Exception as exc:
             # A bug of ours (or input nobody foresaw). Final: retrying would
             # bring the same answer forever and stall the board's outbox.
             self.counters["reports_internal_error"] += 1
             self._failures.failed(f"report {key[:200]!r} {msg.op!r} from node {node} failed", exc)
             error = {"code": 500, "message": f"internal error: {type(exc).__name__}"}
+            reason = "internal_error"
         if error is not None:
             self.counters["reports_rejected"] += 1
+            self.outcomes[op, reason] += 1
             log.debug("report %s from %s rejected: %s", key, node, error)
             return {"error": error}
         self.counters["reports"] += 1
+        self.outcomes[op, "acked"] += 1
         if self._store_failing:
             self._store_failing = False
             log.warning("store takes reports again")

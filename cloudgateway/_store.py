@@ -31,6 +31,8 @@ from typing import Any, TypeVar, cast
 
 import trio
 
+from edgeio import COUNT_BUCKETS, SECONDS_BUCKETS, Histogram
+
 from ._backend import (
     UNCHANGED,
     AlreadyExists,
@@ -193,6 +195,9 @@ class Store:
         self._rev = backend.current_rev() if rev is None else rev
         self._published = 0
         self._lost = 0
+        # Group commits: how long each took in the backend, how many writes it held.
+        self.write_seconds = Histogram(SECONDS_BUCKETS)
+        self.write_batch = Histogram(COUNT_BUCKETS)
 
     def over(self, backend: Backend) -> Store:
         """A Store writing through ``backend`` (the same store seen another
@@ -359,6 +364,7 @@ class Store:
                     if w.done:
                         break
                     batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+                    started = trio.current_time()
                     try:
                         outcomes = await self.call(self.backend.write_many, [b.fn for b in batch])
                     except BaseException as exc:
@@ -366,6 +372,8 @@ class Store:
                             if b is not w:
                                 b.settle(Unavailable(f"store write failed: {exc!r}"))
                         raise
+                    self.write_seconds.observe(trio.current_time() - started)
+                    self.write_batch.observe(len(batch))
                     for b, outcome in zip(batch, outcomes, strict=True):
                         b.settle(outcome)
                         if isinstance(outcome, Event) and self._follow is None:

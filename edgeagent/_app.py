@@ -94,6 +94,7 @@ async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = Non
             ("hub", hub.run),
             ("nodestatus", NodeStatusReporter(config, meta).run),
         ]
+        edged = twin = None
         container_stats = None
         if config.cri:
             from .edged import Edged  # grpc/protobuf are imported only when edged runs
@@ -118,6 +119,11 @@ async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = Non
                 from ._dmi import DmiServer  # grpc is imported only with dmi
 
                 modules.append(("dmi", DmiServer(config, meta, twin).run))
+        if config.metrics:
+            from ._metrics import AgentMetrics  # prometheus_client only with metrics on
+
+            metrics = AgentMetrics(config.metrics, hub, meta, edged=edged, twin=twin)
+            modules.append(("metrics", metrics.run))
         async with trio.open_nursery() as nursery:
             for name, run in modules:
                 await nursery.start(supervise, name, run)

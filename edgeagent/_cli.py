@@ -17,6 +17,8 @@ log = logging.getLogger("edgeagent")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from edgeio import add_log_arguments
+
     p = argparse.ArgumentParser(prog="edgeagent", description="edgeflock edge agent")
     sub = p.add_subparsers(dest="cmd", required=True)
     j = sub.add_parser("join", help="enroll this board with a gateway")
@@ -42,7 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--mqtt-auth-dir", default=None, help="where (default DATA_DIR/mqtt)")
     r.add_argument("--heartbeat", type=float, default=None, help="seconds between pings")
-    r.add_argument("--log-level", default="INFO")
+    r.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on this loopback address (agent.toml: metrics)",
+    )
+    add_log_arguments(r)
     s = sub.add_parser("status", help="show the agent's state (works when it is stopped)")
     s.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     s.add_argument("-o", "--output", choices=("json", "text"), default="text")
@@ -119,14 +127,13 @@ def _images_import(args: argparse.Namespace, data_dir: Path) -> int:
 def _run(args: argparse.Namespace, data_dir: Path) -> int:
     import trio
 
+    from edgeio import configure_logging, set_log_fields
+
     from ._app import run_agent
     from ._config import load_config
     from ._errors import AgentError
 
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         config = load_config(
             data_dir,
@@ -136,10 +143,12 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
             heartbeat=args.heartbeat,
             mqtt_auth=args.mqtt_auth,
             mqtt_auth_dir=args.mqtt_auth_dir,
+            metrics=args.metrics,
         )
     except AgentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    set_log_fields(node=config.node)  # JSON log lines name the node
 
     async def main_task() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

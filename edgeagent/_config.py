@@ -58,6 +58,9 @@ class AgentConfig:
     mqtt_pid_file: str | None = None  # the broker's pid_file; default MQTT_AUTH_DIR/mosquitto.pid
     # KubeEdge's DMI for v1beta1 mappers (gRPC), e.g. "unix:///run/edgeflock/dmi.sock".
     dmi: str | None = None
+    # Prometheus metrics on a loopback listener, e.g. "127.0.0.1:9101" (off when
+    # unset: prometheus_client is then never imported).
+    metrics: str | None = None
     # Node labels asked for at join (agent.toml ``labels``), sorted (key, value) pairs.
     labels: tuple[tuple[str, str], ...] = ()
 
@@ -154,6 +157,13 @@ def load_config(data_dir: Path, **overrides: Any) -> AgentConfig:
         raise ConfigError(f"{toml_path}: stats_interval must be 0 (off) or positive")
     if cfg.dmi is not None and not (cfg.dmi.startswith("unix://") and len(cfg.dmi) > 7):
         raise ConfigError(f"{toml_path}: dmi must be unix:///PATH, not {cfg.dmi!r}")
+    if cfg.metrics is not None:
+        from edgeio._metricsserver import MetricsAddressError, parse_listen
+
+        try:
+            parse_listen(cfg.metrics)
+        except MetricsAddressError as exc:
+            raise ConfigError(f"{toml_path}: {exc}") from None
     return cfg
 
 

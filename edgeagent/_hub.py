@@ -194,6 +194,8 @@ class HubClient:
         self._hub_noted: str | None = None  # the hub last written to the store's state
         self.connected = False
         self.counters: Counter[str] = Counter()
+        # The last resync stored: (mode, wall-clock time, seconds, bytes).
+        self.last_resync: tuple[str, float, float, int] | None = None
         self._ids = 0
         self._inflight: set[int] = set()
         self._acked = trio.Event()
@@ -480,6 +482,8 @@ class HubClient:
         if batch.resync is not None:
             self.connected = True
             r = batch.resync
+            self.last_resync = (r.mode, time.time(), r.seconds, r.bytes)
+            self.counters[f"resyncs_{r.mode}"] += 1
             log.info(
                 "resync (%s): %d objects, %d bytes in %.3f s", r.mode, r.objects, r.bytes, r.seconds
             )

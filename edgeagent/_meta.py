@@ -482,6 +482,19 @@ class _MetaSync:
             return len(self.outbox_after(0, 1 << 30))
         return int(self._scalar("SELECT count(*) FROM outbox") or 0)
 
+    def io_statistics(self) -> dict[str, int]:
+        """Outbox depth, reports dropped to keep it bounded (ever, from the
+        store), and bytes of pages SQLite wrote through this connection since
+        it opened (``SQLITE_DBSTATUS_CACHE_WRITE`` times the page size: to the
+        WAL; checkpoints copying them into the database file are not counted)."""
+        pages = self.conn.status(apsw.SQLITE_DBSTATUS_CACHE_WRITE)[0]
+        page_size = int(self._scalar("PRAGMA page_size") or 0)
+        return {
+            "outbox_depth": self.outbox_depth(),
+            "outbox_dropped": int(self.get_state("outbox_dropped", 0) or 0),
+            "sqlite_written_bytes": pages * page_size,
+        }
+
     def integrity_check(self) -> str:
         return str(self._scalar("PRAGMA integrity_check"))
 
@@ -638,3 +651,6 @@ class Meta:
 
     async def outbox_depth(self) -> int:
         return await self._call(self._sync.outbox_depth)
+
+    async def io_statistics(self) -> dict[str, int]:
+        return await self._call(self._sync.io_statistics)

@@ -249,6 +249,8 @@ class DeviceTwin:
         self._dirty = trio.Event()
         self._flushed = trio.Event()  # set after every commit (or failed attempt)
         self.counters: Counter[str] = Counter()
+        # The EventBus's statistics (MQTT in/out), set by edge_bus_modules.
+        self.bus_statistics: Callable[[], dict[str, Any]] | None = None
         # Events for the cloud share the twin's write batches (one transaction).
         self.uploads = Uploads(config.node, self.counters, self._mark)
 
@@ -832,5 +834,6 @@ def edge_bus_modules(
     auth, login = bus_auth(config, meta)  # with mqtt_auth: the broker's files, then a login
     bus = EventBus(config.mqtt, f"edgeflock-{config.node}", twin.routes(), **login)
     twin.attach(bus.publish)
+    twin.bus_statistics = bus.statistics  # for the agent's /metrics
     bus.add_on_connect(twin.on_broker_connected)
     return [("twin", twin.run), *auth, ("eventbus", bus.run)]

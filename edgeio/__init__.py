@@ -1,23 +1,64 @@
 """edgeio: I/O helpers shared by the agent, the gateway and the mappers — the
-paho-on-trio MQTT client, MQTT URL parsing and durable file writes.
+paho-on-trio MQTT client, MQTT URL parsing, durable file writes, log output
+(text or JSON lines), histograms and the opt-in ``/metrics`` listener
+(``edgeio._metricsserver``).
 
 It sits beside edgeproto (which does no I/O) and imports none of the packages
-that use it; paho is imported only when an MQTT client runs."""
+that use it. The MQTT client and file helpers load on first use (the agent's
+command line needs only the log helpers), paho only when an MQTT client runs,
+prometheus_client only through ``edgeio._prom``, which only code with metrics
+on imports."""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import EdgeIOError, MqttUrlError
-from ._files import fsync_dir, write_atomic
-from ._mqtt import STABLE, Message, MqttClient, Receiver, parse_mqtt_url
+from ._histogram import BYTES_BUCKETS, COUNT_BUCKETS, SECONDS_BUCKETS, Histogram
+from ._logs import LOG_FORMATS, JsonFormatter, add_log_arguments, configure_logging, set_log_fields
+
+if TYPE_CHECKING:
+    from ._files import fsync_dir, write_atomic
+    from ._mqtt import STABLE, Message, MqttClient, Receiver, parse_mqtt_url
+
+_LAZY = {
+    "fsync_dir": "._files",
+    "write_atomic": "._files",
+    "STABLE": "._mqtt",
+    "Message": "._mqtt",
+    "MqttClient": "._mqtt",
+    "Receiver": "._mqtt",
+    "parse_mqtt_url": "._mqtt",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
+    "BYTES_BUCKETS",
+    "COUNT_BUCKETS",
+    "LOG_FORMATS",
+    "SECONDS_BUCKETS",
     "STABLE",
     "EdgeIOError",
+    "Histogram",
+    "JsonFormatter",
     "Message",
     "MqttClient",
     "MqttUrlError",
     "Receiver",
+    "add_log_arguments",
+    "configure_logging",
     "fsync_dir",
     "parse_mqtt_url",
+    "set_log_fields",
     "write_atomic",
 ]

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import trio
 
+from edgeio import add_log_arguments, configure_logging, set_log_fields
+from edgeio._metricsserver import MetricsAddressError, parse_listen
 from edgeproto import topics
 from mappers._credentials import Credentials, load_credentials
 from mappers._errors import ConfigError, MapperError
@@ -149,7 +151,7 @@ class MapperShell:
             try:
                 doc = doc_from_membership(dev)
             except ConfigError as exc:
-                log.error("device %s: %s", name, exc)
+                log.error("device %s: %s", name, exc, extra={"device": name})
                 self.rejected[name] = str(exc)
                 continue
             if doc.protocol_name == self.protocol_name:
@@ -186,14 +188,16 @@ class MapperShell:
         try:
             task = self.factory(doc)
         except MapperError as exc:
-            log.error("device %s: not started: %s", doc.name, exc)
+            log.error("device %s: not started: %s", doc.name, exc, extra={"device": doc.name})
             self.rejected[doc.name] = str(exc)
             await self._remove(doc.name)
             return
         await self._remove(doc.name)
         slot = _Slot(task, doc)
         self.devices[doc.name] = slot
-        log.info("device %s: started (%s)", doc.name, self.protocol_name)
+        log.info(
+            "device %s: started (%s)", doc.name, self.protocol_name, extra={"device": doc.name}
+        )
         self._nursery.start_soon(self._run_slot, slot)
         self._changed.set()
 
@@ -226,7 +230,7 @@ class MapperShell:
             return
         slot.scope.cancel()
         await slot.done.wait()
-        log.info("device %s: stopped", name)
+        log.info("device %s: stopped", name, extra={"device": name})
         self._changed.set()
 
     # -- routing --------------------------------------------------------------------
@@ -248,7 +252,7 @@ class MapperShell:
             try:
                 delta = delta_values(msg.payload)
             except ValueError as exc:
-                log.warning("device %s: bad delta message: %s", name, exc)
+                log.warning("device %s: bad delta message: %s", name, exc, extra={"device": name})
                 return
             slot.task.on_delta(delta)
             return
@@ -279,8 +283,10 @@ async def run_mapper(
     node: str | None,
     config_path: Path | None,
     credentials: Credentials | None = None,
+    metrics: str | None = None,
 ) -> None:
-    """The whole process: MQTT client + shell, until SIGTERM/SIGINT."""
+    """The whole process: MQTT client + shell (and, with ``metrics``, the
+    ``/metrics`` listener on that loopback address), until SIGTERM/SIGINT."""
     mqtt = MqttClient(
         url,
         client_id=f"{protocol_name}-mapper-{node or 'standalone'}",
@@ -291,6 +297,12 @@ async def run_mapper(
     async with trio.open_nursery() as nursery:
         await nursery.start(mqtt.run)
         await nursery.start(shell.run)
+        if metrics is not None:
+            from edgeio._metricsserver import serve_metrics
+
+            from ._metrics import MapperMetrics  # prometheus_client only with --metrics
+
+            await nursery.start(serve_metrics, metrics, MapperMetrics(shell).render)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("signal %d: stopping", signum)
@@ -310,12 +322,18 @@ def cli_main(protocol_name: str, make_factory: FactoryMaker, argv: Sequence[str]
         type=Path,
         help="the login the agent wrote (with mqtt_auth): MQTT_AUTH_DIR/mapper-PROTOCOL.cred",
     )
-    ap.add_argument("--log-level", default="INFO")
-    args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    ap.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on this loopback address, e.g. 127.0.0.1:9102",
     )
+    add_log_arguments(ap)
+    args = ap.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    set_log_fields(node=args.node)
     try:
+        if args.metrics is not None:
+            parse_listen(args.metrics)  # a bad address fails now, with the flag's name
         if args.config is not None:
             docs_from_yaml(args.config)  # fail fast on a broken file
         cred = load_credentials(args.mqtt_credentials) if args.mqtt_credentials else None
@@ -327,10 +345,14 @@ def cli_main(protocol_name: str, make_factory: FactoryMaker, argv: Sequence[str]
                 node=args.node,
                 config_path=args.config,
                 credentials=cred,
+                metrics=args.metrics,
             )
         )
     except ConfigError as exc:
         print(f"{protocol_name}-mapper: {exc}")
+        return 2
+    except MetricsAddressError as exc:
+        print(f"{protocol_name}-mapper: --metrics: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130

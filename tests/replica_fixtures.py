@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.conftest import wait_for_sync
 
 
@@ -127,7 +129,7 @@ class Replica:
 
 
 def leader_of(replicas: list[Replica]) -> Replica | None:
-    """The replica whose /metrics says it leads (``edgeflock_coord_leader 1``)."""
+    """The replica whose /metrics says it leads (gauge ``edgeflock_coord_leader`` 1)."""
     for r in replicas:
         if r.proc is None or r.proc.poll() is not None:
             continue
@@ -138,7 +140,9 @@ def leader_of(replicas: list[Replica]) -> Replica | None:
                 text = resp.read().decode()
         except OSError:
             continue
-        if "\nedgeflock_coord_leader 1" in "\n" + text:
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        leader = families.get("edgeflock_coord_leader")
+        if leader is not None and leader.type == "gauge" and leader.samples[0].value == 1:
             return r
     return None
 

@@ -144,6 +144,17 @@ class EtcdCoordinator:
             return None  # a key left by an earlier run of this replica: not held now
         return self._replicas.get(held[0])
 
+    def sessions_by_replica(self) -> dict[str, int]:
+        """Node sessions per live replica, from the registry (this replica's
+        own counted from its hub)."""
+        counts: dict[str, int] = {info.id: 0 for info in self.replicas()}
+        local = set(self._local_sessions())
+        for node, (rid, _) in self._sessions.items():
+            if node not in local:
+                counts[rid] = counts.get(rid, 0) + 1
+        counts[self.replica_id] = len(local)
+        return counts
+
     def statistics(self) -> dict[str, int]:
         return {
             "leader": int(self.is_leader),

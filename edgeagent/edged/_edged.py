@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from edgeio import SECONDS_BUCKETS, Histogram
+
 from .._config import AgentConfig
 from ._errors import ContainerNotRunning, CriError, EdgedError, PodNotFound
 from ._logs import LogDecoder
@@ -76,6 +78,27 @@ def open_cri_client(address: str, transport: str, *, concurrency: int, timeout: 
     return CriClient(address, concurrency=concurrency, timeout=timeout)
 
 
+class _TimedCri:
+    """A CRI client whose unary calls are timed, by method (``Edged.cri_seconds``)."""
+
+    def __init__(self, client: Any, seconds: dict[str, Histogram]) -> None:
+        self._client = client
+        self._seconds = seconds
+
+    async def call(self, method: str, request: Any, rpc_timeout: float | None = None) -> Any:
+        started = trio.current_time()
+        try:
+            return await self._client.call(method, request, rpc_timeout)
+        finally:
+            hist = self._seconds.get(method)
+            if hist is None:
+                hist = self._seconds[method] = Histogram(SECONDS_BUCKETS)
+            hist.observe(trio.current_time() - started)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
 class Edged:
     def __init__(
         self, config: AgentConfig, meta: Meta, options: EdgedOptions | None = None
@@ -92,6 +115,7 @@ class Edged:
         self._ctx: PodContext | None = None
         self._nursery: trio.Nursery | None = None
         self._loaded = False
+        self.cri_seconds: dict[str, Histogram] = {}  # CRI call latency by method
 
     # ---- service
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -101,11 +125,14 @@ class Edged:
 
         opts = self.options
         assert self.config.cri
-        cri = open_cri_client(
-            self.config.cri,
-            self.config.cri_transport,
-            concurrency=opts.cri_concurrency,
-            timeout=opts.cri_timeout,
+        cri = _TimedCri(
+            open_cri_client(
+                self.config.cri,
+                self.config.cri_transport,
+                concurrency=opts.cri_concurrency,
+                timeout=opts.cri_timeout,
+            ),
+            self.cri_seconds,
         )
         try:
             runtime = Runtime(cri, self.owner)
@@ -322,6 +349,14 @@ class Edged:
                         if tail_bytes:
                             yield tail_bytes
                         return
+
+    def pod_statuses(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(namespace, name, last reported status) of every pod edged runs."""
+        return [
+            (w.namespace, w.name, w.status)
+            for w in self._workers.values()
+            if not w.deleted and w.status is not None
+        ]
 
     async def container_stats(self) -> list[ContainerSample]:
         """Resource usage of this node's running containers (CRI

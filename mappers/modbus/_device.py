@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import trio
 
+from edgeio import SECONDS_BUCKETS, Histogram
 from mappers._errors import (
     BusUnavailable,
     CodecError,
@@ -73,6 +74,7 @@ class ModbusDeviceTask:
         self.counters = {
             "requests": 0,
             "responses": 0,
+            "reads": 0,  # read requests answered with registers or bits
             "timeouts": 0,
             "crc_errors": 0,
             "protocol_errors": 0,
@@ -87,6 +89,7 @@ class ModbusDeviceTask:
             "deltas_already_applied": 0,
         }
         self._warned = False
+        self.latency = Histogram(SECONDS_BUCKETS)  # request → answer (or timeout), retries each
         self._delta_send, self._delta_recv = trio.open_memory_channel[Mapping[str, str]](16)
         self._split: set[tuple[str, int]] = set()  # batches that must be read per property
         # property -> (desired text written, value read back): a desired value the device
@@ -133,8 +136,12 @@ class ModbusDeviceTask:
             if attempt:
                 self.counters["retries"] += 1
             self.counters["requests"] += 1
+            started = trio.current_time()
             try:
-                answer = await self.bus.transact(dev.slave_id, pdu, dev.timeout_ms / 1000)
+                try:
+                    answer = await self.bus.transact(dev.slave_id, pdu, dev.timeout_ms / 1000)
+                finally:
+                    self.latency.observe(trio.current_time() - started)
                 result = parse_response(pdu, answer)
             except DeviceRejected:
                 self.counters["responses"] += 1
@@ -165,7 +172,7 @@ class ModbusDeviceTask:
     def _answered(self) -> None:
         self.consecutive_failures = 0
         if self._warned:
-            log.warning("device %s: answering again", self.name)
+            log.warning("device %s: answering again", self.name, extra={"device": self.name})
             self._warned = False
         if self.state != ONLINE:
             self._set_state(ONLINE)
@@ -173,15 +180,15 @@ class ModbusDeviceTask:
     def _failed(self, exc: MapperError) -> None:
         self.consecutive_failures += 1
         if not self._warned:
-            log.warning("device %s: %s", self.name, exc)
+            log.warning("device %s: %s", self.name, exc, extra={"device": self.name})
             self._warned = True
         else:
-            log.debug("device %s: %s", self.name, exc)
+            log.debug("device %s: %s", self.name, exc, extra={"device": self.name})
         if self.consecutive_failures >= self.device.offline_after and self.state != OFFLINE:
             self._set_state(OFFLINE)
 
     def _set_state(self, state: str) -> None:
-        log.info("device %s: %s", self.name, state)
+        log.info("device %s: %s", self.name, state, extra={"device": self.name})
         self.state = state
         self.publisher.publish(self.topics["state"], state_update(state))
 
@@ -214,7 +221,13 @@ class ModbusDeviceTask:
             failed = await self._read_batch(batch, values)
             if isinstance(failed, DeviceRejected) and len(batch.properties) > 1:
                 # one bad address spoils the whole batch: read these one by one from now on
-                log.info("device %s: batch at %s %d split after %s", self.name, *key, failed)
+                log.info(
+                    "device %s: batch at %s %d split after %s",
+                    self.name,
+                    *key,
+                    failed,
+                    extra={"device": self.name},
+                )
                 self._split.add(key)
                 for p in batch.properties:
                     single = ReadBatch(p.register, p.address, p.count, (p,))
@@ -230,6 +243,7 @@ class ModbusDeviceTask:
                 st.errors += 1
                 st.error = f"read failed: {exc}"
             return exc
+        self.counters["reads"] += 1
         for p in batch.properties:
             st = self.props[p.name]
             try:
@@ -286,13 +300,20 @@ class ModbusDeviceTask:
                     st = self.props.get(name)
                     if st is not None:
                         st.write_error = str(exc)
-                    log.warning("device %s: %s", self.name, exc)
+                    log.warning("device %s: %s", self.name, exc, extra={"device": self.name})
                 except MapperError as exc:
                     self.counters["write_errors"] += 1
                     st = self.props.get(name)
                     if st is not None:
                         st.write_error = f"write failed: {exc}"
-                    log.warning("device %s: writing %s=%r failed: %s", self.name, name, text, exc)
+                    log.warning(
+                        "device %s: writing %s=%r failed: %s",
+                        self.name,
+                        name,
+                        text,
+                        exc,
+                        extra={"device": self.name},
+                    )
 
     def _encode(self, prop: ModbusProperty, text: str) -> list[int] | list[bool]:
         try:

@@ -73,7 +73,7 @@ class SerialSensorTask:
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
-            log.info("device %s: %s", self.name, state)
+            log.info("device %s: %s", self.name, state, extra={"device": self.name})
             self.state = state
             self.publisher.publish(self.topics["state"], state_update(state))
 
@@ -107,7 +107,13 @@ class SerialSensorTask:
         except OSError as exc:  # pyserial's SerialException is an OSError
             self.counters["open_failures"] += 1
             if not self._warned:
-                log.warning("device %s: cannot open %s: %s", self.name, s.port, exc)
+                log.warning(
+                    "device %s: cannot open %s: %s",
+                    self.name,
+                    s.port,
+                    exc,
+                    extra={"device": self.name},
+                )
                 self._warned = True
             self._set_state("offline")
             return None
@@ -130,11 +136,19 @@ class SerialSensorTask:
                 continue
             except OSError as exc:
                 self.counters["disconnects"] += 1
-                log.warning("device %s: %s lost: %s", self.name, self.sensor.port, exc)
+                log.warning(
+                    "device %s: %s lost: %s",
+                    self.name,
+                    self.sensor.port,
+                    exc,
+                    extra={"device": self.name},
+                )
                 return
             if not data:
                 self.counters["disconnects"] += 1
-                log.warning("device %s: %s closed", self.name, self.sensor.port)
+                log.warning(
+                    "device %s: %s closed", self.name, self.sensor.port, extra={"device": self.name}
+                )
                 return
             for line in self._splitter.feed(data):
                 self._line(line)
@@ -147,7 +161,9 @@ class SerialSensorTask:
         except CodecError as exc:
             self.counters["garbage"] += 1
             self.last_garbage = str(exc)
-            log.debug("device %s: garbage line skipped: %s", self.name, exc)
+            log.debug(
+                "device %s: garbage line skipped: %s", self.name, exc, extra={"device": self.name}
+            )
             return
         self.counters["lines"] += 1
         self._pending.update(values)

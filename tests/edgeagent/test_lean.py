@@ -23,7 +23,8 @@ def test_the_agent_imports_no_metadata_parsers_grpc_paho_or_pymodbus() -> None:
     ).stdout
     loaded = set(json.loads(out))
     assert "trio_websocket" in loaded and "apsw" in loaded
-    for heavy in ("importlib.metadata", "email", "zipfile", "tomllib", "grpc", "paho", "pymodbus"):
+    heavy_ones = ("importlib.metadata", "email", "zipfile", "tomllib", "grpc", "paho", "pymodbus")
+    for heavy in (*heavy_ones, "prometheus_client"):
         assert heavy not in loaded, heavy
 
 

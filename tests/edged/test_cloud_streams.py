@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from tests.conftest import join_node, start_agent, start_gateway, wait_for
+from tests.metrics_fixtures import free_port, sample, scrape
 
 from .conftest import Containerd
 from .test_reboot import default_cgroup_exists, remove_empty_default_cgroup
@@ -49,7 +50,10 @@ async def test_edgectl_logs_and_exec_reach_a_real_container(
     cg_existed = default_cgroup_exists()
     gw = await start_gateway(nursery, tmp_path / "gw")
     await join_node(gw, "pi-logs", tmp_path / "agent")
-    agent = await start_agent(nursery, tmp_path / "agent", cri=containerd.address)
+    metrics_port = free_port()
+    agent = await start_agent(
+        nursery, tmp_path / "agent", cri=containerd.address, metrics=f"127.0.0.1:{metrics_port}"
+    )
     try:
         assert (await gw.api("POST", f"{NS}/pods", pod(containerd.image)))[0] == 201
 
@@ -58,6 +62,19 @@ async def test_edgectl_logs_and_exec_reach_a_real_container(
             return code == 200 and (obj.get("status") or {}).get("phase") == "Running"
 
         await wait_for(running, timeout=30, interval=0.1)
+        # The agent's /metrics: pods by phase, restarts, CRI call latency.
+        fams = await trio.to_thread.run_sync(scrape, f"http://127.0.0.1:{metrics_port}/metrics")
+        assert fams["edgeflock_agent_pods"].type == "gauge"
+        assert sample(fams, "edgeflock_agent_pods", phase="Running") == 1
+        assert fams["edgeflock_agent_container_restarts"].type == "counter"
+        restarts = [
+            s
+            for s in fams["edgeflock_agent_container_restarts"].samples
+            if s.labels["pod"] == "talker"
+        ]
+        assert [(s.labels["container"], s.value) for s in restarts] == [("app", 0)]
+        assert fams["edgeflock_agent_cri_call_duration_seconds"].type == "histogram"
+        assert sample(fams, "edgeflock_agent_cri_call_duration_seconds_count") >= 3
 
         async def logged() -> bool:
             rc, out, _ = await gw.edgectl("logs", "talker")
