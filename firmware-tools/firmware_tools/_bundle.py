@@ -224,8 +224,11 @@ def oci_image_name(archive: Path) -> str:
             raise ValueError("index.json lists no manifests")
         annotations = manifests[0].get("annotations") or {}
         name = annotations.get("io.containerd.image.name")
-    except (OSError, KeyError, ValueError, TypeError, tarfile.TarError) as exc:
-        raise BadInput(f"{archive}: not an OCI image archive ({exc})") from None
+    except tarfile.TarError:
+        raise BadInput(f"{archive}: not an OCI image archive (not a tar file)") from None
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInput(f"{archive}: not an OCI image archive ({reason})") from None
     if not isinstance(name, str) or not name:
         raise BadInput(
             f"{archive}: its index.json names no image (annotation io.containerd.image.name)"

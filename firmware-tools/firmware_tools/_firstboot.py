@@ -276,7 +276,8 @@ state = "/run/edgeflock/containerd"
 def cni_config() -> str:
     """Pods' network: a bridge with host-local addresses. No masquerade and no port
     mapping (both need iptables, which Raspberry Pi OS Lite does not carry): pods
-    reach the board and each other; hostNetwork pods reach beyond."""
+    reach the board and each other; hostNetwork pods reach beyond. Address leases live
+    in /run: every pod network is gone after a reboot, and so are they."""
     return """\
 {
   "cniVersion": "0.4.0",
@@ -289,7 +290,7 @@ def cni_config() -> str:
       "ipMasq": false,
       "ipam": {
         "type": "host-local",
-        "dataDir": "/var/lib/edgeflock/cni",
+        "dataDir": "/run/edgeflock/cni-ipam",
         "ranges": [[{"subnet": "10.88.0.0/16"}]],
         "routes": [{"dst": "0.0.0.0/0"}]
       }
@@ -301,6 +302,10 @@ def cni_config() -> str:
 
 
 def containerd_unit() -> str:
+    # After a reboot every pod network is gone, but CNI's result cache in /var/lib/cni
+    # is not: a power cut can leave a cached result truncated, and then tearing the
+    # dead sandbox down fails for ever ("unexpected end of JSON input"; seen on the
+    # emulated board). So the cache is cleared once per boot (the marker lives in /run).
     return """\
 [Unit]
 Description=edgeflock container runtime (containerd)
@@ -308,6 +313,8 @@ After=network.target local-fs.target
 
 [Service]
 ExecStartPre=-/sbin/modprobe overlay
+ExecStartPre=/bin/sh -c '[ -e /run/edgeflock/cni-cache-cleared ] || { rm -rf \
+/var/lib/cni/results && mkdir -p /run/edgeflock && touch /run/edgeflock/cni-cache-cleared; }'
 ExecStart=/usr/bin/containerd --config /etc/edgeflock/containerd.toml
 Delegate=yes
 KillMode=process

@@ -234,3 +234,48 @@ def test_first_boot_refuses_a_corrupt_bundle_and_a_swapped_token(
         text=True,
     )
     assert run.returncode == 1 and "does not carry the CA pin" in run.stderr
+
+
+def test_first_boot_retries_the_join_and_takes_a_fresh_token_from_the_boot_partition(
+    pi_image: PiImage, tmp_path: Path, project_bundle: Path
+) -> None:
+    """The gateway does not answer: the join is retried with a doubling pause, and a
+    token written to the boot partition (the user's fix for an expired one) replaces
+    the baked one; one with another CA's pin is ignored."""
+    pin = "ab12" * 16
+    out = tmp_path / "o.img"
+    proc = edgeflash(
+        "prepare", "--image", pi_image.path, "--output", out,
+        "--gateway", "https://127.0.0.1:9", "--token", f"abcdef.0123456789abcdef.{pin}",
+        "--node", "pi-x", "--bundle", project_bundle,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    root = tmp_path / "r"
+    _extract(out, pi_image.root_offset, root)
+    (root / "opt/edgeflock/bundle/SHA256SUMS").unlink()  # no install: edgeagent from PATH
+    boot = root / "boot/firmware"  # the image's mount point of the FAT partition
+    boot.mkdir(parents=True, exist_ok=True)
+    fresh = f"fedcba.fedcba9876543210.{pin}"
+    (boot / "edgeflock-join.token").write_text("zzzzzz.zzzzzzzzzzzzzzzz." + "00" * 32 + "\n")
+    env = dict(
+        os.environ,
+        EDGEFLOCK_ROOT=str(root),
+        EDGEFLOCK_JOIN_ATTEMPTS="3",
+        EDGEFLOCK_JOIN_RETRY_MIN="0",
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # this tree's edgeagent
+    )
+    script = [str(root / "usr/local/lib/edgeflock/firstboot.sh")]
+    run = subprocess.run(script, env=env, cwd=root, capture_output=True, text=True)
+    assert run.returncode == 1, run.stderr
+    assert "ignoring" in run.stderr and "does not carry the CA pin" in run.stderr
+    assert "cannot reach the gateway" in run.stderr  # the agent's reason, on the console
+    assert "join failed (attempt 1); next try in 0 s" in run.stderr
+    assert "join failed (attempt 2)" in run.stderr
+    assert "join failed; the token is kept" in run.stderr
+    # A token with the right pin on the boot partition is taken and kept for the next try.
+    (boot / "edgeflock-join.token").write_text(fresh + "\r\n")
+    run = subprocess.run(script, env=env, cwd=root, capture_output=True, text=True)
+    assert "took the fresh join token" in run.stderr
+    assert not (boot / "edgeflock-join.token").exists()
+    assert (root / "etc/edgeflock/join.token").read_text().strip() == fresh
+    assert oct((root / "etc/edgeflock/join.token").stat().st_mode & 0o777) == "0o600"

@@ -30,6 +30,8 @@ from .conftest import (
     sha256,
 )
 
+TREE = Path(__file__).resolve().parents[2]
+
 SSH_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx2aWQ7bQvk1uWcUu0XQHfBQ8yB6Qh6nT3sQh3l5H7M ops@fleet"
 )
@@ -379,3 +381,71 @@ def test_unclean_root_filesystem_is_refused(pi_image: PiImage, tmp_path: Path) -
     proc = _prepare(pi_image, tmp_path / "out.img")
     assert_one_line_error(proc, "journal needs recovery", "e2fsck")
     assert sha256(pi_image.path) == before and not (tmp_path / "out.img").exists()
+
+
+def test_image_with_debians_containerd_and_mosquitto_a_mapper_and_a_sandbox_image(
+    pi_image: PiImage, tmp_path: Path
+) -> None:
+    """Raspberry Pi OS with Debian's containerd, runc and mosquitto already installed (as
+    the emulated board's image has them): their edgeflock units without carrying .debs;
+    a mapper unit; containerd told the bundle's pause image and given a CNI bridge."""
+    from firmware_tools._ext4 import Dir
+
+    Ext4Volume(str(pi_image.path), pi_image.root_offset).apply(
+        [Dir("/usr", 0o755), Dir("/usr/bin", 0o755), Dir("/usr/sbin", 0o755)]
+        + [File(p, b"\x7fELF", 0o755) for p in
+           ("/usr/bin/containerd", "/usr/sbin/runc", "/usr/sbin/mosquitto")]
+    )  # fmt: skip
+    images = tmp_path / "images"
+    subprocess.run(
+        ["bash", str(TREE / "scripts/containerd"), "build-images", str(images)], check=True
+    )
+    bundle = tmp_path / "bundle"
+    edgeflash(
+        "bundle", "--arch", "x86_64", "--python", "3.11", "--no-deps", "--output", bundle,
+        "--sandbox-image", images / "pause.tar", check=True,
+    )  # fmt: skip
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["sandbox_image"] == "localhost/edgeflock/pause:1"
+    assert any(f["path"] == "images/pause.tar" for f in manifest["files"])
+    out = tmp_path / "out.img"
+    proc = _prepare(pi_image, out, "--bundle", bundle, "--mapper", "modbus")
+    assert proc.returncode == 0, proc.stderr
+    root = Ext4Volume(str(out), pi_image.root_offset)
+    conf = root.read("/etc/edgeflock/edgeflock.conf").decode()
+    assert (
+        "UNITS='edgeflock-mosquitto.service edgeflock-containerd.service "
+        "edgeflock-agent.service edgeflock-mapper-modbus.service'" in conf
+    )
+    mapper = root.read("/etc/systemd/system/edgeflock-mapper-modbus.service").decode()
+    assert "/opt/edgeflock/venv/bin/modbus-mapper --mqtt tcp://127.0.0.1:1883 --node" in mapper
+    assert "--mqtt-credentials /var/lib/edgeflock/mqtt/mapper-modbus.cred" in mapper
+    containerd = tomllib.loads(root.read("/etc/edgeflock/containerd.toml").decode())
+    cri = containerd["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["sandbox_image"] == "localhost/edgeflock/pause:1"
+    assert cri["cni"]["conf_dir"] == "/etc/edgeflock/cni"
+    cni = json.loads(root.read("/etc/edgeflock/cni/10-edgeflock.conflist"))
+    assert cni["plugins"][0]["type"] == "bridge"
+    assert cni["plugins"][0]["ipam"]["dataDir"].startswith("/run/")
+    unit = root.read("/etc/systemd/system/edgeflock-containerd.service").decode()
+    assert "rm -rf /var/lib/cni/results" in unit  # stale after every reboot
+
+    # A mapper without a broker to talk to, or of an unknown protocol: refused.
+    bare = make_pi_image(tmp_path / "bare.img")
+    proc = _prepare(bare, tmp_path / "x.img", "--bundle", bundle, "--mapper", "modbus")
+    assert proc.returncode == 1 and "--mapper needs mosquitto" in proc.stderr
+    assert not (tmp_path / "x.img").exists()
+    proc = _prepare(bare, tmp_path / "x.img", "--bundle", bundle, "--mapper", "zigbee")
+    assert proc.returncode == 2 and "zigbee" in proc.stderr
+
+
+def test_sandbox_image_must_be_an_oci_archive(tmp_path: Path) -> None:
+    bad = tmp_path / "pause.tar"
+    bad.write_bytes(b"not a tar")
+    proc = edgeflash(
+        "bundle", "--arch", "aarch64", "--no-deps", "--output", tmp_path / "b",
+        "--sandbox-image", bad,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "not an OCI image archive" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert not (tmp_path / "b").exists()
