@@ -156,3 +156,39 @@ async def test_subscriptions_and_hooks_survive_a_broker_restart(
     await until(lambda: ("b/2", b"three") in got)
     stats = client.statistics()
     assert stats["connects"] == 2 and stats["disconnects"] == 1 and stats["connected"]
+
+
+PAHO_PROBE = """
+import json, sys, trio
+from edgeio import MqttClient
+
+async def main() -> None:
+    client = MqttClient(sys.argv[1], client_id="probe")
+    client.subscribe("probe/t")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await client.wait_subscribed()
+        client.publish("probe/t", b"hi")
+        msg = await client.incoming.receive()
+        loaded = sorted(sys.modules)
+        import paho.mqtt.client as paho
+        proxies = paho.urllib.request.getproxies()  # paho's one use of it, when PySocks is there
+        import urllib.request
+        print(json.dumps([msg.payload.decode(), loaded, isinstance(proxies, dict),
+                          paho.urllib.request is urllib.request, urllib.request.__file__]))
+        nursery.cancel_scope.cancel()
+
+trio.run(main)
+"""
+
+
+async def test_paho_runs_without_loading_urllib_request(broker: Broker) -> None:
+    # ~1.4 MiB of http.client, email and datetime that paho imports and never uses
+    out = await trio.run_process(
+        [sys.executable, "-c", PAHO_PROBE, broker.url], capture_stdout=True, check=True
+    )
+    payload, loaded, proxies_read, same, path = json.loads(out.stdout)
+    assert payload == "hi" and "paho.mqtt.client" in loaded
+    assert {"urllib.request", "http.client", "email"}.isdisjoint(loaded)
+    # asked for, the real module answers, and is the one everybody then imports
+    assert proxies_read and same and path.endswith("urllib/request.py")
