@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from edgeagent import _lean
 from edgeagent._lean import trim_heap
+from edgeio import _heap
 
 PROBE = """
 import json, sys
@@ -32,5 +32,5 @@ def test_trim_heap_uses_glibc_malloc_trim() -> None:
     garbage = [bytearray(4096) for _ in range(2000)]
     del garbage
     trim_heap()
-    assert _lean._libc, "glibc's malloc_trim was not found on this Debian machine"
-    assert _lean._libc.malloc_trim(0) in (0, 1)
+    assert _heap._libc, "glibc's malloc_trim was not found on this Debian machine"
+    assert _heap._libc.malloc_trim(0) in (0, 1)
