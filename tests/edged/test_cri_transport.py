@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -111,19 +112,21 @@ async def test_h2_deadline_and_concurrency_bound_on_a_hung_runtime(containerd: C
         cri.close()
 
 
-def test_the_default_agent_runs_pods_without_importing_grpc(containerd: Containerd) -> None:
+def test_the_default_agent_runs_edged_without_importing_grpc(
+    containerd: Containerd, tmp_path: Path
+) -> None:
     # A fresh interpreter runs edged as the agent configures it by default, through its
     # first relist on the real containerd, then lists what it imported.
     assert AgentConfig.__dataclass_fields__["cri_transport"].default == "h2"
     code = f"""
-import sys, tempfile, trio
+import sys, trio
 from pathlib import Path
 from edgeagent._config import AgentConfig
 from edgeagent._meta import Meta
 from edgeagent.edged import Edged, EdgedOptions
 
 async def main() -> None:
-    d = Path(tempfile.mkdtemp())
+    d = Path(sys.argv[1])
     meta = Meta(d / "meta.db")
     cfg = AgentConfig(data_dir=d, node="grpc-free", hub_url="wss://127.0.0.1:9/x", cri={containerd.address!r})
     edged = Edged(cfg, meta, EdgedOptions(relist_interval=0.2, cgroup_root={CGROUP_ROOT!r}))
@@ -136,7 +139,26 @@ async def main() -> None:
 trio.run(main)
 """
     out = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code, str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout.split()
     assert "h2.connection" in out and "google.protobuf" in out
     assert [m for m in out if m == "grpc" or m.startswith("grpc.")] == []
+
+
+def test_the_transport_is_chosen_on_the_command_line(tmp_path: Path) -> None:
+    from edgeagent._config import load_config
+
+    (tmp_path / "enrollment.json").write_text('{"node": "n1", "hub": "wss://127.0.0.1:9/hub"}')
+    (tmp_path / "agent.toml").write_text('cri_transport = "grpcio"\n')
+    assert load_config(tmp_path).cri_transport == "grpcio"
+    assert load_config(tmp_path, cri_transport="h2").cri_transport == "h2"  # the flag wins
+    bad = subprocess.run(
+        [sys.executable, "-m", "edgeagent._cli", "run", "--data-dir", str(tmp_path),
+         "--cri-transport", "http3"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "invalid choice: 'http3'" in bad.stderr
