@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import random
 import socket
 import sys
@@ -469,12 +470,27 @@ class _Paho(Protocol):
 
 class _UrllibRequestOnDemand(types.ModuleType):
     """Stands in for ``urllib.request`` until one of its names is asked for, then
-    imports the real module and answers from it."""
+    imports the real module and answers from it. paho's question (with PySocks
+    installed, at every connect: is an MQTT proxy set in the environment?) is
+    answered without the import while no ``*_proxy`` variable is set, which is
+    what ``urllib.request.getproxies`` reads on Linux."""
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("getproxies", "proxy_bypass") and not any(
+            key.lower().endswith("_proxy") for key in os.environ
+        ):
+            return _no_proxies if name == "getproxies" else _no_bypass
         if sys.modules.get("urllib.request") is self:
             del sys.modules["urllib.request"]
         return getattr(importlib.import_module("urllib.request"), name)
+
+
+def _no_proxies() -> dict[str, str]:
+    return {}
+
+
+def _no_bypass(host: str) -> bool:
+    return False
 
 
 def _import_paho() -> None:

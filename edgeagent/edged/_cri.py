@@ -1,14 +1,13 @@
-"""A small CRI client: unary gRPC over HTTP/2 on containerd's unix socket, in trio.
+"""What edged's two CRI transports share: the ``Cri`` interface edged calls
+(``await cri.call("RunPodSandbox", pb.RunPodSandboxRequest(...))``), the messages
+(``pb``, protobuf from ``_cri_api_pb2``: the runtime.v1 subset edged uses), the
+method → response table, and ``CriClientBase`` (the unix socket address, the
+timeout, the concurrency limits).
 
-grpcio costs ~15 MB of resident memory and 7 threads per channel, more than the
-rest of the agent's budget for edged, and all edged needs from it is unary calls
-on a local socket. So this is the default transport: HTTP/2 from the sans-io
-``h2`` library (``_h2conn``), gRPC's message framing and status from
-``_grpcwire``, one request per connection at a time and a small pool of
-connections (the ``CapacityLimiter`` bounds it), each call under its deadline.
-Messages are encoded with protobuf from ``_cri_api_pb2`` (the runtime.v1 subset
-edged uses). A dropped connection is reopened on the next call, so containerd
-restarts are survived.
+The transports: ``_h2.CriClient`` (the default: unary gRPC over the sans-io h2
+library, ~15 MB leaner than grpcio) and ``_grpc.GrpcCriClient``
+(``cri_transport = "grpcio"``). Neither is imported here, so each loads only its
+own HTTP/2 stack.
 """
 
 from __future__ import annotations
@@ -20,12 +19,10 @@ import trio
 
 from . import _cri_api_pb2
 from ._errors import CriError
-from ._grpcwire import code_name
-from ._h2conn import H2Conn, Lost
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Cri", "CriClient", "CriClientBase", "pb"]
+__all__ = ["Cri", "CriClientBase", "pb"]
 
 pb: Any = _cri_api_pb2
 
@@ -83,50 +80,3 @@ class CriClientBase:
     def _path(method: str) -> str:
         service = "ImageService" if method in _IMAGE_METHODS else "RuntimeService"
         return f"/runtime.v1.{service}/{method}"
-
-
-class CriClient(CriClientBase):
-    """``await cri.call("RunPodSandbox", pb.RunPodSandboxRequest(...))``."""
-
-    def __init__(self, address: str, *, concurrency: int = 4, timeout: float = 60.0) -> None:
-        super().__init__(address, concurrency=concurrency, timeout=timeout)
-        self.path = self.address.removeprefix("unix://")
-        self._idle: list[H2Conn] = []  # one request per connection at a time
-
-    def close(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
-
-    async def call(self, method: str, request: Any, rpc_timeout: float | None = None) -> Any:
-        path = self._path(method)
-        timeout = rpc_timeout or self.timeout
-        body = request.SerializeToString()
-        async with self._limit(method):
-            for attempt in (0, 1):
-                reused = bool(self._idle)
-                try:
-                    conn = self._idle.pop() if reused else await H2Conn.open(self.path)
-                except OSError as exc:
-                    raise CriError(method, "UNAVAILABLE", f"connect {self.path}: {exc}") from None
-                ok = False
-                try:
-                    with trio.move_on_after(timeout) as scope:
-                        status, message, raw = await conn.unary(path, body, timeout)
-                    if scope.cancelled_caught:
-                        raise CriError(method, "DEADLINE_EXCEEDED", f"no answer in {timeout:g} s")
-                    ok = True
-                except Lost as exc:
-                    # A pooled connection may have died while idle (containerd restarted):
-                    # try once more on a fresh one.
-                    if reused and attempt == 0:
-                        continue
-                    raise CriError(method, "UNAVAILABLE", str(exc)) from None
-                finally:
-                    if ok and not conn.going_away:
-                        self._idle.append(conn)
-                    else:
-                        conn.close()
-                if status != 0:
-                    raise CriError(method, code_name(status), message)
-                return getattr(pb, _RESPONSES[method]).FromString(raw)
-        raise AssertionError("unreachable")

@@ -73,7 +73,7 @@ def open_cri_client(address: str, transport: str, *, concurrency: int, timeout: 
         from ._grpc import GrpcCriClient
 
         return GrpcCriClient(address, concurrency=concurrency, timeout=timeout)
-    from ._cri import CriClient
+    from ._h2 import CriClient
 
     return CriClient(address, concurrency=concurrency, timeout=timeout)
 

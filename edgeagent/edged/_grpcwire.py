@@ -3,7 +3,7 @@ header fields and its one length-prefixed message, and the answer read back from
 its header blocks (response headers, then trailers, or one trailers-only block)
 and DATA into ``(grpc status, message, response bytes)``.
 
-Sans-io (no trio, no sockets, no h2): ``_h2conn`` feeds it what the h2 library
+Sans-io (no trio, no sockets, no h2): ``_h2`` feeds it what the h2 library
 decodes off containerd's socket. Status and message follow gRPC's
 PROTOCOL-HTTP2.md: ``grpc-status`` as a decimal code, ``grpc-message``
 percent-encoded; a reply without ``grpc-status`` is UNKNOWN, a compressed or
@@ -88,7 +88,7 @@ class Reply:
 
     def result(self) -> tuple[int, str, bytes]:
         """(grpc status, message, the response message's bytes)."""
-        if self.reset is not None:
+        if self.reset is not None and self.status is None:  # a reset after trailers changes nothing
             status = (
                 UNAVAILABLE if self.reset in (_REFUSED_STREAM, _ENHANCE_YOUR_CALM) else CANCELLED
             )

@@ -18,8 +18,9 @@ import trio
 
 from edgeagent._config import AgentConfig
 from edgeagent.edged import CriError
-from edgeagent.edged._cri import CriClient, pb
+from edgeagent.edged._cri import pb
 from edgeagent.edged._edged import open_cri_client
+from edgeagent.edged._h2 import CriClient
 from tests.conftest import wait_for
 
 from .conftest import CGROUP_ROOT, Containerd, Node, running
@@ -59,7 +60,13 @@ async def test_errors_map_to_grpc_status_names(containerd: Containerd, transport
         with pytest.raises(CriError) as info:
             await cri.call("PullImage", pb.PullImageRequest(image=pb.ImageSpec(image="::bad::")))
         assert info.value.code in ("UNKNOWN", "INVALID_ARGUMENT") and info.value.details
-        # the connection that carried the errors serves the next call
+        # 17 MB: over containerd's 16 MiB limit; it answers before the request is all
+        # sent (on h2, while the request waits for the runtime to open its window)
+        huge = pb.ImageStatusRequest(image=pb.ImageSpec(image="x" * 17_000_000))
+        with pytest.raises(CriError) as info:
+            await cri.call("ImageStatus", huge)
+        assert info.value.code == "RESOURCE_EXHAUSTED" and "larger than max" in info.value.details
+        # the client goes on serving calls
         assert (await cri.call("Version", pb.VersionRequest())).runtime_name == "containerd"
     finally:
         cri.close()

@@ -409,6 +409,10 @@ def test_grpc_reply_status_and_bad_answers() -> None:
         r = Reply()
         r.stream_reset(code)
         assert r.result() == (status, f"stream reset (HTTP/2 error {code})", b"")
+    r = Reply()  # trailers, then a reset that stops the rest of the request
+    r.headers([(b":status", b"200"), (b"grpc-status", b"8"), (b"grpc-message", b"too big")])
+    r.stream_reset(8)
+    assert r.result() == (8, "too big", b"")
     small = Reply(max_message=10)
     small.data(b"\x00" * 15)
     with pytest.raises(ReplyTooLarge):
