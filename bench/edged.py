@@ -1,15 +1,22 @@
-"""edged on a real containerd: apply -> Running latency against raw CRI calls, agent
-RSS and idle CPU with 20 pods, offline reboot -> Running.
+"""edged on a real containerd, and the board's whole stack: apply -> Running latency
+against raw CRI calls; the agent as a board runs it (edged on containerd, EventBus
+on mosquitto) idle, then with a modbus-mapper following one Modbus TCP device
+through it (the board stack: agent + mosquitto + modbus-mapper), then with N pods;
+idle CPU; offline reboot -> Running.
 
-.venv/bin/python bench/edged.py [--pods 20] [--latency-pods 10] [--idle 20]
+.venv/bin/python bench/edged.py [--transport h2|grpcio] [--pods 10] [--latency-pods 10] [--idle 20]
 
 Runs as root (containerd, runc, cgroups); starts its own containerd with
-scripts/containerd in a temp dir and stops it at the end.
+scripts/containerd, mosquitto with scripts/mosquitto and a pymodbus simulator with
+scripts/modbus-sim in a temp dir, and stops them at the end. Memory lines come
+from bench/procrss.py (VmRSS, and Pss: shared pages split among their sharers),
+the script that measures the same processes where they already run (on a board).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -24,7 +31,17 @@ from typing import Any
 import apsw
 import cbor2
 import trio
-from _harness import Gateway, cpu_seconds, machine, rss_kib, start_agent, wait
+from _harness import (
+    Gateway,
+    cpu_seconds,
+    machine,
+    mosquitto,
+    rss_kib,
+    start_agent,
+    stop_process,
+    wait,
+)
+from procrss import format_table, usage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,6 +53,8 @@ from edgeproto import Apply, Entry, encode_object
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "scripts" / "containerd")
 NS = "/api/v1/namespaces/default"
+DEVICES = "/apis/devices.kubeedge.io/v1beta1/namespaces/default"
+SETTLE = 3.0  # seconds a process is left alone before its memory is read
 
 
 def image_name() -> str:
@@ -231,13 +250,58 @@ def rmdir_empty_cgroup_roots(names: list[str]) -> None:
                 pass
 
 
+def start_modbus_sim() -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "modbus-sim"), "--tcp", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "ready" not in line:
+        stop_process(proc)
+        raise SystemExit(f"modbus-sim did not start: {line!r}")
+    return proc, int(line.rsplit("port=", 1)[1])
+
+
+def sensor_objects(node: str, port: int) -> list[dict[str, Any]]:
+    """examples/modbus-sensor.yaml's thermometer, bound to ``node``, on the simulator."""
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "modbus-sensor.yaml").read_text()))
+    for doc in docs:
+        if doc["kind"] == "Device":
+            doc["spec"]["nodeName"] = node
+            doc["spec"]["protocol"]["configData"]["tcp"] = {"ip": "127.0.0.1", "port": port}
+    return docs
+
+
+def reported(gw: Gateway, name: str) -> dict[str, Any]:
+    obj = gw.api("GET", f"{DEVICES}/devices/{name}")
+    twins = (obj.get("status") or {}).get("twins") or []
+    return {t["propertyName"]: (t.get("reported") or {}).get("value") for t in twins}
+
+
+def node_ready(gw: Gateway, node: str) -> bool:
+    try:
+        obj = gw.api("GET", f"/api/v1/nodes/{node}")
+    except OSError:
+        return False
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
+def stack_table(procs: dict[str, int]) -> str:
+    return format_table([usage(pid, name) for name, pid in procs.items()])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pods", type=int, default=20)
+    ap.add_argument("--pods", type=int, default=10)
     ap.add_argument("--latency-pods", type=int, default=10)
     ap.add_argument("--idle", type=float, default=20.0)
     ap.add_argument(
-        "--transport", choices=("grpcio", "h2"), default="grpcio", help="edged's CRI client"
+        "--transport", choices=("h2", "grpcio"), default="h2", help="edged's CRI client"
     )
     args = ap.parse_args()
     print(f"CRI transport: {args.transport}")
@@ -251,6 +315,10 @@ def main() -> None:
         address = f"unix://{ctd}/containerd.sock"
         gw: Gateway | None = None
         agent: subprocess.Popen[bytes] | None = None
+        sim: subprocess.Popen[str] | None = None
+        mapper: subprocess.Popen[bytes] | None = None
+        broker_dir = root / "mosquitto"
+        services = contextlib.ExitStack()
         try:
             (root / "lat").mkdir()
             ours, raw = trio.run(
@@ -269,9 +337,41 @@ def main() -> None:
             node = "bench-edged"
             gw.join(node, data)
             (data / "agent.toml").write_text(f'cri_transport = "{args.transport}"\n')
+            broker_port = services.enter_context(mosquitto(broker_dir))
+            mqtt = f"tcp://127.0.0.1:{broker_port}"
+            broker_pid = int((broker_dir / "mosquitto.pid").read_text())
+
+            # The agent as a board runs it, before any pod or device: edged + EventBus.
+            agent = start_agent(data, "--cri", address, "--mqtt", mqtt)
+            wait(lambda: node_ready(gw, node), 60, "the Node Ready at the gateway")
+            time.sleep(SETTLE)
+            print(
+                f"agent RSS idle (edged + EventBus, 0 pods, connected): {rss_kib(agent.pid) / 1024:.1f} MiB"
+            )
+
+            # A modbus-mapper following one device through the agent: the board's stack.
+            sim, sim_port = start_modbus_sim()
+            for obj in sensor_objects(node, sim_port):
+                res = "devicemodels" if obj["kind"] == "DeviceModel" else "devices"
+                gw.api("POST", f"{DEVICES}/{res}", obj)
+            log = open(root / "mapper.log", "ab")
+            mapper = subprocess.Popen(
+                [sys.executable, "-m", "mappers.modbus", "--mqtt", mqtt, "--node", node,
+                 "--log-level", "WARNING"],
+                stdout=log, stderr=log,
+            )  # fmt: skip
+            wait(
+                lambda: reported(gw, "demo-sensor").get("temperature") is not None,
+                60,
+                "a temperature from the mapper at the gateway",
+            )
+            time.sleep(SETTLE)
+            stack = {"edgeagent": agent.pid, "mosquitto": broker_pid, "modbus-mapper": mapper.pid}
+            print("board stack idle (0 pods, one Modbus TCP device every 1 s):")
+            print(stack_table(stack))
+
             for i in range(args.pods):
                 gw.api("POST", f"{NS}/pods", pod(f"p{i:02d}", node, image))
-            agent = start_agent(data, "--cri", address)
             wait(
                 lambda: (
                     sum(
@@ -284,8 +384,12 @@ def main() -> None:
                 60,
                 "pods Running at the gateway",
             )
-            time.sleep(3)
+            time.sleep(SETTLE)
             print(f"agent RSS with {args.pods} running pods: {rss_kib(agent.pid) / 1024:.1f} MiB")
+            print(f"board stack with {args.pods} pods:")
+            print(stack_table(stack))
+            stop_process(mapper)
+            mapper = None
             c0, t0 = cpu_seconds(agent.pid), time.monotonic()
             time.sleep(args.idle)
             cpu = (cpu_seconds(agent.pid) - c0) / (time.monotonic() - t0) * 100
@@ -306,7 +410,7 @@ def main() -> None:
             with apsw.Connection(str(data / "meta.db")) as conn:
                 conn.execute("DELETE FROM outbox")  # so only the new statuses count
             t = time.monotonic()
-            agent = start_agent(data, "--cri", address)
+            agent = start_agent(data, "--cri", address, "--mqtt", mqtt)
             wait(lambda: outbox_running(data) == args.pods, 60, "pods Running after restart")
             t_adopt = time.monotonic() - t
             same = container_ids(ctd) == before
@@ -324,7 +428,7 @@ def main() -> None:
             with apsw.Connection(str(data / "meta.db")) as conn:
                 conn.execute("DELETE FROM outbox")
             t = time.monotonic()
-            agent = start_agent(data, "--cri", address)
+            agent = start_agent(data, "--cri", address, "--mqtt", mqtt)
             wait(lambda: outbox_running(data) == args.pods, 120, "pods recreated")
             print(
                 f"offline cold boot (all containers gone): agent start -> {args.pods} pods "
@@ -334,6 +438,10 @@ def main() -> None:
             if agent is not None and agent.poll() is None:
                 agent.send_signal(signal.SIGKILL)
                 agent.wait()
+            for proc in (mapper, sim):
+                if proc is not None:
+                    stop_process(proc)
+            services.close()
             if gw is not None:
                 gw.stop()
             subprocess.run([SCRIPT, "stop", "--dir", str(ctd)], check=False, capture_output=True)

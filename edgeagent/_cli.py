@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     r.add_argument("--cri", default=None, help="unix:///path/containerd.sock")
+    r.add_argument(
+        "--cri-transport",
+        choices=("h2", "grpcio"),
+        default=None,
+        help="edged's CRI client: h2 (default, lean) or grpcio (agent.toml cri_transport)",
+    )
     r.add_argument("--mqtt", default=None, help="tcp://127.0.0.1:1883")
     r.add_argument("--dmi", default=None, help="serve KubeEdge's DMI: unix:///PATH/dmi.sock")
     r.add_argument(
@@ -138,6 +144,7 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         config = load_config(
             data_dir,
             cri=args.cri,
+            cri_transport=args.cri_transport,
             mqtt=args.mqtt,
             dmi=args.dmi,
             heartbeat=args.heartbeat,

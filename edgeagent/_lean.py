@@ -8,20 +8,18 @@ Two measured fixes (``bench/agent_idle.py``, numbers in BENCHMARKS.md):
   that one question from ``trio.__version__`` instead, and only when nothing
   else in the process has imported ``importlib.metadata`` already.
 * Start-up and resyncs leave freed blocks in the C heap that glibc keeps;
-  ``trim_heap`` collects garbage and hands free pages back (``malloc_trim``).
+  ``trim_heap`` (edgeio's, shared with the mappers) collects garbage and hands
+  free pages back (``malloc_trim``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import sys
 import types
-from typing import Any
+
+from edgeio._heap import trim_heap
 
 __all__ = ["import_trio_websocket", "trim_heap"]
-
-_libc: Any = None
 
 
 def import_trio_websocket() -> types.ModuleType:
@@ -46,17 +44,3 @@ def import_trio_websocket() -> types.ModuleType:
     finally:
         del sys.modules["importlib.metadata"]
     return trio_websocket
-
-
-def trim_heap() -> None:
-    """Collect garbage, then return free heap pages to the system (glibc only)."""
-    global _libc
-    gc.collect()
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL("libc.so.6")
-            _libc.malloc_trim  # noqa: B018 - not every libc has it (musl)
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        _libc.malloc_trim(0)

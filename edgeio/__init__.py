@@ -1,7 +1,7 @@
 """edgeio: I/O helpers shared by the agent, the gateway and the mappers — the
 paho-on-trio MQTT client, MQTT URL parsing, durable file writes, log output
-(text or JSON lines), histograms and the opt-in ``/metrics`` listener
-(``edgeio._metricsserver``).
+(text or JSON lines), histograms, heap trimming and the opt-in ``/metrics``
+listener (``edgeio._metricsserver``).
 
 It sits beside edgeproto (which does no I/O) and imports none of the packages
 that use it. The MQTT client and file helpers load on first use (the agent's
@@ -20,6 +20,7 @@ from ._logs import LOG_FORMATS, JsonFormatter, add_log_arguments, configure_logg
 
 if TYPE_CHECKING:
     from ._files import fsync_dir, write_atomic
+    from ._heap import trim_heap
     from ._mqtt import STABLE, Message, MqttClient, Receiver, parse_mqtt_url
 
 _LAZY = {
@@ -30,6 +31,7 @@ _LAZY = {
     "MqttClient": "._mqtt",
     "Receiver": "._mqtt",
     "parse_mqtt_url": "._mqtt",
+    "trim_heap": "._heap",
 }
 
 
@@ -60,5 +62,6 @@ __all__ = [
     "fsync_dir",
     "parse_mqtt_url",
     "set_log_fields",
+    "trim_heap",
     "write_atomic",
 ]

@@ -26,10 +26,14 @@ paho is imported only when :meth:`MqttClient.run` starts.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import random
 import socket
+import sys
 import time
+import types
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -464,6 +468,58 @@ class _Paho(Protocol):
     def _sock_close(self) -> None: ...
 
 
+class _UrllibRequestOnDemand(types.ModuleType):
+    """Stands in for ``urllib.request`` until one of its names is asked for, then
+    imports the real module and answers from it. paho's question (with PySocks
+    installed, at every connect: is an MQTT proxy set in the environment?) is
+    answered without the import while no ``*_proxy`` variable is set, which is
+    what ``urllib.request.getproxies`` reads on Linux."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("getproxies", "proxy_bypass") and not any(
+            key.lower().endswith("_proxy") for key in os.environ
+        ):
+            return _no_proxies if name == "getproxies" else _no_bypass
+        if sys.modules.get("urllib.request") is self:
+            del sys.modules["urllib.request"]
+        return getattr(importlib.import_module("urllib.request"), name)
+
+
+def _no_proxies() -> dict[str, str]:
+    return {}
+
+
+def _no_bypass(host: str) -> bool:
+    return False
+
+
+def _import_paho() -> None:
+    """Import ``paho.mqtt.client`` without importing ``urllib.request`` for it.
+
+    paho imports ``urllib.request`` at its top for one use: reading an MQTT proxy
+    from the environment when it connects, and only when PySocks is installed. That
+    module pulls in http.client, email and datetime, ~1.4 MiB resident on a board
+    (agent and mappers alike) for nothing. So, unless something imported it
+    already, paho is given a stand-in that imports the real module on first use
+    (``importlib.util.LazyLoader`` cannot do this on Python 3.11: the import
+    statement itself reads the lazy module's ``__spec__`` and so loads it). The
+    stand-in leaves ``sys.modules`` once paho is imported; a later ``import
+    urllib.request`` anywhere loads and binds the real module.
+    """
+    if "paho.mqtt.client" in sys.modules or "urllib.request" in sys.modules:
+        return
+    import urllib
+
+    stand_in = _UrllibRequestOnDemand("urllib.request")
+    sys.modules["urllib.request"] = stand_in
+    setattr(urllib, "request", stand_in)  # noqa: B010 - what ``import urllib.request`` reads
+    try:
+        import paho.mqtt.client  # noqa: F401
+    finally:
+        if sys.modules.get("urllib.request") is stand_in:
+            del sys.modules["urllib.request"]
+
+
 def _open_paho(client_id: str) -> _Paho:
     """A paho client whose socket I/O goes through user-space buffers.
 
@@ -474,6 +530,7 @@ def _open_paho(client_id: str) -> _Paho:
     one ``send`` (measured: ~3x the messages per second). Overrides paho 2.x's
     ``_sock_recv``/``_sock_send``, its two socket primitives.
     """
+    _import_paho()
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mappers._errors import ConfigError
 
 __all__ = ["DeviceDoc", "ModelProperty", "PropertyDoc", "doc_from_membership", "docs_from_yaml"]
@@ -252,6 +250,8 @@ def docs_from_yaml(path: Path) -> list[DeviceDoc]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    import yaml  # standalone mode only: a mapper following the agent never loads it
+
     try:
         loaded = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:

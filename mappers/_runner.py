@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
-from edgeio import add_log_arguments, configure_logging, set_log_fields
+from edgeio import add_log_arguments, configure_logging, set_log_fields, trim_heap
 from edgeio._metricsserver import MetricsAddressError, parse_listen
 from edgeproto import topics
 from mappers._credentials import Credentials, load_credentials
@@ -123,6 +123,7 @@ class MapperShell:
             self._nursery = nursery
             if self.config_path is not None:
                 await self._replace_all(docs_from_yaml(self.config_path))
+                trim_heap()  # start-up's garbage (the YAML parse, the first tasks)
             else:
                 nursery.start_soon(self._ask_membership)
             nursery.start_soon(self._route)
@@ -162,6 +163,7 @@ class MapperShell:
         if suffix == topics.MEMBERSHIP_GET_RESULT:
             self._stats["membership_results"] += 1
             await self._replace_all(self._docs(body.get("devices")))
+            trim_heap()  # hand back what start-up and the device set-up freed
         elif suffix == topics.MEMBERSHIP_UPDATED:
             self._stats["membership_updates"] += 1
             for doc in self._docs(body.get("added_devices")):

@@ -54,7 +54,7 @@ PURE_MODULES = sorted(
         "edgeagent.edged._spec",
         "edgeagent.edged._model",
         "edgeagent.edged._backoff",
-        "edgeagent.edged._hpack",
+        "edgeagent.edged._grpcwire",
         "edgeagent.edged._logs",
     ]
 )

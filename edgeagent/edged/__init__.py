@@ -1,11 +1,12 @@
 """edged: the agent's light kubelet, on containerd through direct CRI calls.
 
 ``Edged(config, meta).run()`` runs the pods bound to this node; ``read_logs`` and
-``exec_sync`` serve logs and exec to the gateway. grpc is imported only when
-``run`` starts (``edgeagent images import`` and agents without ``cri`` never load it).
+``exec_sync`` serve logs and exec to the gateway. protobuf and h2 (or grpc, with
+``cri_transport = "grpcio"``) are imported only when ``run`` starts
+(``edgeagent images import`` and agents without ``cri`` never load them).
 
 Importing the package loads only its exceptions: the sans-io modules (``_status``,
-``_spec``, ``_model``, ``_backoff``, ``_hpack``, ``_logs``) stay free of trio, and
+``_spec``, ``_model``, ``_backoff``, ``_grpcwire``, ``_logs``) stay free of trio, and
 ``Edged`` and the image import are loaded on first use.
 """
 

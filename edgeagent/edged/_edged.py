@@ -56,7 +56,7 @@ def host_ip() -> str:
         return "127.0.0.1"
 
 
-CRI_TRANSPORTS = ("grpcio", "h2")
+CRI_TRANSPORTS = ("h2", "grpcio")
 
 
 def _check_transport(transport: str) -> None:
@@ -67,13 +67,13 @@ def _check_transport(transport: str) -> None:
 
 
 def open_cri_client(address: str, transport: str, *, concurrency: int, timeout: float) -> Any:
-    """A CRI client on ``transport``: "grpcio" (the default) or "h2" (edged's own)."""
+    """A CRI client on ``transport``: "h2" (the default, edged's lean client) or "grpcio"."""
     _check_transport(transport)
     if transport == "grpcio":
         from ._grpc import GrpcCriClient
 
         return GrpcCriClient(address, concurrency=concurrency, timeout=timeout)
-    from ._cri import CriClient
+    from ._h2 import CriClient
 
     return CriClient(address, concurrency=concurrency, timeout=timeout)
 

@@ -1,12 +1,11 @@
-"""The CRI client on grpcio (the default transport): blocking unary calls run in
-trio worker threads, bounded by a ``CapacityLimiter`` per class of call.
+"""The CRI client on grpcio (``cri_transport = "grpcio"``): blocking unary calls
+run in trio worker threads, bounded by a ``CapacityLimiter`` per class of call.
 
-Same face as ``_cri.CriClient`` (``await call(method, request)``, ``close``,
+Same face as ``_h2.CriClient`` (``await call(method, request)``, ``close``,
 ``statistics``), same messages (``_cri_api_pb2``), same errors
 (``CriError`` with the gRPC status name). grpc is imported when this client is
-made, i.e. only when edged runs. ``cri_transport = "h2"`` in agent.toml selects
-the lean client in ``_cri.py`` instead (~15 MB less resident memory, see
-BENCHMARKS.md).
+made, i.e. only when edged runs on this transport. The default is the lean client
+in ``_h2.py`` (~15 MB less resident memory, see BENCHMARKS.md).
 """
 
 from __future__ import annotations

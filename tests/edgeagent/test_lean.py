@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from edgeagent import _lean
 from edgeagent._lean import trim_heap
+from edgeio import _heap
 
 PROBE = """
 import json, sys
@@ -24,7 +24,7 @@ def test_the_agent_imports_no_metadata_parsers_grpc_paho_or_pymodbus() -> None:
     loaded = set(json.loads(out))
     assert "trio_websocket" in loaded and "apsw" in loaded
     heavy_ones = ("importlib.metadata", "email", "zipfile", "tomllib", "grpc", "paho", "pymodbus")
-    for heavy in (*heavy_ones, "prometheus_client"):
+    for heavy in (*heavy_ones, "prometheus_client", "edgeio._mqtt", "google.protobuf", "h2"):
         assert heavy not in loaded, heavy
 
 
@@ -32,5 +32,5 @@ def test_trim_heap_uses_glibc_malloc_trim() -> None:
     garbage = [bytearray(4096) for _ in range(2000)]
     del garbage
     trim_heap()
-    assert _lean._libc, "glibc's malloc_trim was not found on this Debian machine"
-    assert _lean._libc.malloc_trim(0) in (0, 1)
+    assert _heap._libc, "glibc's malloc_trim was not found on this Debian machine"
+    assert _heap._libc.malloc_trim(0) in (0, 1)

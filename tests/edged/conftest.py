@@ -109,12 +109,13 @@ class Node:
     scope: trio.CancelScope | None = None
     rev: int = 0
     stopped: trio.Event = field(default_factory=trio.Event)
+    transport: str = "h2"  # edged's CRI client (the agent's default)
 
     @property
     def config(self) -> AgentConfig:
         return AgentConfig(
             data_dir=self.data_dir, node=self.name, hub_url="wss://127.0.0.1:9/unused",
-            cri=self.containerd.address,
+            cri=self.containerd.address, cri_transport=self.transport,
         )  # fmt: skip
 
     async def start(self, nursery: trio.Nursery) -> Edged:

@@ -71,7 +71,18 @@ def test_protobuf_and_grpc_are_imported_only_when_edged_runs() -> None:
         "from edgeagent.edged._edged import open_cri_client;"
         "c = open_cri_client('unix:///nonexistent.sock', 'h2', concurrency=1, timeout=1);"
         "assert 'google.protobuf' in sys.modules and 'grpc' not in sys.modules;"
+        "assert 'h2.connection' in sys.modules;"
         "c = open_cri_client('unix:///nonexistent.sock', 'grpcio', concurrency=1, timeout=1);"
         "assert 'grpc' in sys.modules; c.close()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_each_transport_loads_only_its_own_http2_stack() -> None:
+    code = (
+        "import sys;"
+        "from edgeagent.edged._edged import open_cri_client;"
+        "c = open_cri_client('unix:///nonexistent.sock', 'grpcio', concurrency=1, timeout=1);"
+        "assert 'grpc' in sys.modules and 'h2' not in sys.modules, 'grpcio loaded h2'; c.close()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

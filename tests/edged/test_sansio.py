@@ -361,22 +361,59 @@ def test_volumes_missing_objects(tmp_path: Path) -> None:
     assert Path(paths["e"]).is_dir() and Path(paths["h"]).is_dir()
 
 
-def test_hpack_rfc7541_vectors_and_roundtrip() -> None:
-    from edgeagent.edged._hpack import HpackDecoder, HpackError, encode_headers, huffman_decode
+@given(st.binary(max_size=3000), st.lists(st.integers(1, 500), max_size=20))
+def test_grpc_reply_reassembles_a_message_split_anywhere(body: bytes, cuts: list[int]) -> None:
+    from edgeagent.edged._grpcwire import Reply, frame
 
-    assert huffman_decode(bytes.fromhex("f1e3c2e5f23a6ba0ab90f4ff")) == b"www.example.com"
-    d = HpackDecoder()  # RFC 7541 C.4: requests with Huffman coding, one shared table
-    assert d.decode(bytes.fromhex("828684418cf1e3c2e5f23a6ba0ab90f4ff")) == [
-        (":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com"),
-    ]  # fmt: skip
-    assert d.decode(bytes.fromhex("828684be5886a8eb10649cbf"))[-2:] == [
-        (":authority", "www.example.com"), ("cache-control", "no-cache"),
-    ]  # fmt: skip
-    headers = [
-        (":path", "/runtime.v1.RuntimeService/Version"),
-        ("grpc-timeout", "1000m"),
-        ("x", "y" * 300),
-    ]
-    assert HpackDecoder().decode(encode_headers(headers)) == headers
-    with pytest.raises(HpackError):
-        HpackDecoder().decode(b"\xff\xff\xff\xff\xff\xff")
+    wire = frame(body)
+    assert wire[:5] == b"\x00" + len(body).to_bytes(4, "big")
+    r = Reply()
+    r.headers([(b":status", b"200"), (b"content-type", b"application/grpc")])
+    at = 0
+    for n in cuts:
+        r.data(wire[at : at + n])
+        at += n
+    r.data(wire[at:])
+    r.headers([(b"grpc-status", b"0")])
+    assert r.result() == (0, "", body)
+
+
+def test_grpc_reply_status_and_bad_answers() -> None:
+    from edgeagent.edged._grpcwire import Reply, ReplyTooLarge, code_name, request_headers
+
+    assert dict(request_headers("/runtime.v1.RuntimeService/Version", 0.0001)) == {
+        b":method": b"POST", b":scheme": b"http", b":authority": b"localhost",
+        b":path": b"/runtime.v1.RuntimeService/Version", b"content-type": b"application/grpc",
+        b"te": b"trailers", b"grpc-timeout": b"1m",
+    }  # fmt: skip
+
+    def reply(*blocks: list[tuple[bytes, bytes]], data: bytes = b"") -> tuple[int, str, bytes]:
+        r = Reply()
+        if data:
+            r.data(data)
+        for b in blocks:
+            r.headers(b)
+        return r.result()
+
+    # trailers-only: status and percent-encoded message in the one header block
+    only = [(b":status", b"200"), (b"grpc-status", b"5"), (b"grpc-message", b"not%20found%3A x")]
+    assert reply(only) == (5, "not found: x", b"")
+    assert code_name(5) == "NOT_FOUND" and code_name(99) == "UNKNOWN"
+    assert reply([(b":status", b"502")]) == (2, "no grpc-status (HTTP status 502)", b"")
+    assert reply([(b"grpc-status", b"x")])[0] == 2
+    assert reply([(b"grpc-status", b"0")], data=b"\x01\x00\x00\x00\x01z")[0] == 13  # compressed
+    assert reply([(b"grpc-status", b"0")], data=b"\x00\x00\x00\x00\x09abc") == (
+        13, "response message cut short (3 of 9 bytes)", b"",
+    )  # fmt: skip
+    for code, status in ((7, 14), (11, 14), (8, 1), (2, 1)):  # REFUSED, CALM, CANCEL, INTERNAL
+        r = Reply()
+        r.stream_reset(code)
+        assert r.result() == (status, f"stream reset (HTTP/2 error {code})", b"")
+    r = Reply()  # trailers, then a reset that stops the rest of the request
+    r.headers([(b":status", b"200"), (b"grpc-status", b"8"), (b"grpc-message", b"too big")])
+    r.stream_reset(8)
+    assert r.result() == (8, "too big", b"")
+    small = Reply(max_message=10)
+    small.data(b"\x00" * 15)
+    with pytest.raises(ReplyTooLarge):
+        small.data(b"\x00")

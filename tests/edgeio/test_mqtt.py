@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -156,3 +157,43 @@ async def test_subscriptions_and_hooks_survive_a_broker_restart(
     await until(lambda: ("b/2", b"three") in got)
     stats = client.statistics()
     assert stats["connects"] == 2 and stats["disconnects"] == 1 and stats["connected"]
+
+
+PAHO_PROBE = """
+import json, sys, trio
+from edgeio import MqttClient
+
+async def main() -> None:
+    client = MqttClient(sys.argv[1], client_id="probe")
+    client.subscribe("probe/t")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await client.wait_subscribed()
+        client.publish("probe/t", b"hi")
+        msg = await client.incoming.receive()
+        loaded = sorted(sys.modules)
+        import paho.mqtt.client as paho
+        import urllib.request
+        print(json.dumps([msg.payload.decode(), loaded, paho.urllib.request is urllib.request,
+                          urllib.request.__file__]))
+        nursery.cancel_scope.cancel()
+
+trio.run(main)
+"""
+
+
+@pytest.mark.parametrize("proxy_env", [False, True])
+async def test_paho_runs_without_loading_urllib_request(broker: Broker, proxy_env: bool) -> None:
+    # ~1.4 MiB of http.client, email and datetime that paho imports, and reads (with
+    # PySocks installed, as in this venv) only to look for an MQTT proxy in the environment
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    if proxy_env:
+        env["no_proxy"] = "example.org"  # a proxy setting: urllib's own answer is needed
+    out = await trio.run_process(
+        [sys.executable, "-c", PAHO_PROBE, broker.url], capture_stdout=True, check=True, env=env
+    )
+    payload, loaded, same, path = json.loads(out.stdout)
+    assert payload == "hi" and "paho.mqtt.client" in loaded
+    assert ("urllib.request" in loaded) is proxy_env
+    # imported later by anyone, the real module is the one paho then reads too
+    assert same and path.endswith("urllib/request.py")
