@@ -117,7 +117,7 @@ def main() -> None:
 
         from tests.board.test_arm64_board import _thermometer  # the same Device as the test
 
-        for obj in _thermometer(sim_port):
+        for obj in _thermometer(sim_port, NODE):
             plural = "devicemodels" if obj["kind"] == "DeviceModel" else "devices"
             code, body = gateway.api(
                 "POST", f"/apis/devices.kubeedge.io/v1beta1/namespaces/default/{plural}", obj

@@ -117,7 +117,7 @@ def test_pod_runs_on_the_board_with_logs_and_exec(rig: Rig) -> None:
     assert gateway.edgectl("exec", "hello", "--", "uname", "-m").strip() == "aarch64"
 
 
-def _thermometer(port: int) -> list[dict[str, Any]]:
+def _thermometer(port: int, node: str = NODE) -> list[dict[str, Any]]:
     cfg = {"register": "HoldingRegister", "offset": 0, "limit": 2, "isRegisterSwap": True}
     return [
         {
@@ -135,7 +135,7 @@ def _thermometer(port: int) -> list[dict[str, Any]]:
             "metadata": {"name": "thermo-1", "namespace": "default"},
             "spec": {
                 "deviceModelRef": {"name": "thermometer"},
-                "nodeName": NODE,
+                "nodeName": node,
                 "protocol": {
                     "protocolName": "modbus",
                     "configData": {"slaveID": 1, "tcp": {"ip": BOARD_HOST, "port": port}},
