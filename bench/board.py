@@ -191,7 +191,7 @@ def main() -> None:
                 sim.stdout.close()
     print(json.dumps(figures, indent=2))
     for key, value in figures.items():
-        if key.endswith("_kib") and isinstance(value, int):
+        if "_kib" in key and isinstance(value, int):
             print(f"{key}: {mib(value)}")
         elif isinstance(value, dict):
             total = sum(value.values())
