@@ -13,12 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.conftest import wait_for_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -49,15 +50,9 @@ def run(argv: list[str | Path], *, timeout: float = 120, **kw: Any) -> str:
 
 
 def wait_until(check: Any, *, timeout: float, interval: float = 2.0, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``check`` until it returns something truthy (the tests' own
+    ``wait_for_sync``, with a pace that suits an emulated board); that value."""
+    return wait_for_sync(check, timeout, interval, what=what)
 
 
 @dataclass
