@@ -8,11 +8,9 @@ tmp_path."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +20,11 @@ from pymodbus.client import ModbusTcpClient
 
 from tests.browser_fixtures import Browser, browser
 from tests.conftest import Gateway, join_node, start_agent, start_gateway
-from tests.mappers.conftest import Sim, start_modbus_sim, stop
+from tests.mappers.conftest import Sim, stop
 from tests.mqtt_fixtures import Broker, open_broker
-from tests.test_modbus_e2e import thermometer
+from tests.test_modbus_e2e import sim, thermometer
 
-__all__ = ["browser"]  # the module-scoped fixture, shared by the tests here
+__all__ = ["browser", "sim"]  # fixtures: the browser shared here, the Modbus simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES = "/apis/devices.kubeedge.io/v1beta1/namespaces/default"
@@ -36,15 +34,6 @@ DEVICES = "/apis/devices.kubeedge.io/v1beta1/namespaces/default"
 async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     async with open_broker(tmp_path) as b:
         yield b
-
-
-@pytest.fixture
-def sim() -> Iterator[Sim]:
-    s = start_modbus_sim("--tcp", "127.0.0.1:0", "--static")
-    try:
-        yield s
-    finally:
-        stop(s.proc)
 
 
 async def type_token(b: Browser, token: str) -> None:
@@ -364,11 +353,5 @@ async def test_device_values_plots_and_desired_value_to_the_register(
         assert msg.startswith("not saved:")
         assert await b.console_errors() == []
     finally:
-        if mapper.poll() is None:
-            os.kill(mapper.pid, signal.SIGTERM)
-            try:
-                mapper.wait(10)
-            except subprocess.TimeoutExpired:
-                mapper.kill()
-                mapper.wait()
+        stop(mapper, timeout=10)
         gw.scope.cancel()

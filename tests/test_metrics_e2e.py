@@ -5,8 +5,6 @@ gateway: names, TYPE lines, and values that move with the work done."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,13 +88,7 @@ async def test_agent_and_mapper_metrics(nursery: trio.Nursery, tmp_path: Path) -
 
                 await wait_for(more_reads, timeout=10, interval=0.1)
             finally:
-                if mapper.poll() is None:
-                    os.kill(mapper.pid, signal.SIGTERM)
-                    try:
-                        mapper.wait(10)
-                    except subprocess.TimeoutExpired:
-                        mapper.kill()
-                        mapper.wait()
+                stop(mapper, timeout=10)
                 await agent.stop()
                 gw.scope.cancel()
             # JSON logs: one object per line, with the device named where known.

@@ -5,8 +5,6 @@ through the API back down into the server's register."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -160,12 +158,6 @@ async def test_modbus_values_reach_the_cloud_and_desired_values_reach_the_regist
 
         assert await trio.to_thread.run_sync(register_10) == 37
     finally:
-        if mapper.poll() is None:
-            os.kill(mapper.pid, signal.SIGTERM)
-            try:
-                mapper.wait(10)
-            except subprocess.TimeoutExpired:
-                mapper.kill()
-                mapper.wait()
+        stop(mapper, timeout=10)
         assert mapper.returncode == 0, log_path.read_text()[-2000:]
         gw.scope.cancel()

@@ -7,8 +7,6 @@ the coil on an INT property as "1", its desired "1" accepted and written."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -88,12 +86,6 @@ async def test_examples_temperature_manifests_reach_the_cloud_with_kubeedge_valu
         twins = {t["propertyName"]: t for t in obj["status"]["twins"]}
         assert twins["temperature-switch"]["observedDesired"]["value"] == "1"
     finally:
-        if mapper.poll() is None:
-            os.kill(mapper.pid, signal.SIGTERM)
-            try:
-                mapper.wait(10)
-            except subprocess.TimeoutExpired:
-                mapper.kill()
-                mapper.wait()
+        stop(mapper, timeout=10)
         assert mapper.returncode == 0, log_path.read_text()[-2000:]
         gw.scope.cancel()
