@@ -32,12 +32,13 @@ from ._failover import Failover, full_jitter
 from ._lean import import_trio_websocket, trim_heap
 from ._meta import Meta, MetaError
 from ._streams import PodStreams, StreamServer
+from ._version import VERSION
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HubClient", "full_jitter", "open_hub_connection"]
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = VERSION
 _STREAM_KINDS = (Kind.STREAM_OPEN, Kind.STREAM_ACK, Kind.STREAM_END)
 ACK_BATCH_SECONDS = 1.0  # acked outbox rows are deleted this long after the first ack
 

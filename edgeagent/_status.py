@@ -22,12 +22,13 @@ import edgeproto
 
 from ._config import AgentConfig
 from ._meta import Meta, StorageProblem
+from ._version import VERSION
 
 log = logging.getLogger(__name__)
 
 __all__ = ["NodeStatusReporter", "PodStatusReporter", "node_status"]
 
-AGENT_VERSION = "v1.30.0-edgeflock.0.1.0"
+AGENT_VERSION = f"v1.30.0-edgeflock.{VERSION}"
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm"}
 
