@@ -6,6 +6,7 @@ release builds (one full install on a tmpfs, the rest fail early)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeagent._slots import SlotError, Slots
+from edgeagent._slots import RELAUNCH_EXIT, SlotError, Slots
 from edgeagent._version import VERSION
 from tests.conftest import wait_for_sync
 
@@ -227,3 +228,27 @@ def test_disk_full_and_a_killed_install_leave_the_current_release_alone(
     slots.install(GOOD, releases.good)
     assert slots.installed(GOOD) and not tmp.exists()
     assert _run(slots.releases / GOOD, "import edgeagent._version as v; print(v.VERSION)") == GOOD
+
+
+def test_relaunch_execs_the_launcher_or_asks_the_supervisor(tmp_path: Path) -> None:
+    """relaunch() in an agent started by the launcher: exec of EDGEFLOCK_LAUNCHER
+    in direct mode (same process, trial variable dropped); on trial, exit with
+    RELAUNCH_EXIT for the supervisor; without a launcher, a SlotError."""
+    code = "from edgeagent._slots import relaunch; relaunch()"
+    show = "import os; print(os.getpid(), os.environ.get('EDGEFLOCK_TRIAL'))"
+    probe = [sys.executable, "-c", f"import os; print(os.getpid(), flush=True); {code}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLOCK_")}
+    launcher = json.dumps([sys.executable, "-c", show])
+    run = subprocess.run(
+        probe, env=dict(env, EDGEFLOCK_LAUNCHER=launcher, EDGEFLOCK_RELEASES=str(tmp_path)),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    before, after = run.stdout.splitlines()
+    assert after == f"{before} None"  # the same process, now the launcher
+    run = subprocess.run(
+        probe, env=dict(env, EDGEFLOCK_LAUNCHER=launcher, EDGEFLOCK_TRIAL="9.9"),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == RELAUNCH_EXIT and len(run.stdout.splitlines()) == 1
+    run = subprocess.run(probe, env=env, capture_output=True, text=True)
+    assert run.returncode == 1 and "SlotError: not started by edgeagent launch" in run.stderr
