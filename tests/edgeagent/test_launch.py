@@ -19,7 +19,7 @@ import pytest
 from edgeagent._cli import agent_status
 from edgeagent._slots import ENV_LAUNCHER, ENV_RELEASES, ENV_TRIAL, Slots, Trial
 from edgeagent._version import VERSION
-from tests.conftest import Gateway, join_node, wait_for
+from tests.conftest import Gateway, fill_up, join_node, wait_for
 
 from .conftest import CRASH, GOOD, Installed
 
@@ -362,4 +362,53 @@ async def test_power_cuts_at_each_step_end_on_a_working_version(
     assert slots.current_version() == GOOD and slots.trial() is None
     record = slots.rollback_record()
     assert record is not None and (record.version, record.reason) == (CRASH, "cut short")
+    assert board.stop() == 0
+
+
+@pytest.fixture
+def full_card(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 MiB tmpfs for the data dir, to fill up."""
+    mnt = tmp_path / "card"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+async def test_a_full_card_on_trial_ends_on_the_previous_version(
+    gateway: Gateway, board: Board, full_card: Path
+) -> None:
+    """Starts that cannot be counted are not made: the launcher goes back to the
+    previous version, as far as the card lets it record that."""
+    slots = board.slots = Slots(board.slots.root, full_card / "data")
+    await join_node(gateway, NODE, slots.data_dir)
+    await board.agent_up(board.start())
+    slots.switch(
+        GOOD, job="job-7", uid="uid-7", health_timeout=60, meta_db=slots.data_dir / "meta.db"
+    )
+    board.power_cut()
+    filler = fill_up(full_card)
+    pid = board.start()
+
+    def rolled_back() -> bool:
+        return f"roll back of {GOOD} incomplete" in board.log.read_text()
+
+    await wait_for(rolled_back, 30, 0.05, what=lambda: board.log.read_text()[-3000:])
+    log = board.log.read_text()
+    assert f"rolling back {GOOD}: cannot count the starts of {GOOD}: cannot write" in log
+    assert "No space left on device" in log
+    assert slots.current_version() == VERSION
+    if (
+        board.procs[-1].poll() is None
+    ):  # the agent of the previous version, whatever it makes of the card
+        assert cmdline(pid)[1:3] == [str(slots.root / "current/bin/edgeagent"), "run"]
+    # Room again: the trial that could not be cleared is discarded (GOOD is not current).
+    filler.unlink()
+    board.power_cut()
+    pid = board.start()
+    assert await board.agent_up(pid) == pid
+    assert slots.trial() is None and slots.current_version() == VERSION
+    assert f"discarding the trial of {GOOD}" in board.log.read_text()
     assert board.stop() == 0
