@@ -85,7 +85,7 @@ class Board:
         self.view: dict[str, dict[str, Any]] = {}
         self.ws: tws.WebSocketConnection | None = None
         self._ids = 1000
-        self.acks: dict[int, dict[str, Any]] = {}
+        self._pinged = 0.0
 
     async def join(self) -> None:
         await join_node(self.gw, self.name, self.data_dir)
@@ -125,9 +125,22 @@ class Board:
 
     async def _one(self) -> Message:
         assert self.ws is not None
-        msg = edgeproto.decode_message(
-            await self.ws.get_message(), max_size=edgeproto.DEFAULT_MAX_MESSAGE * 2
-        )
+        return await self._take(await self.ws.get_message())
+
+    async def poll(self, seconds: float = 0.05) -> None:
+        """Take what the hub sent within ``seconds`` (one message at most)."""
+        assert self.ws is not None
+        data: Any = None
+        with trio.move_on_after(seconds):
+            data = await self.ws.get_message()
+        if data is not None:
+            await self._take(data)
+        elif trio.current_time() - self._pinged > 2:
+            self._pinged = trio.current_time()
+            await self._send(Message(Kind.PING, id=1))
+
+    async def _take(self, data: Any) -> Message:
+        msg = edgeproto.decode_message(data, max_size=edgeproto.DEFAULT_MAX_MESSAGE * 2)
         if msg.kind in (Kind.SNAPSHOT, Kind.CHANGE):
             apply = self.sync.receive(msg, nbytes=0, now=trio.current_time())
             if apply is not None:
@@ -242,3 +255,19 @@ class Board:
         self.version = a.version
         async with self.connected():
             assert (await self.report(a, NodeState.HEALTHY)) == {}
+
+
+async def settle(boards: list[Board], cond: Any, timeout: float = 20.0) -> None:
+    """Let connected ``boards`` take what the hub sends until ``cond()`` holds."""
+    with trio.fail_after(timeout):
+        while not await _holds(cond):
+            for b in boards:
+                if b.ws is not None:
+                    await b.poll()
+
+
+async def _holds(cond: Any) -> bool:
+    got = cond()
+    if hasattr(got, "__await__"):
+        got = await got
+    return bool(got)
