@@ -268,3 +268,48 @@ async def test_no_room_for_the_download_fails_clearly(
         assert os.listdir(small_fs / "upgrade") == []
     finally:
         await c.close()
+
+
+# ---- against the real gateway's release serving ------------------------------------------
+
+
+async def test_a_release_pushed_to_the_gateway_downloads_through_its_hub(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The gateway serves the pieces of the release its Node's assignment
+    names (the job's controller writes it), and 403 for any other."""
+    from edgeproto.upgrade import ANNOTATION
+    from tests.conftest import start_gateway
+    from tests.edgeagent.upgrade_fixtures import push_release, start_job
+
+    private, public = keypair()
+    (tmp_path / "release.pub").write_bytes(public)
+    gw = await start_gateway(nursery, tmp_path / "gw", release_key=tmp_path / "release.pub")
+    data = tmp_path / "agent"
+    await join_node(gw, "pi-real", data)
+    assert (data / "release.pub").read_bytes() == public  # from the join answer
+    release = make_release(tmp_path / "release.tar", 20 * CHUNK_SIZE + 5, private)
+    other = make_release(tmp_path / "other.tar", CHUNK_SIZE, private, version="9.9.8")
+    await push_release(gw, release)
+    await push_release(gw, other)
+    c = await connect(nursery, data)
+    try:
+        await start_job(gw, "up-real", "9.9.9", ["pi-real"])
+
+        async def annotation() -> str | None:
+            node = await c.meta.get("nodes//pi-real")
+            return ((node or {}).get("metadata") or {}).get("annotations", {}).get(ANNOTATION)
+
+        value = await wait_for(annotation, timeout=15, what="the assignment synced to the board")
+        a = decode_assignment(value)
+        assert a.release == release.manifest.sha256 and a.job == "up-real"
+        rel = await fetch_release(c.client.request, a, public, wait=10)
+        d = Download(rel, data / "upgrade", c.client.request)
+        tar = (await until_done(c.client, d) and d.tar) or await d.run()
+        assert tar.read_bytes() == release.path.read_bytes()
+        with pytest.raises(RequestError) as refused:
+            await c.client.request("release-chunk", other.manifest.sha256, {"index": 0}, timeout=10)
+        assert refused.value.code == 403
+    finally:
+        await c.close()
+        gw.scope.cancel()
