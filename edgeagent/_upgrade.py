@@ -189,11 +189,15 @@ class Upgrader:
         )
 
     async def _follow(self) -> None:
-        """Act on the Node's assignment; re-read it after each applied batch."""
+        """Act on the Node's assignment; re-read it after each applied batch.
+        Not before this process's first resync: the Node in the store may be
+        from long ago (an assignment withdrawn since)."""
         self.state = "idle"
+        await self._hub.wait_resynced()
         async with trio.open_nursery() as nursery:
             job: tuple[Assignment, trio.CancelScope] | None = None
             done = trio.Event()
+            seen: Assignment | bool | None = False  # the assignment last acted on
             while True:
                 gen = self._meta.generation
                 a = await self._assignment()
@@ -205,9 +209,13 @@ class Upgrader:
                         job[1].cancel()
                         await done.wait()
                     job = None
-                if job is None:
+                if job is None and a != seen:
+                    seen = a
                     await self._clean(a)
-                    if a is not None and a.uid not in await self._done():
+                    finished = (await self._done()).get(a.uid) if a is not None else None
+                    if a is not None and finished is not None:
+                        log.info("upgrade job %s (uid %s): %s here already", a.job, a.uid, finished)
+                    elif a is not None:
                         scope = trio.CancelScope()
                         done = trio.Event()
                         job = (a, scope)
