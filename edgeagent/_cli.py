@@ -21,6 +21,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="edgeagent", description="edgeflock edge agent")
     sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser(
+        "launch",
+        help="start the current release's agent and own roll back (edgeagent launch --help)",
+        add_help=False,
+    )
     j = sub.add_parser("join", help="enroll this board with a gateway")
     j.add_argument("--gateway", required=True, help="https://HOST:JOINPORT")
     j.add_argument("--token", required=True)
@@ -78,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["launch"]:  # the launcher: before anything heavy is imported
+        from ._launch import main as launch
+
+        return launch(given[1:])
     args = _parser().parse_args(argv)
     data_dir = Path(args.data_dir)
     if args.cmd == "join":
