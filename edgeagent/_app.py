@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -17,6 +17,9 @@ from ._meta import Meta
 from ._status import NodeStatusReporter, PodStatusReporter
 from ._streams import PodStreams
 from ._tls import client_ssl_context
+
+if TYPE_CHECKING:
+    from ._slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +83,13 @@ async def supervise(
         delay = min(policy.cap, delay * 2)
 
 
-def _slots(config: AgentConfig) -> Any:
+def _slots(config: AgentConfig) -> Slots | None:
     """The release slots when ``edgeagent launch`` started this agent (it
     sets ``EDGEFLOCK_RELEASES``), else None; ``_slots`` is not even imported
     on the default path."""
     if not os.environ.get("EDGEFLOCK_RELEASES"):
         return None
-    from ._slots import Slots  # type: ignore[import-not-found]  # until otaslots lands
+    from ._slots import Slots
 
     return Slots.from_env(config.data_dir)
 
