@@ -182,11 +182,15 @@ class Upgrader:
             self.state = "trial"
             log.info("on trial as %s: healthy after the first resync", VERSION)
             await self._hub.wait_resynced()
-            await trio.to_thread.run_sync(self._slots.mark_healthy)
-        log.info("version %s healthy", VERSION)
-        await self._report(
-            UpgradeReport(trial.job, trial.uid, trial.version, NodeState.HEALTHY, "", _now())
-        )
+        # Marked healthy, the launcher stops this agent at once (to restart it
+        # in direct mode): marking and reporting are done together, shielded.
+        with trio.CancelScope(shield=True):
+            if not trial.healthy:
+                await trio.to_thread.run_sync(self._slots.mark_healthy)
+            log.info("version %s healthy", VERSION)
+            await self._report(
+                UpgradeReport(trial.job, trial.uid, trial.version, NodeState.HEALTHY, "", _now())
+            )
 
     async def _follow(self) -> None:
         """Act on the Node's assignment; re-read it after each applied batch.

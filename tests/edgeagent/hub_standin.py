@@ -90,6 +90,28 @@ def make_release(
     return ServedRelease(path, m, data, sign_manifest(private_key, data))
 
 
+def release_of(path: Path, version: str, private_key: bytes) -> ServedRelease:
+    """An existing release archive with its manifest, signed."""
+    import platform
+
+    whole = hashlib.sha256()
+    chunks: list[str] = []
+    with open(path, "rb") as f:
+        while piece := f.read(CHUNK_SIZE):
+            whole.update(piece)
+            chunks.append(hashlib.sha256(piece).hexdigest())
+    m = ReleaseManifest(
+        version=version,
+        arch=platform.machine(),
+        size=path.stat().st_size,
+        sha256=whole.hexdigest(),
+        chunks=tuple(chunks),
+        created="2025-01-01T00:00:00Z",
+    )
+    data = encode_manifest(m)
+    return ServedRelease(path, m, data, sign_manifest(private_key, data))
+
+
 def assignment_of(r: ServedRelease, *, job: str = "up-1", uid: str = "uid-1", **kw: Any) -> str:
     fields: dict[str, Any] = {
         "job": job,
@@ -183,13 +205,13 @@ class StandInHub:
         ws = await request.accept()
         self.sessions += 1
         try:
-            hello = edgeproto.decode_message(await ws.get_message())
+            hello = edgeproto.decode_message(_binary(await ws.get_message()))
             assert hello.kind is Kind.HELLO
             for m in edgeproto.snapshot_messages(self.rev, [self._node_entry()]):
                 await self._send(ws, m)
             self._live.append(ws)
             while True:
-                msg = edgeproto.decode_message(await ws.get_message())
+                msg = edgeproto.decode_message(_binary(await ws.get_message()))
                 if msg.kind is Kind.PING:
                     await self._send(ws, Message(Kind.PONG, parent=msg.id, body={}))
                 elif msg.kind is Kind.REPORT:
@@ -251,3 +273,8 @@ def _read_at(path: Path, offset: int, length: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(length)
+
+
+def _binary(data: bytes | str) -> bytes:
+    assert isinstance(data, bytes), "a text frame from the agent"
+    return data
