@@ -29,6 +29,7 @@ from tests.board_fixtures import (
     BIN,
     BOARD_AGENT_DATA,
     BOARD_CRI,
+    BOARD_VENV,
     SCRIPTS,
     Board,
     HostGateway,
@@ -158,7 +159,7 @@ def main() -> None:
         wait_until(lambda: pods_running(gateway, args.pods), timeout=1800, what="pods Running")
         time.sleep(SETTLE)
         _, default, _ = board.exec(
-            "/opt/edgeflock/venv/bin/python", "-c",
+            f"{BOARD_VENV}/bin/python", "-c",
             "import dataclasses; from edgeagent._config import AgentConfig; "
             "print(next(f.default for f in dataclasses.fields(AgentConfig) "
             "if f.name == 'cri_transport'))",

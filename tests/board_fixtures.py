@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 # The host as the board sees it: QEMU's user network maps 10.0.2.2 to the host's loopback.
 BOARD_HOST = "10.0.2.2"
 BOARD_AGENT_DATA = "/var/lib/edgeflock/agent"
-BOARD_VENV = "/opt/edgeflock/venv"
+BOARD_VENV = "/opt/edgeflock/current"  # the current release's venv (the launcher execs its agent)
 BOARD_CRI = "/run/edgeflock/containerd/containerd.sock"
 
 

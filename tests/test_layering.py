@@ -122,3 +122,45 @@ def imports_of(path: Path) -> set[str]:
 def test_dependencies_point_one_way(package: str, forbidden: set[str]) -> None:
     for path in (ROOT / package).rglob("*.py"):
         assert not imports_of(path) & forbidden, path
+
+
+# The launcher (``edgeagent launch``, the unit's command) and the slots it works
+# with: the standard library only, and of edgeagent only these modules.
+LAUNCHER_MODULES = {"edgeagent", "edgeagent._cli", "edgeagent._launch", "edgeagent._slots"}
+_LAUNCHER_PROBE = """\
+import sys
+before = set(sys.modules)
+from edgeagent._cli import main
+main(["launch", "--status", "--releases", sys.argv[1], "--data-dir", sys.argv[2]])
+import edgeagent._launch, subprocess, selectors, sqlite3  # what supervisor mode adds
+print(*(set(sys.modules) - before), file=sys.stderr)
+"""
+
+
+def test_the_launcher_loads_the_standard_library_only(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER_PROBE, str(tmp_path / "R"), str(tmp_path / "D")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "current:" in out.stdout  # it ran
+    loaded = set(out.stderr.split())
+    ours = {m for m in loaded if m.split(".")[0] not in sys.stdlib_module_names}
+    assert ours <= LAUNCHER_MODULES, ours - LAUNCHER_MODULES
+    # ...and so do the imports inside their functions (install, roll back).
+    for name in ("_launch.py", "_slots.py", "_install.py"):
+        tree = ast.parse((ROOT / "edgeagent" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                tops = {a.name.split(".")[0] for a in node.names}
+                assert tops <= sys.stdlib_module_names, (name, tops)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    assert {a.name for a in node.names} <= {"_install"} or node.module in (
+                        "_slots",
+                        "_install",
+                    ), (name, node.module)
+                else:
+                    assert (node.module or "").split(".")[0] in sys.stdlib_module_names, name

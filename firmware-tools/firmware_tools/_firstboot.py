@@ -16,9 +16,10 @@ __all__ = [
     "FIRSTBOOT_SCRIPT",
     "FIRSTBOOT_UNIT",
     "MANIFEST_PATH",
+    "RELEASES_DIR",
+    "RELEASE_KEY_PATH",
     "TOKEN_PATH",
     "UNIT_DIR",
-    "VENV_DIR",
     "Components",
     "agent_toml",
     "agent_unit",
@@ -35,8 +36,14 @@ __all__ = [
 ]
 
 BUNDLE_DIR = "/opt/edgeflock/bundle"
-VENV_DIR = "/opt/edgeflock/venv"
+# The releases root: releases/<version>/ (a venv each), current, previous, and
+# launcher (the release first boot installed, whose `edgeagent launch` the unit runs).
+RELEASES_DIR = "/opt/edgeflock"
+LAUNCHER_DIR = f"{RELEASES_DIR}/launcher"
+CURRENT_DIR = f"{RELEASES_DIR}/current"
 DATA_DIR = "/var/lib/edgeflock/agent"
+# The fleet's release public key (edgeflash prepare --release-key), given to the join.
+RELEASE_KEY_PATH = "/etc/edgeflock/release.pub"
 CONF_PATH = "/etc/edgeflock/edgeflock.conf"
 TOKEN_PATH = "/etc/edgeflock/join.token"
 MANIFEST_PATH = "/etc/edgeflock/edgeflash-manifest.json"
@@ -86,7 +93,7 @@ def conf_file(*, gateway: str, ca_pin: str, node: str, components: Components) -
         "NODE": node,
         "DATA_DIR": DATA_DIR,
         "BUNDLE": BUNDLE_DIR,
-        "VENV": VENV_DIR,
+        "RELEASES": RELEASES_DIR,
         "UNITS": " ".join(components.units()),
         "CONTAINERD_SOCKET": CRI_SOCKET if components.containerd else "",
         # The distribution's own units for what edgeflock runs itself (port 1883...).
@@ -114,7 +121,12 @@ def agent_toml(labels: dict[str, str]) -> str:
 
 
 def agent_unit(components: Components, *, mqtt_auth: bool = True) -> str:
-    args = [f"{VENV_DIR}/bin/edgeagent", "run", "--data-dir", DATA_DIR]
+    """The agent's unit: ``edgeagent launch`` of the launcher release, which
+    execs ``current``'s agent with the run arguments after ``--`` (or, while a
+    new release is on trial, supervises it and switches back)."""
+    launch = [f"{LAUNCHER_DIR}/bin/edgeagent", "launch", "--data-dir", DATA_DIR]
+    launch += ["--releases", RELEASES_DIR, "--"]
+    args: list[str] = []
     after = ["network-online.target"]
     if components.mosquitto:
         args += ["--mqtt", MQTT_URL]
@@ -131,9 +143,12 @@ Documentation=https://github.com/edgeflock/edgeflock
 Wants=network-online.target
 After={" ".join(after)}
 ConditionPathExists={DATA_DIR}/enrollment.json
+# Never give up restarting: the launcher counts a new release's failed starts
+# and switches back to the previous one itself.
+StartLimitIntervalSec=0
 
 [Service]
-ExecStart={" ".join(args)}
+ExecStart={" ".join(launch + args)}
 Restart=always
 RestartSec=5
 
@@ -152,7 +167,7 @@ def mapper_unit_name(protocol: str) -> str:
 def mapper_unit(protocol: str, node: str, *, mqtt_auth: bool = True) -> str:
     """A mapper beside the agent: it learns its devices from the agent over the local
     broker (membership), logging in with the credentials the agent writes for it."""
-    args = [f"{VENV_DIR}/bin/{protocol}-mapper", "--mqtt", MQTT_URL, "--node", node]
+    args = [f"{CURRENT_DIR}/bin/{protocol}-mapper", "--mqtt", MQTT_URL, "--node", node]
     if mqtt_auth:
         args += ["--mqtt-credentials", f"{MQTT_AUTH_DIR}/mapper-{protocol}.cred"]
     return f"""\
@@ -329,8 +344,10 @@ def firstboot_script() -> str:
     return r"""#!/bin/sh
 # edgeflock first boot, written by edgeflash prepare.
 # Installs the offline bundle, joins the gateway, enables the agent, removes the token.
-# Every step can be cut by a power loss and is redone on the next boot: the venv counts
-# only once its marker is written, dpkg finishes what it had begun, the join is retried.
+# Every step can be cut by a power loss and is redone on the next boot: the release
+# counts as installed only once its marker is written (the agent's own install code,
+# run from the bundle's wheel, as upgrades install releases), dpkg finishes what it had
+# begun, the join is retried.
 # Every path is taken relative to $EDGEFLOCK_ROOT (empty on a board), so the script
 # can be run against an extracted root filesystem.
 set -eu
@@ -343,8 +360,9 @@ TOKEN_FILE="$ROOT/etc/edgeflock/join.token"
 # replaces an expired one without reflashing.
 FRESH_TOKEN="$ROOT${EDGEFLOCK_BOOT:-/boot/firmware}/edgeflock-join.token"
 B="$ROOT$BUNDLE"
-V="$ROOT$VENV"
+R="$ROOT$RELEASES"
 D="$ROOT$DATA_DIR"
+KEY="$ROOT/etc/edgeflock/release.pub"
 # Join retries: unbounded on a board (0), back-off doubling from RETRY_MIN to RETRY_MAX.
 ATTEMPTS="${EDGEFLOCK_JOIN_ATTEMPTS:-0}"
 RETRY_MIN="${EDGEFLOCK_JOIN_RETRY_MIN:-5}"
@@ -396,18 +414,21 @@ if [ -f "$B/SHA256SUMS" ]; then
             [ -n "$ROOT" ] || systemctl stop $DISTRO_UNITS 2>/dev/null || true
         fi
     fi
-    if [ ! -f "$V/.edgeflock-installed" ]; then
-        log "installing the agent into $V"
-        rm -rf "$V"
-        "$PYTHON" -m venv "$V"
-        "$V/bin/python" -m pip install --quiet --no-index --no-cache-dir \
-            --find-links "$B/wheels" edgeflock || fail "pip could not install the bundle"
-        sync
-        touch "$V/.edgeflock-installed"
-        sync
+    if [ ! -f "$R/launcher/.edgeflock-installed" ]; then
+        wheel=$(ls "$B"/wheels/edgeflock-*.whl 2>/dev/null | head -n 1)
+        [ -n "$wheel" ] || fail "no edgeflock wheel in $B/wheels"
+        log "installing the agent into $RELEASES/releases"
+        # edgeagent._slots (standard library only) imported from the wheel itself
+        install='import sys; sys.path.insert(0, sys.argv[1])
+from edgeagent._slots import main
+sys.exit(main(sys.argv[2:]))'
+        version=$("$PYTHON" -c "$install" "$wheel" \
+            install --first --releases "$R" --data-dir "$D" "$B") \
+            || fail "could not install the bundle"
+        log "installed edgeflock $version; $RELEASES/current and launcher point at it"
     fi
 fi
-EDGEAGENT="$V/bin/edgeagent"
+EDGEAGENT="$R/launcher/bin/edgeagent"
 [ -x "$EDGEAGENT" ] || EDGEAGENT=$(command -v edgeagent) || fail "edgeagent not installed"
 
 if [ -n "$CONTAINERD_SOCKET" ] && ls "$B"/images/*.tar >/dev/null 2>&1; then
@@ -424,11 +445,13 @@ if [ -n "$CONTAINERD_SOCKET" ] && ls "$B"/images/*.tar >/dev/null 2>&1; then
     sync  # the unpacked layers are on the card before anything else happens
 fi
 
+# The fleet's release key, if the image carries one: the agent trusts releases it signed.
+if [ -f "$KEY" ]; then set -- --release-key "$KEY"; else set --; fi
 attempt=0
 delay="$RETRY_MIN"
 while [ ! -f "$D/enrollment.json" ]; do
     log "joining $GATEWAY as $NODE"
-    if "$EDGEAGENT" join --gateway "$GATEWAY" --token "$TOKEN" --data-dir "$D"; then
+    if "$EDGEAGENT" join --gateway "$GATEWAY" --token "$TOKEN" --data-dir "$D" "$@"; then
         break
     fi
     attempt=$((attempt + 1))

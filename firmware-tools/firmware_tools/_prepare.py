@@ -117,6 +117,9 @@ class PrepareOptions:
     labels: str = ""
     # Mappers to run as services beside the agent ("modbus", "serial").
     mappers: tuple[str, ...] = ()
+    # The fleet's release public key (edgectl upgrade keygen's release.pub): the
+    # board's first-boot join keeps it, and the agent installs only releases it signed.
+    release_key: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,30 @@ class PrepareResult:
     layout: PiLayout
     node: str
     files: tuple[WrittenFile, ...] = field(default=())
+
+
+def read_release_key(path: Path) -> bytes:
+    """An Ed25519 public key in PEM (SubjectPublicKeyInfo), as edgectl upgrade
+    keygen writes release.pub; BadInput otherwise (a private key above all)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"--release-key {path}: {exc.strerror or exc}") from None
+    if b"PRIVATE KEY" in data:
+        raise BadInput(f"--release-key {path} is a private key: pass the public key (release.pub)")
+    try:
+        key = load_pem_public_key(data)
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BadInput(
+            f"--release-key {path} is not an Ed25519 public key in PEM "
+            "(edgectl upgrade keygen writes one: release.pub)"
+        )
+    return data
 
 
 def _validate(
@@ -180,6 +207,8 @@ def _validate(
             raise BadInput(f"--mapper must be one of {', '.join(fb.MAPPERS)}, not {protocol!r}")
     if o.mappers and o.bundle is None:
         raise BadInput("--mapper needs --bundle: the mapper is installed from the bundle")
+    if o.release_key is not None:
+        read_release_key(o.release_key)
     bundle = load_bundle(o.bundle) if o.bundle is not None else None
     return token, gateway, node, settings, bundle, labels
 
@@ -208,6 +237,7 @@ def _root_files(
     components: fb.Components,
     mqtt_auth: bool = True,
     labels: dict[str, str] | None = None,
+    release_key: bytes | None = None,
 ) -> tuple[list[Dir], list[File], list[Symlink]]:
     auth = mqtt_auth
     unit_dir = fb.UNIT_DIR
@@ -231,6 +261,8 @@ def _root_files(
     ]
     if labels:  # read by the first boot's 'edgeagent join'
         files.append(File(f"{fb.DATA_DIR}/agent.toml", fb.agent_toml(labels).encode(), 0o600))
+    if release_key is not None:  # passed to the first boot's 'edgeagent join'
+        files.append(File(fb.RELEASE_KEY_PATH, release_key, 0o644))
     if components.mosquitto:
         conf, unit = fb.mosquitto_config(mqtt_auth=auth), fb.mosquitto_unit(mqtt_auth=auth)
         files.append(File("/etc/edgeflock/mosquitto.conf", conf.encode()))
@@ -292,6 +324,7 @@ def prepare_image(o: PrepareOptions) -> PrepareResult:
             mqtt_auth=o.mqtt_auth,
             labels=labels,
             mappers=o.mappers,
+            release_key=read_release_key(o.release_key) if o.release_key else None,
         )
         os.replace(partial, o.output)
     except OSError as exc:
@@ -315,6 +348,7 @@ def _bake(
     mqtt_auth: bool = True,
     labels: dict[str, str] | None = None,
     mappers: tuple[str, ...] = (),
+    release_key: bytes | None = None,
 ) -> tuple[WrittenFile, ...]:
     root = Ext4Volume(image, layout.root.offset)
     boot = FatVolume(image, layout.boot.offset)
@@ -326,6 +360,7 @@ def _bake(
         components=_components(bundle, root, mappers),
         mqtt_auth=mqtt_auth,
         labels=labels,
+        release_key=release_key,
     )
     free = root.free_bytes()
     need = _needed(files)
@@ -344,6 +379,7 @@ def _bake(
         "gateway": gateway,
         "ca_pin": f"sha256:{token.pin}",
         "labels": labels or {},
+        "release_key": release_key is not None,
         "bundle": None if bundle is None else {"arch": bundle.arch, "python": bundle.python},
         "files": [
             {"partition": w.partition, "path": w.path, "size": w.size, "sha256": w.sha256}

@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run this mapper as a service beside the agent (repeatable)",
     )
     pr.add_argument(
+        "--release-key",
+        type=Path,
+        help="the fleet's release public key (release.pub): the board installs only "
+        "agent upgrades signed with its private key",
+    )
+    pr.add_argument(
         "--mqtt-anonymous",
         dest="mqtt_auth",
         action="store_false",
@@ -138,6 +144,7 @@ def _prepare(args: argparse.Namespace) -> int:
             mqtt_auth=args.mqtt_auth,
             labels=args.labels,
             mappers=tuple(dict.fromkeys(args.mapper)),
+            release_key=args.release_key,
         )
     )
     size = sum(f.size for f in result.files)

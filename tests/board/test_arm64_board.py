@@ -20,6 +20,7 @@ from tests.board_fixtures import (
     BIN,
     BOARD_CRI,
     BOARD_HOST,
+    BOARD_VENV,
     SCRIPTS,
     Board,
     BoardInputs,
@@ -78,7 +79,8 @@ def test_first_boot_installs_joins_and_the_node_is_ready_as_arm64(rig: Rig) -> N
     assert node["metadata"]["labels"]["site"] == "lab"
     assert node["status"]["nodeInfo"]["architecture"] == "arm64"
     console = board.console()
-    assert "edgeflock-firstboot: installing the agent into /opt/edgeflock/venv" in console
+    assert "edgeflock-firstboot: installing the agent into /opt/edgeflock/releases" in console
+    assert "edgeflock-firstboot: installed edgeflock " in console
     assert "edgeflock-firstboot: done" in console
     # Pi OS's first-boot settings were applied: the hostname edgeflash prepare wrote.
     _, hostname, _ = board.exec("hostname")
@@ -184,10 +186,14 @@ def test_modbus_sensor_on_the_host_reaches_the_cloud_through_the_board(rig: Rig)
 def test_figures_read_inside_the_board(rig: Rig) -> None:
     """Memory as the board's kernel counts it (VmRSS from its /proc), not QEMU's."""
     board = rig.board
-    agent = board.pids("/opt/edgeflock/venv/bin/edgeagent run")
-    mapper = board.pids("/opt/edgeflock/venv/bin/modbus-mapper")
+    agent = board.pids(f"{BOARD_VENV}/bin/edgeagent run")
+    mapper = board.pids(f"{BOARD_VENV}/bin/modbus-mapper")
     broker = board.pids("/usr/sbin/mosquitto")
     assert len(agent) == 1 and len(mapper) == 1 and len(broker) == 1, (agent, mapper, broker)
+    # The unit ran the launcher, which became the agent (direct mode): no launcher left.
+    assert board.pids("edgeagent launch") == []
+    _, main_pid, _ = board.exec("systemctl", "show", "-P", "MainPID", "edgeflock-agent.service")
+    assert int(main_pid) == agent[0]
     rss = {
         "agent": board.rss_kib(agent[0]),
         "modbus-mapper": board.rss_kib(mapper[0]),

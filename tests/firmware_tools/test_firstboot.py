@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from cloudgateway._join import create_join_token
+from edgeagent._version import VERSION
 from tests.conftest import Gateway, wait_for
 
 from .conftest import PiImage, edgeflash
@@ -123,15 +124,22 @@ async def test_first_boot_joins_and_node_becomes_ready(
         == "/etc/systemd/system/edgeflock-agent.service"
     )
     assert not (wants / "edgeflock-firstboot.service").exists()
-    assert (root / "opt/edgeflock/venv/bin/edgeagent").exists()
+    # The bundle is installed as the agent's first release slot, by the agent's own code.
+    releases = root / "opt/edgeflock"
+    assert os.readlink(releases / "current") == f"releases/{VERSION}"
+    assert os.readlink(releases / "launcher") == f"releases/{VERSION}"
+    assert (releases / "releases" / VERSION / ".edgeflock-installed").is_file()
+    assert (releases / "launcher/bin/edgeagent").exists()
+    assert f"installed edgeflock {VERSION}; /opt/edgeflock/current and launcher point" in log
 
     # Once more, as a second boot would: no token, nothing to do, nothing changed.
     again = await trio.run_process(firstboot, env=env, cwd=root, capture_stderr=True, check=False)
     assert again.returncode != 0 and b"no join token" in again.stderr
 
-    # Start the agent exactly as its unit says; the node turns Ready on the gateway.
+    # Start the agent exactly as its unit says (the launcher, which execs the current
+    # release's agent); the node turns Ready on the gateway.
     agent_argv = _exec_start(root / "etc/systemd/system/edgeflock-agent.service", root)
-    assert agent_argv[0] == str(root / "opt/edgeflock/venv/bin/edgeagent")
+    assert agent_argv[:2] == [str(releases / "launcher/bin/edgeagent"), "launch"]
     with open(tmp_path / "agent.log", "wb") as agent_log:  # noqa: ASYNC230
         agent = await trio.lowlevel.open_process(
             [*agent_argv, "--heartbeat", "1"],
@@ -151,6 +159,9 @@ async def test_first_boot_joins_and_node_becomes_ready(
 
             node = await wait_for(node_ready, timeout=30)
             assert node["metadata"]["name"] == "pi-fb"
+            # The launcher's process is the agent of the current release now.
+            argv = (Path("/proc") / str(agent.pid) / "cmdline").read_bytes().split(b"\0")
+            assert argv[1:3] == [str(releases / "current/bin/edgeagent").encode(), b"run"]
             # The labels baked with --labels, asked for by the first boot's join.
             labels = node["metadata"]["labels"]
             assert labels["site"] == "plant-2" and labels["sensor"] == "modbus"
@@ -165,15 +176,16 @@ async def test_first_boot_joins_and_node_becomes_ready(
     # The agent that ran is the one pip installed from the image's bundle.
     where = await trio.run_process(
         [
-            str(root / "opt/edgeflock/venv/bin/python"),
+            str(releases / "current/bin/python"),
             "-c",
-            "import edgeagent; print(edgeagent.__file__)",
+            "import os, edgeagent; print(os.path.realpath(edgeagent.__file__))",
         ],
         env=env,
         cwd=root,
         capture_stdout=True,
     )
-    assert where.stdout.decode().startswith(str(root / "opt/edgeflock/venv/lib/"))
+    installed = where.stdout.decode().strip()
+    assert installed.startswith(str(releases / "releases" / VERSION / "lib") + "/")
 
 
 def _extract(img: Path, offset: int, root: Path) -> None:
@@ -221,7 +233,7 @@ def test_first_boot_refuses_a_corrupt_bundle_and_a_swapped_token(
     )
     assert run.returncode == 1 and "is corrupt" in run.stderr
     assert (root / "etc/edgeflock/join.token").exists()  # kept for the next try
-    assert not (root / "opt/edgeflock/venv").exists()
+    assert not (root / "opt/edgeflock/releases").exists()
 
     root = tmp_path / "r2"
     _extract(out, pi_image.root_offset, root)

@@ -15,6 +15,7 @@ from firmware_tools._firstboot import (
 
 from edgeagent._cli import _parser
 from edgeagent._config import AgentConfig
+from edgeagent._launch import _parser as launch_parser
 
 
 def _settings(conf: str) -> dict[str, str]:
@@ -29,7 +30,12 @@ def _settings(conf: str) -> dict[str, str]:
 def test_baked_broker_reads_what_the_agent_writes() -> None:
     unit = agent_unit(Components(mosquitto=True))
     line = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
-    args = _parser().parse_args(shlex.split(line.removeprefix("ExecStart="))[1:])
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    # The unit runs the launcher, which runs `edgeagent run --data-dir D <after -->`.
+    assert argv[1] == "launch"
+    cut = argv.index("--")
+    launch = launch_parser().parse_args(argv[2:cut])
+    args = _parser().parse_args(["run", "--data-dir", launch.data_dir, *argv[cut + 1 :]])
     assert args.mqtt_auth is True
     config = AgentConfig(
         data_dir=Path(args.data_dir),

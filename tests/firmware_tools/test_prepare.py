@@ -119,9 +119,10 @@ def test_prepare_writes_everything_and_reads_back(
     assert "ConditionPathExists=/etc/edgeflock/join.token" in unit
     agent = root.read("/etc/systemd/system/edgeflock-agent.service").decode()
     assert (
-        "ExecStart=/opt/edgeflock/venv/bin/edgeagent run --data-dir /var/lib/edgeflock/agent"
-        in agent
+        "ExecStart=/opt/edgeflock/launcher/bin/edgeagent launch --data-dir /var/lib/edgeflock/agent"
+        " --releases /opt/edgeflock --" in agent
     )
+    assert "StartLimitIntervalSec=0" in agent and "Restart=always" in agent
     link = "/etc/systemd/system/multi-user.target.wants/edgeflock-firstboot.service"
     assert stat.S_ISLNK(root.lstat(link).mode)
     assert root.readlink(link) == "/etc/systemd/system/edgeflock-firstboot.service"
@@ -226,6 +227,44 @@ def test_labels_go_to_the_agents_config(pi_image: PiImage, tmp_path: Path) -> No
     assert not Ext4Volume(str(plain), pi_image.root_offset).exists(
         "/var/lib/edgeflock/agent/agent.toml"
     )
+
+
+def test_release_key_goes_into_the_image(pi_image: PiImage, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "release.pub").write_bytes(public)
+    out = tmp_path / "o.img"
+    proc = _prepare(pi_image, out, "--release-key", tmp_path / "release.pub")
+    assert proc.returncode == 0, proc.stderr
+    root = Ext4Volume(str(out), pi_image.root_offset)
+    assert root.read("/etc/edgeflock/release.pub") == public
+    assert stat.S_IMODE(root.lstat("/etc/edgeflock/release.pub").mode) == 0o644
+    assert json.loads(root.read("/etc/edgeflock/edgeflash-manifest.json"))["release_key"] is True
+    # The private key, another kind of key, or no key at all: one line, no image.
+    other = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    for data, needle in (
+        (private, "is a private key: pass the public key (release.pub)"),
+        (other, "is not an Ed25519 public key in PEM"),
+        (b"hello", "is not an Ed25519 public key in PEM"),
+    ):
+        (tmp_path / "k").write_bytes(data)
+        proc = _prepare(pi_image, tmp_path / "x.img", "--release-key", tmp_path / "k")
+        assert_one_line_error(proc, needle)
+        assert not (tmp_path / "x.img").exists()
+    proc = _prepare(pi_image, tmp_path / "x.img", "--release-key", tmp_path / "missing")
+    assert_one_line_error(proc, "--release-key", "No such file")
 
 
 def test_private_key_is_refused(pi_image: PiImage, tmp_path: Path) -> None:
@@ -418,7 +457,7 @@ def test_image_with_debians_containerd_and_mosquitto_a_mapper_and_a_sandbox_imag
         "edgeflock-agent.service edgeflock-mapper-modbus.service'" in conf
     )
     mapper = root.read("/etc/systemd/system/edgeflock-mapper-modbus.service").decode()
-    assert "/opt/edgeflock/venv/bin/modbus-mapper --mqtt tcp://127.0.0.1:1883 --node" in mapper
+    assert "/opt/edgeflock/current/bin/modbus-mapper --mqtt tcp://127.0.0.1:1883 --node" in mapper
     assert "--mqtt-credentials /var/lib/edgeflock/mqtt/mapper-modbus.cred" in mapper
     containerd = tomllib.loads(root.read("/etc/edgeflock/containerd.toml").decode())
     cri = containerd["plugins"]["io.containerd.grpc.v1.cri"]
