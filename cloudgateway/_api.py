@@ -39,6 +39,8 @@ from ._kproto import PROTOBUF, ProtobufError, decode_object
 from ._openapi import openapi_v2, openapi_v3, openapi_v3_index
 from ._patch import PatchError, apply_json_patch, apply_strategic_merge_patch, merge_patch
 from ._podstream import StreamOpener, exec_in_pod, exec_websocket, pod_logs, wants_websocket
+from ._releaseapi import RELEASES_GROUP, RELEASES_VERSION, ReleasesApi
+from ._releases import Releases
 from ._revocation import revocation_key, revoke_node
 from ._scale import SCALE_API_VERSION, scale_of, scaled_replicas
 from ._ssa import ApplyConflict, SsaError, conflict_message, path_text, record_update
@@ -581,6 +583,7 @@ class ApiServer:
         metrics: Callable[[], bytes] | None = None,
         metrics_token: str | None = None,
         usage: UsageCache | None = None,
+        releases: Releases | None = None,
     ) -> None:
         """``metrics`` renders ``/metrics`` (Prometheus' text format; the
         API's own families if not given); ``metrics_token``, if given, may read
@@ -598,6 +601,8 @@ class ApiServer:
         self._metrics = metrics
         # metrics.k8s.io (kubectl top), from the usage nodes report to this hub
         self._usage_api = MetricsApi(store, usage) if usage is not None else None
+        # edgeflock.io/v1alpha1 releases (agent upgrades), kept beside the store
+        self._releases_api = ReleasesApi(releases) if releases is not None else None
         self._server: HttpServer | None = None
         self._requests = 0
         self._errors: Counter[int] = Counter()
@@ -713,6 +718,8 @@ class ApiServer:
             return await self._review(req, rest, path)
         if group == METRICS_GROUP and self._usage_api is not None:
             return await self._node_usage(req, version, rest, path)
+        if group == RELEASES_GROUP and self._releases_api is not None:
+            return await self._releases_api.serve(req, version, rest)
         if not rest:
             return self._discovery(req, self._resource_list(group, version, path))
         if (group, version) == ("", "v1"):
@@ -747,6 +754,8 @@ class ApiServer:
         groups: dict[str, list[str]] = {_AUTHZ_GROUP: ["v1"]}
         if self._usage_api is not None:
             groups[METRICS_GROUP] = [METRICS_VERSION]
+        if self._releases_api is not None:
+            groups[RELEASES_GROUP] = [RELEASES_VERSION]
         for r in edgeproto.RESOURCES:
             if r.group and r.version not in groups.setdefault(r.group, []):
                 groups[r.group].append(r.version)
@@ -762,6 +771,8 @@ class ApiServer:
             versions = ["v1"]
         if group == METRICS_GROUP and self._usage_api is not None:
             versions = [METRICS_VERSION]
+        if group == RELEASES_GROUP and self._releases_api is not None:
+            versions = [RELEASES_VERSION]
         if not group or not versions:
             raise _not_found_path(path)
         return {"kind": "APIGroup", "apiVersion": "v1", **_group_body(group, versions)}

@@ -36,6 +36,7 @@ from ._schemabase import (
     open_obj,
     string,
 )
+from ._upgradeschema import UPGRADE_KIND_SCHEMAS
 
 __all__ = ["KIND_SCHEMAS", "SCALE", "Schema", "named_schemas"]
 
@@ -280,6 +281,7 @@ KIND_SCHEMAS: Final[dict[str, Schema]] = {
         ("Device", DEVICE),
         ("DeviceModel", DEVICE_MODEL),
         *APPS_KIND_SCHEMAS.items(),
+        *UPGRADE_KIND_SCHEMAS.items(),
     )
 }
 

@@ -28,6 +28,7 @@ from ._join import JoinService, TokenStore
 from ._metrics import GatewayMetrics, certificate_expiry
 from ._nodes import ensure_node
 from ._pki import server_ssl_context
+from ._releases import Releases, open_release_storage
 from ._replica import LeaderWork, Replica
 from ._store import Store
 from .controllers import run_fleet_controllers
@@ -50,6 +51,8 @@ class RunningGateway:
     join_http: HttpServer
     replica: Replica | None = None  # on etcd: coordination, peer port, routing
     metrics: GatewayMetrics | None = None  # what /metrics serves
+    releases: Releases | None = None  # agent releases (upgrades)
+    job_states: dict[str, str] | None = None  # NodeUpgradeJob -> state, as controlled here
 
     def statistics(self) -> dict[str, dict[str, int]]:
         """Every part's counters, by part (``/metrics`` serves them as families)."""
@@ -103,6 +106,14 @@ async def run_gateway(
         if backend is not None:
             backend.close()
         raise
+    try:
+        release_key = _release_key(config)
+        releases = Releases(open_release_storage(store, data_dir), release_key=release_key)
+    except BaseException:
+        if backend is not None:
+            backend.close()
+        raise
+    job_states: dict[str, str] = {}  # NodeUpgradeJobs by state, as this process's controller saw
     tokens = TokenStore(store)
     health = NodeHealth(store, grace=config.grace)
     hub_ssl = server_ssl_context(pki, require_client_cert=True)
@@ -113,7 +124,15 @@ async def run_gateway(
     def hub_urls() -> Sequence[str]:
         return replicas[0].hub_urls() if replicas else ()
 
-    hub = Hub(store, hub_ssl, health, config.hub, report_limits=config.reports, hub_urls=hub_urls)
+    hub = Hub(
+        store,
+        hub_ssl,
+        health,
+        config.hub,
+        report_limits=config.reports,
+        hub_urls=hub_urls,
+        releases=releases,
+    )
     on_etcd = backend is not None and config.store.startswith("etcd://")
     replica = Replica(config, pki, hub, store) if on_etcd else None
     if replica is not None:
@@ -133,6 +152,7 @@ async def run_gateway(
         metrics=metrics.render,
         metrics_token=_metrics_token(config),
         usage=hub.usage,
+        releases=releases,
     )
 
     try:
@@ -148,6 +168,7 @@ async def run_gateway(
                 hub_url=_hub_url_for(config, hub_port),
                 on_joined=functools.partial(ensure_node, store),
                 hub_urls=hub_urls if replica is not None else None,
+                release_key=release_key.decode() if release_key is not None else None,
             )
             join_http = HttpServer(
                 join.handle,
@@ -162,7 +183,11 @@ async def run_gateway(
             ports = {"hub": hub_port, "join": join_port, "api": api_port}
             if replica is None:  # one process: it is the leader
                 if config.controllers:
-                    await nursery.start(run_fleet_controllers, store)
+                    await nursery.start(
+                        functools.partial(
+                            run_fleet_controllers, store, releases=releases, job_states=job_states
+                        )
+                    )
                 nursery.start_soon(_compactor, store, config)
                 nursery.start_soon(_event_pruner, store, config.event_ttl)
             else:
@@ -171,7 +196,7 @@ async def run_gateway(
                     replica.run,
                     hub_port,
                     f"{scheme}://{replica.host}:{api_port}",
-                    _leader_work(replica, config),
+                    _leader_work(replica, config, releases, job_states),
                 )
             log.info(
                 "cloudgateway ready: api %s://%s:%d, join https://%s:%d, hub wss://%s:%d",
@@ -185,13 +210,46 @@ async def run_gateway(
             )
             running.append(
                 RunningGateway(
-                    ports, store, hub, api, health, join, join_http, replica, metrics=metrics
+                    ports,
+                    store,
+                    hub,
+                    api,
+                    health,
+                    join,
+                    join_http,
+                    replica,
+                    metrics=metrics,
+                    releases=releases,
+                    job_states=job_states,
                 )
             )
             task_status.started(running[0])
     finally:
+        releases.close()
         if backend is not None:
             backend.close()
+
+
+def _release_key(config: GatewayConfig) -> bytes | None:
+    """The fleet's release public key from ``release_key`` (checked to be an
+    Ed25519 public key in PEM), if set."""
+    path = config.release_key
+    if path is None:
+        return None
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise GatewayError(f"release_key {path}: {exc}") from exc
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise GatewayError(f"release_key {path} is not a PEM public key: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise GatewayError(f"release_key {path} is not an Ed25519 public key")
+    return pem
 
 
 def _metrics_token(config: GatewayConfig) -> str | None:
@@ -208,7 +266,9 @@ def _metrics_token(config: GatewayConfig) -> str | None:
     return token
 
 
-def _leader_work(replica: Replica, config: GatewayConfig) -> list[LeaderWork]:
+def _leader_work(
+    replica: Replica, config: GatewayConfig, releases: Releases, job_states: dict[str, str]
+) -> list[LeaderWork]:
     """What only the leading replica does, each on a Store fenced on its term:
     NotReady for nodes no replica holds (measured on the leader's own clock),
     event pruning, compaction and the fleet controllers (scheduler, workloads,
@@ -226,7 +286,7 @@ def _leader_work(replica: Replica, config: GatewayConfig) -> list[LeaderWork]:
         await _event_pruner(store, config.event_ttl)
 
     async def controllers(store: Store) -> None:
-        await run_fleet_controllers(store)
+        await run_fleet_controllers(store, releases=releases, job_states=job_states)
 
     return [health, compactor, pruner, *([controllers] if config.controllers else [])]
 

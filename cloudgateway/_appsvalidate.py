@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from ._upgradeschema import check_nodeupgradejob, check_nodeupgradejob_update
+
 __all__ = [
     "APPS_CHECKS",
     "APPS_UPDATE_CHECKS",
@@ -343,6 +345,7 @@ APPS_CHECKS: dict[str, Callable[[dict[str, Any]], Iterator[Problem]]] = {
     "ControllerRevision": check_controllerrevision,
     "NodeGroup": check_nodegroup,
     "EdgeApplication": check_edgeapplication,
+    "NodeUpgradeJob": check_nodeupgradejob,
 }
 """Checks (and defaults) of a new object of each kind, after its schema walk."""
 
@@ -366,5 +369,6 @@ APPS_UPDATE_CHECKS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Iterato
     "Deployment": _immutable(("spec", "selector")),
     "ReplicaSet": _immutable(("spec", "selector")),
     "ControllerRevision": _immutable(("data",)),
+    "NodeUpgradeJob": check_nodeupgradejob_update,
 }
 """Checks of an update (``old`` the stored object, ``new`` the checked one)."""

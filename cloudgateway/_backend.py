@@ -347,6 +347,7 @@ SPEC_GENERATION: Final = frozenset(
         "controllerrevisions",
         "nodegroups",
         "edgeapplications",
+        "nodeupgradejobs",
     }
 )
 """Resources whose ``metadata.generation`` counts changes of ``.spec`` only (as

@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="a file with a read-only bearer token for /metrics (the admin token works too)",
     )
+    s.add_argument(
+        "--release-key",
+        default=None,
+        metavar="FILE",
+        help="the fleet's release public key (PEM): given to joining boards, checked on upload",
+    )
     add_log_arguments(s)
     t = sub.add_parser("token", help="join tokens")
     tsub = t.add_subparsers(dest="tcmd", required=True)
@@ -267,6 +273,7 @@ def serve_config(args: argparse.Namespace) -> Any:
         "peer_advertise": args.peer_advertise,
         "replica_id": args.replica_id,
         "metrics_token_file": args.metrics_token_file,
+        "release_key": args.release_key,
     }
     sections: dict[str, dict[str, Any]] = {
         "gateway": {k: v for k, v in gateway.items() if v is not None}

@@ -68,6 +68,10 @@ class GatewayConfig:
     # A file holding a read-only token for /metrics (Prometheus' bearer token);
     # the admin token reads /metrics too. Empty or unreadable: an error at start.
     metrics_token_file: Path | None = None
+    # The fleet's release public key (Ed25519, PEM; ``edgectl upgrade keygen``
+    # writes it as release.pub): sent to joining boards as ``releaseKey``, and
+    # releases whose signature it does not verify are refused at upload.
+    release_key: Path | None = None
 
 
 _SECTIONS = ("gateway", "hub", "api", "join", "reports", "peer")

@@ -33,6 +33,7 @@ from ._failures import FailureLog
 from ._health import NodeHealth
 from ._hubsync import CLOSE_TRY_AGAIN, CONNECTION_ENDED, HubSync, Session
 from ._pki import PkiError, cert_issued_at, node_from_peercert
+from ._releases import Releases
 from ._reports import ReportLimits, Reports
 from ._revocation import REVOCATIONS, revoked_at, revoked_node
 from ._store import Store, StoreError, SubscriptionLost
@@ -158,9 +159,11 @@ class Hub:
         *,
         report_limits: ReportLimits | None = None,
         hub_urls: Callable[[], Sequence[str]] | None = None,
+        releases: Releases | None = None,
     ) -> None:
         """``hub_urls``: the hub URL (``wss://HOST:PORT/``) of every live
-        replica, sent to each node with its resync on every connect."""
+        replica, sent to each node with its resync on every connect;
+        ``releases``: the agent releases boards may fetch (``_releases``)."""
         self._store = store
         self._ssl = ssl_context
         self._health = health
@@ -168,7 +171,9 @@ class Hub:
         self.counters: Counter[str] = Counter()
         self._sync = HubSync(store, config, self.counters, hub_urls=hub_urls)
         self._sessions = self._sync.sessions
-        self._reports = Reports(store, self.counters, report_limits or ReportLimits())
+        self._reports = Reports(
+            store, self.counters, report_limits or ReportLimits(), releases=releases
+        )
         self.usage = self._reports.usage  # nodes' latest resource usage (`top`)
         self._resyncs = trio.CapacityLimiter(config.max_resyncs)
         self._handshakes = _Slots(config.max_handshakes)
@@ -191,6 +196,10 @@ class Hub:
     def report_outcomes(self) -> dict[tuple[str, str], int]:
         """Reports by (op, outcome): "acked" or the reason it was not."""
         return dict(self._reports.outcomes)
+
+    def upgrade_report_states(self) -> dict[str, int]:
+        """Upgrade reports applied, by the state reported."""
+        return dict(self._reports.upgrades.report_states)
 
     def resync_histograms(self) -> dict[str, tuple[Histogram, Histogram]]:
         """Resyncs by mode: (seconds, bytes sent) histograms."""

@@ -221,8 +221,11 @@ class JoinService:
         hub_url: Callable[[Request], str],
         on_joined: Callable[[str, NodeJoin], Awaitable[bool]],
         hub_urls: Callable[[], Sequence[str]] | None = None,
+        release_key: str | None = None,
     ) -> None:
         """``hub_url``: this gateway's hub, as the joining board reaches it;
+        ``release_key``: the fleet's release public key (PEM text), sent as
+        ``releaseKey`` (a board keeps the first it gets and never takes another);
         ``hub_urls``: every live replica's hub, sent beside it as ``hubs``;
         ``on_joined(node, join)``: writes the Node (True: created, False: it
         existed), after the token is spent; what the board asked for in
@@ -232,6 +235,7 @@ class JoinService:
         self._hub_url = hub_url
         self._hub_urls = hub_urls
         self._on_joined = on_joined
+        self._release_key = release_key
         self._limiter = trio.CapacityLimiter(1)
         self.counters: Counter[str] = Counter()
 
@@ -288,6 +292,8 @@ class JoinService:
         hubs = self._hubs()
         if hubs:
             answer["hubs"] = list(hubs)
+        if self._release_key is not None:
+            answer["releaseKey"] = self._release_key
         return json_response(200, answer)
 
     def _hubs(self) -> tuple[str, ...] | None:

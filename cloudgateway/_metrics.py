@@ -72,6 +72,7 @@ _COVERED: dict[str, frozenset[str]] = {
             "reports_throttled",
             "reports_retry",
             "reports_internal_error",
+            "upgrade_reports",
         }
     ),
     "api": frozenset({"requests", "errors", "nodes_connected", "watches_open"}),
@@ -147,6 +148,27 @@ def _reports(outcomes: Mapping[tuple[str, str], int]) -> Iterable[Metric]:
     )
 
 
+def _upgrade_families(gw: RunningGateway) -> Iterable[Metric]:
+    """Agent upgrades: reports by state (this replica's hub), jobs by state
+    (as the controller in this process last saw them: the leader's)."""
+    yield counter(
+        "edgeflock_hub_upgrade_reports_total",
+        "Upgrade reports from boards applied to their job, by the state reported",
+        labels=("state",),
+        samples=sorted(((state,), n) for state, n in gw.hub.upgrade_report_states().items()),
+    )
+    jobs: Counter[str] = Counter((gw.job_states or {}).values())
+    yield gauge(
+        "edgeflock_upgrade_jobs",
+        "NodeUpgradeJobs by state, as this process's controller last saw them",
+        labels=("state",),
+        samples=sorted(
+            ((state,), jobs.get(state, 0))
+            for state in ("upgrading", "completed", "failed", "aborted")
+        ),
+    )
+
+
 class GatewayMetrics:
     """``render()`` is the body of the gateway's ``/metrics``."""
 
@@ -193,6 +215,7 @@ class GatewayMetrics:
             "edgeflock_join_http", gw.join_http.statistics(), gauges=_GAUGES["join_http"]
         )
         yield from self._replica(gw)
+        yield from _upgrade_families(gw)
 
     def _hub(self, gw: RunningGateway) -> Iterable[Metric]:
         hub = gw.hub

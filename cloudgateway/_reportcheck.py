@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from edgeproto import ProtocolError
+from edgeproto.upgrade import UpgradeReport, parse_report
 
 from ._validate import MAX_DEPTH
 
@@ -26,6 +27,7 @@ __all__ = [
     "check_status",
     "desired_values",
     "history_entries",
+    "upgrade_report",
 ]
 
 MAX_STATUS_BYTES = 256 * 1024  # a reported status as JSON (a pod's or node's are ~2 KiB)
@@ -173,3 +175,12 @@ def history_entries(raw: Any) -> list[dict[str, str]]:
             raise _bad("a history timestamp is milliseconds since the epoch (ASCII digits)")
         out.append({"propertyName": name, "value": value, "timestamp": ts})
     return out
+
+
+def upgrade_report(body: Any) -> UpgradeReport:
+    """An ``upgrade`` report's body (``edgeproto.upgrade.parse_report``: exactly
+    job, uid, version, state, reason, time; a board never reports ``pending``);
+    ``UpgradeError`` (a ``ProtocolError``) naming the field otherwise."""
+    if isinstance(body, dict):
+        check_json(body, "upgrade report")
+    return parse_report(body)

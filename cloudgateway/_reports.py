@@ -31,9 +31,11 @@ from ._events import EVENT_NAMESPACE, edge_event
 from ._events import SOURCE as EVENT_SOURCE
 from ._failures import FailureLog
 from ._health import merge_node_status
-from ._reportcheck import check_status, desired_values, history_entries
+from ._releases import Releases
+from ._reportcheck import check_status, desired_values, history_entries, upgrade_report
 from ._ssa import without_managed_fields
 from ._store import AlreadyExists, Conflict, NotFound, Record, Store, StoreError, Unavailable
+from ._upgradehub import REQUEST_OPS, UpgradeChannel
 from ._usage import UsageCache
 from ._validate import Invalid, validate
 
@@ -63,6 +65,7 @@ class ReportOp(enum.StrEnum):
     TWIN_HISTORY = "twin-history"  # devices: values reported while offline
     EVENT = "event"  # the node's own Node: an edge event, kept as an Event
     STATS = "stats"  # the node's own Node: resource usage for `top` (kept in memory)
+    UPGRADE = "upgrade"  # the node's own Node: how far an agent upgrade got (edgeproto.upgrade)
 
 
 _OPS = frozenset(ReportOp)
@@ -76,6 +79,7 @@ _TARGETS = frozenset(
         (ReportOp.TWIN_HISTORY, "devices"),
         (ReportOp.EVENT, "nodes"),
         (ReportOp.STATS, "nodes"),
+        (ReportOp.UPGRADE, "nodes"),
     }
 )
 
@@ -141,8 +145,11 @@ class Reports:
         *,
         clock: Callable[[], float] = trio.current_time,
         usage: UsageCache | None = None,
+        releases: Releases | None = None,
     ) -> None:
         self._store = store
+        # agent upgrades: release requests and upgrade reports (_upgradehub)
+        self.upgrades = UpgradeChannel(store, releases, counters)
         self.usage = usage if usage is not None else UsageCache()
         self.counters = counters
         self.limits = limits
@@ -268,6 +275,11 @@ class Reports:
                 node, parse_stats(msg.body.get("stats"))
             )  # ephemeral, as metrics-server's: memory only
             self.counters["stats_reports"] += 1
+        elif op is ReportOp.UPGRADE:
+            report = upgrade_report(msg.body)
+            if name != node:
+                raise Rejected(403, f"node {node} may not report the upgrade of {key}")
+            await self.upgrades.report(node, report)
         else:
             event = edge_event(name, msg.id, msg.body)
             if name != node:
@@ -409,6 +421,8 @@ class Reports:
         """``request{op: get, res: key}``: a node may read objects in its own view
         (``sent``) only; the body of the response."""
         key = msg.res or ""
+        if msg.op in REQUEST_OPS:  # release pieces for an agent upgrade
+            return await self.upgrades.request(node, msg)
         if msg.op != "get":
             return {"error": {"code": 400, "message": f"unsupported request op {msg.op!r}"}}
         if key not in sent:

@@ -104,6 +104,7 @@ _TYPE_PREFIX = {
     "devices.kubeedge.io": DEVICES,
     "apps": APPS,
     "apps.kubeedge.io": KUBEEDGE_APPS,
+    "operations.kubeedge.io": "io.kubeedge.operations.v1alpha1",
 }
 
 OBJECT_META = obj(

@@ -397,6 +397,33 @@ TABLES["edgeapplications"] = Table(
     (("NAME", object_name), ("AGE", _age)),
     (("NODE-GROUPS", _target_groups), ("MANIFESTS", _manifests)),
 )
+
+
+def _job_nodes(o: dict[str, Any], state: str) -> int:
+    entries = get_path(o, "status", "nodeStatus") or []
+    return sum(1 for e in entries if isinstance(e, dict) and e.get("state") in state.split("|"))
+
+
+def _job_progress(o: dict[str, Any], _now: float) -> str:
+    entries = get_path(o, "status", "nodeStatus")
+    if not isinstance(entries, list):
+        return "0/0"
+    return f"{_job_nodes(o, 'healthy')}/{len(entries)}"
+
+
+TABLES["nodeupgradejobs"] = Table(
+    (
+        ("NAME", object_name),
+        ("VERSION", lambda o, _now: str(get_path(o, "spec", "version") or "")),
+        ("STATE", lambda o, _now: str(get_path(o, "status", "state") or "<pending>")),
+        ("HEALTHY", _job_progress),
+        ("AGE", _age),
+    ),
+    (
+        ("FAILED", lambda o, _now: str(_job_nodes(o, "failed|rolledBack"))),
+        ("CONCURRENCY", lambda o, _now: str(get_path(o, "spec", "concurrency") or 1)),
+    ),
+)
 DEFAULT_TABLE = Table((("NAME", object_name), ("AGE", _age)))
 
 

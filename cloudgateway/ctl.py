@@ -765,6 +765,9 @@ def _parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     from . import _ctl_top  # top nodes|pods
 
     _ctl_top.register(sub, COMMANDS, _global_flags)
+    from . import _ctl_upgrade  # upgrade keygen|push|start|status|abort|releases
+
+    _ctl_upgrade.register(sub, COMMANDS, _global_flags)
     from ._ctl_rollout import add_parsers as add_rollout_parsers
 
     add_rollout_parsers(sub)  # rollout, set image, scale (their handlers set ``run``)

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -16,6 +17,9 @@ from ._meta import Meta
 from ._status import NodeStatusReporter, PodStatusReporter
 from ._streams import PodStreams
 from ._tls import client_ssl_context
+
+if TYPE_CHECKING:
+    from ._slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +83,30 @@ async def supervise(
         delay = min(policy.cap, delay * 2)
 
 
-async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = None) -> None:
+def _slots(config: AgentConfig) -> Slots | None:
+    """The release slots when ``edgeagent launch`` started this agent (it
+    sets ``EDGEFLOCK_RELEASES``), else None; ``_slots`` is not even imported
+    on the default path."""
+    if not os.environ.get("EDGEFLOCK_RELEASES"):
+        return None
+    from ._slots import Slots
+
+    return Slots.from_env(config.data_dir)
+
+
+async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = None) -> bool:
     """Run the agent until cancelled. ``pod_streams`` serves the cloud's logs and
-    exec requests when edged does not (edged takes over when ``config.cri`` is set)."""
+    exec requests when edged does not (edged takes over when ``config.cri`` is set).
+    True when it stopped because an upgrade switched to a new version: the
+    caller relaunches (once the store is closed)."""
+    relaunch = False
+    stop = trio.CancelScope()
+
+    def switched() -> None:
+        nonlocal relaunch
+        relaunch = True
+        stop.cancel()
+
     meta = Meta(config.meta_path, outbox_max=config.outbox_max, writable_retry=config.storage_retry)
     try:
         # The hub in use ("hub") and those known ("hubs") are the hub client's.
@@ -119,16 +144,33 @@ async def run_agent(config: AgentConfig, *, pod_streams: PodStreams | None = Non
                 from ._dmi import DmiServer  # grpc is imported only with dmi
 
                 modules.append(("dmi", DmiServer(config, meta, twin).run))
+        slots = _slots(config)
+        if slots is not None:  # started by `edgeagent launch`: upgrades over the air
+            from ._upgrade import Upgrader
+
+            upgrader = Upgrader(
+                config,
+                meta,
+                hub,
+                slots,
+                on_switched=switched,
+                trial=os.environ.get("EDGEFLOCK_TRIAL") or None,
+            )
+            modules.append(("upgrade", upgrader.run))
         if config.metrics:
             from ._metrics import AgentMetrics  # prometheus_client only with metrics on
 
             metrics = AgentMetrics(config.metrics, hub, meta, edged=edged, twin=twin)
             modules.append(("metrics", metrics.run))
-        async with trio.open_nursery() as nursery:
-            for name, run in modules:
-                await nursery.start(supervise, name, run)
-            log.info("edgeagent running as node %s with %d modules", config.node, len(modules))
+        with stop:
+            async with trio.open_nursery() as nursery:
+                for name, run in modules:
+                    await nursery.start(supervise, name, run)
+                log.info("edgeagent running as node %s with %d modules", config.node, len(modules))
     finally:
         with trio.CancelScope(shield=True):
             await meta.set_state(connected=False, pid=0)
         meta.close()
+    if relaunch:
+        log.warning("stopped to start the new version")
+    return relaunch

@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K=V,...",
         help="Node labels to ask for (over agent.toml's labels), e.g. site=plant-2,sensor=modbus",
     )
+    j.add_argument(
+        "--release-key",
+        default=None,
+        metavar="FILE",
+        help="the fleet's release public key (PEM): upgrades must be signed with it "
+        "(default: the one the gateway gives at join, if any)",
+    )
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     r.add_argument("--cri", default=None, help="unix:///path/containerd.sock")
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     data_dir = Path(args.data_dir)
     if args.cmd == "join":
-        return _join(args.gateway, args.token, data_dir, args.labels)
+        return _join(args.gateway, args.token, data_dir, args.labels, args.release_key)
     if args.cmd == "run":
         return _run(args, data_dir)
     if args.cmd == "images":
@@ -92,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     return _status(data_dir, args.output)
 
 
-def _join(gateway: str, token: str, data_dir: Path, labels_text: str) -> int:
+def _join(
+    gateway: str, token: str, data_dir: Path, labels_text: str, release_key: str | None
+) -> int:
     from edgeproto.labels import LabelError, parse_labels
 
     from ._join import JoinFailed, join
@@ -102,12 +111,25 @@ def _join(gateway: str, token: str, data_dir: Path, labels_text: str) -> int:
     except LabelError as exc:
         print(f"error: --labels: {exc}", file=sys.stderr)
         return 2
+    key: bytes | None = None
+    if release_key is not None:
+        try:
+            key = Path(release_key).read_bytes()
+        except OSError as exc:
+            print(
+                f"error: --release-key: cannot read {release_key}: {exc.strerror}", file=sys.stderr
+            )
+            return 2
     try:
-        enrollment = join(gateway, token, data_dir, labels=labels)
+        enrollment = join(gateway, token, data_dir, labels=labels, release_key=key)
     except JoinFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"joined as node {enrollment.node}; hub {enrollment.hub_url}")
+    if enrollment.release_key:
+        print(f"release key: {enrollment.release_key} ({enrollment.release_key_source})")
+    else:
+        print("release key: none (this board refuses upgrades over the air)")
     if not enrollment.node_created:
         print(
             f"node {enrollment.node} existed: its labels stay as the cloud has them "
@@ -167,17 +189,28 @@ def _run(args: argparse.Namespace, data_dir: Path) -> int:
         return 1
     set_log_fields(node=config.node)  # JSON log lines name the node
 
+    relaunch = False
+
     async def main_task() -> None:
+        nonlocal relaunch
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-                await run_agent(config)
+                relaunch = await run_agent(config)
                 nursery.cancel_scope.cancel()
 
     try:
         trio.run(main_task)
     except Exception as exc:  # start-up errors: one line each, the traceback at DEBUG
         return print_errors(exc)
+    if relaunch:  # an upgrade switched versions: the launcher starts the new one
+        from . import _slots
+
+        try:
+            _slots.relaunch()
+        except _slots.SlotError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -247,6 +280,7 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
         "objects": {},
         "outbox": 0,
         "last_resync": None,
+        "release_key": release_key_fingerprint(data_dir),
     }
     if not path.exists():
         return nothing_yet
@@ -291,7 +325,14 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
         "outbox": int(outbox),
         "outbox_dropped": int(state.get("outbox_dropped") or 0),
         "last_resync": state.get("last_resync"),
+        "release_key": release_key_fingerprint(data_dir),
     }
+
+
+def release_key_fingerprint(data_dir: Path) -> str | None:
+    from ._releasekey import stored
+
+    return stored(data_dir)
 
 
 def _open_for_status(path: Path) -> Any:
@@ -335,6 +376,7 @@ def _status(data_dir: Path, output: str) -> int:
     lr = st.get("last_resync")
     if lr:
         print(f"last sync:  {lr['mode']}, {lr['bytes']} bytes, {lr['seconds']} s")
+    print(f"release key: {st['release_key'] or 'none'}")
     return 0
 
 

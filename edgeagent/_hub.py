@@ -18,7 +18,7 @@ import ssl
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -31,12 +31,13 @@ from ._config import AgentConfig
 from ._failover import Failover, full_jitter
 from ._lean import import_trio_websocket, trim_heap
 from ._meta import Meta, MetaError
+from ._requests import HubUnavailable, RequestError, Requests
 from ._streams import PodStreams, StreamServer
 from ._version import VERSION
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HubClient", "full_jitter", "open_hub_connection"]
+__all__ = ["HubClient", "HubUnavailable", "RequestError", "full_jitter", "open_hub_connection"]
 
 AGENT_VERSION = VERSION
 _STREAM_KINDS = (Kind.STREAM_OPEN, Kind.STREAM_ACK, Kind.STREAM_END)
@@ -219,9 +220,55 @@ class HubClient:
         # Set by the app when edged runs: serves the cloud's logs/exec streams.
         self.pod_streams: PodStreams | None = None
         self._stream_server: StreamServer | None = None
+        # Requests to the gateway (release pieces): open while a session is up.
+        self._requests = Requests(self._next_id, (OSError, tws.ConnectionClosed))
+        self._send_requests: Callable[[Message], Awaitable[None]] | None = None
+        self._up = trio.Event()  # set while connected (a resync completed)
+        self.resyncs = 0  # resyncs stored since this process started
+        self._resynced = trio.Event()
 
     def statistics(self) -> dict[str, int]:
-        return {"connected": int(self.connected), "inflight": len(self._inflight), **self.counters}
+        return {
+            "connected": int(self.connected),
+            "inflight": len(self._inflight),
+            "requests_in_flight": self._requests.in_flight,
+            **self.counters,
+        }
+
+    async def request(
+        self,
+        op: str,
+        res: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float,  # noqa: ASYNC109  # ends as HubUnavailable, the request forgotten
+    ) -> dict[str, Any]:
+        """Send ``request{op, res, body}`` on the current session and return
+        the body of its ``response``; several may be in flight. Raises
+        ``HubUnavailable`` at once when not connected (no resync completed on
+        the current session), when the session ends before the answer, or
+        after ``timeout`` seconds; ``RequestError`` when the gateway answers
+        with an error."""
+        return await self._requests.request(op, res, body, timeout=timeout)
+
+    async def wait_connected(self) -> None:
+        """Until a session is up and its resync completed."""
+        while not (self.connected and self._requests.is_open):
+            await self._up.wait()
+
+    async def wait_resynced(self, after: int = 0) -> int:
+        """Until more than ``after`` resyncs were stored since this process
+        started; returns how many."""
+        while self.resyncs <= after:
+            await self._resynced.wait()
+        return self.resyncs
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        if up:
+            self._up.set()
+        elif self._up.is_set():
+            self._up = trio.Event()
 
     def _next_id(self) -> int:
         self._ids += 1
@@ -254,7 +301,7 @@ class HubClient:
                 why = _describe(exc)
             finally:
                 if self.connected:
-                    self.connected = False
+                    self._set_connected(False)
                     await self._meta.set_state(connected=False)
             first = self._synced or self.failover.attempt == 0  # of a run of failures
             delay = self.failover.ended(
@@ -328,6 +375,7 @@ class HubClient:
             await self._send(ws, msg)
 
         self._storing = self._meta.storage_problem is None
+        self._send_requests = send
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ack_writer)
@@ -346,6 +394,9 @@ class HubClient:
                     if await self._handle(ws, sync, data):
                         self._synced = True
         finally:
+            self._requests.close("the session with the gateway ended")
+            if self._up.is_set():
+                self._up = trio.Event()
             with trio.CancelScope(shield=True):
                 await self._flush_acks()
 
@@ -386,6 +437,9 @@ class HubClient:
             return await self._sync(ws, sync, msg, len(data))
         if msg.kind is Kind.ACK and msg.parent is not None:
             self._on_ack(msg.parent, msg.body)
+        elif msg.kind is Kind.RESPONSE and msg.parent is not None:
+            if not self._requests.deliver(msg.parent, msg.body):
+                self.counters["responses_late"] += 1
         elif msg.kind is Kind.ERROR:
             if msg.body.get("code") == "retry":
                 after = msg.body.get("retry_after", 5)
@@ -461,7 +515,7 @@ class HubClient:
             self.counters["sync_batches_not_stored"] += 1
             if batch.resync is None:
                 return False
-            self.connected = True
+            self._session_up()
             log.warning("resync received but not stored: the store is read-only")
             return True
         extra: dict[str, Any] = {}
@@ -481,7 +535,10 @@ class HubClient:
         if batch.rev is not None:
             await self._send(ws, sync.persisted(batch.rev))
         if batch.resync is not None:
-            self.connected = True
+            self.resyncs += 1
+            self._resynced.set()
+            self._resynced = trio.Event()
+            self._session_up()
             r = batch.resync
             self.last_resync = (r.mode, time.time(), r.seconds, r.bytes)
             self.counters[f"resyncs_{r.mode}"] += 1
@@ -491,6 +548,12 @@ class HubClient:
             trim_heap()  # a snapshot's decoding garbage would otherwise stay resident
             return True
         return False
+
+    def _session_up(self) -> None:
+        """A resync completed: the session is up, requests may be sent on it."""
+        if not self.connected and self._send_requests is not None:
+            self._requests.open(self._send_requests)
+        self._set_connected(True)
 
     async def _pinger(self, ws: tws.WebSocketConnection) -> None:
         while True:

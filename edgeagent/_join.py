@@ -23,6 +23,7 @@ from edgeio import write_atomic
 from edgeproto.labels import LabelError, check_node_labels, goarch, is_label_value
 
 from ._errors import AgentError
+from ._releasekey import RELEASE_KEY_FILE, BadReleaseKey, check_release_key, stored
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class Enrollment:
     hubs: tuple[str, ...] = ()  # every gateway replica's hub, when the gateway named them
     # False: the Node existed (a re-join); its labels stayed as the cloud has them.
     node_created: bool = True
+    # The fingerprint of the release key stored (DATA_DIR/release.pub), None if none.
+    release_key: str | None = None
+    release_key_source: str = ""  # "--release-key", "gateway", "kept" (a re-join), or ""
 
 
 def spki_pin(cert_pem: bytes) -> str:
@@ -112,13 +116,17 @@ class _Staged:
             with contextlib.suppress(OSError):
                 (self.dir / name).unlink()
 
-    def commit(self, cert: bytes, ca: bytes, enrollment: bytes) -> None:
+    def commit(
+        self, cert: bytes, ca: bytes, enrollment: bytes, release_key: bytes | None = None
+    ) -> None:
         try:
             self.pending.unlink()
             write_atomic(self.dir / "node.crt.new", cert, 0o644)
             write_atomic(self.dir / "ca.crt.new", ca, 0o644)
             for name in ("node.key", "node.crt", "ca.crt"):
                 (self.dir / (name + ".new")).replace(self.dir / name)
+            if release_key is not None:
+                write_atomic(self.dir / RELEASE_KEY_FILE, release_key, 0o644)
             write_atomic(self.dir / "enrollment.json", enrollment, 0o644)  # last: enrolled now
         except OSError as exc:
             raise JoinFailed(
@@ -151,10 +159,17 @@ def join(
     *,
     timeout: float = 15.0,
     labels: Mapping[str, str] | None = None,
+    release_key: bytes | None = None,
 ) -> Enrollment:
     """Enroll with the gateway. The Node is created with ``labels`` (over
     those ``DATA_DIR/agent.toml`` names) beside the well-known ones; a Node
-    that exists already keeps the labels the cloud gave it."""
+    that exists already keeps the labels the cloud gave it.
+
+    The fleet's release key (``DATA_DIR/release.pub``, what upgrades must be
+    signed with) is ``release_key`` (PEM, checked before the token is used),
+    else the join answer's ``releaseKey``; without either, a key stored by an
+    earlier join stays. It is written before ``enrollment.json``, and the
+    agent never takes one from the gateway after the join."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -165,6 +180,12 @@ def join(
         raise JoinFailed("malformed token: expected <6 chars>.<16 chars>.<64 hex CA pin>")
     secret, pin = m.group(1), "sha256:" + m.group(2)
     asked = _asked_labels(data_dir, labels)
+    given_key: bytes | None = None
+    if release_key is not None:
+        try:
+            given_key = check_release_key(release_key)
+        except BadReleaseKey as exc:
+            raise JoinFailed(f"--release-key: {exc}; the token was not used") from None
     base = gateway_url.rstrip("/")
     if not base.startswith("https://"):
         raise JoinFailed(f"gateway URL must be https://HOST:PORT, got {gateway_url!r}")
@@ -218,8 +239,37 @@ def join(
     enrollment: dict[str, Any] = {"node": node, "hub": hub, "gateway": base}
     if hubs:
         enrollment["hubs"] = list(hubs)
-    staged.commit(cert.encode(), ca_pem, json.dumps(enrollment, indent=2).encode())
-    return Enrollment(node, hub, base, hubs, node_created=answer.get("nodeCreated") is not False)
+    rkey, source = (given_key, "--release-key") if given_key else (_gateway_key(answer), "gateway")
+    staged.commit(cert.encode(), ca_pem, json.dumps(enrollment, indent=2).encode(), rkey)
+    fp = stored(data_dir)
+    if rkey is None:
+        source = "kept" if fp else ""
+    return Enrollment(
+        node,
+        hub,
+        base,
+        hubs,
+        node_created=answer.get("nodeCreated") is not False,
+        release_key=fp,
+        release_key_source=source,
+    )
+
+
+def _gateway_key(answer: dict[str, Any]) -> bytes | None:
+    """The join answer's ``releaseKey``, checked. A bad one is left out (said
+    in a warning): the token is spent by now; the board then has no release
+    key and refuses upgrades until it joins again with ``--release-key``."""
+    value = answer.get("releaseKey")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        log.warning("ignoring the gateway's releaseKey: not PEM text")
+        return None
+    try:
+        return check_release_key(value)
+    except BadReleaseKey as exc:
+        log.warning("ignoring the gateway's releaseKey: %s", exc)
+        return None
 
 
 def _hubs(value: Any) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ __all__ = [
     "APPS_GROUP",
     "CLOUD_ONLY",
     "KUBEEDGE_APPS_GROUP",
+    "OPERATIONS_GROUP",
     "RESOURCES",
     "Resource",
     "key_of",
@@ -35,6 +36,7 @@ __all__ = [
 DEVICES_GROUP = "devices.kubeedge.io"
 APPS_GROUP = "apps"
 KUBEEDGE_APPS_GROUP = "apps.kubeedge.io"
+OPERATIONS_GROUP = "operations.kubeedge.io"
 
 _RFC3339 = "%Y-%m-%dT%H:%M:%SZ"  # how Kubernetes writes times: UTC, whole seconds
 
@@ -133,6 +135,16 @@ RESOURCES: tuple[Resource, ...] = (
         True,
         ("edgeapplication", "edgeapp", "edgeapps", "eapp"),  # eapp: KubeEdge's own
     ),
+    # KubeEdge's agent upgrade job, run by the gateway's controller (cloud-only:
+    # a board sees only the assignment annotation on its own Node).
+    Resource(
+        "nodeupgradejobs",
+        "NodeUpgradeJob",
+        OPERATIONS_GROUP,
+        "v1alpha1",
+        False,
+        ("nodeupgradejob",),
+    ),
 )
 
 CLOUD_ONLY: frozenset[str] = frozenset(
@@ -145,6 +157,7 @@ CLOUD_ONLY: frozenset[str] = frozenset(
         "controllerrevisions",
         "nodegroups",
         "edgeapplications",
+        "nodeupgradejobs",
     }
 )
 """Resources ``owner_node`` places on no node, whatever their fields say."""

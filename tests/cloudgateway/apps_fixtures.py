@@ -97,6 +97,15 @@ def edgeapplication(name: str = "sensor", group: str = "plant-2") -> dict[str, A
     }
 
 
+def nodeupgradejob(name: str = "up-1", version: str = "0.3.0") -> dict[str, Any]:
+    return {
+        "apiVersion": "operations.kubeedge.io/v1alpha1",
+        "kind": "NodeUpgradeJob",
+        "metadata": {"name": name},
+        "spec": {"version": version, "nodeNames": ["pi-01"]},
+    }
+
+
 SAMPLES: dict[str, Any] = {
     "DaemonSet": daemonset,
     "Deployment": deployment,
@@ -104,5 +113,6 @@ SAMPLES: dict[str, Any] = {
     "ControllerRevision": controllerrevision,
     "NodeGroup": nodegroup,
     "EdgeApplication": edgeapplication,
+    "NodeUpgradeJob": nodeupgradejob,
 }
 """One valid object of each kind: ``SAMPLES[kind]()``."""

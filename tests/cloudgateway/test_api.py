@@ -237,6 +237,7 @@ async def test_discovery(api: Api) -> None:
         "apps.kubeedge.io",
         "authorization.k8s.io",
         "devices.kubeedge.io",
+        "operations.kubeedge.io",
     ]
     devices = groups["devices.kubeedge.io"]
     assert devices["preferredVersion"]["groupVersion"] == "devices.kubeedge.io/v1beta1"

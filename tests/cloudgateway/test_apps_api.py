@@ -36,6 +36,8 @@ def collection(kind: str) -> str:
     r = edgeproto.resource_by_kind(kind)
     if r.group == "apps":
         return f"{APPS}/{r.name}"
+    if r.group != "apps.kubeedge.io":
+        return f"/apis/{r.api_version}/{r.name}"
     return f"{KE}/namespaces/default/{r.name}" if r.namespaced else f"{KE}/{r.name}"
 
 

@@ -98,7 +98,7 @@ def _loaded(payload: bytes) -> Any:
         return None
 
 
-@settings(max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=5_000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(payloads)
 def test_twin_decoders_raise_only_twin_errors(payload: bytes) -> None:
     for decode in (tw.parse_update, tw.parse_base, tw.parse_state):

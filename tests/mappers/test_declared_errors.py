@@ -31,7 +31,7 @@ from mappers.modbus._frame import (
 )
 from mappers.serial._parse import FieldSpec, LineParser
 
-MANY = settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MANY = settings(max_examples=5_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Past 4,300 digits an int has no str(): such ints are drawn as (sign, exponent) so
 # Hypothesis can still print a failing example.
