@@ -111,6 +111,7 @@ def launcher_figures(work: Path, slots: Slots) -> dict[str, object]:
     log = open(work / "launch.log", "ab")
     try:
         gateway.join("bench-ota", data)
+        (data / "agent.toml").write_text("backoff_base = 0.2\nbackoff_cap = 1.0\n")
         argv = [str(slots.root / "launcher/bin/edgeagent"), "launch", "--data-dir", str(data),
                 "--releases", str(slots.root), "--", "--heartbeat", "1"]  # fmt: skip
         t = time.monotonic()
@@ -122,18 +123,22 @@ def launcher_figures(work: Path, slots: Slots) -> dict[str, object]:
         slots.switch(BUMPED, job="bench", uid="bench", health_timeout=300, meta_db=data / "meta.db")
         procs[-1].send_signal(signal.SIGTERM)
         procs[-1].wait(30)
+        # The gateway away: the new agent cannot confirm itself healthy, so the
+        # launcher stays as its supervisor while it is measured.
+        gateway.stop()
         t = time.monotonic()
         procs.append(subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True))
         sup = procs[-1].pid
-        wait(lambda: connected(data) and agent_pid(data) != sup, 60, "the agent on trial")
-        out["trial_start_to_connected_s"] = round(time.monotonic() - t, 2)
-        time.sleep(2)
+        wait(lambda: children(sup) and agent_pid(data) in children(sup), 60, "the agent on trial")
+        out["trial_start_to_agent_running_s"] = round(time.monotonic() - t, 2)
+        time.sleep(3)
         out["supervisor_rss_kib"] = rss_kib(sup)
         out["trial_agent_rss_kib"] = rss_kib(agent_pid(data))
+        # Back: the agent resyncs, marks itself healthy, the launcher restarts it direct.
         t = time.monotonic()
-        slots.mark_healthy()
+        gateway.start()
         wait(lambda: connected(data, sup), 60, "the agent, direct again")
-        out["healthy_to_direct_connected_s"] = round(time.monotonic() - t, 2)
+        out["gateway_back_to_direct_connected_s"] = round(time.monotonic() - t, 2)
         out["direct_after_trial_leaves_no_launcher"] = children(sup) == []
     finally:
         for p in procs:
