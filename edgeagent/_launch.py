@@ -36,6 +36,7 @@ from ._slots import (
     ENV_RELEASES,
     ENV_TRIAL,
     RELAUNCH_EXIT,
+    SlotError,
     Slots,
     Trial,
 )
@@ -133,11 +134,9 @@ class Launcher:
         current = self.slots.current_version()
         if trial.version != current:
             log(f"discarding the trial of {trial.version}: the current version is {current}")
-            self.slots.end_trial()
-            return self.direct()
+            return self.end_trial_and_direct()
         if trial.healthy:
-            self.slots.end_trial()
-            return self.direct()
+            return self.end_trial_and_direct()
         return self.supervise(trial)
 
     def launcher_argv(self) -> list[str]:
@@ -171,6 +170,13 @@ class Launcher:
                 agent = self.slots.agent(fallback)
         return [str(agent), "run", "--data-dir", str(self.slots.data_dir), *self.extra]
 
+    def end_trial_and_direct(self) -> int:
+        try:
+            self.slots.end_trial()
+        except SlotError as exc:  # a full card: the same decision is made next time
+            log(str(exc))
+        return self.direct()
+
     def direct(self) -> int:
         argv = self.agent_argv()
         try:
@@ -186,14 +192,23 @@ class Launcher:
     # -- roll back -------------------------------------------------------------------
 
     def rollback(self, trial: Trial, reason: str) -> int:
+        """Each step as far as it goes (a full card may refuse launch.json):
+        whatever happens, the agent that runs next is the one ``current`` names."""
         if trial.rolling_back is None:
             log(f"rolling back {trial.version}: {reason}")
-            trial = self.slots.begin_rollback(trial, reason)
-        target = self.slots.finish_rollback(trial)
-        if target is None:
-            log(f"no version to go back to from {trial.version}: keeping it")
+            try:
+                trial = self.slots.begin_rollback(trial, reason)
+            except SlotError as exc:
+                log(f"{exc}: rolling back without a record")
+        try:
+            target = self.slots.finish_rollback(trial)
+        except (OSError, SlotError) as exc:
+            log(f"roll back of {trial.version} incomplete: {exc}")
         else:
-            log(f"rolled back to {target}")
+            if target is None:
+                log(f"no version to go back to from {trial.version}: keeping it")
+            else:
+                log(f"rolled back to {target}")
         return self.direct()
 
     # -- supervisor ----------------------------------------------------------------------
@@ -220,13 +235,15 @@ class Launcher:
             if trial_now is None or trial_now.version != version:
                 return self.run()  # changed under us: decide again
             if trial_now.healthy:
-                self.slots.end_trial()
-                return self.direct()
+                return self.end_trial_and_direct()
             if trial_now.starts >= self.args.max_starts:
                 why = f"{version} did not become healthy in {trial_now.starts} starts"
                 return self.rollback(trial_now, why + " (power cut or crash while on trial)")
-            with self.slots.update() as state:  # counted before it happens
-                state["trial"]["starts"] = trial_now.starts + 1
+            try:
+                with self.slots.update() as state:  # counted before it happens
+                    state["trial"]["starts"] = trial_now.starts + 1
+            except SlotError as exc:  # starts that cannot be counted are not made
+                return self.rollback(trial_now, f"cannot count the starts of {version}: {exc}")
             argv = self.agent_argv()
             log(f"starting {version} (start {trial_now.starts + 1} of {self.args.max_starts})")
             self.child = subprocess.Popen(argv, env=self.env(version), stderr=subprocess.PIPE)
@@ -238,8 +255,7 @@ class Launcher:
                 trial_now = self.slots.trial()
                 if trial_now is not None and trial_now.healthy:
                     log(f"{version} is healthy: restarting it in direct mode")
-                    self.slots.end_trial()
-                    return self.direct()
+                    return self.end_trial_and_direct()
                 if trial_now is None or trial_now.version != version:
                     return self.run()
                 return self.rollback(

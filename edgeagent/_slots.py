@@ -251,13 +251,17 @@ class Slots:
 
     @contextlib.contextmanager
     def update(self) -> Iterator[dict[str, Any]]:
-        """launch.json locked, read, changed by the caller, written back."""
-        with self._locked():
-            state = self.read_state()
-            before = json.dumps(state, sort_keys=True)
-            yield state
-            if json.dumps(state, sort_keys=True) != before:
-                self._write_state(state)
+        """launch.json locked, read, changed by the caller, written back;
+        SlotError if it cannot be (a full or read-only card)."""
+        try:
+            with self._locked():
+                state = self.read_state()
+                before = json.dumps(state, sort_keys=True)
+                yield state
+                if json.dumps(state, sort_keys=True) != before:
+                    self._write_state(state)
+        except OSError as exc:
+            raise SlotError(f"cannot write {self.state_path}: {exc.strerror or exc}") from None
 
     def trial(self) -> Trial | None:
         trial: Trial | None = _from_dict(Trial, self.read_state()["trial"])
@@ -412,9 +416,13 @@ class Slots:
             health_timeout=int(health_timeout),
         )
         self.set_trial(trial)
-        if current is not None:
-            self.set_link("previous", current)
-        self.set_link("current", version)
+        try:
+            if current is not None:
+                self.set_link("previous", current)
+            self.set_link("current", version)
+        except OSError as exc:
+            # current did not move: the launcher discards this trial at its next start
+            raise SlotError(f"cannot switch to {version}: {exc.strerror or exc}") from None
 
     # -- roll back (the launcher's) ----------------------------------------------------
 
@@ -444,7 +452,10 @@ class Slots:
                 break
         backup = self.backup_path(trial.version)
         if target is not None:
-            restore_db(self.data_dir / "meta.db", backup)
+            try:
+                restore_db(self.data_dir / "meta.db", backup)
+            except (OSError, ImportError) as exc:  # the old agent may still read it
+                print(f"edgeagent launch: cannot restore {backup}: {exc}", file=sys.stderr)
             self.set_link("current", target)
             if self.link("previous") in (target, trial.version):
                 self.set_link("previous", None)

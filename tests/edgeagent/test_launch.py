@@ -1,7 +1,9 @@
 """``edgeagent launch`` with real agents of real installed releases (this tree at
 its version, bumped, and bumped with an agent that fails at start), joined to a
-real gateway; power cuts are kill -9 of the launcher's whole process group.
-Each test starts a few agents (~2 s each here)."""
+real gateway; power cuts are kill -9 of the launcher's whole process group. The
+agents' own Upgrader confirms a trial healthy after its first resync and reports
+a roll back (then clears the record): a trial is kept pending by keeping the
+gateway away. Each test starts a few agents (~2 s each here)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from edgeagent._cli import agent_status
 from edgeagent._slots import ENV_LAUNCHER, ENV_RELEASES, ENV_TRIAL, Slots, Trial
 from edgeagent._version import VERSION
-from tests.conftest import Gateway, join_node, wait_for
+from tests.conftest import Gateway, fill_up, join_node, start_gateway, wait_for
 
 from .conftest import CRASH, GOOD, Installed
 
@@ -98,6 +101,22 @@ class Board:
 
         return int(await wait_for(up, timeout, 0.05, what=lambda: self.log.read_text()[-3000:]))
 
+    async def agent_running(self, pid: int | None = None, *, not_pid: int = 0) -> int:
+        """Wait for an agent of the latest launch to run (connected or not): its pid."""
+        session = self.procs[-1].pid
+
+        def running() -> int:
+            got = self.agent_pid()
+            ours = _live_in_session(got, session) and got != not_pid
+            return got if ours and (pid is None or got == pid) else 0
+
+        return int(await wait_for(running, 60, 0.05, what=lambda: self.log.read_text()[-3000:]))
+
+    async def join(self, gateway: Gateway) -> None:
+        await join_node(gateway, NODE, self.slots.data_dir)
+        # reconnect quickly once a stopped gateway is back
+        (self.slots.data_dir / "agent.toml").write_text("backoff_base = 0.1\nbackoff_cap = 0.5\n")
+
 
 def _live_in_session(pid: int, session: int) -> bool:
     try:
@@ -168,7 +187,7 @@ def user_version(db: Path) -> int:
 async def test_direct_mode_becomes_the_agent_and_leaves_no_launcher(
     gateway: Gateway, board: Board
 ) -> None:
-    await join_node(gateway, NODE, board.slots.data_dir)
+    await board.join(gateway)
     pid = board.start()
     assert await board.agent_up(pid) == pid  # the launcher's process IS the agent now
     argv = cmdline(pid)
@@ -187,7 +206,7 @@ async def test_upgrade_on_trial_then_healthy_restarts_in_direct_mode(
     gateway: Gateway, board: Board
 ) -> None:
     slots = board.slots
-    await join_node(gateway, NODE, slots.data_dir)
+    await board.join(gateway)
     first = await board.agent_up(board.start())
     launcher_env = environ(first)
     # What the Upgrader does: switch while the agent runs, stop it, relaunch().
@@ -207,22 +226,12 @@ async def test_upgrade_on_trial_then_healthy_restarts_in_direct_mode(
     relauncher = str(slots.root / "launcher/bin/python")
     code = "from edgeagent._slots import relaunch; relaunch()"
     sup = board.start(argv=[relauncher, "-c", code], env=launcher_env)
-
-    def child() -> int:
-        kids = children(sup)
-        return kids[0] if kids else 0
-
-    agent = await board.agent_up()
-    assert agent != sup and child() == agent  # the launcher stayed, as the agent's parent
-    assert cmdline(sup)[2] == "launch"
-    assert environ(agent)[ENV_TRIAL] == GOOD
-    await wait_version(gateway, GOOD)
-    now = slots.trial()
-    assert now is not None and now.starts == 1 and not now.healthy
-    print(f"supervisor VmRSS: {_rss_kib(sup)} KiB")
-
-    slots.mark_healthy()
-    assert await board.agent_up(sup) == sup  # the launcher became the agent: direct mode
+    # The new agent, the launcher's child on trial, resyncs and marks itself healthy;
+    # the launcher stops it and becomes the agent (direct mode).
+    assert await board.agent_up(sup) == sup
+    log = board.log.read_text()
+    assert f"starting {GOOD} (start 1 of 3)" in log and f"on trial as {GOOD}" in log
+    assert f"{GOOD} is healthy: restarting it in direct mode" in log
     assert ENV_TRIAL not in environ(sup) and children(sup) == []
     assert slots.trial() is None and not backup.exists()
     assert slots.rollback_record() is None and slots.broken(GOOD) is None
@@ -230,84 +239,75 @@ async def test_upgrade_on_trial_then_healthy_restarts_in_direct_mode(
     assert board.stop() == 0
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 async def test_a_version_failing_at_start_is_rolled_back_with_its_store(
     gateway: Gateway, board: Board
 ) -> None:
     slots = board.slots
     meta = slots.data_dir / "meta.db"
-    await join_node(gateway, NODE, slots.data_dir)
+    await board.join(gateway)
     await board.agent_up(board.start())
     assert board.stop() == 0
     slots.switch(CRASH, job="job-2", uid="uid-2", health_timeout=120, meta_db=meta)
     pid = board.start("--max-starts", "2")
     # Each start writes schema version 7 into the store, then raises: after two,
     # back to the previous release, whose agent reads the store restored (it
-    # refuses schema 7) and connects.
+    # refuses schema 7), connects, and reports the roll back.
     assert await board.agent_up(pid) == pid
     assert user_version(meta) == 1
     await wait_version(gateway, VERSION)
-    record = slots.rollback_record()
-    assert record is not None and (record.job, record.uid, record.version) == (
-        "job-2",
-        "uid-2",
-        CRASH,
-    )
-    assert record.reason.startswith(f"{CRASH} stopped at each of 2 starts (last: exit code 1: ")
-    assert record.reason.endswith("RuntimeError: edgeflock 0.99.2 is broken on purpose)")
-    assert slots.broken(CRASH) == record.reason
+    reason = slots.broken(CRASH)
+    assert reason is not None
+    assert reason.startswith(f"{CRASH} stopped at each of 2 starts (last: exit code 1: ")
+    assert reason.endswith("RuntimeError: edgeflock 0.99.2 is broken on purpose)")
+    await wait_for(lambda: slots.rollback_record() is None, 30, what="the roll back reported")
     assert slots.trial() is None and not slots.backup_path(CRASH).exists()
     assert (slots.current_version(), slots.link("previous")) == (VERSION, None)
     log = board.log.read_text()
     traceback_ends = [ln for ln in log.splitlines() if ln.startswith("RuntimeError: edgeflock")]
     assert len(traceback_ends) == 2  # the agent's stderr, passed on
     assert f"rolling back {CRASH}" in log
-    slots.clear_rollback_record()
-    assert slots.rollback_record() is None and slots.broken(CRASH) == record.reason
+    assert f"version {CRASH} was rolled back: {reason}" in log  # the agent's report
     assert board.stop() == 0
 
 
-async def test_a_version_never_healthy_is_rolled_back_at_the_deadline_keeping_the_store(
-    gateway: Gateway, board: Board
+async def test_a_version_that_never_connects_is_rolled_back_at_the_deadline_keeping_the_store(
+    nursery: trio.Nursery, gateway: Gateway, board: Board
 ) -> None:
     slots = board.slots
     meta = slots.data_dir / "meta.db"
-    await join_node(gateway, NODE, slots.data_dir)
+    await board.join(gateway)
     await board.agent_up(board.start())
     slots.switch(GOOD, job="job-3", uid="uid-3", health_timeout=6, meta_db=meta)
     board.power_cut()  # the agent is gone before it could relaunch: systemd starts the unit
+    await gateway.stop()  # ...and the new agent never reaches it
     sup = board.start()
-    agent = await board.agent_up()
-    assert agent != sup
-    await wait_version(gateway, GOOD)
+    await board.agent_running(not_pid=sup)
     # What the new agent writes stays: same schema version, no restore.
     with sqlite3.connect(meta, timeout=10) as db:
         db.execute("CREATE TABLE written_on_trial(x)")
         db.execute("INSERT INTO written_on_trial VALUES ('kept')")
     db.close()
-    assert await board.agent_up(sup, timeout=30) == sup  # rolled back, direct mode
+    assert await board.agent_running(sup) == sup  # rolled back, direct mode
+    reason = f"{GOOD} was not healthy within 6 s of starting"
+    assert slots.broken(GOOD) == reason
+    assert slots.current_version() == VERSION and slots.trial() is None
+    gateway = await start_gateway(nursery, gateway.data_dir, ports=gateway.ports)
+    assert await board.agent_up(sup) == sup
     await wait_version(gateway, VERSION)
-    record = slots.rollback_record()
-    assert record is not None and record.reason == f"{GOOD} was not healthy within 6 s of starting"
     with sqlite3.connect(meta) as db:
         assert db.execute("SELECT x FROM written_on_trial").fetchall() == [("kept",)]
     db.close()
-    assert slots.current_version() == VERSION and slots.trial() is None
+    await wait_for(lambda: slots.rollback_record() is None, 30, what="the roll back reported")
+    assert f"version {GOOD} was rolled back: {reason}" in board.log.read_text()
     assert board.stop() == 0
 
 
 async def test_power_cuts_at_each_step_end_on_a_working_version(
-    gateway: Gateway, board: Board
+    nursery: trio.Nursery, gateway: Gateway, board: Board
 ) -> None:
     slots = board.slots
     meta = slots.data_dir / "meta.db"
-    await join_node(gateway, NODE, slots.data_dir)
+    await board.join(gateway)
     await board.agent_up(board.start())
 
     # 1. Cut after the trial was written, before the pointers moved (switch()
@@ -319,47 +319,99 @@ async def test_power_cuts_at_each_step_end_on_a_working_version(
     assert slots.trial() is None and slots.current_version() == VERSION
     assert f"discarding the trial of {GOOD}" in board.log.read_text()
 
-    # 2. Cut right after the switch, then again while the new agent is on trial.
+    # 2. Cut right after the switch, then again while the new agent is on trial
+    # (the gateway away: it cannot confirm itself healthy yet).
     slots.switch(GOOD, job="job-4", uid="uid-4", health_timeout=60, meta_db=meta)
     board.power_cut()
+    await gateway.stop()
     sup = board.start()
-    assert await board.agent_up() != sup
+    await board.agent_running(not_pid=sup)
     board.power_cut()
     sup = board.start()
-    assert await board.agent_up() != sup
+    await board.agent_running(not_pid=sup)
     trial = slots.trial()
-    assert trial is not None and trial.starts == 2
-    slots.mark_healthy()
-    assert await board.agent_up(sup) == sup
+    assert trial is not None and trial.starts == 2 and not trial.healthy
+    gateway = await start_gateway(nursery, gateway.data_dir, ports=gateway.ports)
+    assert await board.agent_up(sup) == sup  # healthy after its resync: direct mode
     await wait_version(gateway, GOOD)
+    assert slots.trial() is None
 
     # 3. Every start on trial cut short: the launcher gives up after --max-starts.
+    await gateway.stop()
     slots.switch(VERSION, job="job-5", uid="uid-5", health_timeout=60, meta_db=meta)
     for _ in range(2):
         board.power_cut()
         sup = board.start("--max-starts", "2")
-        assert await board.agent_up() != sup
+        await board.agent_running(not_pid=sup)
     board.power_cut()
     pid = board.start("--max-starts", "2")
-    assert await board.agent_up(pid) == pid
-    record = slots.rollback_record()
-    assert record is not None and record.version == VERSION
-    assert record.reason == (
+    assert await board.agent_running(pid) == pid
+    assert slots.broken(VERSION) == (
         f"{VERSION} did not become healthy in 2 starts (power cut or crash while on trial)"
     )
     assert slots.current_version() == GOOD
-    await wait_version(gateway, GOOD)
 
     # 4. Cut in the middle of a roll back: the next start finishes it.
-    slots.clear_rollback_record()
     slots.switch(CRASH, job="job-6", uid="uid-6", health_timeout=60, meta_db=meta)
     trial = slots.trial()
     assert trial is not None
     slots.begin_rollback(trial, "cut short")
     board.power_cut()
     pid = board.start()
-    assert await board.agent_up(pid) == pid
+    assert await board.agent_running(pid) == pid
     assert slots.current_version() == GOOD and slots.trial() is None
-    record = slots.rollback_record()
-    assert record is not None and (record.version, record.reason) == (CRASH, "cut short")
+    assert slots.broken(CRASH) == "cut short"
+    gateway = await start_gateway(nursery, gateway.data_dir, ports=gateway.ports)
+    assert await board.agent_up(pid) == pid
+    await wait_version(gateway, GOOD)
+    await wait_for(lambda: slots.rollback_record() is None, 30, what="the roll backs reported")
+    assert board.stop() == 0
+
+
+@pytest.fixture
+def full_card(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 MiB tmpfs for the data dir, to fill up."""
+    mnt = tmp_path / "card"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+async def test_a_full_card_on_trial_ends_on_the_previous_version(
+    gateway: Gateway, board: Board, full_card: Path
+) -> None:
+    """Starts that cannot be counted are not made: the launcher goes back to the
+    previous version, as far as the card lets it record that."""
+    slots = board.slots = Slots(board.slots.root, full_card / "data")
+    await board.join(gateway)
+    await board.agent_up(board.start())
+    slots.switch(
+        GOOD, job="job-7", uid="uid-7", health_timeout=60, meta_db=slots.data_dir / "meta.db"
+    )
+    board.power_cut()
+    filler = fill_up(full_card)
+    pid = board.start()
+
+    def rolled_back() -> bool:
+        return f"roll back of {GOOD} incomplete" in board.log.read_text()
+
+    await wait_for(rolled_back, 30, 0.05, what=lambda: board.log.read_text()[-3000:])
+    log = board.log.read_text()
+    assert f"rolling back {GOOD}: cannot count the starts of {GOOD}: cannot write" in log
+    assert "No space left on device" in log
+    assert slots.current_version() == VERSION
+    if (
+        board.procs[-1].poll() is None
+    ):  # the agent of the previous version, whatever it makes of the card
+        assert cmdline(pid)[1:3] == [str(slots.root / "current/bin/edgeagent"), "run"]
+    # Room again: the trial that could not be cleared is discarded (GOOD is not current).
+    filler.unlink()
+    board.power_cut()
+    pid = board.start()
+    assert await board.agent_up(pid) == pid
+    assert slots.trial() is None and slots.current_version() == VERSION
+    assert f"discarding the trial of {GOOD}" in board.log.read_text()
     assert board.stop() == 0

@@ -6,7 +6,9 @@ release builds (one full install on a tmpfs, the rest fail early)."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from edgeagent._slots import SlotError, Slots
+from edgeagent._slots import RELAUNCH_EXIT, SlotError, Slots
 from edgeagent._version import VERSION
 from tests.conftest import wait_for_sync
 
-from .conftest import GOOD, Installed, Releases
+from .conftest import CRASH, GOOD, Installed, Releases
 
 
 def _run(venv: Path, *code: str) -> str:
@@ -227,3 +229,66 @@ def test_disk_full_and_a_killed_install_leave_the_current_release_alone(
     slots.install(GOOD, releases.good)
     assert slots.installed(GOOD) and not tmp.exists()
     assert _run(slots.releases / GOOD, "import edgeagent._version as v; print(v.VERSION)") == GOOD
+
+
+def test_relaunch_execs_the_launcher_or_asks_the_supervisor(tmp_path: Path) -> None:
+    """relaunch() in an agent started by the launcher: exec of EDGEFLOCK_LAUNCHER
+    in direct mode (same process, trial variable dropped); on trial, exit with
+    RELAUNCH_EXIT for the supervisor; without a launcher, a SlotError."""
+    code = "from edgeagent._slots import relaunch; relaunch()"
+    show = "import os; print(os.getpid(), os.environ.get('EDGEFLOCK_TRIAL'))"
+    probe = [sys.executable, "-c", f"import os; print(os.getpid(), flush=True); {code}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLOCK_")}
+    launcher = json.dumps([sys.executable, "-c", show])
+    run = subprocess.run(
+        probe, env=dict(env, EDGEFLOCK_LAUNCHER=launcher, EDGEFLOCK_RELEASES=str(tmp_path)),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    before, after = run.stdout.splitlines()
+    assert after == f"{before} None"  # the same process, now the launcher
+    run = subprocess.run(
+        probe, env=dict(env, EDGEFLOCK_LAUNCHER=launcher, EDGEFLOCK_TRIAL="9.9"),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == RELAUNCH_EXIT and len(run.stdout.splitlines()) == 1
+    run = subprocess.run(probe, env=env, capture_output=True, text=True)
+    assert run.returncode == 1 and "SlotError: not started by edgeagent launch" in run.stderr
+
+
+def test_switch_and_roll_back_bookkeeping(installed: Installed, tmp_path: Path) -> None:
+    """What the launcher leaves for the agent after a roll back (the record it
+    reports, then clears; the broken mark that stays), and the switches refused."""
+    slots = Slots(installed.slots.root, tmp_path / "D")
+    slots.set_link("current", VERSION)
+    slots.set_link("previous", None)
+    no_db = tmp_path / "no-meta.db"
+    with pytest.raises(SlotError, match=f"{VERSION} is already the current version"):
+        slots.switch(VERSION, job="j", uid="u", health_timeout=30, meta_db=no_db)
+    with pytest.raises(SlotError, match=r"9\.9\.9 is not installed"):
+        slots.switch("9.9.9", job="j", uid="u", health_timeout=30, meta_db=no_db)
+    slots.switch(GOOD, job="j", uid="u", health_timeout=30, meta_db=no_db)
+    with pytest.raises(SlotError, match=f"{GOOD} is still on trial"):
+        slots.switch(CRASH, job="j2", uid="u2", health_timeout=30, meta_db=no_db)
+    trial = slots.trial()
+    assert trial is not None and (trial.job, trial.uid, trial.previous) == ("j", "u", VERSION)
+    trial = slots.begin_rollback(trial, "why")
+    assert trial.rolling_back == "why" and slots.trial() == trial
+    slots.mark_healthy()  # too late: a trial being rolled back stays so
+    assert slots.trial() == trial
+    assert slots.finish_rollback(trial) == VERSION
+    record = slots.rollback_record()
+    assert record is not None and (record.job, record.uid, record.version) == ("j", "u", GOOD)
+    assert record.reason == "why" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record.time)
+    assert slots.broken(GOOD) == "why" and slots.broken(VERSION) is None
+    assert (slots.current_version(), slots.link("previous"), slots.trial()) == (VERSION, None, None)
+    slots.clear_rollback_record()
+    assert slots.rollback_record() is None and slots.broken(GOOD) == "why"
+    state = json.loads((slots.data_dir / "launch.json").read_text())
+    assert state["format"] == 1 and set(state) == {"format", "trial", "rollback", "broken"}
+    # A trial confirmed healthy no longer blocks the next switch.
+    slots.switch(GOOD, job="j3", uid="u3", health_timeout=30, meta_db=no_db)
+    slots.mark_healthy()
+    slots.switch(CRASH, job="j4", uid="u4", health_timeout=30, meta_db=no_db)
+    assert (slots.current_version(), slots.link("previous")) == (CRASH, GOOD)
+    slots.set_link("current", VERSION)
+    slots.set_link("previous", None)
