@@ -415,9 +415,11 @@ if [ -f "$B/SHA256SUMS" ]; then
         "$V/bin/python" -m pip install --quiet --no-index --no-cache-dir \
             --find-links "$B/wheels" edgeflock || fail "pip could not install the bundle"
         # The services run with PYTHONOPTIMIZE=2 (their units): write that bytecode
-        # (.opt-2.pyc) now, so that no start compiles the venv's modules. Not fatal:
-        # a module left out is compiled, and its bytecode written, when first imported.
-        "$V/bin/python" -OO -m compileall -q -j 0 "$V/lib" >/dev/null \
+        # (.opt-2.pyc) now, so that no start compiles the venv's modules; not pip's,
+        # setuptools', the gateway's or tests (half the files, never run here). Not
+        # fatal: a module left out is compiled, and written, when first imported.
+        skip='/site-packages/(pip|setuptools|pkg_resources|_distutils_hack|cloudgateway)/|/_?tests/'
+        "$V/bin/python" -OO -m compileall -q -j 0 -x "$skip" "$V/lib" >/dev/null \
             || log "some of the venv's modules could not be compiled ahead (-OO)"
         sync
         touch "$V/.edgeflock-installed"
