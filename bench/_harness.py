@@ -18,6 +18,20 @@ from typing import Any
 PY = sys.executable
 
 
+def service_env() -> dict[str, str]:
+    """This process's environment plus what the board's systemd units set for the
+    agent and the mappers (``firmware_tools._firstboot.SERVICE_ENVIRONMENT``:
+    PYTHONOPTIMIZE=2, PYTHONNODEBUGRANGES=1), so that benches measure the processes
+    users run. As on a board, the venv's ``.opt-2.pyc`` files should exist
+    (``python -OO -m compileall -q VENV/lib``, as the first boot does)."""
+    tools = str(Path(__file__).resolve().parent.parent / "firmware-tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    from firmware_tools._firstboot import SERVICE_ENVIRONMENT
+
+    return {**os.environ, **SERVICE_ENVIRONMENT}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -181,6 +195,7 @@ def start_agent(data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
         ],
         stdout=log,
         stderr=log,
+        env=service_env(),
     )
 
 

@@ -22,6 +22,7 @@ from _harness import (
     cpu_seconds,
     machine,
     rss_kib,
+    service_env,
     start_agent,
     stop_process,
     wait,
@@ -44,7 +45,9 @@ def stack_floor(agent_dir: Path, settle: float) -> int:
     """RSS (KiB) of the bare stack holding one connection to the agent's hub."""
     hub = json.loads((agent_dir / "enrollment.json").read_text())["hub"]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _FLOOR, str(agent_dir), hub], stdout=subprocess.PIPE
+        [sys.executable, "-c", _FLOOR, str(agent_dir), hub],
+        stdout=subprocess.PIPE,
+        env=service_env(),  # the same interpreter settings as the agent's
     )
     try:
         assert proc.stdout is not None

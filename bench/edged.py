@@ -37,6 +37,7 @@ from _harness import (
     machine,
     mosquitto,
     rss_kib,
+    service_env,
     start_agent,
     stop_process,
     wait,
@@ -358,7 +359,7 @@ def main() -> None:
             mapper = subprocess.Popen(
                 [sys.executable, "-m", "mappers.modbus", "--mqtt", mqtt, "--node", node,
                  "--log-level", "WARNING"],
-                stdout=log, stderr=log,
+                stdout=log, stderr=log, env=service_env(),
             )  # fmt: skip
             wait(
                 lambda: reported(gw, "demo-sensor").get("temperature") is not None,

@@ -19,6 +19,7 @@ package. pip installs the rest with ``--no-deps`` over the exact wheel set.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -50,6 +51,10 @@ _CHUNK = 1 << 20
 _SMALL = 4 << 20  # manifest.json, SHA256SUMS: read whole, at most this big
 _SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 _WHEEL_DIR = "wheels/"
+# What the board never runs, left out of its -OO bytecode.
+_NOT_ON_BOARD = (
+    r"/site-packages/(pip|setuptools|pkg_resources|_distutils_hack|cloudgateway)/|/_?tests/"
+)
 # pip's venv tooling, carried over from the current release when it has them
 _TOOLING = ("pip", "setuptools")
 _BIN_SCRIPT_MAX = 1 << 20
@@ -337,8 +342,15 @@ def _link_dist(dist: _Dist, old_venv: Path, new_venv: Path, final: Path) -> None
         if not src.is_relative_to(old_venv):
             raise InstallError(f"{dist.name}: RECORD names {rel}, outside the venv")
         dst = new_venv / src.relative_to(old_venv)
-        if src.suffix == ".pyc" and not src.exists():
-            continue  # compiled later on import if needed
+        if src.suffix == ".pyc":
+            # The services' -OO bytecode (not in RECORD) goes along with the plain one.
+            opt2 = src.with_name(src.name[: -len(".pyc")] + ".opt-2.pyc")
+            if opt2.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.link(opt2, dst.with_name(opt2.name), follow_symlinks=False)
+            if not src.exists():
+                continue  # compiled later on import if needed
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.parent == old_venv / "bin":
             st = src.lstat()
@@ -447,6 +459,15 @@ def build_venv(release: Release, tmp: Path, final: Path, current: Path | None) -
     pip += ["install", "--quiet", "--no-index", "--no-cache-dir", "--no-deps"]
     _run([*pip, "--find-links", str(release.wheels_dir), *pins], "pip could not install it")
     _relocate_scripts(tmp, final)
+    # The board's units run Python with PYTHONOPTIMIZE=2: its bytecode (.opt-2.pyc)
+    # written now, so that no start compiles the release's modules (a process that
+    # compiles its imports keeps ~2 MiB more); not pip's, setuptools', the gateway's
+    # or tests (never run on a board). Reused packages brought theirs along.
+    _run(
+        [python, "-OO", "-m", "compileall", "-q", "-j", "0", "-x", _NOT_ON_BOARD,
+         "-s", str(tmp), "-p", str(final), str(tmp / "lib")],
+        "compiling its -OO bytecode",
+    )  # fmt: skip
     _run([python, "-c", _CHECK, release.version], "the installed release does not work")
     return {"reused": sorted(linked), "installed": pins}
 

@@ -18,6 +18,7 @@ __all__ = [
     "MANIFEST_PATH",
     "RELEASES_DIR",
     "RELEASE_KEY_PATH",
+    "SERVICE_ENVIRONMENT",
     "TOKEN_PATH",
     "UNIT_DIR",
     "Components",
@@ -59,6 +60,17 @@ MQTT_URL = "tcp://127.0.0.1:1883"
 # the agent writes get that group, and mosquitto writes its PID file there.
 MQTT_AUTH_DIR = "/var/lib/edgeflock/mqtt"
 CRI_SOCKET = "/run/edgeflock/containerd/containerd.sock"
+# The Python services (agent, mappers) run without docstrings and assert
+# statements (PYTHONOPTIMIZE=2, as ``python -OO``) and without the column tables
+# of tracebacks (PYTHONNODEBUGRANGES=1, as ``-X no_debug_ranges``): their code
+# objects are what most of their memory is, and these leave ~1.8 MiB of the
+# agent's 38 unused (BENCHMARKS.md). The first boot writes the venv's opt-2
+# bytecode when it installs it; the standard library's is written on first start.
+SERVICE_ENVIRONMENT = {"PYTHONOPTIMIZE": "2", "PYTHONNODEBUGRANGES": "1"}
+
+
+def _environment_lines() -> str:
+    return "".join(f"Environment={k}={v}\n" for k, v in SERVICE_ENVIRONMENT.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +160,7 @@ ConditionPathExists={DATA_DIR}/enrollment.json
 StartLimitIntervalSec=0
 
 [Service]
-ExecStart={" ".join(launch + args)}
+{_environment_lines()}ExecStart={" ".join(launch + args)}
 Restart=always
 RestartSec=5
 
@@ -177,7 +189,7 @@ After={MOSQUITTO_UNIT} {AGENT_UNIT}
 Wants={MOSQUITTO_UNIT}
 
 [Service]
-ExecStart={" ".join(args)}
+{_environment_lines()}ExecStart={" ".join(args)}
 # Until the agent has written its login, the mapper exits 2: try again.
 Restart=always
 RestartSec=5
@@ -426,6 +438,18 @@ sys.exit(main(sys.argv[2:]))'
             install --first --releases "$R" --data-dir "$D" "$B") \
             || fail "could not install the bundle"
         log "installed edgeflock $version; $RELEASES/current and launcher point at it"
+        # The services run with PYTHONOPTIMIZE=2 (their units); the install wrote the
+        # release's -OO bytecode, and here the standard library's (Debian ships only the
+        # plain .pyc): a service that compiles its imports at start keeps ~2 MiB more.
+        # Not fatal (a module left out is compiled when first imported); not against an
+        # extracted root (its standard library is the host's).
+        if [ -z "$ROOT" ]; then
+            stdlib=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+            skip='/(test|idlelib|tkinter|lib2to3|ensurepip|turtledemo|distutils|pydoc_data)/'
+            "$PYTHON" -OO -m compileall -q -j 0 -x "$skip" "$stdlib" >/dev/null \
+                || log "some standard modules could not be compiled ahead (-OO)"
+            sync
+        fi
     fi
 fi
 EDGEAGENT="$R/launcher/bin/edgeagent"

@@ -59,6 +59,16 @@ def _exec_start(unit: Path, root: Path) -> list[str]:
     return [str(root) + a if a.startswith("/") else a for a in argv]
 
 
+def _unit_environment(unit: Path) -> dict[str, str]:
+    """The unit's ``Environment=NAME=VALUE`` lines (one assignment a line, unquoted)."""
+    pairs = [
+        ln.removeprefix("Environment=").partition("=")
+        for ln in unit.read_text().splitlines()
+        if ln.startswith("Environment=")
+    ]
+    return {name: value for name, _, value in pairs}
+
+
 async def test_first_boot_joins_and_node_becomes_ready(
     gateway: Gateway, pi_image: PiImage, tmp_path: Path, project_bundle: Path
 ) -> None:
@@ -131,19 +141,27 @@ async def test_first_boot_joins_and_node_becomes_ready(
     assert (releases / "releases" / VERSION / ".edgeflock-installed").is_file()
     assert (releases / "launcher/bin/edgeagent").exists()
     assert f"installed edgeflock {VERSION}; /opt/edgeflock/current and launcher point" in log
+    # The services run with PYTHONOPTIMIZE=2: the install wrote that bytecode too.
+    site = next((releases / "releases" / VERSION / "lib").glob("python3*/site-packages"))
+    for module in ("edgeagent/_app", "edgeagent/edged/_pods", "mappers/modbus/_cli"):
+        package, _, name = module.rpartition("/")
+        assert list((site / package / "__pycache__").glob(f"{name}.cpython-*.opt-2.pyc")), module
 
     # Once more, as a second boot would: no token, nothing to do, nothing changed.
     again = await trio.run_process(firstboot, env=env, cwd=root, capture_stderr=True, check=False)
     assert again.returncode != 0 and b"no join token" in again.stderr
 
     # Start the agent exactly as its unit says (the launcher, which execs the current
-    # release's agent); the node turns Ready on the gateway.
-    agent_argv = _exec_start(root / "etc/systemd/system/edgeflock-agent.service", root)
+    # release's agent; the environment: without docstrings and asserts); the node
+    # turns Ready on the gateway.
+    agent_unit = root / "etc/systemd/system/edgeflock-agent.service"
+    agent_argv = _exec_start(agent_unit, root)
     assert agent_argv[:2] == [str(releases / "launcher/bin/edgeagent"), "launch"]
+    assert _unit_environment(agent_unit) == {"PYTHONOPTIMIZE": "2", "PYTHONNODEBUGRANGES": "1"}
     with open(tmp_path / "agent.log", "wb") as agent_log:  # noqa: ASYNC230
         agent = await trio.lowlevel.open_process(
             [*agent_argv, "--heartbeat", "1"],
-            env=env,
+            env={**env, **_unit_environment(agent_unit)},
             cwd=root,
             stdout=agent_log,
             stderr=subprocess.STDOUT,
