@@ -54,11 +54,21 @@ _PIECE_TRIES = 5
 # ---- keys -------------------------------------------------------------------------------
 
 
+def default_release_key() -> Path:
+    """Where ``keygen`` writes the release key and ``push`` reads it without
+    ``--key``: ``$EDGEFLOCK_RELEASE_KEY``, else ``~/.config/edgeflock/release.key``."""
+    env = os.environ.get("EDGEFLOCK_RELEASE_KEY")
+    if env:
+        return Path(env)
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(config) / "edgeflock" / "release.key"
+
+
 def cmd_keygen(ctx: _Ctx) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    out = Path(ctx.args.out)
+    out = Path(ctx.args.out) if ctx.args.out else default_release_key()
     pub = out.with_suffix(".pub") if out.suffix == ".key" else Path(str(out) + ".pub")
     for p in (out, pub):
         if p.exists():
@@ -73,6 +83,7 @@ def cmd_keygen(ctx: _Ctx) -> int:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     try:
+        out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(private)
@@ -196,10 +207,16 @@ def cmd_push(ctx: _Ctx) -> int:
     args = ctx.args
     root = Path(args.dir)
     version, arch = _bundle_identity(root)
+    key_path = Path(args.key) if args.key else default_release_key()
+    if not args.key and not key_path.exists():
+        raise CtlError(
+            f"error: no release key at {key_path}: make one with `edgectl upgrade keygen` "
+            "(boards must trust its release.pub) or give --key FILE"
+        )
     try:
-        key = Path(args.key).read_bytes()
+        key = key_path.read_bytes()
     except OSError as exc:
-        raise CtlError(f"error: cannot read the release key {args.key}: {exc}") from None
+        raise CtlError(f"error: cannot read the release key {key_path}: {exc}") from None
     with tempfile.TemporaryFile(prefix="edgeflock-release-") as f:
         pack_bundle(root, f)
         m = _manifest_of(f, version, arch)
@@ -207,7 +224,7 @@ def cmd_push(ctx: _Ctx) -> int:
         try:
             signature = sign_manifest(key, manifest)
         except UpgradeError as exc:
-            raise CtlError(f"error: {args.key}: {exc}") from None
+            raise CtlError(f"error: {key_path}: {exc}") from None
         code, body = ctx.client.request("GET", f"{RELEASES}/{m.sha256}")
         if code == 404:
             code, body = ctx.client.request(
@@ -471,12 +488,19 @@ def register(
     global_flags(up, top=False)
     cmds = up.add_subparsers(dest="upgrade_cmd", required=True, metavar="COMMAND")
     k = cmds.add_parser("keygen", help="make the fleet's release signing key")
-    k.add_argument("--out", required=True, metavar="FILE", help="release.key (release.pub beside)")
+    k.add_argument(
+        "--out",
+        metavar="FILE",
+        help="release.key, release.pub beside it (default: $EDGEFLOCK_RELEASE_KEY, "
+        "else ~/.config/edgeflock/release.key)",
+    )
     k.set_defaults(run=cmd_keygen)
     p = cmds.add_parser("push", help="sign an edgeflash bundle and upload it (resumable)")
     global_flags(p, top=False)
     p.add_argument("dir", metavar="DIR", help="the bundle directory (edgeflash bundle --output)")
-    p.add_argument("--key", required=True, metavar="FILE", help="the release key (keygen)")
+    p.add_argument(
+        "--key", metavar="FILE", help="the release key (default: where keygen writes it)"
+    )
     p.set_defaults(run=cmd_push)
     s = cmds.add_parser("start", help="start an upgrade job")
     global_flags(s, top=False)

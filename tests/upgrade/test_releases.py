@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from edgeproto.upgrade import (
     encode_manifest,
     sign_manifest,
 )
-from tests.conftest import Gateway, start_gateway
+from tests.conftest import Gateway, edgectl, start_gateway
 from tests.upgrade.boards import Board, keygen, make_bundle, push
 
 RELEASES = "/apis/edgeflock.io/v1alpha1/releases"
@@ -190,3 +191,24 @@ async def test_incomplete_release_is_404(no_controllers: Gateway, tmp_path: Path
         await board.pump(lambda: board.assignment() == a)
         got = await board.request(REQUEST_MANIFEST, m.sha256)
         assert got["error"]["code"] == 404 and "incomplete" in got["error"]["message"], got
+
+
+async def test_keygen_and_push_find_the_key_where_keygen_put_it(
+    gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --out/--key: ~/.config/edgeflock/release.key (XDG_CONFIG_HOME), so
+    ``edgectl upgrade push DIR`` is the whole command; without a key, one clear error."""
+    monkeypatch.delenv("EDGEFLOCK_RELEASE_KEY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    bundle = make_bundle(tmp_path / "bundle-0.3.0", "0.3.0", size=CHUNK_SIZE + 10)
+    rc, _, err = await gateway.edgectl("upgrade", "push", str(bundle))
+    assert rc != 0 and "no release key at" in err and "edgectl upgrade keygen" in err, err
+    rc, out, err = await edgectl("upgrade", "keygen")
+    assert rc == 0, err
+    key = tmp_path / "config" / "edgeflock" / "release.key"
+    assert os.stat(key).st_mode & 0o777 == 0o600 and key.with_suffix(".pub").exists()
+    rc, out, err = await edgectl("upgrade", "keygen")
+    assert rc != 0 and "not overwriting" in err, err  # the fleet's key is never replaced
+    rc, out, err = await gateway.edgectl("upgrade", "push", str(bundle))
+    assert rc == 0, err
+    assert "version 0.3.0, arch x86_64" in out, out
