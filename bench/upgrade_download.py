@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,49 +31,11 @@ from _harness import PY, Gateway, agent_status, machine, rss_kib, stop_process, 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgeproto.upgrade import (
-    CHUNK_SIZE,
-    ReleaseManifest,
-    encode_manifest,
-    sign_manifest,
-)
+from edgeproto.upgrade import CHUNK_SIZE
+from tests.edgeagent.hub_standin import keypair, make_release
 
 RELEASES = "/apis/edgeflock.io/v1alpha1/releases"
 JOBS = "/apis/operations.kubeedge.io/v1alpha1/nodeupgradejobs"
-
-
-def keypair() -> tuple[bytes, bytes]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    return (
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    )
-
-
-def make_release(path: Path, size: int, version: str, key: bytes) -> tuple[bytes, bytes, str]:
-    whole, chunks = hashlib.sha256(), []
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            piece = os.urandom(min(CHUNK_SIZE, left))
-            f.write(piece)
-            whole.update(piece)
-            chunks.append(hashlib.sha256(piece).hexdigest())
-            left -= len(piece)
-    m = ReleaseManifest(
-        version, platform.machine(), size, whole.hexdigest(), tuple(chunks), "2025-01-01T00:00:00Z"
-    )
-    data = encode_manifest(m)
-    return data, sign_manifest(key, data), m.sha256
 
 
 def push(gw: Gateway, path: Path, manifest: bytes, signature: bytes, sha: str) -> None:
@@ -151,7 +111,8 @@ def main() -> None:
             for size in sizes:
                 version = f"9.0.{size}"
                 path = root / f"release-{size}.tar"
-                manifest, signature, sha = make_release(path, size << 20, version, private)
+                r = make_release(path, size << 20, private, version=version)
+                manifest, signature, sha = r.manifest_bytes, r.signature, r.manifest.sha256
                 push(gw, path, manifest, signature, sha)
                 path.unlink()
                 env = {

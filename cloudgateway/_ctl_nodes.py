@@ -11,9 +11,9 @@ object the patch changes. ``label`` and ``annotate`` work on any kind
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
-import urllib.request
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,23 +21,13 @@ from typing import Any
 from edgeproto import Resource
 from edgeproto.labels import is_label_value, is_qualified_name
 
-from .ctl import Client, CtlError, _Ctx, _names, api_path, resolve_kind, server_error
+from .ctl import CtlError, _Ctx, _names, api_path, resolve_kind, server_error
 
 __all__ = ["register"]
 
 MERGE_PATCH = "application/merge-patch+json"
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 _ATTEMPTS = 20  # reads and patches when other writers keep getting in between
-
-
-class _PatchClient(Client):
-    """The CLI's client, sending PATCH bodies as JSON merge patches."""
-
-    def _request(self, method: str, path: str, body: Any) -> urllib.request.Request:
-        req = super()._request(method, path, body)
-        if method == "PATCH":
-            req.add_header("Content-Type", MERGE_PATCH)
-        return req
 
 
 class _Unchanged(Exception):
@@ -52,8 +42,7 @@ Change = Callable[[dict[str, Any]], tuple[dict[str, Any], str]]
 def _patch_object(ctx: _Ctx, r: Resource, ns: str | None, name: str, change: Change) -> str:
     """Read, change, patch with the read resourceVersion; again on a conflict.
     Returns the verb of what was done (``labeled``, ``not labeled``...)."""
-    c = ctx.client
-    client = _PatchClient(c.server, c.token, c.timeout, c.ssl_context)
+    client = ctx.client
     path = api_path(r, ns, name)
     for attempt in range(_ATTEMPTS):
         if attempt:  # another writer got in between: spread the retries out
@@ -68,7 +57,7 @@ def _patch_object(ctx: _Ctx, r: Resource, ns: str | None, name: str, change: Cha
         meta = obj.get("metadata") or {}
         rv = meta.get("resourceVersion")
         patch.setdefault("metadata", {})["resourceVersion"] = rv
-        code, body = client.request("PATCH", path, patch)
+        code, body = client.send_bytes("PATCH", path, json.dumps(patch).encode(), MERGE_PATCH)
         if code == 200:
             return verb
         if code != 409:

@@ -40,22 +40,7 @@ JSON_PATCH = "application/json-patch+json"
 def patch(client: Client, path: str, body: Any, content_type: str) -> tuple[int, Any]:
     """PATCH ``path`` with ``body`` as ``content_type``: (status, decoded answer),
     errors answered by the server returned, not raised (as ``Client.request``)."""
-    req = client._request("PATCH", path, body)
-    req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(
-            req, timeout=client.timeout or 60, context=client.ssl_context
-        ) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            status, raw = exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise client._unreachable(exc) from None
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, {"reason": f"HTTP {status}", "message": raw.decode(errors="replace")[:500]}
+    return client.send_bytes("PATCH", path, json.dumps(body).encode(), content_type)
 
 
 # ---- targets ------------------------------------------------------------------------

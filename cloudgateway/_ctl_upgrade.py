@@ -163,26 +163,7 @@ def _manifest_of(f: IO[bytes], version: str, arch: str) -> ReleaseManifest:
 
 
 def _raw(ctx: _Ctx, method: str, path: str, data: bytes, ctype: str) -> tuple[int, Any]:
-    client = ctx.client
-    req = urllib.request.Request(client.server + path, data=data, method=method)
-    req.add_header("Content-Type", ctype)
-    req.add_header("Accept", "application/json")
-    if client.token:
-        req.add_header("Authorization", f"Bearer {client.token}")
-    try:
-        with urllib.request.urlopen(
-            req, timeout=client.timeout or 60, context=client.ssl_context
-        ) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            status, raw = exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise CtlError(f"error: cannot reach the gateway at {client.server}: {exc}") from None
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, {"message": raw.decode(errors="replace")[:500]}
+    return ctx.client.send_bytes(method, path, data, ctype)
 
 
 def _put_piece(ctx: _Ctx, sha: str, index: int, data: bytes) -> None:

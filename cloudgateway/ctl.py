@@ -79,14 +79,23 @@ class Client:
         self.timeout = timeout
         self.ssl_context = ssl_context
 
-    def _request(self, method: str, path: str, body: Any) -> urllib.request.Request:
-        data = None if body is None else json.dumps(body).encode()
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        *,
+        data: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> urllib.request.Request:
+        if data is None and body is not None:
+            data = json.dumps(body).encode()
         req = urllib.request.Request(self.server + path, data=data, method=method)
         req.add_header("Accept", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type)
         return req
 
     def _unreachable(self, exc: BaseException) -> CtlError:
@@ -98,11 +107,18 @@ class Client:
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """(HTTP status, decoded JSON body); errors answered by the server are
         returned, not raised."""
+        return self.send(method, path, self._request(method, path, body))
+
+    def send_bytes(self, method: str, path: str, data: bytes, content_type: str) -> tuple[int, Any]:
+        """``request`` with a body that is not JSON (a merge patch, a release
+        piece): sent as ``content_type``."""
+        req = self._request(method, path, None, data=data, content_type=content_type)
+        return self.send(method, path, req)
+
+    def send(self, method: str, path: str, req: urllib.request.Request) -> tuple[int, Any]:
         try:
             with urllib.request.urlopen(
-                self._request(method, path, body),
-                timeout=self.timeout or 60,
-                context=self.ssl_context,
+                req, timeout=self.timeout or 60, context=self.ssl_context
             ) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:

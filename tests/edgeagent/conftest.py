@@ -4,7 +4,12 @@ root with them installed (one full install, two reusing the first)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,3 +77,36 @@ def installed(releases: Releases, tmp_path_factory: pytest.TempPathFactory) -> I
         slots.set_link("previous", version)  # kept while the next one installs
     slots.set_link("previous", None)
     return out
+
+
+def spawn_launcher(
+    data: Path, root: Path, *run_args: str, from_slot: bool = False
+) -> subprocess.Popen[bytes]:
+    """``edgeagent launch --data-dir data --releases root -- --heartbeat 1 run_args…``
+    in a session of its own (the agent it supervises on trial is in it too);
+    this tree's launcher, or with ``from_slot`` the board's own as its unit runs
+    it (``root/launcher/bin/edgeagent``). Output in ``data/launch.log``."""
+    argv = (
+        [str(root / "launcher" / "bin" / "edgeagent")]
+        if from_slot
+        else [sys.executable, "-m", "edgeagent._cli"]
+    )
+    argv += ["launch", "--data-dir", str(data)]
+    argv += ["--releases", str(root), "--", "--heartbeat", "1", *run_args]
+    with open(data / "launch.log", "ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+
+
+@pytest.fixture
+def launched() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Launchers a test started; each one's session is ended afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()

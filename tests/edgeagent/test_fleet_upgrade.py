@@ -9,47 +9,22 @@ at its failure threshold, the other boards untouched."""
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from edgeagent._slots import Slots
 from edgeagent._version import VERSION
 from tests.conftest import Gateway, edgectl, start_gateway, wait_for
-from tests.edgeagent.conftest import CRASH, GOOD, Releases
+from tests.edgeagent.conftest import CRASH, GOOD, Releases, spawn_launcher
 from tests.edged.conftest import Containerd, containerd  # noqa: F401  (the session's containerd)
 from tests.test_join_release_key import join_cli
 
 NS = "/api/v1/namespaces/default"
 JOBS = "/apis/operations.kubeedge.io/v1alpha1/nodeupgradejobs"
 BOARDS = ["fleet-1", "fleet-2", "fleet-3"]
-
-
-@pytest.fixture
-def launched() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    yield procs
-    for p in procs.values():  # each launcher's session: it, and an agent on trial if any
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-
-
-def spawn_launcher(data: Path, root: Path, cri: str) -> subprocess.Popen[bytes]:
-    argv = [str(root / "launcher" / "bin" / "edgeagent"), "launch", "--data-dir", str(data)]
-    argv += ["--releases", str(root), "--", "--heartbeat", "1", "--cri", cri]
-    with open(data / "launch.log", "ab") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
 
 
 def pod(name: str, node: str, image: str) -> dict[str, Any]:
@@ -101,7 +76,7 @@ async def test_three_boards_upgrade_one_after_another_and_a_broken_version_rolls
     tmp_path: Path,
     releases: Releases,
     containerd: Containerd,  # noqa: F811
-    launched: dict[str, subprocess.Popen[bytes]],
+    launched: list[subprocess.Popen[bytes]],
 ) -> None:
     key = tmp_path / "release.key"
     rc, _, err = await edgectl("upgrade", "keygen", "--out", str(key))
@@ -125,7 +100,9 @@ async def test_three_boards_upgrade_one_after_another_and_a_broken_version_rolls
         (datas[b] / "agent.toml").write_text("backoff_base = 0.05\nbackoff_cap = 0.5\n")
         code, body = await gw.api("POST", f"{NS}/pods", pod(f"app-{b}", b, containerd.image))
         assert code == 201, body
-        launched[b] = spawn_launcher(datas[b], roots[b], containerd.address)
+        launched.append(
+            spawn_launcher(datas[b], roots[b], "--cri", containerd.address, from_slot=True)
+        )
 
     def logs() -> str:
         return "\n".join(

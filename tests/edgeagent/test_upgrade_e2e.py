@@ -8,36 +8,18 @@ resync. The 3-board fleet test (the lead's) builds on the same pieces."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import trio
 
 from edgeagent._slots import Slots
 from edgeagent._version import VERSION
 from tests.conftest import start_gateway, wait_for
-from tests.edgeagent.conftest import GOOD, Installed, Releases
+from tests.edgeagent.conftest import GOOD, Installed, Releases, spawn_launcher
 from tests.edgeagent.hub_standin import keypair, release_of
 from tests.edgeagent.upgrade_fixtures import node_status_of, push_release, start_job
 from tests.test_join_release_key import join_cli
-
-
-@pytest.fixture
-def launched() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:  # the launcher's session: it, and the agent on trial if any
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
 
 
 async def test_a_board_upgrades_to_a_new_version_and_confirms_it_healthy(
@@ -85,12 +67,3 @@ async def test_a_board_upgrades_to_a_new_version_and_confirms_it_healthy(
     installed.slots.set_link("current", VERSION)
     installed.slots.set_link("previous", None)
     gw.scope.cancel()
-
-
-def spawn_launcher(data: Path, root: Path) -> subprocess.Popen[bytes]:
-    """``edgeagent launch`` in a session of its own (the agent it supervises on
-    trial is in it too)."""
-    argv = [sys.executable, "-m", "edgeagent._cli", "launch", "--data-dir", str(data)]
-    argv += ["--releases", str(root), "--", "--heartbeat", "1"]
-    with open(data / "launch.log", "ab") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)

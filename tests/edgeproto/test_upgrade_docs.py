@@ -7,8 +7,6 @@ import hashlib
 import json
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +27,7 @@ from edgeproto.upgrade import (
     sign_manifest,
     verify_manifest,
 )
+from tests.edgeagent.hub_standin import keypair
 
 
 def manifest_of(data: bytes, version: str = "0.2.0", arch: str = "x86_64") -> ReleaseManifest:
@@ -39,17 +38,6 @@ def manifest_of(data: bytes, version: str = "0.2.0", arch: str = "x86_64") -> Re
     return ReleaseManifest(
         version, arch, len(data), hashlib.sha256(data).hexdigest(), chunks, "2026-12-02T12:00:00Z"
     )
-
-
-def keypair() -> tuple[bytes, bytes]:
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, public
 
 
 def test_manifest_round_trip_and_chunk_ranges() -> None:
