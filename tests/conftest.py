@@ -3,6 +3,7 @@ loopback, port 0) and real agents joined to it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import io
@@ -277,19 +278,25 @@ class ManualClock:
         self.now += seconds
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 4 MiB tmpfs (the tests run as root), to fill up for ENOSPC;
-    unmounted afterwards."""
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (``4m``) mounted at ``mnt`` (created) for the
+    block (the tests run as root), to fill up for ENOSPC; unmounted afterwards."""
     import subprocess
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    mnt.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB tmpfs."""
+    with tmpfs(tmp_path / "small", "4m") as mnt:
+        yield mnt
 
 
 def fill_up(directory: Path) -> Path:

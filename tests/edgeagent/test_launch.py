@@ -22,7 +22,7 @@ import trio
 from edgeagent._cli import agent_status
 from edgeagent._slots import ENV_LAUNCHER, ENV_RELEASES, ENV_TRIAL, Slots, Trial
 from edgeagent._version import VERSION
-from tests.conftest import Gateway, fill_up, join_node, start_gateway, wait_for
+from tests.conftest import Gateway, fill_up, join_node, start_gateway, tmpfs, wait_for
 
 from .conftest import CRASH, GOOD, Installed
 
@@ -371,13 +371,8 @@ async def test_power_cuts_at_each_step_end_on_a_working_version(
 @pytest.fixture
 def full_card(tmp_path: Path) -> Iterator[Path]:
     """A real 16 MiB tmpfs for the data dir, to fill up."""
-    mnt = tmp_path / "card"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "card", "16m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 async def test_a_full_card_on_trial_ends_on_the_previous_version(

@@ -20,7 +20,7 @@ import pytest
 
 from edgeagent._slots import RELAUNCH_EXIT, SlotError, Slots
 from edgeagent._version import VERSION
-from tests.conftest import wait_for_sync
+from tests.conftest import tmpfs, wait_for_sync
 
 from .conftest import CRASH, GOOD, Installed, Releases
 
@@ -170,13 +170,8 @@ def test_install_refuses_a_release_of_another_version(releases: Releases, tmp_pa
 @pytest.fixture
 def small_root(tmp_path: Path) -> Iterator[Path]:
     """A real 160 MiB tmpfs: room for one release's venv and a bit."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "fs", "160m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def _leave_free(directory: Path, free: int) -> Path:
