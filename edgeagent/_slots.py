@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from edgeio._files import fsync_dir, write_atomic  # os and contextlib only
+
 __all__ = [
     "ENV_LAUNCHER",
     "ENV_RELEASES",
@@ -102,36 +104,6 @@ def check_version(version: str) -> str:
     if version.endswith(".tmp"):
         raise SlotError(f"bad version {version!r}: .tmp names an install under way")
     return version
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """A temporary file beside ``path``, written and fsynced, renamed over it,
-    the directory fsynced (edgeio.write_atomic's method; not imported, to keep
-    the launcher's imports to the standard library)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
 
 
 def _from_dict(cls: Any, raw: Any) -> Any:

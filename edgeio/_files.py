@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 __all__ = ["fsync_dir", "write_atomic"]
@@ -26,8 +25,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     file next to it, written and fsynced, then renamed over it and the directory
     fsynced. An error before the rename removes the temporary file and leaves
     ``path`` as it was."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         try:
             os.fchmod(fd, mode)
