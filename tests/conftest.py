@@ -361,8 +361,8 @@ class EtcdCluster:
     def leader(self) -> int:
         return int(self._run("leader"))
 
-    def stop(self) -> None:
-        self._run("stop")
+    def stop(self, *, grace: float = 10.0) -> None:
+        self._run("stop", "--grace", str(grace))
 
 
 @pytest.fixture
@@ -372,7 +372,7 @@ def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.stop(grace=2)  # a throwaway cluster: no need to wait for a leader hand-over
 
 
 @pytest.fixture
@@ -383,7 +383,7 @@ def etcd_tls(tmp_path: Path) -> Iterator[EtcdCluster]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.stop(grace=2)  # a throwaway cluster: no need to wait for a leader hand-over
 
 
 @pytest.fixture
@@ -393,4 +393,4 @@ def etcd3(tmp_path: Path) -> Iterator[EtcdCluster]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.stop(grace=2)  # a throwaway cluster: no need to wait for a leader hand-over
