@@ -83,6 +83,7 @@ class SimBoard:
         self.starts: Counter[str] = Counter()  # pod uid -> times started
         self.reported: set[str] = set()  # pod uids whose status was reported
         self.resyncs: list[str] = []  # "snapshot" / "delta", in order
+        self.pod_counts: list[int] = []  # pods held after each batch applied, in order
         self.connected = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
@@ -167,6 +168,7 @@ class SimBoard:
                 uid = obj["metadata"]["uid"]
                 if uid not in self.starts:
                     self.starts[uid] = 1
+        self.pod_counts.append(sum(1 for k in self.view if k.startswith("pods/")))
 
     async def _report(self, ws: tws.WebSocketConnection) -> None:
         import time
