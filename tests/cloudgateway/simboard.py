@@ -73,6 +73,18 @@ def pod_status(pod: dict[str, Any], now: float) -> dict[str, Any]:
     }
 
 
+def apply_to_view(view: dict[str, dict[str, Any]], apply: Any) -> dict[str, dict[str, Any]]:
+    """A fake board's view after an ``edgeproto.Apply`` (snapshot or change): the
+    objects decoded, by key (a new dict on a snapshot, else ``view`` changed)."""
+    if apply.replace:
+        view = {}
+    for key in apply.deletes:
+        view.pop(key, None)
+    for e in apply.upserts:
+        view[e.key] = edgeproto.decode_object(e.data)
+    return view
+
+
 class SimBoard:
     def __init__(self, gw: Gateway, name: str, data_dir: Path) -> None:
         self.gw = gw
@@ -157,12 +169,7 @@ class SimBoard:
     def _apply(self, apply: Any) -> None:
         if apply.resync is not None:
             self.resyncs.append(apply.resync.mode)
-        if apply.replace:
-            self.view = {}
-        for key in apply.deletes:
-            self.view.pop(key, None)
-        for e in apply.upserts:
-            self.view[e.key] = edgeproto.decode_object(e.data)
+        self.view = apply_to_view(self.view, apply)
         for key, obj in self.view.items():
             if key.startswith("pods/"):
                 uid = obj["metadata"]["uid"]

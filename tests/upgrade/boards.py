@@ -38,6 +38,7 @@ from edgeproto.upgrade import (
     report_body,
     verify_manifest,
 )
+from tests.cloudgateway.simboard import apply_to_view
 from tests.conftest import Gateway, edgectl, join_node
 
 
@@ -144,12 +145,7 @@ class Board:
         if msg.kind in (Kind.SNAPSHOT, Kind.CHANGE):
             apply = self.sync.receive(msg, nbytes=0, now=trio.current_time())
             if apply is not None:
-                if apply.replace:
-                    self.view = {}
-                for key in apply.deletes:
-                    self.view.pop(key, None)
-                for e in apply.upserts:
-                    self.view[e.key] = edgeproto.decode_object(e.data)
+                self.view = apply_to_view(self.view, apply)
                 if apply.rev is not None:
                     await self._send(self.sync.persisted(apply.rev))
         return msg
