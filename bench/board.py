@@ -6,7 +6,8 @@ board's kernel counts it (VmRSS from the guest's /proc, read through the guest a
 
 Prints: first boot → Node Ready (emulated seconds: TCG emulation is slow, so times
 are the emulator's, not a Pi's); agent RSS connected and idle; the board stack idle
-(agent + mosquitto + modbus-mapper with one device); agent RSS with N pods on each
+(agent + mosquitto + modbus-mapper with one device); the floor of the agent's
+dependencies (bench/floor.py's import ladder, run on the board); agent RSS with N pods on each
 CRI transport (the default first, then the other, set in agent.toml and the agent
 restarted); offline reboot → pods Running. Memory does not depend on the CPU's speed.
 Run as root; takes ~20 min (most of it emulated boots), plus the image build once.
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from floor import LADDER, UNIT_ENV, parse, table  # bench/floor.py: the same ladder on the host
 
 from tests.board_fixtures import (
     BIN,
@@ -85,6 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="edgeflock-board-bench-"))
     figures: dict[str, Any] = {"arch": args.arch}
+    floor: list[tuple[str, int, int]] = []
     t0 = time.monotonic()
     inputs = board_inputs(work, args.arch)
     figures["inputs_s"] = round(time.monotonic() - t0, 1)
@@ -115,6 +119,10 @@ def main() -> None:
         figures["first_boot_to_ready_s"] = round(time.monotonic() - t, 1)
         time.sleep(SETTLE)
         figures["agent_idle_kib"] = rss(board, "edgeagent run")
+        env = [f"{k}={v}" for k, v in UNIT_ENV.items()]
+        _, out, _ = board.exec("/usr/bin/env", *env, f"{BOARD_VENV}/bin/python", "-c", LADDER,
+                               timeout=600)  # fmt: skip
+        floor = parse(out)
 
         from tests.board.test_arm64_board import _thermometer  # the same Device as the test
 
@@ -191,6 +199,8 @@ def main() -> None:
             if sim.stdout is not None:
                 sim.stdout.close()
     print(json.dumps(figures, indent=2))
+    print("the agent's floor on the board (bench/floor.py's ladder, imports only):")
+    print(table(floor))
     for key, value in figures.items():
         if "_kib" in key and isinstance(value, int):
             print(f"{key}: {mib(value)}")

@@ -1,6 +1,7 @@
 """What edged's two CRI transports share: the ``Cri`` interface edged calls
 (``await cri.call("RunPodSandbox", pb.RunPodSandboxRequest(...))``), the messages
-(``pb``, protobuf from ``_cri_api_pb2``: the runtime.v1 subset edged uses), the
+(``pb``: protobuf classes of the runtime.v1 subset edged uses, made at import from
+``_cri_api_desc`` by ``edgeio.protomsg``), the
 method → response table, and ``CriClientBase`` (the unix socket address, the
 timeout, the concurrency limits).
 
@@ -17,14 +18,16 @@ from typing import Any, Protocol
 
 import trio
 
-from . import _cri_api_pb2
+from edgeio.protomsg import messages
+
+from ._cri_api_desc import SERIALIZED
 from ._errors import CriError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Cri", "CriClientBase", "pb"]
 
-pb: Any = _cri_api_pb2
+pb: Any = messages(SERIALIZED)
 
 _RESPONSES = {
     "Version": "VersionResponse",

@@ -2,7 +2,7 @@
 run in trio worker threads, bounded by a ``CapacityLimiter`` per class of call.
 
 Same face as ``_h2.CriClient`` (``await call(method, request)``, ``close``,
-``statistics``), same messages (``_cri_api_pb2``), same errors
+``statistics``), same messages (``_cri.pb``), same errors
 (``CriError`` with the gRPC status name). grpc is imported when this client is
 made, i.e. only when edged runs on this transport. The default is the lean client
 in ``_h2.py`` (~15 MB less resident memory, see BENCHMARKS.md).

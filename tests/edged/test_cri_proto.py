@@ -12,7 +12,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from edgeagent.edged import _cri_api_pb2
+from edgeagent.edged._cri import pb
 
 
 def runtime_v1_descriptor() -> descriptor_pb2.FileDescriptorProto:
@@ -34,7 +34,7 @@ def runtime_v1_descriptor() -> descriptor_pb2.FileDescriptorProto:
 def test_every_message_field_and_method_matches_runtime_v1() -> None:
     real = runtime_v1_descriptor()
     ours = descriptor_pb2.FileDescriptorProto()
-    _cri_api_pb2.DESCRIPTOR.CopyToProto(ours)
+    pb.DESCRIPTOR.CopyToProto(ours)
     assert ours.package == real.package == "runtime.v1"
 
     real_msgs = {m.name: m for m in real.message_type}
