@@ -157,6 +157,7 @@ def stored_state(data_dir: Path, name: str) -> Any:
     import apsw
 
     conn = apsw.Connection(str(data_dir / "meta.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    conn.setbusytimeout(10_000)  # the running agent may hold the write lock a moment
     try:
         row = conn.execute("SELECT value FROM state WHERE name=?", (name,)).fetchone()
         return None if row is None else json.loads(str(row[0]))

@@ -53,6 +53,7 @@ def update(values: dict[str, int], event_id: str) -> dict[str, Any]:
 def stored(data_dir: Path) -> dict[str, int]:
     """The actual values in the agent's twin table (what a restart loads)."""
     conn = apsw.Connection(str(data_dir / "meta.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    conn.setbusytimeout(10_000)  # the running agent may hold the write lock a moment
     try:
         rows = conn.execute(
             "SELECT name, data FROM twin WHERE device = ?", (topics.device_id("default", DEV),)

@@ -35,6 +35,7 @@ def spawn_agent(data: Path, address: str) -> subprocess.Popen[bytes]:
 
 def outbox_statuses(data: Path) -> dict[str, dict[str, Any]]:
     conn = apsw.Connection(str(data / "meta.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    conn.setbusytimeout(10_000)  # the running agent may hold the write lock a moment
     try:
         rows = conn.execute("SELECT key, body FROM outbox WHERE key LIKE 'pods/%'").fetchall()
     finally:
