@@ -219,6 +219,19 @@ def _describe(pred: Callable[[], Any], what: str | Callable[[], str] | None) -> 
         return repr(pred)
 
 
+def agent_rows(data_dir: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Rows of a query on an agent's ``meta.db``, read-only, while the agent may be
+    running (its write lock is waited for, not an error)."""
+    import apsw
+
+    conn = apsw.Connection(str(data_dir / "meta.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.setbusytimeout(10_000)
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
 async def wait_for(
     pred: Callable[[], Any],
     timeout: float = 10.0,

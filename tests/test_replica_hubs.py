@@ -37,7 +37,14 @@ from cloudgateway._pki import load_or_create_pki, server_ssl_context
 from cloudgateway._store import Store
 from edgeagent._join import join
 from edgeproto import Entry, Kind, Message
-from tests.conftest import Gateway, start_agent, start_gateway, wait_for, write_node_credentials
+from tests.conftest import (
+    Gateway,
+    agent_rows,
+    start_agent,
+    start_gateway,
+    wait_for,
+    write_node_credentials,
+)
 
 PKI_FILES = ("ca.crt", "ca.key", "server.crt", "server.key")
 
@@ -154,15 +161,8 @@ async def status_until(
 
 
 def stored_state(data_dir: Path, name: str) -> Any:
-    import apsw
-
-    conn = apsw.Connection(str(data_dir / "meta.db"), flags=apsw.SQLITE_OPEN_READONLY)
-    conn.setbusytimeout(10_000)  # the running agent may hold the write lock a moment
-    try:
-        row = conn.execute("SELECT value FROM state WHERE name=?", (name,)).fetchone()
-        return None if row is None else json.loads(str(row[0]))
-    finally:
-        conn.close()
+    rows = agent_rows(data_dir, "SELECT value FROM state WHERE name=?", (name,))
+    return json.loads(str(rows[0][0])) if rows else None
 
 
 async def test_the_replicas_hubs_arrive_on_join_and_on_every_connect_and_are_kept(

@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import apsw
 import pytest
 import trio
 
 from edgeproto import topics
-from tests.conftest import Gateway, join_node, wait_for
+from tests.conftest import Gateway, agent_rows, join_node, wait_for
 from tests.mqtt_fixtures import Broker, MqttClient, open_broker, open_client
 from tests.test_devices_e2e import API, device, model
 
@@ -52,14 +51,11 @@ def update(values: dict[str, int], event_id: str) -> dict[str, Any]:
 
 def stored(data_dir: Path) -> dict[str, int]:
     """The actual values in the agent's twin table (what a restart loads)."""
-    conn = apsw.Connection(str(data_dir / "meta.db"), flags=apsw.SQLITE_OPEN_READONLY)
-    conn.setbusytimeout(10_000)  # the running agent may hold the write lock a moment
-    try:
-        rows = conn.execute(
-            "SELECT name, data FROM twin WHERE device = ?", (topics.device_id("default", DEV),)
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = agent_rows(
+        data_dir,
+        "SELECT name, data FROM twin WHERE device = ?",
+        (topics.device_id("default", DEV),),
+    )
     return {str(n): int(json.loads(str(d))[2]) for n, d in rows if json.loads(str(d))[2]}
 
 

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import apsw
 import cbor2
 import trio
 
-from tests.conftest import join_node, start_gateway, wait_for
+from tests.conftest import agent_rows, join_node, start_gateway, wait_for
 
 from .conftest import Containerd
 
@@ -34,12 +33,7 @@ def spawn_agent(data: Path, address: str) -> subprocess.Popen[bytes]:
 
 
 def outbox_statuses(data: Path) -> dict[str, dict[str, Any]]:
-    conn = apsw.Connection(str(data / "meta.db"), flags=apsw.SQLITE_OPEN_READONLY)
-    conn.setbusytimeout(10_000)  # the running agent may hold the write lock a moment
-    try:
-        rows = conn.execute("SELECT key, body FROM outbox WHERE key LIKE 'pods/%'").fetchall()
-    finally:
-        conn.close()
+    rows = agent_rows(data, "SELECT key, body FROM outbox WHERE key LIKE 'pods/%'")
     return {str(k): cbor2.loads(bytes(b))["status"] for k, b in rows}  # type: ignore[arg-type]
 
 
